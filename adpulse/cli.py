@@ -1,0 +1,154 @@
+"""The ``adpulse`` command line (CONTRACT.md §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from datetime import datetime, timedelta, timezone
+
+import click
+import orjson
+from pydantic import ValidationError
+
+from adpulse import __version__
+from adpulse.settings import Settings, load_settings
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="adpulse")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default: ADPULSE_LOG_LEVEL or INFO).")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """adpulse: real-time CTR, CVR and ROI per channel and campaign, from Kafka, with alerts.
+
+    Configuration comes from ADPULSE_* environment variables (and an optional .env file):
+    ADPULSE_KAFKA_BOOTSTRAP (127.0.0.1:9092), ADPULSE_REDIS_URL (redis://127.0.0.1:6379/0),
+    ADPULSE_WEB_PORT (6066), ADPULSE_TZ (Asia/Shanghai), ADPULSE_CURRENCY (CNY),
+    ADPULSE_HOME (.adpulse), ADPULSE_GRACE_S (60), ADPULSE_PARTITIONS (4).
+
+    \b
+    Quick start:
+      adpulse demo                 # everything on the embedded stack, with a live view
+      adpulse stack up             # just the embedded broker and Redis
+      adpulse worker               # a stream worker (start several to scale out)
+      adpulse simulate --rate 500  # traffic
+      adpulse kpis                 # current KPIs
+    """
+    try:
+        settings = load_settings(log_level=log_level.upper() if log_level else None)
+    except ValidationError as exc:
+        problems = "; ".join(f"ADPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise click.UsageError(f"invalid configuration: {problems}") from exc
+    ctx.obj = settings
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.pass_obj
+def worker(settings: Settings) -> None:
+    """Run a stream worker: fold events into windowed KPIs, write snapshots to Redis, serve /metrics.
+
+    Start several (with different ADPULSE_WEB_PORT) to share the partitions. Stops cleanly on
+    Ctrl-C / SIGTERM; after a crash, a restart resumes exactly (nothing lost, nothing counted twice).
+    """
+    from adpulse.worker import run_worker
+
+    run_worker(settings, loglevel=settings.log_level.lower())
+
+
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value.startswith("-") and value[-1] in units and value[1:-1].isdigit():
+        return datetime.now(timezone.utc) - timedelta(seconds=int(value[1:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: use RFC 3339 (2026-11-24T10:00:00+08:00) or -30m / -2h") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+async def _read_kpis(settings: Settings) -> list[dict[str, object]]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        raw = await client.hgetall(f"{settings.redis_prefix}:kpis")
+    finally:
+        await client.aclose()
+    return [orjson.loads(value) for value in raw.values()]
+
+
+def select_kpis(
+    rows: list[dict[str, object]],
+    window: str | None,
+    channel: str | None,
+    campaign: str | None,
+    since: datetime | None,
+) -> list[dict[str, object]]:
+    """Filter and order KPI rows as ``adpulse kpis`` prints them."""
+    picked = [
+        row
+        for row in rows
+        if row["window"] != "total"
+        and (window is None or row["window"] == window)
+        and (channel is None or row["channel"] == channel)
+        and (campaign is None or row["campaign"] == campaign)
+        and (since is None or datetime.fromisoformat(str(row["window_start"])) >= since)
+    ]
+    order = {"1m": 0, "1h": 1, "1d": 2}
+    return sorted(picked, key=lambda r: (r["channel"], r["campaign"] != "-", r["campaign"], order[r["window"]],
+                                         str(r["window_start"])))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array (CONTRACT.md §5).")
+@click.option("--window", type=click.Choice(["1m", "1h", "1d"]), help="Only this window size.")
+@click.option("--channel", help="Only this channel.")
+@click.option("--campaign", help="Only this campaign ('-' = channel level).")
+@click.option("--since", help="Only windows starting at or after this time (RFC 3339, or -30m / -2h).")
+@click.pass_obj
+def kpis(
+    settings: Settings, as_json: bool, window: str | None, channel: str | None, campaign: str | None, since: str | None
+) -> None:
+    """Current and last complete KPI windows per channel (and campaign), from the workers' snapshot."""
+    try:
+        rows = asyncio.run(_read_kpis(settings))
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack up?") from exc
+    rows = select_kpis(rows, window, channel, campaign, _parse_since(since))
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    if not rows:
+        click.echo("no KPIs yet: is a worker running (adpulse worker) and are events arriving?", err=True)
+        return
+    from adpulse.render import kpi_table
+
+    kpi_table(rows, settings.currency)
+
+
+def _register_optional() -> None:
+    from adpulse.demo import demo_cli
+    from adpulse.simulate import simulate_cli
+    from adpulse.stack import stack_cli
+
+    cli.add_command(stack_cli)
+    cli.add_command(simulate_cli)
+    cli.add_command(demo_cli)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="adpulse")

@@ -1,0 +1,146 @@
+"""The one settings object: read once at the edge (the CLI), passed down as plain values.
+
+Every field maps to an ``ADPULSE_<NAME>`` environment variable; an optional dotenv-style file named by
+``ADPULSE_ENV_FILE`` (default ``.env`` in the current directory, if present) is read too. Time inside
+adpulse is float seconds and the names say so (``grace_s``); milliseconds appear only at the Kafka edge.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """adpulse configuration (environment variables ``ADPULSE_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ADPULSE_",
+        env_file=os.environ.get("ADPULSE_ENV_FILE", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Where things are.
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://)")
+    web_port: int = Field(6066, ge=0, le=65535, description="worker /metrics port (0 = pick a free one)")
+    web_host: str = Field("127.0.0.1", description="address the worker's /metrics binds to")
+    home: Path = Field(Path(".adpulse"), description="embedded stack and local state")
+    redis_prefix: str = Field("adpulse", description="namespace of every Redis key (adpulse:alerts, ...)")
+
+    # Kafka security (production clusters); empty means PLAINTEXT.
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+    kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = Field(None, repr=False)
+    kafka_ssl_cafile: Path | None = None
+
+    # Topics.
+    topic_prefix: str = "adpulse."
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of the event topics")
+    app_id: str = Field("adpulse", description="Kafka consumer-group / Faust app id")
+
+    # Domain.
+    tz: str = Field("Asia/Shanghai", description="time zone for day windows and budget periods")
+    currency: str = Field("CNY", min_length=3, max_length=3)
+    max_channels: int = Field(500, ge=1, description="bound on channel label values; the rest are 'other'")
+    max_campaigns_per_channel: int = Field(2000, ge=1)
+
+    # Event time.
+    grace_s: float = Field(60.0, ge=0, description="how long after a window ends events are still accepted")
+    max_future_skew_s: float = Field(3600.0, ge=0, description="reject events this far ahead of their send time")
+    max_record_bytes: int = Field(64 * 1024, ge=256)
+    idle_partition_s: float = Field(
+        30.0, gt=0, description="a caught-up partition silent this long stops holding the watermark back"
+    )
+
+    # Engine.
+    block_records: int = Field(
+        5000, ge=10, description="source offsets per replay block (the unit of exactly-once folding)"
+    )
+    flush_interval_s: float = Field(0.5, gt=0, description="how often folded partials are published")
+    tick_s: float = Field(1.0, gt=0, description="how often KPI snapshots go to Redis")
+    fetch_max_records: int = Field(5000, ge=1)
+    retention_1m_s: float = Field(6 * 3600.0, gt=0, description="how long 1-minute buckets are kept")
+    retention_1h_s: float = Field(8 * 86400.0, gt=0)
+    retention_1d_s: float = Field(62 * 86400.0, gt=0)
+
+    log_level: str = Field("INFO")
+
+    @field_validator("tz")
+    @classmethod
+    def _known_tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from exc
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _upper_currency(cls, value: str) -> str:
+        return value.upper()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(f"ADPULSE_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"ADPULSE_KAFKA_BOOTSTRAP entries must be host:port, got {server!r}")
+        return value
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a short name such as ``clicks``."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.tz)
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Connection options shared by every aiokafka client (security included)."""
+        options: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        if self.kafka_security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+        return options
+
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``ADPULSE_*`` environment variables, for child processes (worker, demo)."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            env[f"ADPULSE_{name.upper()}"] = str(value)
+        return env
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings once (environment, optional file), with explicit overrides from the CLI."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

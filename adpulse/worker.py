@@ -1,0 +1,123 @@
+"""``adpulse worker``: the fold stage and the Faust agents in one process (start several to scale out)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from adpulse.settings import Settings
+from agents.buckets import BucketConfig, SnapshotHolder, install
+from agents.fold import FoldConfig
+from agents.folder import FoldStage, FoldStageConfig
+from agents.metrics import PipelineMetrics, SnapshotCollector
+from agents.windows import Calendar
+from streams.app import make_app
+
+log = logging.getLogger(__name__)
+
+
+def build_worker_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """The worker's Faust app with the fold stage, the bucket table, the snapshot timer and /metrics."""
+    registry = registry or CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    holder = SnapshotHolder()
+    registry.register(SnapshotCollector(lambda: holder.rows, settings.max_channels))
+    calendar = Calendar(settings.zone)
+    app = make_app(
+        settings.app_id,
+        settings.kafka_bootstrap,
+        partitions=settings.partitions,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        datadir=str(settings.home / "worker-data"),
+        credentials=_faust_credentials(settings),
+    )
+    clients: dict[str, Any] = {}
+
+    def redis() -> Any:
+        if "redis" not in clients:
+            clients["redis"] = aioredis.from_url(settings.redis_url)
+        return clients["redis"]
+
+    install(
+        app,
+        BucketConfig(
+            partials_topic=settings.topic("partials"),
+            partitions=settings.partitions,
+            redis_prefix=settings.redis_prefix,
+            grace_s=settings.grace_s,
+            idle_partition_s=settings.idle_partition_s,
+            tick_s=settings.tick_s,
+            retention_s={"1m": settings.retention_1m_s, "1h": settings.retention_1h_s, "1d": settings.retention_1d_s},
+        ),
+        calendar,
+        redis,
+        holder,
+        metrics,
+    )
+    stage_config = FoldStageConfig(
+        kafka=settings.kafka_client_options(),
+        group_id=f"{settings.app_id}-fold",
+        topic_prefix=settings.topic_prefix,
+        partials_partitions=settings.partitions,
+        redis_prefix=settings.redis_prefix,
+        fold=FoldConfig(
+            block_records=settings.block_records,
+            grace_s=settings.grace_s,
+            max_future_skew_s=settings.max_future_skew_s,
+            max_record_bytes=settings.max_record_bytes,
+            currency=settings.currency,
+        ),
+        flush_interval_s=settings.flush_interval_s,
+        fetch_max_records=settings.fetch_max_records,
+    )
+
+    @app.task
+    async def fold_stage() -> None:
+        stage = FoldStage(stage_config, redis(), calendar, metrics)
+        try:
+            await stage.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("fold stage crashed; stopping the worker so that it restarts from its checkpoints")
+            app._crash_reason = "fold stage crashed"  # noqa: SLF001 - read by the CLI for the exit code
+            raise
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        body = generate_latest(registry)
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return app
+
+
+def _faust_credentials(settings: Settings) -> Any:
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(ssl_context)
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run one worker until SIGINT/SIGTERM."""
+    app = build_worker_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel)
+    worker.execute_from_commandline()

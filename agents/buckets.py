@@ -1,0 +1,194 @@
+"""The Faust side: the bucket table, the agent that merges partials into it, and the snapshot timer.
+
+Table keys are ``channel \\x1f window \\x1f bucket_start``; partials are keyed (and partitioned, see
+``streams.partitioning``) by channel, so every key of a channel lives on the partition that carries
+that channel's partials: the table is co-partitioned with its source by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+
+from agents.metrics import PipelineMetrics
+from agents.partials import BucketValue, merge
+from agents.snapshot import (
+    KpiRow,
+    build_rows,
+    closed_rows,
+    global_watermark,
+    last_complete_start,
+    newly_closed,
+)
+from agents.windows import TOTAL, WINDOWS, Calendar
+from streams.partitioning import partition_of
+
+log = logging.getLogger(__name__)
+SEP = "\x1f"
+
+
+def bucket_key(channel: str, window: str, start: int) -> str:
+    """The table key of one channel's window bucket."""
+    return f"{channel}{SEP}{window}{SEP}{start}"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    """What the bucket agent and the snapshot timer need."""
+
+    partials_topic: str
+    partitions: int
+    redis_prefix: str
+    grace_s: float
+    idle_partition_s: float
+    tick_s: float
+    retention_s: dict[str, float]
+
+
+@dataclass(slots=True)
+class SnapshotHolder:
+    """The latest snapshot of this worker, read by the Prometheus collector at scrape time."""
+
+    rows: list[KpiRow] = field(default_factory=list)
+    watermark_s: float | None = None
+    at: float = 0.0
+
+
+def install(
+    app: faust.App,
+    config: BucketConfig,
+    calendar: Calendar,
+    redis: Callable[[], Any],
+    holder: SnapshotHolder,
+    metrics: PipelineMetrics,
+) -> faust.Table:
+    """Register the bucket table, its agent and the snapshot timer on ``app``."""
+    source = app.topic(
+        config.partials_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=config.partitions,
+    )
+    table = app.Table(
+        "buckets",
+        default=None,
+        partitions=config.partitions,
+        key_type=str,
+    )
+    expired_at: dict[str, float] = {}
+    # (channel, window) -> start of the newest bucket already recorded as closed (this worker's view).
+    emitted: dict[tuple[str, str], int] = {}
+
+    @app.agent(source, name="merge-partials")
+    async def merge_partials(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            channel = event.key.decode("utf-8")
+            message = orjson.loads(event.value)
+            src, block, upto = message["src"], message["blk"], message["upto"]
+            grouped: dict[tuple[str, int], dict[str, list[int]]] = {}
+            for window, start, campaign, *counts in message["rows"]:
+                grouped.setdefault((window, start), {})[campaign] = counts
+            for (window, start), rows in grouped.items():
+                key = bucket_key(channel, window, start)
+                merged = merge(table.get(key), src, block, upto, rows)
+                if merged is not None:
+                    table[key] = merged
+            now = time.time()
+            if now - expired_at.get(channel, 0.0) > 60.0:
+                expired_at[channel] = now
+                _expire(table, channel, calendar, config.retention_s, now)
+
+    @app.timer(interval=config.tick_s, name="kpi-snapshot")
+    async def snapshot() -> None:
+        started = time.perf_counter()
+        client = redis()
+        marks = await client.hgetall(f"{config.redis_prefix}:watermarks")
+        watermark = global_watermark(
+            ((v["watermark_ms"] / 1000, v["active_at"]) for v in map(orjson.loads, marks.values())),
+            time.time(),
+            config.idle_partition_s,
+        )
+        if watermark is None:
+            return
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic}
+        starts: dict[tuple[str, str], list[int]] = {}
+        for key in list(table.keys()):
+            channel, window, start = key.split(SEP)
+            if partition_of(channel, config.partitions) in owned:
+                starts.setdefault((channel, window), []).append(int(start))
+        channels = {channel for channel, _ in starts}
+
+        def lookup(channel: str, window: str, start: int) -> BucketValue | None:
+            return table.get(bucket_key(channel, window, start))
+
+        rows = build_rows(channels, lookup, calendar, watermark, config.grace_s)
+        closed: list[KpiRow] = []
+        for channel in channels:
+            for window in WINDOWS:
+                last = last_complete_start(calendar, window, watermark, config.grace_s)
+                todo = newly_closed(calendar, window, starts.get((channel, window), ()), emitted.get((channel, window)), last)
+                closed.extend(closed_rows(channel, window, todo, lookup, calendar))
+                emitted[(channel, window)] = max(last, emitted.get((channel, window), last))
+        await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
+        if closed:
+            await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)
+        holder.rows, holder.watermark_s, holder.at = rows, watermark, time.time()
+        metrics.watermark.set(watermark)
+        metrics.event_time_lag.set(max(0.0, time.time() - watermark))
+        metrics.snapshot_seconds.observe(time.perf_counter() - started)
+
+    return table
+
+
+def _expire(table: faust.Table, channel: str, calendar: Calendar, retention_s: dict[str, float], now: float) -> None:
+    """Delete this channel's buckets older than their retention (inside stream iteration, as Faust needs)."""
+    prefix = f"{channel}{SEP}"
+    for key in [k for k in list(table.keys()) if k.startswith(prefix)]:
+        _, window, start = key.split(SEP)
+        if window != TOTAL and float(start) + retention_s[window] < now:
+            del table[key]
+
+
+async def _write_snapshot(
+    client: Any, prefix: str, rows: list[KpiRow], calendar: Calendar, holder: SnapshotHolder, watermark: float
+) -> None:
+    """One pipelined write per tick: every row as a hash field, stale fields of this worker removed."""
+    key = f"{prefix}:kpis"
+    mapping = {row.field: orjson.dumps(row.to_json(calendar.zone)) for row in rows}
+    stale = {row.field for row in holder.rows} - mapping.keys()
+    pipe = client.pipeline(transaction=False)
+    if mapping:
+        pipe.hset(key, mapping=mapping)
+    if stale:
+        pipe.hdel(key, *stale)
+    pipe.hset(f"{prefix}:kpis:meta", mapping={"watermark_s": watermark, "updated_at": time.time()})
+    await pipe.execute()
+
+
+def closed_key(prefix: str, window: str, day: str) -> str:
+    """The Redis hash holding one local day's closed ``window`` buckets (field ``channel|campaign|start``)."""
+    return f"{prefix}:windows:{window}:{day}"
+
+
+async def _write_closed(
+    client: Any, prefix: str, rows: list[KpiRow], calendar: Calendar, retention_s: dict[str, float]
+) -> None:
+    """Record closed windows once (re-recording after a restart overwrites with the same values)."""
+    by_day: dict[tuple[str, str], dict[str, bytes]] = {}
+    for row in rows:
+        day = datetime.fromtimestamp(row.window_start, calendar.zone).date().isoformat()
+        field = f"{row.channel}|{row.campaign}|{row.window_start}"
+        by_day.setdefault((row.window, day), {})[field] = orjson.dumps(row.to_json(calendar.zone))
+    pipe = client.pipeline(transaction=False)
+    for (window, day), mapping in by_day.items():
+        key = closed_key(prefix, window, day)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, int(retention_s[window] + 86400))
+    await pipe.execute()

@@ -1,0 +1,106 @@
+"""Prometheus metrics of the worker (CONTRACT.md §4), with an injectable registry.
+
+Counters of the pipeline are incremented once per fetched batch, never per event. KPI gauges and the
+per-channel counters are read from the latest snapshot at scrape time by ``SnapshotCollector``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agents.snapshot import KpiRow
+
+
+class PipelineMetrics:
+    """The worker's own counters and gauges."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.events = Counter(
+            "adpulse_events", "Source records by topic and outcome", ["topic", "outcome"], registry=registry
+        )
+        self.late_within_grace = Counter(
+            "adpulse_late_within_grace_events",
+            "Events behind their partition's watermark but within the grace period (counted)",
+            ["topic"],
+            registry=registry,
+        )
+        self.dlq = Counter(
+            "adpulse_dlq_records", "Records sent to the DLQ by source topic and reason", ["topic", "reason"],
+            registry=registry,
+        )
+        self.watermark = Gauge(
+            "adpulse_watermark_seconds", "Event-time watermark of the KPI snapshot (epoch seconds)",
+            registry=registry,
+        )
+        self.event_time_lag = Gauge(
+            "adpulse_event_time_lag_seconds", "Wall clock minus the event-time watermark", registry=registry
+        )
+        self.dedup_ids = Gauge(
+            "adpulse_dedup_ids", "Event ids held for deduplication by this worker", registry=registry
+        )
+        self.partials = Counter(
+            "adpulse_partials", "Partial aggregates published by the fold stage", registry=registry
+        )
+        self.snapshot_seconds = Histogram(
+            "adpulse_snapshot_seconds", "Time to compute and write one KPI snapshot", registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+
+
+_COUNTERS = (
+    ("adpulse_impressions", "Impressions (sum of counts)", "impressions", 1),
+    ("adpulse_clicks", "Clicks", "clicks", 1),
+    ("adpulse_visits", "Landing-page visits", "visits", 1),
+    ("adpulse_carts", "Add-to-cart events", "carts", 1),
+    ("adpulse_orders", "Orders", "orders", 1),
+    ("adpulse_gmv", "GMV in currency units", "gmv", 1),
+    ("adpulse_spend", "Ad spend in currency units", "spend", 1),
+)
+_RATIOS = ("ctr", "cvr", "roi", "aov", "cpc", "cpa")
+
+
+class SnapshotCollector(Collector):
+    """Exports the KPIs of the latest snapshot: exact per-channel counters and last-window ratios.
+
+    Channels beyond ``max_channels`` (the busiest are kept) are reported together as ``other``.
+    """
+
+    def __init__(self, rows: Callable[[], Iterable[KpiRow]], max_channels: int) -> None:
+        self._rows = rows
+        self._max_channels = max_channels
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        rows = [row for row in self._rows() if row.campaign == "-"]
+        totals = {row.channel: row for row in rows if row.window == "total"}
+        keep = set(sorted(totals, key=lambda c: (-totals[c].counts["impressions"], c))[: self._max_channels])
+        label = {channel: channel if channel in keep else "other" for channel in totals}
+        for name, doc, field, _ in _COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["channel"])
+            summed: dict[str, float] = {}
+            for channel, row in totals.items():
+                summed[label[channel]] = summed.get(label[channel], 0) + row.counts[field]
+            for channel, value in sorted(summed.items()):
+                family.add_metric([channel], value)
+            yield family
+        ratio = GaugeMetricFamily(
+            "adpulse_kpi_ratio", "KPI of the last complete window (no sample when there is no data)",
+            labels=["channel", "kpi", "window"],
+        )
+        merged: dict[tuple[str, str], KpiRow] = {}
+        for row in rows:
+            if row.window == "total" or row.which != "last":
+                continue
+            key = (label.get(row.channel, "other"), row.window)
+            merged[key] = row if key not in merged else merged[key].plus(row)
+        for (channel, window), row in sorted(merged.items()):
+            for kpi, value in row.ratios().items():
+                if kpi in _RATIOS and value is not None:
+                    ratio.add_metric([channel, kpi, window], value)
+        yield ratio

@@ -1,0 +1,132 @@
+"""Event models exactly as CONTRACT.md §1: the reference definition of what trackers may send.
+
+The fold stage's hot path (``streams.codec``) accepts only records these models would accept, and asks
+these models whenever a record is not in the common shape, so that the reason a record is rejected
+always comes from one place and reads the same.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal, NewType
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+
+Channel = NewType("Channel", str)
+Campaign = NewType("Campaign", str)
+
+#: The campaign of an event that names none (and of channel-level aggregates).
+NO_CAMPAIGN = "-"
+#: Epoch milliseconds before 2000-01-01: almost always a seconds value sent by mistake.
+MIN_TS_MS = 946_684_800_000
+#: Money is kept in integer micro-units so that sums are exact and order-independent.
+MICROS = 1_000_000
+CLICK_TYPES: tuple[str, ...] = ("impression", "click", "visit", "cart")
+
+
+def _parse_ts(value: object) -> int:
+    """Event time as int epoch milliseconds, from int milliseconds or an RFC 3339 string."""
+    if isinstance(value, bool):
+        raise ValueError("ts must be epoch milliseconds (int) or an RFC 3339 string, not a boolean")
+    if isinstance(value, int):
+        if value < MIN_TS_MS:
+            raise ValueError(f"ts {value} is before 2000-01-01 in epoch milliseconds; was it sent in seconds?")
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"ts {value!r} is not an RFC 3339 timestamp") from exc
+        if parsed.tzinfo is None:
+            raise ValueError(f"ts {value!r} has no UTC offset; RFC 3339 needs one (e.g. 'Z' or '+08:00')")
+        return _parse_ts(int(parsed.astimezone(timezone.utc).timestamp() * 1000))
+    raise ValueError("ts must be epoch milliseconds (int) or an RFC 3339 string")
+
+
+def _money(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    if not math.isfinite(value):
+        raise ValueError("must be finite")
+    if value < 0:
+        raise ValueError("must not be negative")
+    return float(value)
+
+
+EpochMs = Annotated[int, BeforeValidator(_parse_ts)]
+Money = Annotated[float, BeforeValidator(_money)]
+
+
+class Event(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    ts: EpochMs
+    channel: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    campaign: Annotated[StrictStr, Field(min_length=1, max_length=128)] = NO_CAMPAIGN
+    region: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+
+class _Priced(Event):
+    currency: Annotated[StrictStr, Field(min_length=3, max_length=3)] | None = None
+
+    @field_validator("currency")
+    @classmethod
+    def _configured_currency(cls, value: str | None, info: ValidationInfo) -> str | None:
+        expected = (info.context or {}).get("currency")
+        if value is not None and expected is not None and value.upper() != expected:
+            raise ValueError(f"currency {value!r} is not the configured currency {expected!r}")
+        return value
+
+
+class ClickEvent(Event):
+    """adpulse.clicks: one funnel step (impression → click → visit → cart), optionally pre-aggregated."""
+
+    type: Literal["impression", "click", "visit", "cart"]
+    count: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)] = 1
+    click_id: StrictStr | None = None
+
+
+class OrderEvent(_Priced):
+    """adpulse.orders: an order and its GMV."""
+
+    order_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    amount: Money
+    click_id: StrictStr | None = None
+    new_customer: StrictBool | None = None
+
+
+class SpendEvent(_Priced):
+    """adpulse.spend: incremental ad cost."""
+
+    cost: Money
+
+
+class BudgetSetting(BaseModel):
+    """adpulse.budgets: a budget for a channel or a (channel, campaign); ``amount=None`` deletes it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    channel: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    campaign: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    period: Literal["day", "month", "total"]
+    amount: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
+    owner: StrictStr | None = None
+    reserve_pct: Annotated[float, Field(ge=0, le=50)] = 0.0
+
+
+#: The model for each source topic's short name.
+MODELS: dict[str, type[Event]] = {"clicks": ClickEvent, "orders": OrderEvent, "spend": SpendEvent}

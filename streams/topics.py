@@ -1,0 +1,34 @@
+"""Topic specifications: the public topics of CONTRACT.md §1 and adpulse's internal ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Short names of the topics trackers write to, in the order the fold stage reads them.
+SOURCE_TOPICS: tuple[str, ...] = ("clicks", "orders", "spend")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic adpulse creates: short name, partition count and explicit configs.
+
+    Configs are always set explicitly at creation: the embedded broker reports only those
+    (DescribeConfigs), and real Kafka clusters then behave the same way.
+    """
+
+    short: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+
+
+def topic_specs(partitions: int, retention_ms: int = 7 * 86400 * 1000) -> list[TopicSpec]:
+    """Every topic adpulse needs, with ``partitions`` for the event and internal topics."""
+    retained = {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+    return [
+        *(TopicSpec(name, partitions, dict(retained)) for name in SOURCE_TOPICS),
+        TopicSpec("budgets", 1, {"cleanup.policy": "compact"}),
+        TopicSpec("dlq", partitions, dict(retained)),
+        # Internal: the fold stage's partial aggregates, keyed by channel, consumed by the Faust agents.
+        TopicSpec("partials", partitions, dict(retained), internal=True),
+    ]
