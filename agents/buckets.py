@@ -85,6 +85,8 @@ def install(
     expired_at: dict[str, float] = {}
     # (channel, window) -> start of the newest bucket already recorded as closed (this worker's view).
     emitted: dict[tuple[str, str], int] = {}
+    # Keys written since the last tick: a closed window that changes is recorded again.
+    touched: set[str] = set()
 
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT) -> None:
@@ -100,6 +102,7 @@ def install(
                 merged = merge(table.get(key), src, block, upto, rows)
                 if merged is not None:
                     table[key] = merged
+                    touched.add(key)
             now = time.time()
             if now - expired_at.get(channel, 0.0) > 60.0:
                 expired_at[channel] = now
@@ -111,7 +114,10 @@ def install(
         client = redis()
         marks = await client.hgetall(f"{config.redis_prefix}:watermarks")
         watermark = global_watermark(
-            ((v["watermark_ms"] / 1000, v["active_at"]) for v in map(orjson.loads, marks.values())),
+            (
+                (v["watermark_ms"] / 1000, v["active_at"], v.get("caught_up", False))
+                for v in map(orjson.loads, marks.values())
+            ),
             time.time(),
             config.idle_partition_s,
         )
@@ -129,13 +135,21 @@ def install(
             return table.get(bucket_key(channel, window, start))
 
         rows = build_rows(channels, lookup, calendar, watermark, config.grace_s)
+        revised: dict[tuple[str, str], set[int]] = {}
+        for key in touched:
+            channel, window, start = key.split(SEP)
+            revised.setdefault((channel, window), set()).add(int(start))
+        touched.clear()
         closed: list[KpiRow] = []
         for channel in channels:
             for window in WINDOWS:
+                done = emitted.get((channel, window))
                 last = last_complete_start(calendar, window, watermark, config.grace_s)
-                todo = newly_closed(calendar, window, starts.get((channel, window), ()), emitted.get((channel, window)), last)
-                closed.extend(closed_rows(channel, window, todo, lookup, calendar))
-                emitted[(channel, window)] = max(last, emitted.get((channel, window), last))
+                todo = set(newly_closed(calendar, window, starts.get((channel, window), ()), done, last))
+                if done is not None:
+                    todo.update(s for s in revised.get((channel, window), ()) if s <= done)
+                closed.extend(closed_rows(channel, window, sorted(todo), lookup, calendar))
+                emitted[(channel, window)] = max(last, done if done is not None else last)
         await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
         if closed:
             await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)

@@ -145,6 +145,7 @@ class PartitionFold:
             if offset >= block_end:
                 self._close_block(out, offset // block_records)
                 block_end = (self.block + 1) * block_records
+                acc = self._acc
             self.position = offset + 1
             decoded = decode(topic, record.value, currency, max_bytes)
             if type(decoded) is Rejection:

@@ -317,11 +317,19 @@ class FoldStage:
     async def _publish_watermarks(self) -> None:
         if not self.folds:
             return
-        mapping = {
-            fold.src: orjson.dumps({"watermark_ms": fold.watermark_ms, "active_at": self._last_seen.get(tp, 0.0)})
-            for tp, fold in self.folds.items()
-            if fold.watermark_ms > 0
-        }
+        assert self._consumer is not None
+        mapping = {}
+        for tp, fold in self.folds.items():
+            if fold.watermark_ms <= 0:
+                continue
+            highwater = self._consumer.highwater(tp)
+            mapping[fold.src] = orjson.dumps(
+                {
+                    "watermark_ms": fold.watermark_ms,
+                    "active_at": self._last_seen.get(tp, 0.0),
+                    "caught_up": highwater is not None and fold.position >= highwater,
+                }
+            )
         if mapping:
             await self.redis.hset(self._watermark_key, mapping=mapping)
         self.metrics.dedup_ids.set(sum(fold.dedup_size for fold in self.folds.values()))

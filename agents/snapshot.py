@@ -146,18 +146,19 @@ def closed_rows(
     return rows
 
 
-def global_watermark(marks: Iterable[tuple[float, float]], now_s: float, idle_s: float) -> float | None:
-    """Event-time watermark over all source partitions, from ``(watermark_s, last_active_wall_s)``.
+def global_watermark(marks: Iterable[tuple[float, float, bool]], now_s: float, idle_s: float) -> float | None:
+    """Event-time watermark over all source partitions, from ``(watermark_s, last_active_wall_s, caught_up)``.
 
-    The slowest active partition holds event time back; a partition silent for ``idle_s`` stops
-    holding it back. When every partition is silent, nothing is in flight: event time is taken to be
-    the wall clock minus ``idle_s`` (or the newest watermark, if later), so the windows of a channel
-    that stops sending still close, and so do those of a finished backfill.
+    The slowest partition holds event time back, unless it is idle: caught up (nothing left to read)
+    and silent for ``idle_s``. A partition that is merely behind is never idle, however long since
+    its last fetch. When every partition is idle, nothing is in flight: event time is taken to be the
+    wall clock minus ``idle_s`` (or the newest watermark, if later), so the windows of a channel that
+    stops sending still close, and so do those of a finished backfill.
     """
     marks = list(marks)
     if not marks:
         return None
-    active = [mark for mark, seen in marks if now_s - seen < idle_s]
-    if active:
-        return min(active)
-    return max(max(mark for mark, _ in marks), now_s - idle_s)
+    holding = [mark for mark, seen, caught_up in marks if not caught_up or now_s - seen < idle_s]
+    if holding:
+        return min(holding)
+    return max(max(mark for mark, _, _ in marks), now_s - idle_s)

@@ -1,0 +1,192 @@
+"""``adpulse demo``: the embedded stack, a worker, simulated traffic and a live terminal view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from adpulse.render import kpi_rich_table
+from adpulse.settings import Settings, load_settings
+from adpulse.simulate import parse_scenario, simulate
+from adpulse.stack import EmbeddedStack, StackError
+
+DEFAULT_SCENARIOS = ("ctr-drop:channel=douyin,at=2m", "spend-surge:channel=taobao,at=3m", "bad-records")
+
+
+class _Worker:
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "adpulse", "worker"],
+                env={**os.environ, **self.settings.to_env()},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+                text = response.read().decode()
+        except OSError:
+            return {}
+        sums: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("adpulse_events_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                sums[outcome] = sums.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+            elif line.startswith("adpulse_dlq_records_total{"):
+                sums["dlq"] = sums.get("dlq", 0.0) + float(line.rsplit(" ", 1)[1])
+        return sums
+
+
+async def _kpi_rows(client: Any, prefix: str) -> list[dict[str, Any]]:
+    raw = await client.hgetall(f"{prefix}:kpis")
+    rows = [orjson.loads(v) for v in raw.values()]
+    picked = [r for r in rows if r["campaign"] == "-" and r["window"] == "1m" and r["which"] == "last"]
+    return sorted(picked, key=lambda r: r["channel"])
+
+
+def _header(started_at: float, metrics: dict[str, float], rate: float, worker_alive: bool) -> Text:
+    counted = sum(metrics.get(k, 0.0) for k in ("accepted", "invalid", "late", "duplicate"))
+    elapsed = max(1e-9, time.monotonic() - started_at)
+    text = Text()
+    text.append("adpulse demo", style="bold")
+    text.append(f"  up {elapsed:,.0f} s   events {counted:,.0f} ({rate:,.0f}/s)   ")
+    text.append(f"DLQ {metrics.get('dlq', 0):,.0f}   duplicates {metrics.get('duplicate', 0):,.0f}   ")
+    text.append("worker " + ("running" if worker_alive else "DOWN"), style="green" if worker_alive else "bold red")
+    text.append("\nLast complete 1-minute window per channel. Ctrl-C stops everything the demo started.\n")
+    return text
+
+
+async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: bool, console: Console) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.redis_url)
+    started_at = time.monotonic()
+    previous = (time.monotonic(), 0.0)
+    try:
+        with Live(console=console, refresh_per_second=2, transient=False) if live else contextlib.nullcontext() as screen:
+            while not stop.is_set():
+                metrics = worker.metrics()
+                now = time.monotonic()
+                counted = sum(metrics.get(k, 0.0) for k in ("accepted", "invalid", "late", "duplicate"))
+                rate = (counted - previous[1]) / max(1e-9, now - previous[0])
+                previous = (now, counted)
+                rows = await _kpi_rows(client, settings.redis_prefix)
+                header = _header(started_at, metrics, rate, worker.proc is not None and worker.proc.poll() is None)
+                if screen is not None:
+                    screen.update(Group(header, kpi_rich_table(rows, settings.currency)))
+                else:
+                    summary = ", ".join(
+                        f"{r['channel']} CTR {r['ctr'] * 100:.2f}%" if r["ctr"] is not None else f"{r['channel']} —"
+                        for r in rows
+                    )
+                    console.print(f"{header.plain.splitlines()[0]} | {summary}")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0 if live else 5.0)
+    finally:
+        await client.aclose()
+
+
+async def _run(settings: Settings, rate: float, duration_s: float | None, seed: int, scenarios: list[Any],
+               live: bool, console: Console, worker: _Worker) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    traffic = asyncio.create_task(
+        simulate(settings, rate=rate, duration_s=None, seed=seed, scenarios=scenarios, progress=False, stop=stop)
+    )
+    view = asyncio.create_task(_view(settings, worker, stop, live, console))
+    if duration_s is not None:
+        loop.call_later(duration_s, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        stop.set()
+        await asyncio.gather(traffic, view, return_exceptions=True)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    if traffic.done() and traffic.exception() is not None:
+        raise click.ClickException(f"traffic simulation failed: {traffic.exception()}")
+
+
+@click.command("demo")
+@click.option("--rate", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Simulated records per second.")
+@click.option("--duration", type=click.FloatRange(min=1), default=None,
+              help="Stop by itself after this many seconds (default: run until Ctrl-C).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the simulated traffic.")
+@click.option("--scenario", "scenario_texts", multiple=True, default=DEFAULT_SCENARIOS, show_default=True,
+              help="Traffic scenarios (see `adpulse simulate --help`).")
+@click.option("--no-live", is_flag=True, help="Print a status line every 5 s instead of the live table.")
+@click.option("--keep-stack", is_flag=True, help="Leave the broker and Redis running when the demo ends.")
+def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tuple[str, ...], no_live: bool,
+             keep_stack: bool) -> None:
+    """Run adpulse end to end on the embedded stack, with a live view of the KPIs.
+
+    Starts the embedded broker and Redis (if not running), one worker, and simulated traffic for
+    douyin, taobao, wechat, xiaohongshu, baidu and jd, with a CTR drop on douyin after 2 minutes and a
+    spend surge on taobao after 3. Ctrl-C stops everything the demo started. Logs go to
+    ADPULSE_HOME/demo/.
+    """
+    ctx = click.get_current_context()
+    settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    console = Console()
+    try:
+        scenarios = [parse_scenario(text) for text in scenario_texts]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scenario") from None
+    stack = EmbeddedStack(settings)
+    try:
+        status = stack.up()
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"stack: broker {settings.kafka_bootstrap}, redis {settings.redis_url}"
+                  f" ({'started' if status.started else 'already running'})")
+    worker = _Worker(settings, settings.home / "demo" / "worker.log")
+    worker.start()
+    console.print(f"worker: pid {worker.proc.pid if worker.proc else '?'}, metrics on "
+                  f"http://{settings.web_host}:{settings.web_port}/metrics, log {worker.log_path}")
+    try:
+        asyncio.run(_run(settings, rate, duration, seed, scenarios, not no_live and console.is_terminal, console,
+                         worker))
+    finally:
+        worker.stop()
+        if status.started and not keep_stack:
+            stack.down(components=status.started)
+            console.print(f"stopped: worker, {', '.join(status.started)}")
+        else:
+            console.print("stopped: worker (the stack was already running and is left up)")

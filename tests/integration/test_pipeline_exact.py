@@ -1,0 +1,202 @@
+"""Exactness on the real broker and Redis: 100,000 events, 10 channels, 50 campaigns, 30 minutes of event
+time, with malformed, duplicate and late records — every 1-minute and 1-hour window equals the ground
+truth, also when a worker is killed with ``kill -9`` in the middle and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from adpulse.settings import Settings
+from adpulse.stack import free_port
+from tests.support.dataset import SLOTS, Dataset, build
+from tests.support.processes import WorkerProcess, metric_sum, wait_for
+
+pytestmark = pytest.mark.integration
+
+N_EVENTS = 100_000
+
+
+def _window_start_ms() -> int:
+    """Event time of the dataset: minutes 10–40 of the hour two hours ago (so every window can close)."""
+    hour = int(time.time()) // 3600 * 3600 - 2 * 3600
+    return (hour + 600) * 1000
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    return build(N_EVENTS, _window_start_ms(), 30 * 60_000)
+
+
+def _settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
+        grace_s=60.0,
+        block_records=2000,
+        flush_interval_s=0.3,
+        tick_s=0.5,
+        idle_partition_s=3.0,
+        partitions=4,
+        web_port=free_port(),
+    )
+
+
+async def _produce(settings: Settings, records: list, pause_every: int = 0, pause_s: float = 0.0,
+                   on_pause: Callable[[int], None] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all",
+                                enable_idempotence=False)
+    await producer.start()
+    try:
+        futures = []
+        for i, record in enumerate(records, 1):
+            futures.append(await producer.send(settings.topic(record.topic), record.value, key=record.key))
+            if pause_every and i % pause_every == 0:
+                await producer.flush()
+                if on_pause is not None:
+                    on_pause(i)
+                await asyncio.sleep(pause_s)
+        await producer.flush()
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+def _closed_windows(settings: Settings, windows: tuple[str, ...] = ("1m", "1h")) -> dict[tuple[str, str, str, int], dict]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        rows = {}
+        for window in windows:
+            for key in client.scan_iter(f"{settings.redis_prefix}:windows:{window}:*"):
+                for field, value in client.hgetall(key).items():
+                    channel, campaign, start = field.decode().split("|")
+                    rows[(channel, campaign, window, int(start))] = orjson.loads(value)
+        return rows
+    finally:
+        client.close()
+
+
+def _as_vector(row: dict) -> list[int]:
+    return [round(row[name] * 1_000_000) if name in ("gmv", "spend") else int(row[name]) for name in SLOTS]
+
+
+def _mismatches(settings: Settings, data: Dataset) -> list[str]:
+    got = _closed_windows(settings)
+    problems = []
+    for key, expected in data.truth.items():
+        row = got.get(key)
+        if row is None:
+            problems.append(f"missing window {key}")
+        elif _as_vector(row) != expected:
+            problems.append(f"{key}: got {_as_vector(row)}, expected {expected}")
+    for key, row in got.items():
+        if key not in data.truth and any(_as_vector(row)):
+            problems.append(f"unexpected counts in {key}: {_as_vector(row)}")
+    return problems
+
+
+def _wait_exact(settings: Settings, data: Dataset, workers: list[WorkerProcess], timeout_s: float) -> None:
+    last: list[str] = []
+
+    def exact() -> bool:
+        nonlocal last
+        for worker in workers:
+            assert worker.alive(), f"worker died:\n{worker.log_tail()}"
+        last = _mismatches(settings, data)
+        return not last
+
+    try:
+        wait_for(exact, timeout_s, "every 1m and 1h window to equal the ground truth", interval_s=2.0)
+    except AssertionError:
+        detail = "\n".join(last[:15])
+        logs = "\n---\n".join(w.log_tail(30) for w in workers)
+        raise AssertionError(f"{len(last)} windows differ, e.g.:\n{detail}\nworker logs:\n{logs}") from None
+
+
+async def _dlq(settings: Settings, expected: int) -> list[dict]:
+    consumer = AIOKafkaConsumer(settings.topic("dlq"), bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    records: list[dict] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            records.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
+            unique = {(r["topic"], r["partition"], r["offset"]) for r in records}
+            if len(unique) >= expected and not batch:
+                break
+    finally:
+        await consumer.stop()
+    return records
+
+
+def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset, tmp_path: Path) -> None:
+    settings = _settings(make_settings)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        wait_for(worker.metrics, 60, "the worker's /metrics")
+        asyncio.run(_produce(settings, dataset.records))
+        total = len(dataset.records)
+        wait_for(lambda: metric_sum(worker.metrics(), "adpulse_events_total") >= total, 120,
+                 f"the worker to account for all {total} records")
+        _wait_exact(settings, dataset, [worker], timeout_s=120)
+
+        text = worker.metrics()
+        assert metric_sum(text, "adpulse_events_total") == total
+        assert metric_sum(text, "adpulse_events_total", outcome="invalid") == dataset.kinds["invalid"]
+        assert metric_sum(text, "adpulse_events_total", outcome="duplicate") == dataset.kinds["duplicate"]
+        assert metric_sum(text, "adpulse_events_total", outcome="late") == dataset.kinds["late"]
+        assert metric_sum(text, "adpulse_late_within_grace_events_total") == dataset.kinds["late_within_grace"]
+        assert dataset.kinds["late"] > 0.003 * N_EVENTS and dataset.kinds["late_within_grace"] > 0.01 * N_EVENTS
+
+        dlq = asyncio.run(_dlq(settings, dataset.kinds["invalid"] + dataset.kinds["late"]))
+        reasons = Counter(r["reason"] for r in dlq)
+        assert reasons["late"] == dataset.kinds["late"]
+        assert reasons["invalid"] + reasons["not_json"] == dataset.kinds["invalid"]
+        assert all(r["detail"] and r["topic"].startswith(settings.topic_prefix) for r in dlq)
+        assert worker.alive()
+    finally:
+        worker.stop()
+
+
+def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
+    make_settings, dataset: Dataset, tmp_path: Path
+) -> None:
+    settings = _settings(make_settings)
+    first = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path / "w1.log").start()
+    second = WorkerProcess(settings, tmp_path / "w2.log").start()
+    workers = [first, second]
+    killed = {"done": False}
+
+    def maybe_kill(sent: int) -> None:
+        # Once a third of the records are out and being folded, kill one worker without warning.
+        if not killed["done"] and sent >= len(dataset.records) // 3:
+            wait_for(lambda: metric_sum(first.metrics(), "adpulse_events_total") > 0
+                     or metric_sum(second.metrics(), "adpulse_events_total") > 0, 60, "folding to start")
+            first.kill9()
+            killed["done"] = True
+
+    try:
+        wait_for(lambda: first.metrics() and second.metrics(), 60, "both workers' /metrics")
+        asyncio.run(_produce(settings, dataset.records, pause_every=10_000, pause_s=0.5, on_pause=maybe_kill))
+        assert killed["done"]
+        restarted = WorkerProcess(first.settings, tmp_path / "w1-restarted.log").start()
+        workers = [restarted, second]
+        _wait_exact(settings, dataset, workers, timeout_s=240)
+        # The partitions of the killed worker really were taken over mid-stream, from a checkpoint.
+        resumed = re.findall(r"resumes at offset (\d+)", (tmp_path / "w2.log").read_text()
+                             + (tmp_path / "w1-restarted.log").read_text())
+        assert any(int(offset) > 0 for offset in resumed), resumed
+    finally:
+        for worker in workers:
+            worker.stop()
