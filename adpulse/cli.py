@@ -76,15 +76,30 @@ def _parse_since(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-async def _read_kpis(settings: Settings) -> list[dict[str, object]]:
+async def _read_kpis(settings: Settings, since: datetime | None) -> list[dict[str, object]]:
+    """The latest snapshot; with ``since``, also every closed window recorded since then."""
     import redis.asyncio as aioredis
+
+    from agents.buckets import closed_key
 
     client = aioredis.from_url(settings.redis_url)
     try:
-        raw = await client.hgetall(f"{settings.redis_prefix}:kpis")
+        rows = [orjson.loads(v) for v in (await client.hgetall(f"{settings.redis_prefix}:kpis")).values()]
+        if since is None:
+            return rows
+        today = datetime.now(settings.zone).date()
+        day = since.astimezone(settings.zone).date()
+        closed: list[dict[str, object]] = []
+        while day <= today:
+            for window in ("1m", "1h", "1d"):
+                raw = await client.hgetall(closed_key(settings.redis_prefix, window, day.isoformat()))
+                closed.extend(orjson.loads(v) for v in raw.values())
+            day += timedelta(days=1)
     finally:
         await client.aclose()
-    return [orjson.loads(value) for value in raw.values()]
+    seen = {(r["channel"], r["campaign"], r["window"], r["window_start"]) for r in closed}
+    # A "last" row is the newest closed window: keep one copy of it.
+    return closed + [r for r in rows if (r["channel"], r["campaign"], r["window"], r["window_start"]) not in seen]
 
 
 def select_kpis(
@@ -119,12 +134,24 @@ def select_kpis(
 def kpis(
     settings: Settings, as_json: bool, window: str | None, channel: str | None, campaign: str | None, since: str | None
 ) -> None:
-    """Current and last complete KPI windows per channel (and campaign), from the workers' snapshot."""
+    """Current and last complete KPI windows per channel (and campaign), from the workers' snapshot.
+
+    With --since, every window closed since then too (kept for ADPULSE_RETENTION_1M_S and friends).
+    Ratios with a zero denominator are shown as — (null in JSON): no data, not zero.
+
+    \b
+    Examples:
+      adpulse kpis --window 1m
+      adpulse kpis --json --channel douyin --since -2h
+    """
+    from redis.exceptions import RedisError
+
+    since_at = _parse_since(since)
     try:
-        rows = asyncio.run(_read_kpis(settings))
-    except OSError as exc:
+        rows = asyncio.run(_read_kpis(settings, since_at))
+    except (OSError, RedisError) as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack up?") from exc
-    rows = select_kpis(rows, window, channel, campaign, _parse_since(since))
+    rows = select_kpis(rows, window, channel, campaign, since_at)
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return

@@ -74,8 +74,8 @@ class _Worker:
 async def _kpi_rows(client: Any, prefix: str) -> list[dict[str, Any]]:
     raw = await client.hgetall(f"{prefix}:kpis")
     rows = [orjson.loads(v) for v in raw.values()]
-    picked = [r for r in rows if r["campaign"] == "-" and r["window"] == "1m" and r["which"] == "last"]
-    return sorted(picked, key=lambda r: r["channel"])
+    picked = [r for r in rows if r["campaign"] == "-" and r["window"] == "1m" and r["which"] in ("last", "current")]
+    return sorted(picked, key=lambda r: (r["channel"], r["which"] != "last"))
 
 
 def _header(started_at: float, metrics: dict[str, float], rate: float, worker_alive: bool) -> Text:
@@ -86,7 +86,8 @@ def _header(started_at: float, metrics: dict[str, float], rate: float, worker_al
     text.append(f"  up {elapsed:,.0f} s   events {counted:,.0f} ({rate:,.0f}/s)   ")
     text.append(f"DLQ {metrics.get('dlq', 0):,.0f}   duplicates {metrics.get('duplicate', 0):,.0f}   ")
     text.append("worker " + ("running" if worker_alive else "DOWN"), style="green" if worker_alive else "bold red")
-    text.append("\nLast complete 1-minute window per channel. Ctrl-C stops everything the demo started.\n")
+    text.append("\nPer channel: the last complete 1-minute window (✓) and the one filling now (…)."
+                " Ctrl-C stops everything the demo started.\n")
     return text
 
 
@@ -112,6 +113,7 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
                     summary = ", ".join(
                         f"{r['channel']} CTR {r['ctr'] * 100:.2f}%" if r["ctr"] is not None else f"{r['channel']} —"
                         for r in rows
+                        if r["which"] == "last"
                     )
                     console.print(f"{header.plain.splitlines()[0]} | {summary}")
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -179,7 +181,8 @@ def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tup
     worker = _Worker(settings, settings.home / "demo" / "worker.log")
     worker.start()
     console.print(f"worker: pid {worker.proc.pid if worker.proc else '?'}, metrics on "
-                  f"http://{settings.web_host}:{settings.web_port}/metrics, log {worker.log_path}")
+                  f"http://{settings.web_host}:{settings.web_port}/metrics, log {worker.log_path.absolute()}",
+                  soft_wrap=True)
     try:
         asyncio.run(_run(settings, rate, duration, seed, scenarios, not no_live and console.is_terminal, console,
                          worker))

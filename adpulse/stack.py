@@ -206,7 +206,24 @@ class EmbeddedStack:
             raise
         if created:
             log.info("created topics %s", ", ".join(created))
+        if any(component is self.broker for component, _ in started):
+            self._forget_offsets()
         return dataclasses.replace(self.status(), started=tuple(c.name for c, _ in started))
+
+    def _forget_offsets(self) -> None:
+        """A new broker starts empty: drop the Redis state that points at the old broker's offsets.
+
+        Fold checkpoints name source offsets; kept, they would make a worker skip the new broker's
+        first records. KPI snapshots and closed-window history stay: they are facts, not positions.
+        """
+        prefix = self.settings.redis_prefix
+        client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        try:
+            dropped = client.delete(f"{prefix}:fold:checkpoints", f"{prefix}:watermarks")
+        finally:
+            client.close()
+        if dropped:
+            log.info("new broker: dropped the fold checkpoints and watermarks of the previous one from Redis")
 
     def down(self, components: Collection[str] = COMPONENTS, timeout_s: float = 10.0) -> dict[str, int]:
         """Stop the servers ``up`` started (only ours, checked via /proc); return name → pid stopped.

@@ -224,11 +224,14 @@ def test_redis_state_survives_a_restart_and_the_broker_comes_back_empty(
     scratch = settings.model_copy(update={"topic_prefix": "scratch."})
     with running_stack(settings):
         _redis(settings).set("adpulse:test:kept", "yes")
+        _redis(settings).hset("adpulse:fold:checkpoints", "clicks/0", '{"offset": 5000}')
         ensure_topics(scratch)
     with running_stack(settings) as stack:
         status = stack.status()
 
         assert _redis(settings).get("adpulse:test:kept") == b"yes"
+        # Checkpoints name the old broker's offsets: a new, empty broker makes them meaningless.
+        assert _redis(settings).exists("adpulse:fold:checkpoints") == 0
         assert status.healthy  # adpulse's topics were re-created ...
         assert EmbeddedStack(scratch).status().topics == {}  # ... but nothing else survived
 
