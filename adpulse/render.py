@@ -45,5 +45,8 @@ def kpi_rich_table(rows: Iterable[Mapping[str, object]], currency: str, title: s
 
 
 def kpi_table(rows: Iterable[Mapping[str, object]], currency: str) -> None:
-    """Print KPI rows as a table on stdout."""
-    Console().print(kpi_rich_table(rows, currency))
+    """Print KPI rows as a table on stdout (full width when piped, so columns are never squeezed)."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(kpi_rich_table(rows, currency))

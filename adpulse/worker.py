@@ -118,6 +118,7 @@ def _faust_credentials(settings: Settings) -> Any:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM."""
+    settings.home.mkdir(parents=True, exist_ok=True)
     app = build_worker_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

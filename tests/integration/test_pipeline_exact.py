@@ -144,7 +144,7 @@ def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset,
     settings = _settings(make_settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
-        wait_for(worker.metrics, 60, "the worker's /metrics")
+        worker.wait_ready()
         asyncio.run(_produce(settings, dataset.records))
         total = len(dataset.records)
         wait_for(lambda: metric_sum(worker.metrics(), "adpulse_events_total") >= total, 120,
@@ -187,7 +187,8 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
             killed["done"] = True
 
     try:
-        wait_for(lambda: first.metrics() and second.metrics(), 60, "both workers' /metrics")
+        first.wait_ready()
+        second.wait_ready()
         asyncio.run(_produce(settings, dataset.records, pause_every=10_000, pause_s=0.5, on_pause=maybe_kill))
         assert killed["done"]
         restarted = WorkerProcess(first.settings, tmp_path / "w1-restarted.log").start()

@@ -41,6 +41,17 @@ class WorkerProcess:
         except OSError:
             return None
 
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Wait until /metrics answers; fail at once (with the log) if the process exits instead."""
+
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"worker exited with {self.proc.returncode if self.proc else None}:\n"
+                                     f"{self.log_tail()}")
+            return self.metrics() is not None
+
+        wait_for(ready, timeout_s, "the worker's /metrics")
+
     def kill9(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
