@@ -118,9 +118,17 @@ class PartitionFold:
         """Re-read ``[rebuild_from, checkpoint)`` to restore the dedup set the first run had there."""
         for record in records:
             decoded = decode(self.topic, record.value, self.config.currency, self.config.max_record_bytes)
-            if isinstance(decoded, Accepted) and decoded.event_id not in self._seen:
+            if (
+                isinstance(decoded, Accepted)
+                and not self._from_future(decoded.ts_ms, record.timestamp)
+                and decoded.event_id not in self._seen
+            ):
                 self._remember(decoded.event_id, decoded.ts_ms, record.offset)
         self._evict()
+
+    def _from_future(self, ts: int, sent: int) -> bool:
+        """The same test ``process`` applies: an event time too far past the record's send time."""
+        return sent > 0 and ts > sent + self._skew_ms
 
     # -- the hot path --------------------------------------------------------------------------
 
@@ -154,7 +162,7 @@ class PartitionFold:
                 continue
             ts = decoded.ts_ms  # type: ignore[union-attr]
             sent = record.timestamp
-            if sent > 0 and ts > sent + skew_ms:
+            if sent > 0 and ts > sent + skew_ms:  # _from_future, inlined on the hot path
                 outcomes["invalid"] += 1
                 out.rejects.append((record, _future(ts, sent, skew_ms)))
                 continue

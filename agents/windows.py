@@ -39,7 +39,8 @@ class Calendar:
 
     def _day_start(self, minute: int) -> int:
         local = datetime.fromtimestamp(minute, self.zone)
-        return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+        # fold=0: on a day whose clocks go back at midnight, the first midnight is the day's start.
+        return int(local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0).timestamp())
 
     def start(self, window: str, ts_s: int) -> int:
         """Start of the ``window`` bucket holding the instant ``ts_s``."""
@@ -58,7 +59,7 @@ class Calendar:
         """End (exclusive) of the bucket starting at ``start`` (days may be 23 or 25 hours long)."""
         if window == "1d":
             local = datetime.fromtimestamp(start, self.zone) + timedelta(days=1)
-            return int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+            return int(local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0).timestamp())
         if window == TOTAL:
             raise ValueError("the total bucket never ends")
         return start + NOMINAL_S[window]

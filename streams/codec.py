@@ -16,7 +16,17 @@ from typing import Final
 import orjson
 from pydantic import ValidationError
 
-from streams.events import CLICK_TYPES, MICROS, MIN_TS_MS, MODELS, NO_CAMPAIGN, ClickEvent, OrderEvent, SpendEvent
+from streams.events import (
+    CLICK_TYPES,
+    MAX_MONEY,
+    MICROS,
+    MIN_TS_MS,
+    MODELS,
+    NO_CAMPAIGN,
+    ClickEvent,
+    OrderEvent,
+    SpendEvent,
+)
 
 # Slots of the counter vector every window bucket holds.
 IMPRESSIONS, CLICKS, VISITS, CARTS, ORDERS, GMV, SPEND, NEW_CUSTOMERS = range(8)
@@ -51,9 +61,9 @@ class Accepted:
     contribution: Contribution
 
 
-def to_micros(amount: float) -> int:
-    """Money in integer micro-units (exact for amounts with up to six decimals)."""
-    return round(amount * MICROS)
+def to_micros(amount: float | int) -> int:
+    """Money in integer micro-units: exact for integers, and for decimals with up to six places."""
+    return amount * MICROS if type(amount) is int else round(amount * MICROS)
 
 
 def _ok_str(value: object, longest: int) -> bool:
@@ -62,8 +72,8 @@ def _ok_str(value: object, longest: int) -> bool:
 
 def _fast_money(value: object) -> int | None:
     kind = type(value)
-    if (kind is float and math.isfinite(value) and value >= 0) or (kind is int and value >= 0):  # type: ignore[operator]
-        return round(value * MICROS)  # type: ignore[operator]
+    if (kind is float and math.isfinite(value) or kind is int) and 0 <= value <= MAX_MONEY:  # type: ignore[operator]
+        return to_micros(value)  # type: ignore[arg-type]
     return None
 
 
@@ -84,7 +94,8 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
     ):
         return None
     if topic == "clicks":
-        slot = _CLICK_SLOT.get(doc.get("type"))  # type: ignore[arg-type]
+        kind = doc.get("type")
+        slot = _CLICK_SLOT.get(kind) if type(kind) is str else None
         count = doc.get("count", 1)
         click_id = doc.get("click_id")
         if slot is None or type(count) is not int or not 1 <= count <= _MAX_COUNT:  # type: ignore[operator]
@@ -94,7 +105,7 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
         contribution: Contribution = ((slot, count),)  # type: ignore[assignment]
     else:
         cur = doc.get("currency")
-        if cur is not None and (type(cur) is not str or cur.upper() != currency):
+        if cur is not None and (type(cur) is not str or len(cur) != 3 or cur.upper() != currency):
             return None
         if topic == "orders":
             amount = _fast_money(doc.get("amount"))

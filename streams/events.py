@@ -8,7 +8,7 @@ always comes from one place and reads the same.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, NewType
 
 from pydantic import (
@@ -32,7 +32,12 @@ NO_CAMPAIGN = "-"
 MIN_TS_MS = 946_684_800_000
 #: Money is kept in integer micro-units so that sums are exact and order-independent.
 MICROS = 1_000_000
+#: No single order or cost is larger than this (a trillion currency units): anything above is junk.
+MAX_MONEY = 10**12
 CLICK_TYPES: tuple[str, ...] = ("impression", "click", "visit", "cart")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _parse_ts(value: object) -> int:
@@ -50,22 +55,26 @@ def _parse_ts(value: object) -> int:
             raise ValueError(f"ts {value!r} is not an RFC 3339 timestamp") from exc
         if parsed.tzinfo is None:
             raise ValueError(f"ts {value!r} has no UTC offset; RFC 3339 needs one (e.g. 'Z' or '+08:00')")
-        return _parse_ts(int(parsed.astimezone(timezone.utc).timestamp() * 1000))
+        # Integer arithmetic: float seconds * 1000 would cut some milliseconds short.
+        return _parse_ts((parsed - _EPOCH) // timedelta(milliseconds=1))
     raise ValueError("ts must be epoch milliseconds (int) or an RFC 3339 string")
 
 
-def _money(value: object) -> float:
+def _money(value: object) -> float | int:
+    # The number keeps its JSON type: an integer amount converts to micro-units exactly.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be a number")
     if not math.isfinite(value):
         raise ValueError("must be finite")
     if value < 0:
         raise ValueError("must not be negative")
-    return float(value)
+    if value > MAX_MONEY:
+        raise ValueError(f"must be at most {MAX_MONEY:.0e} currency units")
+    return value
 
 
 EpochMs = Annotated[int, BeforeValidator(_parse_ts)]
-Money = Annotated[float, BeforeValidator(_money)]
+Money = Annotated[float | int, BeforeValidator(_money)]
 
 
 class Event(BaseModel):

@@ -1,0 +1,191 @@
+"""agents.partials: merging block partials is idempotent, ignores stale ones, and sums to the final blocks."""
+
+from __future__ import annotations
+
+import copy
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.partials import BucketValue, empty, merge, totals
+from streams.codec import N_SLOTS
+
+
+def vec(*values: int) -> list[int]:
+    return [*values, *[0] * (N_SLOTS - len(values))]
+
+
+A = {"-": vec(10, 1), "c1": vec(5)}
+B = {"-": vec(20, 2)}
+
+
+def merged(*partials: tuple[str, int, int, dict[str, list[int]]]) -> BucketValue | None:
+    value: BucketValue | None = None
+    for src, block, upto, rows in partials:
+        new = merge(value, src, block, upto, rows)
+        if new is not None:
+            value = new
+    return value
+
+
+def test_empty() -> None:
+    assert empty() == {"b": {}, "p": {}, "f": {}}
+    assert totals(empty()) == {}
+
+
+def test_first_partial_is_pending() -> None:
+    value = merge(None, "clicks/0", 3, 310, A)
+    assert value == {"b": {}, "p": {"clicks/0": [3, 310, A]}, "f": {}}
+    assert totals(value) == A
+
+
+def test_same_partial_twice_is_the_same_as_once() -> None:
+    once = merge(None, "clicks/0", 0, 9, A)
+    assert merge(once, "clicks/0", 0, 9, A) is None
+    assert merge(once, "clicks/0", 0, 9, B) is None  # same (block, upto) with other rows: a zombie's copy
+
+
+def test_later_upto_in_the_same_block_replaces() -> None:
+    value = merged(("clicks/0", 0, 4, A), ("clicks/0", 0, 9, B))
+    assert value is not None
+    assert totals(value) == B  # absolute totals: the newer one replaces, it does not add
+    assert value["f"] == {}
+
+
+def test_stale_partials_are_ignored() -> None:
+    value = merged(("clicks/0", 2, 29, A))
+    assert merge(value, "clicks/0", 2, 20, B) is None  # smaller upto
+    assert merge(value, "clicks/0", 2, 29, B) is None  # equal upto
+    assert merge(value, "clicks/0", 1, 19, B) is None  # older block
+    after = merge(value, "clicks/0", 3, 30, B)
+    assert after is not None
+    assert after["f"] == {"clicks/0": 2}
+    assert merge(after, "clicks/0", 2, 99, B) is None  # an already folded block, whatever its upto
+    assert merge(after, "clicks/0", 0, 5, B) is None
+
+
+def test_newer_block_folds_the_pending_one_into_the_base() -> None:
+    value = merged(("clicks/0", 0, 9, A), ("clicks/0", 1, 12, B))
+    assert value == {"b": A, "p": {"clicks/0": [1, 12, B]}, "f": {"clicks/0": 0}}
+    assert totals(value) == {"-": vec(30, 3), "c1": vec(5)}
+    value = merge(value, "clicks/0", 5, 55, {"c1": vec(1)})
+    assert value is not None
+    assert value["b"] == {"-": vec(30, 3), "c1": vec(5)}
+    assert value["f"] == {"clicks/0": 1}
+    assert totals(value) == {"-": vec(30, 3), "c1": vec(6)}
+
+
+def test_sources_are_independent() -> None:
+    value = merged(
+        ("clicks/0", 4, 49, A), ("clicks/1", 0, 3, B), ("spend/0", 7, 70, {"-": vec(0, 0, 0, 0, 0, 0, 9)})
+    )
+    assert value is not None
+    assert totals(value) == {"-": vec(30, 3, 0, 0, 0, 0, 9), "c1": vec(5)}
+    assert merge(value, "clicks/1", 0, 3, A) is None
+    assert merge(value, "clicks/0", 0, 3, A) is None  # older than clicks/0's pending block
+    assert merge(value, "clicks/2", 0, 3, A) is not None
+
+
+def test_merge_does_not_mutate_its_inputs() -> None:
+    rows = copy.deepcopy(A)
+    value = merged(("clicks/0", 0, 9, rows))
+    snapshot = copy.deepcopy(value)
+    later = merge(value, "clicks/0", 1, 10, copy.deepcopy(B))
+    assert value == snapshot
+    assert rows == A
+    assert later is not None
+    totals(later)
+    totals(later)
+    assert totals(later) == {"-": vec(30, 3), "c1": vec(5)}
+    assert later["b"] == A  # totals() must not add pending rows into the base in place
+
+
+# -- the property: replays, re-sends and interleavings sum to the final blocks ----------------------
+
+
+@st.composite
+def source_histories(
+    draw: st.DrawFn,
+) -> tuple[list[list[tuple[int, int, dict[str, list[int]]]]], dict[str, list[int]]]:
+    """One source partition's partials to one bucket, across crashes and replays.
+
+    Each block has fixed flush points with fixed absolute totals (replays decide the same). A run
+    starts at a block start no later than where the previous run stopped, publishes some of each
+    block's flush points in order and, unless it crashes, the block's final value.
+    """
+    n_blocks = draw(st.integers(1, 5))
+    blocks: list[list[tuple[int, dict[str, list[int]]]]] = []
+    for block in range(n_blocks):
+        points = []
+        running: dict[str, list[int]] = {}
+        for upto in sorted(draw(st.sets(st.integers(0, 9), min_size=0, max_size=4))):
+            campaign = draw(st.sampled_from(["-", "c1", "c2"]))
+            cell = running.setdefault(campaign, [0] * N_SLOTS)
+            cell[draw(st.integers(0, N_SLOTS - 1))] += draw(st.integers(1, 1000))
+            points.append((block * 10 + upto, copy.deepcopy(running)))
+        blocks.append(points)
+    expected: dict[str, list[int]] = {}
+    for points in blocks:
+        if points:
+            for campaign, counts in points[-1][1].items():
+                target = expected.setdefault(campaign, [0] * N_SLOTS)
+                for slot in range(N_SLOTS):
+                    target[slot] += counts[slot]
+
+    runs = []
+    start, reached = 0, 0
+    for _ in range(draw(st.integers(0, 3))):  # crashed runs
+        start = draw(st.integers(0, reached))
+        stop = draw(st.integers(start, n_blocks - 1))  # the block it dies in
+        run = []
+        for block in range(start, stop + 1):
+            points = blocks[block]
+            keep = draw(st.lists(st.booleans(), min_size=len(points), max_size=len(points)))
+            chosen = [p for p, k in zip(points, keep, strict=True) if k]
+            if block < stop and points and (not chosen or chosen[-1] is not points[-1]):
+                chosen.append(points[-1])  # a block it moved past was closed, so its final value went out
+            run += [(block, upto, rows) for upto, rows in chosen]
+        runs.append(run)
+        reached = max(reached, stop)
+    start = draw(st.integers(0, reached))  # the last run completes
+    run = []
+    for block in range(start, n_blocks):
+        points = blocks[block]
+        keep = draw(st.lists(st.booleans(), min_size=len(points), max_size=len(points)))
+        chosen = [p for p, k in zip(points, keep, strict=True) if k]
+        if points and (not chosen or chosen[-1] is not points[-1]):
+            chosen.append(points[-1])
+        run += [(block, upto, rows) for upto, rows in chosen]
+    runs.append(run)
+    return runs, expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(source_histories(), min_size=1, max_size=4), st.randoms(use_true_random=False))
+def test_any_interleaving_of_replayed_sources_sums_the_final_blocks(
+    histories: list[tuple[list[list[tuple[int, int, dict[str, list[int]]]]], dict[str, list[int]]]],
+    rnd: object,
+) -> None:
+    queues = [[partial for run in runs for partial in run] for runs, _ in histories]
+    expected: dict[str, list[int]] = {}
+    for _, per_source in histories:
+        for campaign, counts in per_source.items():
+            target = expected.setdefault(campaign, [0] * N_SLOTS)
+            for slot in range(N_SLOTS):
+                target[slot] += counts[slot]
+
+    value: BucketValue | None = None
+    positions = [0] * len(queues)
+    while any(pos < len(queue) for pos, queue in zip(positions, queues, strict=True)):
+        ready = [i for i, queue in enumerate(queues) if positions[i] < len(queue)]
+        i = rnd.choice(ready)  # type: ignore[attr-defined]
+        block, upto, rows = queues[i][positions[i]]
+        positions[i] += 1
+        new = merge(value, f"clicks/{i}", block, upto, copy.deepcopy(rows))
+        if new is not None:
+            value = new
+        # A re-send of the same partial right away never changes anything.
+        assert merge(value, f"clicks/{i}", block, upto, rows) is None or value is None
+
+    got = totals(value) if value is not None else {}
+    assert {c: v for c, v in got.items() if any(v)} == {c: v for c, v in expected.items() if any(v)}
