@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from agents.snapshot import (
     last_complete_start,
     newly_closed,
 )
-from agents.windows import TOTAL, WINDOWS, Calendar
+from agents.windows import WINDOWS, Calendar
 from streams.partitioning import partition_of
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,45 @@ class SnapshotHolder:
     at: float = 0.0
 
 
+class BucketIndex:
+    """channel → window → bucket starts present in the table, kept in step with it.
+
+    The agent updates it on every write and delete; when the table changes underneath (recovery
+    from the changelog, a rebalance), the sizes differ and the index is rebuilt from the keys.
+    """
+
+    def __init__(self) -> None:
+        self._starts: dict[str, dict[str, set[int]]] = {}
+        self._size = 0
+
+    def add(self, channel: str, window: str, start: int) -> None:
+        starts = self._starts.setdefault(channel, {}).setdefault(window, set())
+        if start not in starts:
+            starts.add(start)
+            self._size += 1
+
+    def discard(self, channel: str, window: str, start: int) -> None:
+        starts = self._starts.get(channel, {}).get(window)
+        if starts is not None and start in starts:
+            starts.remove(start)
+            self._size -= 1
+
+    def sync(self, size: int, keys: Callable[[], Iterable[str]]) -> None:
+        """Rebuild from the table's keys if the table holds a different number of keys."""
+        if size == self._size:
+            return
+        self._starts, self._size = {}, 0
+        for key in keys():
+            channel, window, start = key.split(SEP)
+            self.add(channel, window, int(start))
+
+    def channels(self) -> set[str]:
+        return {channel for channel, windows in self._starts.items() if any(windows.values())}
+
+    def starts(self, channel: str, window: str) -> set[int]:
+        return self._starts.get(channel, {}).get(window, set())
+
+
 def install(
     app: faust.App,
     config: BucketConfig,
@@ -82,11 +121,15 @@ def install(
         partitions=config.partitions,
         key_type=str,
     )
+    index = BucketIndex()
     expired_at: dict[str, float] = {}
     # (channel, window) -> start of the newest bucket already recorded as closed (this worker's view).
     emitted: dict[tuple[str, str], int] = {}
     # Keys written since the last tick: a closed window that changes is recorded again.
     touched: set[str] = set()
+
+    def lookup(channel: str, window: str, start: int) -> BucketValue | None:
+        return table.get(bucket_key(channel, window, start))
 
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT) -> None:
@@ -102,11 +145,14 @@ def install(
                 merged = merge(table.get(key), src, block, upto, rows)
                 if merged is not None:
                     table[key] = merged
+                    index.add(channel, window, start)
                     touched.add(key)
             now = time.time()
             if now - expired_at.get(channel, 0.0) > 60.0:
                 expired_at[channel] = now
-                _expire(table, channel, calendar, config.retention_s, now)
+                for window, start in _expired(index, channel, config.retention_s, now):
+                    del table[bucket_key(channel, window, start)]
+                    index.discard(channel, window, start)
 
     @app.timer(interval=config.tick_s, name="kpi-snapshot")
     async def snapshot() -> None:
@@ -123,17 +169,9 @@ def install(
         )
         if watermark is None:
             return
+        index.sync(len(table), lambda: list(table.keys()))
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic}
-        starts: dict[tuple[str, str], list[int]] = {}
-        for key in list(table.keys()):
-            channel, window, start = key.split(SEP)
-            if partition_of(channel, config.partitions) in owned:
-                starts.setdefault((channel, window), []).append(int(start))
-        channels = {channel for channel, _ in starts}
-
-        def lookup(channel: str, window: str, start: int) -> BucketValue | None:
-            return table.get(bucket_key(channel, window, start))
-
+        channels = {c for c in index.channels() if partition_of(c, config.partitions) in owned}
         rows = build_rows(channels, lookup, calendar, watermark, config.grace_s)
         revised: dict[tuple[str, str], set[int]] = {}
         for key in touched:
@@ -145,7 +183,7 @@ def install(
             for window in WINDOWS:
                 done = emitted.get((channel, window))
                 last = last_complete_start(calendar, window, watermark, config.grace_s)
-                todo = set(newly_closed(calendar, window, starts.get((channel, window), ()), done, last))
+                todo = set(newly_closed(calendar, window, index.starts(channel, window), done, last))
                 if done is not None:
                     todo.update(s for s in revised.get((channel, window), ()) if s <= done)
                 closed.extend(closed_rows(channel, window, sorted(todo), lookup, calendar))
@@ -161,13 +199,14 @@ def install(
     return table
 
 
-def _expire(table: faust.Table, channel: str, calendar: Calendar, retention_s: dict[str, float], now: float) -> None:
-    """Delete this channel's buckets older than their retention (inside stream iteration, as Faust needs)."""
-    prefix = f"{channel}{SEP}"
-    for key in [k for k in list(table.keys()) if k.startswith(prefix)]:
-        _, window, start = key.split(SEP)
-        if window != TOTAL and float(start) + retention_s[window] < now:
-            del table[key]
+def _expired(index: BucketIndex, channel: str, retention_s: dict[str, float], now: float) -> list[tuple[str, int]]:
+    """This channel's buckets older than their window's retention (the all-time total never expires)."""
+    return [
+        (window, start)
+        for window in WINDOWS
+        for start in index.starts(channel, window)
+        if start + retention_s[window] < now
+    ]
 
 
 async def _write_snapshot(
