@@ -142,10 +142,13 @@ class PartitionFold:
         grace_ms = self._grace_ms
         skew_ms = self._skew_ms
         seen = self._seen
+        seen_by_minute = self._seen_by_minute
+        first_offset = self._first_offset_by_minute
         acc = self._acc
         dirty = self._dirty
         outcomes = self.outcomes
         topic = self.topic
+        accepted = 0
         for record in records:
             offset = record.offset
             if offset < self.position:
@@ -160,18 +163,22 @@ class PartitionFold:
                 outcomes["invalid"] += 1
                 out.rejects.append((record, decoded))
                 continue
-            ts = decoded.ts_ms  # type: ignore[union-attr]
+            event_id, ts, channel, campaign, contribution = decoded  # type: ignore[misc]
             sent = record.timestamp
             if sent > 0 and ts > sent + skew_ms:  # _from_future, inlined on the hot path
                 outcomes["invalid"] += 1
                 out.rejects.append((record, _future(ts, sent, skew_ms)))
                 continue
-            event_id = decoded.event_id  # type: ignore[union-attr]
             if event_id in seen:
                 outcomes["duplicate"] += 1
                 continue
             minute_ms = ts - ts % 60_000
-            self._remember_minute(event_id, minute_ms // 1000, offset)
+            minute = minute_ms // 1000
+            # _remember_minute, inlined on the hot path.
+            seen[event_id] = minute
+            seen_by_minute[minute].append(event_id)
+            if minute not in first_offset:
+                first_offset[minute] = offset
             watermark = self.watermark_ms
             if minute_ms + 60_000 + grace_ms <= watermark:
                 outcomes["late"] += 1
@@ -181,18 +188,17 @@ class PartitionFold:
                 self.late_within_grace += 1
             elif (ts if sent <= 0 or ts < sent else sent) > watermark:
                 self.watermark_ms = ts if sent <= 0 or ts < sent else sent
-            channel = decoded.channel  # type: ignore[union-attr]
             cells = acc.get(channel)
             if cells is None:
                 cells = acc[channel] = {}
-            cell_key = (decoded.campaign, minute_ms // 1000)  # type: ignore[union-attr]
-            cell = cells.get(cell_key)
+            cell = cells.get((campaign, minute))
             if cell is None:
-                cell = cells[cell_key] = [0] * N_SLOTS
-            for slot, amount in decoded.contribution:  # type: ignore[union-attr]
+                cell = cells[(campaign, minute)] = [0] * N_SLOTS
+            for slot, amount in contribution:
                 cell[slot] += amount
             dirty.add(channel)
-            outcomes["accepted"] += 1
+            accepted += 1
+        outcomes["accepted"] += accepted
         return out
 
     def flush(self) -> list[Partial]:

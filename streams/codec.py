@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -50,15 +50,17 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A valid event, reduced to what the fold needs."""
+class Accepted(NamedTuple):
+    """A valid event, reduced to what the fold needs (a tuple: built at C speed on the hot path)."""
 
     event_id: str
     ts_ms: int
     channel: str
     campaign: str
     contribution: Contribution
+
+
+_accepted = tuple.__new__  # Accepted without a Python-level __new__ call, for the hot path
 
 
 def to_micros(amount: float | int) -> int:
@@ -85,11 +87,14 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
     campaign = doc.get("campaign", NO_CAMPAIGN)
     region = doc.get("region")
     if not (
-        _ok_str(event_id, 128)
+        type(event_id) is str
+        and 0 < len(event_id) <= 128
         and type(ts) is int
         and ts >= MIN_TS_MS  # type: ignore[operator]
-        and _ok_str(channel, 64)
-        and _ok_str(campaign, 128)
+        and type(channel) is str
+        and 0 < len(channel) <= 64
+        and type(campaign) is str
+        and 0 < len(campaign) <= 128
         and (region is None or (type(region) is str and len(region) <= 64))
     ):
         return None
@@ -128,7 +133,7 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
             contribution = ((SPEND, cost),)
         else:
             return None
-    return Accepted(event_id, ts, channel, campaign, contribution)  # type: ignore[arg-type]
+    return _accepted(Accepted, (event_id, ts, channel, campaign, contribution))  # type: ignore[return-value]
 
 
 def _from_model(topic: str, doc: dict[str, object], currency: str) -> Accepted | Rejection:
