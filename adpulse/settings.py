@@ -65,12 +65,22 @@ class Settings(BaseSettings):
     block_records: int = Field(
         5000, ge=10, description="source offsets per replay block (the unit of exactly-once folding)"
     )
-    flush_interval_s: float = Field(0.5, gt=0, description="how often folded partials are published")
-    tick_s: float = Field(1.0, gt=0, description="how often KPI snapshots go to Redis")
+    flush_interval_s: float = Field(0.25, gt=0, description="how often folded partials are published")
+    tick_s: float = Field(0.5, gt=0, description="how often KPI snapshots go to Redis and alerts are judged")
     fetch_max_records: int = Field(5000, ge=1)
     retention_1m_s: float = Field(6 * 3600.0, gt=0, description="how long 1-minute buckets are kept")
     retention_1h_s: float = Field(8 * 86400.0, gt=0)
     retention_1d_s: float = Field(62 * 86400.0, gt=0)
+
+    # Alerts.
+    rules_file: Path | None = Field(None, description="threshold rules (YAML); default: the seed targets")
+    anomaly_window_s: int = Field(600, ge=60, description="rolling window the anomaly detectors judge")
+    alert_resolve_after: int = Field(2, ge=1, description="consecutive OK evaluations before resolving")
+    alert_repeat_s: float = Field(4 * 3600.0, gt=0, description="repeat a firing alert this often")
+    grafana_url: str | None = Field("http://127.0.0.1:3000", description="root of Grafana, for dashboard_url")
+    runbook_url: str = Field(
+        "https://github.com/adpulse/adpulse/blob/main/docs/runbook.md", description="runbook_url base"
+    )
 
     log_level: str = Field("INFO")
 

@@ -11,11 +11,18 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adpulse.settings import Settings
+from agents.budget_feed import BudgetFeed
 from agents.buckets import BucketConfig, SnapshotHolder, install
+from agents.evaluate import EvaluationConfig, Evaluator
 from agents.fold import FoldConfig
 from agents.folder import FoldStage, FoldStageConfig
 from agents.metrics import PipelineMetrics, SnapshotCollector
 from agents.windows import Calendar
+from alerts.budgets import BudgetBook
+from alerts.lifecycle import Policy
+from alerts.payload import Links
+from alerts.rules import load_rules
+from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
 
 log = logging.getLogger(__name__)
@@ -38,11 +45,34 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         credentials=_faust_credentials(settings),
     )
     clients: dict[str, Any] = {}
+    budgets = BudgetBook()
+    evaluation = EvaluationConfig(
+        rules=load_rules(settings.rules_file),
+        policy=Policy(resolve_after=settings.alert_resolve_after, repeat_interval_s=settings.alert_repeat_s),
+        links=Links(runbook_base=settings.runbook_url, grafana_url=settings.grafana_url),
+        rolling_s=settings.anomaly_window_s,
+        currency=settings.currency,
+    )
 
     def redis() -> Any:
         if "redis" not in clients:
             clients["redis"] = aioredis.from_url(settings.redis_url)
         return clients["redis"]
+
+    def evaluator() -> Evaluator:
+        # Built on first use, inside the running event loop (the sink registers a Lua script).
+        if "evaluator" not in clients:
+            clients["evaluator"] = Evaluator(
+                evaluation,
+                RedisAlertSink(redis(), settings.redis_prefix),
+                redis(),
+                settings.redis_prefix,
+                calendar,
+                budgets,
+                settings.max_channels,
+                registry=registry,
+            )
+        return clients["evaluator"]
 
     install(
         app,
@@ -53,12 +83,14 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             grace_s=settings.grace_s,
             idle_partition_s=settings.idle_partition_s,
             tick_s=settings.tick_s,
+            stale_mark_s=max(10.0, 20 * settings.flush_interval_s),
             retention_s={"1m": settings.retention_1m_s, "1h": settings.retention_1h_s, "1d": settings.retention_1d_s},
         ),
         calendar,
         redis,
         holder,
         metrics,
+        evaluator,
     )
     stage_config = FoldStageConfig(
         kafka=settings.kafka_client_options(),
@@ -88,6 +120,10 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             log.exception("fold stage crashed; stopping the worker so that it restarts from its checkpoints")
             app._crash_reason = "fold stage crashed"  # noqa: SLF001 - read by the CLI for the exit code
             raise
+
+    @app.task
+    async def budget_feed() -> None:
+        await BudgetFeed(settings.kafka_client_options(), settings.topic("budgets"), budgets).run()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

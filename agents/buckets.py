@@ -17,6 +17,7 @@ from typing import Any
 import faust
 import orjson
 
+from agents.evaluate import Evaluator
 from agents.metrics import PipelineMetrics
 from agents.partials import BucketValue, merge
 from agents.snapshot import (
@@ -50,6 +51,7 @@ class BucketConfig:
     idle_partition_s: float
     tick_s: float
     retention_s: dict[str, float]
+    stale_mark_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -100,6 +102,17 @@ class BucketIndex:
         return self._starts.get(channel, {}).get(window, set())
 
 
+class OwnedChannels:
+    """The channels whose partials land on the partitions this worker owns (a container for ``in``)."""
+
+    def __init__(self, partitions: frozenset[int], total: int) -> None:
+        self.partitions = partitions
+        self.total = total
+
+    def __contains__(self, channel: object) -> bool:
+        return isinstance(channel, str) and partition_of(channel, self.total) in self.partitions
+
+
 def install(
     app: faust.App,
     config: BucketConfig,
@@ -107,6 +120,7 @@ def install(
     redis: Callable[[], Any],
     holder: SnapshotHolder,
     metrics: PipelineMetrics,
+    evaluator: Callable[[], Evaluator] | None = None,
 ) -> faust.Table:
     """Register the bucket table, its agent and the snapshot timer on ``app``."""
     source = app.topic(
@@ -131,11 +145,21 @@ def install(
     def lookup(channel: str, window: str, start: int) -> BucketValue | None:
         return table.get(bucket_key(channel, window, start))
 
+    # partials partition -> source partition -> (watermark_s, last active wall time, caught up, sent at).
+    marks: dict[int, dict[str, tuple[float, float, bool, float]]] = {}
+    highest: dict[int, float] = {}
+
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            channel = event.key.decode("utf-8")
             message = orjson.loads(event.value)
+            if "marks" in message:
+                # Everything the fold stage flushed before these marks is merged by now.
+                held = marks.setdefault(event.message.partition, {})
+                for src, (watermark_ms, active_at, caught_up) in message["marks"].items():
+                    held[src] = (watermark_ms / 1000, active_at, caught_up, message["at"])
+                continue
+            channel = event.key.decode("utf-8")
             src, block, upto = message["src"], message["blk"], message["upto"]
             grouped: dict[tuple[str, int], dict[str, list[int]]] = {}
             for window, start, campaign, *counts in message["rows"]:
@@ -158,39 +182,76 @@ def install(
     async def snapshot() -> None:
         started = time.perf_counter()
         client = redis()
-        marks = await client.hgetall(f"{config.redis_prefix}:watermarks")
-        watermark = global_watermark(
-            (
-                (v["watermark_ms"] / 1000, v["active_at"], v.get("caught_up", False))
-                for v in map(orjson.loads, marks.values())
-            ),
-            time.time(),
-            config.idle_partition_s,
-        )
-        if watermark is None:
-            return
         index.sync(len(table), lambda: list(table.keys()))
-        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic}
-        channels = {c for c in index.channels() if partition_of(c, config.partitions) in owned}
-        rows = build_rows(channels, lookup, calendar, watermark, config.grace_s)
+        owned = OwnedChannels(
+            frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic),
+            config.partitions,
+        )
+        now = time.time()
+        # Each owned partials partition has its own event time: the marks that reached it. Silence is
+        # judged as of when a mark was sent (the agent may read it late), and a mark not renewed for a
+        # while (its fold stage died or stalls) is no proof of silence: it holds time back.
+        watermarks = {
+            p: w for p in owned.partitions
+            if (w := global_watermark(
+                ((mark, seen + (now - sent), caught_up and now - sent < config.stale_mark_s)
+                 for mark, seen, caught_up, sent in marks.get(p, {}).values()),
+                now, config.idle_partition_s,
+            )) is not None
+        }
+        # Event time never goes back: a closed window stays closed (late data only revises its record).
+        for p, w in watermarks.items():
+            watermarks[p] = highest[p] = max(w, highest.get(p, w))
+        if not watermarks:
+            return
+        by_partition: dict[int, set[str]] = {}
+        for channel in index.channels():
+            p = partition_of(channel, config.partitions)
+            if p in watermarks:
+                by_partition.setdefault(p, set()).add(channel)
+        channels = set().union(*by_partition.values()) if by_partition else set()
+        watermark_of = {c: watermarks[p] for p, cs in by_partition.items() for c in cs}
+        watermark = min(watermarks.values())
+        rows = [
+            row for p, cs in sorted(by_partition.items())
+            for row in build_rows(cs, lookup, calendar, watermarks[p], config.grace_s)
+        ]
         revised: dict[tuple[str, str], set[int]] = {}
         for key in touched:
             channel, window, start = key.split(SEP)
             revised.setdefault((channel, window), set()).add(int(start))
         touched.clear()
         closed: list[KpiRow] = []
+        # (channel, window) -> starts to judge: newly closed ones, not revisions of judged windows.
+        due: dict[tuple[str, str], set[int]] = {}
         for channel in channels:
             for window in WINDOWS:
                 done = emitted.get((channel, window))
-                last = last_complete_start(calendar, window, watermark, config.grace_s)
+                last = last_complete_start(calendar, window, watermark_of[channel], config.grace_s)
                 todo = set(newly_closed(calendar, window, index.starts(channel, window), done, last))
                 if done is not None:
                     todo.update(s for s in revised.get((channel, window), ()) if s <= done)
                 closed.extend(closed_rows(channel, window, sorted(todo), lookup, calendar))
+                due[(channel, window)] = {last} & todo if done is None else {s for s in todo if s > done}
                 emitted[(channel, window)] = max(last, done if done is not None else last)
         await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
         if closed:
             await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)
+        if evaluator is not None:
+            judge = evaluator()
+            await judge.ensure_loaded(owned)
+            # Windows closed since the last tick, judged in event-time order, one lifecycle round each
+            # (a backfill closes many at once); on the first tick only the newest, not all of history.
+            rounds: dict[int, list[KpiRow]] = {}
+            for row in closed:
+                if row.window_start in due.get((row.channel, row.window), ()):
+                    rounds.setdefault(row.window_end or 0, []).append(row)
+            log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
+            for _end, due in sorted(rounds.items()):
+                await judge.publish(*judge.judge_windows(due, lookup))
+            await judge.publish(
+                *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark)
+            )
         holder.rows, holder.watermark_s, holder.at = rows, watermark, time.time()
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))

@@ -104,7 +104,8 @@ class PartitionFold:
         self.position = checkpoint.offset
         # channel -> (campaign, minute) -> counts, for the current block only.
         self._acc: dict[str, dict[tuple[str, int], list[int]]] = {}
-        self._dirty: set[str] = set()
+        # channel -> minutes changed since the last flush (only their roll-ups are re-sent).
+        self._dirty: dict[str, set[int]] = {}
         # Dedup: event_id -> minute; per minute, the ids and the smallest offset that added one.
         self._seen: dict[str, int] = {}
         self._seen_by_minute: defaultdict[int, list[str]] = defaultdict(list)
@@ -196,14 +197,18 @@ class PartitionFold:
                 cell = cells[(campaign, minute)] = [0] * N_SLOTS
             for slot, amount in contribution:
                 cell[slot] += amount
-            dirty.add(channel)
+            minutes = dirty.get(channel)
+            if minutes is None:
+                minutes = dirty[channel] = set()
+            minutes.add(minute)
             accepted += 1
         outcomes["accepted"] += accepted
         return out
 
     def flush(self) -> list[Partial]:
-        """Partials (absolute block totals) of every channel changed since the last flush."""
-        partials = [self._partial(channel) for channel in sorted(self._dirty)]
+        """Partials of every channel changed since the last flush: the absolute block totals of the
+        buckets (1m, 1h, 1d, total) those changes touched; untouched buckets keep their last value."""
+        partials = [self._partial(channel, minutes) for channel, minutes in sorted(self._dirty.items())]
         self._dirty.clear()
         return partials
 
@@ -217,9 +222,12 @@ class PartitionFold:
         offset = next_block * self.config.block_records
         out.checkpoints.append(Checkpoint(offset, self.watermark_ms, self._rebuild_from(offset)))
 
-    def _partial(self, channel: str) -> Partial:
+    def _partial(self, channel: str, dirty_minutes: set[int]) -> Partial:
         rows: dict[tuple[str, int, str], list[int]] = {}
         calendar = self.calendar
+        touched = {(TOTAL, 0)}
+        for minute in dirty_minutes:
+            touched.update((("1m", minute), ("1h", calendar.hour_start(minute)), ("1d", calendar.day_start(minute))))
         for (campaign, minute), counts in self._acc.get(channel, {}).items():
             for window, start in (
                 ("1m", minute),
@@ -227,6 +235,8 @@ class PartitionFold:
                 ("1d", calendar.day_start(minute)),
                 (TOTAL, 0),
             ):
+                if (window, start) not in touched:
+                    continue
                 row = rows.get((window, start, campaign))
                 if row is None:
                     rows[(window, start, campaign)] = list(counts)

@@ -4,6 +4,7 @@ Per fetch: decode, deduplicate and fold in ``agents.fold`` (no Faust, no per-eve
 publish partials to the internal topic (one message per channel and flush), rejects to the DLQ and
 metrics once per batch. Checkpoints (block start, watermark, dedup rebuild point) go to Redis and the
 block start is committed to Kafka only after every message of the earlier blocks is acknowledged.
+After each flush, every partition's watermark follows the partials down every partials partition.
 The Redis checkpoint is the source of truth at restart, because the embedded broker does not keep
 commit metadata; the Kafka commit keeps consumer-lag tooling meaningful.
 """
@@ -29,6 +30,8 @@ from streams.partitioning import partition_of
 from streams.topics import SOURCE_TOPICS
 
 log = logging.getLogger(__name__)
+#: A partition counts as caught up only if a fetch response for it arrived this recently.
+CAUGHT_UP_POLL_MS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,6 @@ class FoldStage:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._checkpoint_key = f"{config.redis_prefix}:fold:checkpoints"
-        self._watermark_key = f"{config.redis_prefix}:watermarks"
         self.events_folded = 0
         self.ready = asyncio.Event()
 
@@ -135,7 +137,7 @@ class FoldStage:
             if now - last_flush >= self.config.flush_interval_s:
                 last_flush = now
                 await self._flush_all()
-                await self._publish_watermarks()
+                await self._publish_marks()
             await self._settle()
 
     # -- assignment ----------------------------------------------------------------------------
@@ -314,22 +316,30 @@ class FoldStage:
         self._inflight[tp] = []
         await self.on_assigned({tp})
 
-    async def _publish_watermarks(self) -> None:
+    async def _publish_marks(self) -> None:
+        """Send every partition's watermark to every partials partition, after this flush's partials.
+
+        The Faust agent reads them in order with the partials, so when it has a mark it has merged
+        everything the mark covers: windows never close ahead of their data. Every assigned partition is
+        listed, also before its first record: one not read yet must hold event time back (a backlog is
+        not silence).
+        """
         if not self.folds:
             return
-        assert self._consumer is not None
-        mapping = {}
+        assert self._consumer is not None and self._producer is not None
+        marks = {}
+        now_ms = time.time() * 1000
         for tp, fold in self.folds.items():
-            if fold.watermark_ms <= 0:
-                continue
             highwater = self._consumer.highwater(tp)
-            mapping[fold.src] = orjson.dumps(
-                {
-                    "watermark_ms": fold.watermark_ms,
-                    "active_at": self._last_seen.get(tp, 0.0),
-                    "caught_up": highwater is not None and fold.position >= highwater,
-                }
+            polled = self._consumer.last_poll_timestamp(tp)
+            # Caught up only on fresh news: a highwater from a fetch long ago says nothing about now.
+            caught_up = (
+                highwater is not None and fold.position >= highwater and polled is not None
+                and now_ms - polled < CAUGHT_UP_POLL_MS
             )
-        if mapping:
-            await self.redis.hset(self._watermark_key, mapping=mapping)
+            marks[fold.src] = [fold.watermark_ms, self._last_seen.get(tp, 0.0), caught_up]
+        value = orjson.dumps({"marks": marks, "at": time.time()})
+        topic = self.config.topic("partials")
+        for partition in range(self.config.partials_partitions):
+            await self._producer.send(topic, value, partition=partition)
         self.metrics.dedup_ids.set(sum(fold.dedup_size for fold in self.folds.values()))

@@ -151,7 +151,7 @@ def global_watermark(marks: Iterable[tuple[float, float, bool]], now_s: float, i
 
     The slowest partition holds event time back, unless it is idle: caught up (nothing left to read)
     and silent for ``idle_s``. A partition that is merely behind is never idle, however long since
-    its last fetch. When every partition is idle, nothing is in flight: event time is taken to be the
+    its last fetch, and one not read yet (watermark 0) holds time back at "unknown" (``None``). When every partition is idle, nothing is in flight: event time is taken to be the
     wall clock minus ``idle_s`` (or the newest watermark, if later), so the windows of a channel that
     stops sending still close, and so do those of a finished backfill.
     """
@@ -160,5 +160,8 @@ def global_watermark(marks: Iterable[tuple[float, float, bool]], now_s: float, i
         return None
     holding = [mark for mark, seen, caught_up in marks if not caught_up or now_s - seen < idle_s]
     if holding:
-        return min(holding)
-    return max(max(mark for mark, _, _ in marks), now_s - idle_s)
+        lowest = min(holding)
+        return lowest if lowest > 0 else None
+    newest = max(mark for mark, _, _ in marks)
+    # Nothing was ever read: there is no event time to speak of yet.
+    return max(newest, now_s - idle_s) if newest > 0 else None

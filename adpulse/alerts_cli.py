@@ -1,0 +1,142 @@
+"""``adpulse alerts``: the alerts firing now, from Redis (CONTRACT.md §3, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import orjson
+
+from adpulse.settings import Settings, load_settings
+
+_SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def redacted_url(url: str) -> str:
+    """The Redis URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def read_alerts(settings: Settings, history: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The active alerts (most severe, then oldest, first) and the last ``history`` stream entries."""
+    import redis.asyncio as aioredis
+
+    from alerts.sinks.redis_sink import RedisAlertSink
+
+    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        sink = RedisAlertSink(client, settings.redis_prefix)
+        active = list((await sink.load_active()).values())
+        past = await sink.history(history) if history else []
+    finally:
+        await client.aclose()
+    active.sort(
+        key=lambda a: (_SEVERITY_RANK.get(a.get("severity"), 3), a.get("fired_at") or "", a["fingerprint"])
+    )
+    return active, past
+
+
+def _since(fired_at: str | None, now: datetime) -> str:
+    if not fired_at:
+        return "—"
+    age_s = max(0, int((now - datetime.fromisoformat(fired_at)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age_s >= size:
+            return f"{age_s // size}{unit} ago"
+    return f"{age_s}s ago"
+
+
+def _where(alert: Mapping[str, Any]) -> str:
+    return alert["channel"] if alert.get("campaign") is None else f"{alert['channel']}/{alert['campaign']}"
+
+
+def _table(rows: Sequence[Mapping[str, Any]], title: str, now: datetime, history: bool) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold", title_justify="left")
+    if history:
+        table.add_column("status")
+    for name in ("severity", "kind", "channel/campaign", "summary", "since"):
+        table.add_column(name, overflow="fold")
+    for alert in rows:
+        severity = str(alert.get("severity"))
+        style = _SEVERITY_STYLE.get(severity)
+        cells = [
+            f"[{style}]{severity}" if style else escape(severity),
+            escape(str(alert.get("kind"))),
+            escape(_where(alert)),
+            escape(str(alert.get("summary"))),
+            _since(alert.get("resolved_at") or alert.get("fired_at"), now)
+            if history
+            else _since(alert.get("fired_at"), now),
+        ]
+        if history:
+            cells.insert(0, "[green]resolved" if alert.get("status") == "resolved" else "[red]firing")
+        table.add_row(*cells)
+    return table
+
+
+@click.command("alerts", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON array of the alert objects (CONTRACT.md §3)."
+)
+@click.option("--all", "show_all", is_flag=True, help="Also show the last state changes (the alert stream).")
+@click.option(
+    "--last",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="How many stream entries --all shows.",
+)
+@click.pass_context
+def alerts_cli(ctx: click.Context, as_json: bool, show_all: bool, last: int) -> None:
+    """Alerts firing now (from ADPULSE_REDIS_URL), most severe first.
+
+    With --all, also the last state changes (fired, escalated, repeated, resolved), newest first; with
+    --json --all the output is one object {"active": [...], "history": [...]}.
+
+    \b
+    Examples:
+      adpulse alerts
+      adpulse alerts --json | jq '.[] | select(.severity == "critical")'
+      adpulse alerts --all --last 50
+    """
+    from redis.exceptions import RedisError
+
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    try:
+        active, past = asyncio.run(read_alerts(settings, last if show_all else 0))
+    except (OSError, RedisError) as exc:
+        raise click.ClickException(
+            f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}. "
+            "Is it running (adpulse stack up) and does ADPULSE_REDIS_URL point at it?"
+        ) from exc
+    if as_json:
+        out: object = {"active": active, "history": past} if show_all else active
+        click.echo(orjson.dumps(out).decode())
+        return
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    now = datetime.now(UTC)
+    if active:
+        console.print(_table(active, f"{len(active)} alert(s) firing", now, history=False))
+    else:
+        console.print("no alerts firing")
+    if show_all:
+        if past:
+            console.print(_table(past, f"last {len(past)} state change(s), newest first", now, history=True))
+        else:
+            console.print("no alert history yet")

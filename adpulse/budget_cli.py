@@ -1,0 +1,533 @@
+"""``adpulse budget set / list / approve``: budgets on the compacted budgets topic, approvals in Redis.
+
+Budgets travel as :class:`streams.events.BudgetSetting` JSON on ``adpulse.budgets``, keyed ``channel`` or
+``channel/campaign`` (CONTRACT.md §1); workers keep the last value per budget (:class:`alerts.budgets.BudgetBook`).
+Approvals are per period, in the Redis hash ``<prefix>:budgets:approvals``
+(field :func:`alerts.budgets.approval_field`, value :class:`alerts.budgets.Approval` JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from adpulse.settings import Settings, load_settings
+from alerts.budgets import (
+    PERIODS,
+    Approval,
+    Budget,
+    BudgetBook,
+    Period,
+    approval_field,
+    approvals_key,
+    period_bounds,
+    period_start_label,
+    rfc3339,
+    topic_key,
+)
+from streams.events import BudgetSetting
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+#: The wall clock; a module attribute so that tests can fix "now".
+clock: Callable[[], float] = time.time
+T = TypeVar("T")
+
+_KAFKA_HINT = "is the broker up (`adpulse stack up`), and ADPULSE_KAFKA_BOOTSTRAP right?"
+_REDIS_HINT = "is the stack up (`adpulse stack up`), and ADPULSE_REDIS_URL right?"
+
+
+class BudgetError(RuntimeError):
+    """A budget command cannot do its job; the message says what was wrong and how to fix it."""
+
+
+# ------------------------------------------------------------------------------------------------ Kafka
+
+
+async def produce_setting(
+    settings: Settings, setting: BudgetSetting, timeout_s: float = 15.0
+) -> tuple[int, int]:
+    """Write one setting to the budgets topic (acks=all), alone in its batch; returns (partition, offset).
+
+    One record per batch because the embedded broker's end offset can stop short of a batch's later
+    records, and readers use the end offset to know when they have everything.
+    """
+    topic = settings.topic("budgets")
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_options(),
+        acks="all",
+        enable_idempotence=False,  # the embedded broker has no InitProducerId
+        linger_ms=0,
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    await producer.start()
+    try:
+        metadata = await producer.client.fetch_all_metadata()
+        if topic not in metadata.topics():
+            raise BudgetError(_missing_topic(settings))
+        value = {"channel": setting.channel, "period": setting.period, "amount": setting.amount}
+        if setting.campaign is not None:
+            value["campaign"] = setting.campaign
+        if setting.owner is not None:
+            value["owner"] = setting.owner
+        if setting.amount is not None:
+            value["reserve_pct"] = setting.reserve_pct
+        sent = await producer.send_and_wait(
+            topic, orjson.dumps(value), key=topic_key(setting.channel, setting.campaign).encode()
+        )
+        return sent.partition, sent.offset
+    finally:
+        await producer.stop()
+
+
+async def read_budgets(
+    settings: Settings, quiet_s: float = 1.0, timeout_s: float = 30.0
+) -> tuple[BudgetBook, list[str]]:
+    """Read the budgets topic from the beginning to its end: the budgets in force and the records skipped.
+
+    The end is where the reported end offset has been reached and a further ``quiet_s`` of fetches has
+    brought nothing: the embedded broker's end offset can stop short of the last batch's later records.
+    """
+    topic = settings.topic("budgets")
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_options(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=int(min(timeout_s, 30.0) * 1000),
+    )
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            raise BudgetError(_missing_topic(settings))
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        book = BudgetBook()
+        skipped: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        quiet_since: float | None = None
+        while True:
+            fetched = await consumer.getmany(*partitions, timeout_ms=200, max_records=1000)
+            for records in fetched.values():
+                for record in records:
+                    problem = _apply(book, record.key, record.value)
+                    if problem:
+                        skipped.append(f"partition {record.partition} offset {record.offset}: {problem}")
+            now = time.monotonic()
+            if any(fetched.values()):
+                quiet_since = None
+            elif all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
+                quiet_since = quiet_since if quiet_since is not None else now
+                if now - quiet_since >= quiet_s:
+                    return book, skipped
+            if now > deadline:
+                raise BudgetError(
+                    f"could not read {topic} to its end within {timeout_s:.0f} s; is the broker overloaded?"
+                )
+    finally:
+        await consumer.stop()
+
+
+def _apply(book: BudgetBook, key: bytes | None, value: bytes | None) -> str | None:
+    """Apply one record to ``book``; returns why it was skipped, if it was."""
+    if value is None:
+        if key is None:
+            return "a tombstone without a key"
+        book.remove_key(key.decode("utf-8", "replace"))
+        return None
+    try:
+        book.apply(BudgetSetting.model_validate_json(value))
+    except ValidationError as exc:
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
+    return None
+
+
+def _missing_topic(settings: Settings) -> str:
+    return (
+        f"topic {settings.topic('budgets')} does not exist on {settings.kafka_bootstrap}; "
+        "`adpulse stack up` creates the topics (on your own cluster: a compacted topic with 1 partition)"
+    )
+
+
+def _run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(work)
+    except BudgetError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KafkaError as exc:
+        raise click.ClickException(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); {_KAFKA_HINT}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ Redis
+
+
+def _redis(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+
+
+def _redis_failed(settings: Settings, exc: Exception) -> click.ClickException:
+    return click.ClickException(f"cannot reach Redis at {settings.redis_url} ({exc}); {_REDIS_HINT}")
+
+
+def read_approvals(settings: Settings) -> dict[str, Approval]:
+    """Every recorded approval, by field; a malformed entry is left out."""
+    client = _redis(settings)
+    try:
+        raw = client.hgetall(approvals_key(settings.redis_prefix))
+    finally:
+        client.close()
+    approvals: dict[str, Approval] = {}
+    for field, value in raw.items():
+        try:
+            approvals[field.decode()] = Approval.from_json(value)
+        except ValueError:
+            continue
+    return approvals
+
+
+def record_approval(
+    settings: Settings, budget: Budget, approval: Approval, now_s: float
+) -> tuple[Approval, bool]:
+    """Record ``approval`` for ``budget``'s current period unless one exists: (the approval in force, new?).
+
+    ``HSETNX``: approving twice is harmless, and the first approver stays on record. Approvals of earlier
+    periods of the same budget are removed, so that the hash stays as small as the set of budgets.
+    """
+    start_s, _ = period_bounds(budget.period, now_s, settings.zone)
+    field = approval_field(budget.channel, budget.campaign, budget.period, start_s, settings.zone)
+    key = approvals_key(settings.redis_prefix)
+    client = _redis(settings)
+    try:
+        created = bool(client.hsetnx(key, field, approval.to_json()))
+        current = approval if created else Approval.from_json(client.hget(key, field))
+        same_budget = field.rsplit("|", 1)[0] + "|"
+        stale = [f for f in client.hkeys(key) if f.decode().startswith(same_budget) and f.decode() != field]
+        if stale:
+            client.hdel(key, *stale)
+    finally:
+        client.close()
+    return current, created
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.find_object(Settings)
+    if settings is not None:
+        return settings
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ADPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(f"invalid configuration: {problems}") from None
+
+
+def _parse_amount(text: str, currency: str) -> float:
+    try:
+        amount = float(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a number; give the budget in {currency}, e.g. 10000 or 2500.50",
+            param_hint="AMOUNT",
+        ) from None
+    if not (amount > 0 and amount != float("inf")):
+        raise click.BadParameter(
+            f"{text} is not a positive amount; to remove a budget use --delete", param_hint="AMOUNT"
+        )
+    return amount
+
+
+def _money(value: float) -> str:
+    return f"{value:,.0f}" if value == round(value) else f"{value:,.2f}"
+
+
+def _describe(budget: Budget, currency: str) -> str:
+    what = f"{budget.period} budget of {budget.label}: {_money(budget.amount)} {currency}"
+    if budget.reserve_pct:
+        what += f" ({_money(budget.spendable)} spendable, {budget.reserve_pct:g} % reserve)"
+    return what + (f", owner {budget.owner}" if budget.owner else "")
+
+
+@click.group("budget", context_settings=CONTEXT)
+def budget_cli() -> None:
+    """Budgets per channel or campaign, per day, month or in total, and approvals past the 80 % line.
+
+    The worker warns at 80 % of the spendable budget (amount minus the emergency reserve), saying whose
+    approval continuing needs; alerts critical at 100 %; and warns early when, at the current spend rate,
+    the budget runs out before the period ends. Days and months start at midnight in ADPULSE_TZ.
+
+    \b
+    Examples:
+      adpulse budget set douyin 10000 --owner @zhang.wei            # daily budget of 10,000
+      adpulse budget set taobao 300000 --period month --reserve-pct 10
+      adpulse budget set douyin 2000 --campaign spring-sale --period total
+      adpulse budget list
+      adpulse budget approve douyin --by @zhang.wei --note "11.11 push"
+      adpulse budget set douyin --delete
+    """
+
+
+@budget_cli.command("set", context_settings=CONTEXT)
+@click.argument("channel")
+@click.argument("amount", required=False)
+@click.option("--campaign", help="A campaign of the channel (default: the whole channel).")
+@click.option(
+    "--period",
+    type=click.Choice(PERIODS),
+    default="day",
+    show_default=True,
+    help="Budget period; day and month start at local midnight in ADPULSE_TZ.",
+)
+@click.option("--owner", help="Chat handle who approves spending past 80 %, e.g. @zhang.wei.")
+@click.option(
+    "--reserve-pct",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Emergency reserve, 0-50 % of AMOUNT, not planned against: alerts use the rest.",
+)
+@click.option("--delete", is_flag=True, help="Remove the budget of CHANNEL (and --campaign, --period).")
+@click.pass_context
+def set_budget(
+    ctx: click.Context,
+    channel: str,
+    amount: str | None,
+    campaign: str | None,
+    period: Period,
+    owner: str | None,
+    reserve_pct: float,
+    delete: bool,
+) -> None:
+    """Set (or with --delete remove) the budget of CHANNEL, in the configured currency.
+
+    Setting a budget again replaces it. A channel (or campaign) has one budget: the budgets topic is
+    compacted by channel/campaign, which would keep only the last of several periods, so to switch
+    periods delete the old budget first.
+
+    \b
+    Examples:
+      adpulse budget set douyin 10000 --owner @zhang.wei
+      adpulse budget set douyin 12500 --reserve-pct 20           # 10,000 spendable, 2,500 held back
+      adpulse budget set taobao 300000 --period month
+      adpulse budget set douyin 2000 --campaign spring-sale --period total
+      adpulse budget set douyin --delete
+    """
+    settings = _settings(ctx)
+    if delete and amount is not None:
+        raise click.UsageError("give either AMOUNT or --delete, not both")
+    if not delete and amount is None:
+        raise click.UsageError("missing AMOUNT (the budget in the configured currency), or use --delete")
+    try:
+        setting = BudgetSetting(
+            channel=channel,
+            campaign=campaign,
+            period=period,
+            amount=None if delete else _parse_amount(amount or "", settings.currency),
+            owner=owner,
+            reserve_pct=reserve_pct,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'budget'}: {e['msg']}" for e in exc.errors())
+        raise click.UsageError(f"invalid budget: {problems}") from None
+
+    book, _ = _run_kafka(settings, read_budgets(settings))
+    current = book.get(channel, campaign, period)
+    if delete:
+        if current is None:
+            click.echo(f"no {period} budget for {topic_key(channel, campaign)}: nothing to delete")
+            return
+    else:
+        others = [b for b in book.under_key(channel, campaign) if b.period != period]
+        if others:
+            other = others[0]
+            delete_cmd = f"adpulse budget set {channel}" + (f" --campaign {campaign}" if campaign else "")
+            raise click.ClickException(
+                f"{other.label} already has a {other.period} budget; it has one budget at a time. "
+                f"Remove it first: `{delete_cmd} --period {other.period} --delete`"
+            )
+    partition, offset = _run_kafka(settings, produce_setting(settings, setting))
+    where = f"{settings.topic('budgets')} (partition {partition}, offset {offset})"
+    if delete:
+        click.echo(f"deleted the {_describe(current, settings.currency)} -> {where}")  # type: ignore[arg-type]
+    else:
+        budget = Budget.from_setting(setting)
+        verb = "replaced" if current is not None else "set"
+        click.echo(f"{verb} the {_describe(budget, settings.currency)} -> {where}")
+
+
+@budget_cli.command("list", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@click.pass_context
+def list_budgets(ctx: click.Context, as_json: bool) -> None:
+    """The budgets in force, with this period's approvals.
+
+    JSON fields: channel, campaign (null for the channel), period, amount, reserve_pct, spendable, owner,
+    currency, period_start, period_end (RFC 3339; null for total), approval ({by, at, note} or null).
+
+    \b
+    Examples:
+      adpulse budget list
+      adpulse budget list --json | jq '.[] | select(.approval == null)'
+    """
+    from redis.exceptions import RedisError
+
+    settings = _settings(ctx)
+    book, skipped = _run_kafka(settings, read_budgets(settings))
+    for problem in skipped:
+        click.echo(f"skipped a malformed record on {settings.topic('budgets')}, {problem}", err=True)
+    try:
+        approvals = read_approvals(settings) if len(book) else {}
+    except (OSError, RedisError) as exc:
+        raise _redis_failed(settings, exc) from None
+    rows = [_row(budget, approvals, settings, clock()) for budget in book]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    if not rows:
+        click.echo("no budgets; set one with `adpulse budget set CHANNEL AMOUNT`", err=True)
+        return
+    _print_table(rows, settings.currency)
+
+
+def _row(budget: Budget, approvals: dict[str, Approval], settings: Settings, now_s: float) -> dict[str, Any]:
+    start_s, end_s = period_bounds(budget.period, now_s, settings.zone)
+    approval = approvals.get(
+        approval_field(budget.channel, budget.campaign, budget.period, start_s, settings.zone)
+    )
+    return {
+        "channel": budget.channel,
+        "campaign": budget.campaign,
+        "period": budget.period,
+        "amount": budget.amount,
+        "reserve_pct": budget.reserve_pct,
+        "spendable": budget.spendable,
+        "owner": budget.owner,
+        "currency": settings.currency,
+        "period_start": rfc3339(start_s, settings.zone),
+        "period_end": rfc3339(end_s, settings.zone) if end_s is not None else None,
+        "approval": None
+        if approval is None
+        else {"by": approval.by, "at": approval.at, "note": approval.note},
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], currency: str) -> None:
+    # Plain aligned columns: nothing is cut short, whatever the terminal width, and it pipes well.
+    header = [
+        "CHANNEL",
+        "CAMPAIGN",
+        "PERIOD",
+        f"AMOUNT {currency}",
+        "RESERVE",
+        "SPENDABLE",
+        "OWNER",
+        "APPROVED THIS PERIOD",
+    ]
+    right = {3, 4, 5}
+    table = [header]
+    for row in rows:
+        approval = row["approval"]
+        approved = "-" if approval is None else f"{approval['by']} at {approval['at']}"
+        if approval and approval["note"]:
+            approved += f" ({approval['note']})"
+        table.append(
+            [
+                row["channel"],
+                row["campaign"] or "-",
+                row["period"],
+                _money(row["amount"]),
+                f"{row['reserve_pct']:g} %" if row["reserve_pct"] else "-",
+                _money(row["spendable"]),
+                row["owner"] or "-",
+                approved,
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))
+        ]
+        click.echo("  ".join(cells).rstrip())
+
+
+@budget_cli.command("approve", context_settings=CONTEXT)
+@click.argument("channel")
+@click.option("--campaign", help="A campaign of the channel (default: the channel's own budget).")
+@click.option("--period", type=click.Choice(PERIODS), default="day", show_default=True, help="Which budget.")
+@click.option(
+    "--by", "by", help="Who approves (default: your login name); use your chat handle, e.g. @zhang.wei."
+)
+@click.option("--note", help="Why, for the record (shown with the alert and in `adpulse budget list`).")
+@click.pass_context
+def approve(
+    ctx: click.Context, channel: str, campaign: str | None, period: Period, by: str | None, note: str | None
+) -> None:
+    """Approve CHANNEL's budget going on past its 80 % line, for the current period.
+
+    The 80 % warning then resolves and stays quiet for the rest of the period (approving before the
+    line is reached keeps it quiet from the start); the 100 % critical still fires, and names you.
+    The approval holds for this period only (today, this month): the next one needs a new approval.
+    Approving again keeps the first approval on record.
+
+    \b
+    Examples:
+      adpulse budget approve douyin --by @zhang.wei --note "11.11 push, ROI 2.4"
+      adpulse budget approve taobao --period month
+      adpulse budget approve douyin --campaign spring-sale --period total
+    """
+    from redis.exceptions import RedisError
+
+    settings = _settings(ctx)
+    book, _ = _run_kafka(settings, read_budgets(settings))
+    budget = book.get(channel, campaign, period)
+    if budget is None:
+        have = ", ".join(f"{b.period}" for b in book.under_key(channel, campaign))
+        hint = f" (it has a {have} budget: use --period {have})" if have else ""
+        raise click.ClickException(
+            f"{topic_key(channel, campaign)} has no {period} budget to approve{hint}; see `adpulse budget list`"
+        )
+    now_s = clock()
+    approver = by or _login_name()
+    try:
+        current, created = record_approval(
+            settings, budget, Approval(by=approver, at=rfc3339(now_s, settings.zone), note=note), now_s
+        )
+    except (OSError, RedisError) as exc:
+        raise _redis_failed(settings, exc) from None
+    start_s, _ = period_bounds(period, now_s, settings.zone)
+    span = (
+        "in total"
+        if period == "total"
+        else f"for the {period} starting {period_start_label(start_s, settings.zone)}"
+    )
+    if created:
+        click.echo(
+            f"approved: {budget.label} may go past 80 % of its {period} budget {span} (by {current.by}); "
+            "the 100 % line still alerts"
+        )
+    else:
+        click.echo(f"already approved {span} by {current.by} at {current.at}; nothing changed")
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

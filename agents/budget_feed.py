@@ -1,0 +1,63 @@
+"""Every worker keeps every budget: a reader of the compacted budgets topic, from its start, forever.
+
+Budgets are few and change rarely, so each worker reads the whole topic (no consumer group) into a
+``BudgetBook``: the last value for a budget wins, ``amount: null`` or a tombstone deletes it. A record
+that is not a valid budget is logged and counted, and skipped: it never stops the feed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from alerts.budgets import BudgetBook
+from streams.events import BudgetSetting
+
+log = logging.getLogger(__name__)
+
+
+class BudgetFeed:
+    """Applies the budgets topic to a ``BudgetBook`` as records arrive."""
+
+    def __init__(self, kafka: dict[str, Any], topic: str, book: BudgetBook) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.book = book
+        self.invalid = 0
+
+    async def run(self) -> None:
+        """Read from the beginning until cancelled."""
+        consumer = AIOKafkaConsumer(**self.kafka, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            if not tps:
+                log.warning("budgets: topic %s does not exist; no budgets will be judged", self.topic)
+                return
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                for records in batches.values():
+                    for record in records:
+                        self.apply(record.key, record.value)
+        finally:
+            await consumer.stop()
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """One record of the budgets topic."""
+        if value is None:
+            if key is not None:
+                self.book.remove_key(key.decode("utf-8", "replace"))
+            return
+        try:
+            setting = BudgetSetting.model_validate_json(value)
+        except ValidationError as exc:
+            self.invalid += 1
+            log.warning("budgets: skipping an invalid budget record %r: %s", value[:200], exc.errors()[:2])
+            return
+        self.book.apply(setting)

@@ -1,0 +1,312 @@
+"""Evaluation on the worker: closed windows and budgets → findings → lifecycle → Redis and Prometheus.
+
+Runs inside the snapshot timer, for the channels this worker owns. What is judged:
+
+- every newly closed window of a size named by a threshold rule (the marketing targets);
+- the anomaly detectors on a rolling window (default the last 10 minutes, rolled up from 1-minute
+  buckets) each time a minute closes, and on each closed hour; the baseline is the preceding rolling
+  windows (and, for hours, the same hour on earlier days);
+- every budget of an owned channel, every tick, against the spend of its current period.
+
+Only the newest closed window is judged: after a restart the worker does not replay history into
+alerts, and the lifecycle's deterministic ids make a re-judged window publish nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+
+from agents.partials import BucketValue, totals
+from agents.snapshot import KpiRow, counts_of
+from agents.windows import MINUTE_S, TOTAL, Calendar
+from alerts.budgets import Approval, BudgetBook, approval_field, approvals_key, budget_judged, evaluate_budget
+from alerts.budgets import period_bounds, used_ratio
+from alerts.detectors import Detectors, Observation, Subject
+from alerts.drivers import drivers
+from alerts.lifecycle import AlertBook, Policy
+from alerts.model import Finding, Fingerprint, fingerprint
+from alerts.payload import Links, build_alert
+from alerts.rules import RulesConfig, evaluate_thresholds
+from alerts.sinks.metrics import AlertMetrics
+from alerts.sinks.redis_sink import RedisAlertSink
+from streams.codec import N_SLOTS
+from streams.events import NO_CAMPAIGN
+
+log = logging.getLogger(__name__)
+Lookup = Callable[[str, str, int], BucketValue | None]
+DAY_S = 86400
+
+
+class Owned(Protocol):
+    """The channels this worker owns: a container with the partitions behind it."""
+
+    partitions: frozenset[int]
+
+    def __contains__(self, channel: object) -> bool: ...
+
+#: The anomaly metrics a channel is judged on each round (OK when the detectors find nothing).
+ANOMALY_METRICS = ("ctr", "cvr", "roi", "spend")
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationConfig:
+    """What to judge and how."""
+
+    rules: RulesConfig
+    detectors: Detectors = field(default_factory=Detectors)
+    policy: Policy = field(default_factory=Policy)
+    links: Links = field(default_factory=Links)
+    rolling_s: int = 600
+    rolling_history: int = 12
+    hourly_history: int = 24
+    seasonal_days: int = 7
+    currency: str = "CNY"
+
+
+def vector_counts(value: BucketValue | None, campaign: str | None) -> dict[str, float]:
+    """Named counts of one bucket for the channel (``campaign=None``) or one campaign."""
+    per_campaign = totals(value) if value is not None else {}
+    if campaign is not None:
+        return counts_of(per_campaign.get(campaign, [0] * N_SLOTS))
+    summed = [0] * N_SLOTS
+    for vector in per_campaign.values():
+        for slot in range(N_SLOTS):
+            summed[slot] += vector[slot]
+    return counts_of(summed)
+
+
+def _summed(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for part in parts:
+        for name, value in part.items():
+            result[name] = result.get(name, 0.0) + value
+    return result
+
+
+def rolling_history(
+    lookup: Lookup, channel: str, campaign: str | None, end_s: int, span_s: int, windows: int
+) -> list[Observation]:
+    """``windows`` rolling windows of ``span_s`` ending at ``end_s`` (oldest first), from 1-minute buckets."""
+    minutes = span_s // MINUTE_S
+    history = []
+    for k in range(windows, -1, -1):
+        stop = end_s - k * span_s
+        start = stop - span_s
+        counts = _summed(
+            vector_counts(lookup(channel, "1m", start + m * MINUTE_S), campaign) for m in range(minutes)
+        )
+        history.append(Observation(start, stop, counts))
+    return history
+
+
+def hourly_history(
+    lookup: Lookup, calendar: Calendar, channel: str, campaign: str | None, start_s: int, recent: int, days: int
+) -> list[Observation]:
+    """The closed hour at ``start_s`` with its ``recent`` predecessors and the same hour ``days`` back.
+
+    Recent hours are always there (a silent hour is evidence); earlier days only where data exists.
+    """
+    recent_starts = {start_s - k * 3600 for k in range(recent + 1)}
+    seasonal = {
+        s for d in range(1, days + 1) if (s := start_s - d * DAY_S) not in recent_starts and lookup(channel, "1h", s)
+    }
+    return [
+        Observation(s, calendar.end("1h", s), vector_counts(lookup(channel, "1h", s), campaign))
+        for s in sorted(recent_starts | seasonal)
+    ]
+
+
+class Evaluator:
+    """The worker's judge: owns the alert book of its channels and publishes state changes."""
+
+    def __init__(
+        self,
+        config: EvaluationConfig,
+        sink: RedisAlertSink,
+        redis: Any,
+        redis_prefix: str,
+        calendar: Calendar,
+        budgets: BudgetBook,
+        max_channels: int,
+        registry: CollectorRegistry = REGISTRY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.redis = redis
+        self.redis_prefix = redis_prefix
+        self.calendar = calendar
+        self.budgets = budgets
+        self.clock = clock
+        self.book = AlertBook(config.policy)
+        self._owned: frozenset[int] | None = None
+        self.metrics = AlertMetrics(lambda: self.book.firing(), max_channels, registry=registry)
+        self.budget_used = Gauge(
+            "adpulse_budget_used_ratio", "Spend in the budget period ÷ spendable budget",
+            ["channel", "campaign", "period"], registry=registry,
+        )
+
+    async def ensure_loaded(self, owned: Owned) -> None:
+        """(Re)load the lifecycle state of the owned channels when ownership changes (start, rebalance)."""
+        if owned.partitions == self._owned:
+            return
+        state = await self.sink.load_state(channels=owned)
+        self.book = AlertBook.from_state(state, self.config.policy)
+        self._owned = owned.partitions
+        log.info(
+            "alerts: judging the channels of partitions %s, %d alerts firing",
+            sorted(owned.partitions), len(self.book.firing()),
+        )
+
+    # -- judging -------------------------------------------------------------------------------
+
+    def judge_windows(
+        self, fresh: Iterable[KpiRow], lookup: Lookup
+    ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
+        """Thresholds and anomaly detectors on the newest closed window of each channel and campaign."""
+        findings: list[Finding] = []
+        judged: dict[Fingerprint, float | None] = {}
+        cfg = self.config
+        for row in fresh:
+            campaign = None if row.campaign == NO_CAMPAIGN else row.campaign
+            shown = row.to_json(self.calendar.zone)
+            bounds = (str(shown["window_start"]), str(shown["window_end"]))
+            found, ok = evaluate_thresholds(cfg.rules.rules, row.channel, campaign, row.window, row.counts, bounds)
+            findings += found
+            judged.update(ok)
+            if row.window == "1m" and campaign is None and row.window_end is not None:
+                history = rolling_history(lookup, row.channel, None, row.window_end, cfg.rolling_s,
+                                          cfg.rolling_history)
+                findings += self._detect(history, row.channel, None, f"{cfg.rolling_s // 60}m", lookup, judged)
+            elif row.window == "1h":
+                history = hourly_history(lookup, self.calendar, row.channel, campaign, row.window_start,
+                                         cfg.hourly_history, cfg.seasonal_days)
+                findings += self._detect(history, row.channel, campaign, "1h", lookup, judged)
+        return findings, judged
+
+    def _detect(
+        self, history: list[Observation], channel: str, campaign: str | None, window: str, lookup: Lookup,
+        judged: dict[Fingerprint, float | None],
+    ) -> list[Finding]:
+        if not _warm(history[:-1]):
+            return []  # a baseline still filling (a new channel, the start of the data) proves nothing
+        subject = Subject(channel, campaign, window, self.calendar.zone)
+        found = self.config.detectors.run(history, subject)
+        current = history[-1].counts
+        for metric in ANOMALY_METRICS:
+            fp = fingerprint("anomaly", metric, channel, campaign)
+            judged.setdefault(fp, current.get("spend") if metric == "spend" else None)
+        judged.setdefault(fingerprint("data_health", "events", channel, campaign), current.get("impressions"))
+        if campaign is None and window != "1h":
+            found = [self._with_drivers(f, history, lookup) for f in found]
+        return found
+
+    def _with_drivers(self, finding: Finding, history: list[Observation], lookup: Lookup) -> Finding:
+        """For a channel-level ratio drop: the campaigns that drove it, in the evidence."""
+        if finding.metric not in ("ctr", "cvr", "roi"):
+            return finding
+        current, before = history[-1], history[:-1]
+        per_campaign_now: dict[str, dict[str, float]] = {}
+        per_campaign_before: dict[str, dict[str, float]] = {}
+        for target, windows in ((per_campaign_now, [current]), (per_campaign_before, before)):
+            for window in windows:
+                for start in range(window.start_s, window.end_s, MINUTE_S):
+                    value = lookup(finding.channel, "1m", start)
+                    for campaign, vector in (totals(value) if value else {}).items():
+                        target[campaign] = _summed([target.get(campaign, {}), counts_of(vector)])
+        top = drivers(finding.metric, per_campaign_now, per_campaign_before)
+        return replace(finding, evidence={**finding.evidence, "campaigns": top})
+
+    def judge_budgets(
+        self, owned: Container[str], lookup: Lookup, index_starts: Callable[[str, str], set[int]],
+        approvals: Mapping[str, bytes | None], watermark_s: float,
+    ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
+        """Every budget of an owned channel against the spend of its current period."""
+        findings: list[Finding] = []
+        judged: dict[Fingerprint, float | None] = {}
+        zone = self.calendar.zone
+        now = self.clock()
+        for budget in self.budgets:
+            if budget.channel not in owned:
+                continue
+            start, _end = period_bounds(budget.period, now, zone)
+            spent = self._spend(lookup, index_starts, budget.channel, budget.campaign, budget.period, start)
+            rate = self._spend_rate(lookup, budget.channel, budget.campaign, watermark_s)
+            raw = approvals.get(approval_field(budget.channel, budget.campaign, budget.period, start, zone))
+            approval = _approval(raw)
+            findings += evaluate_budget(budget, spent, now, rate, approval, zone=zone, currency=self.config.currency)
+            judged.update(budget_judged(budget, spent, now, rate, zone=zone))
+            self.budget_used.labels(budget.channel, budget.campaign or NO_CAMPAIGN, budget.period).set(
+                used_ratio(spent, budget)
+            )
+        # Budget alerts of earlier periods, or of deleted budgets, are fine now.
+        for firing in self.book.firing():
+            if firing.kind == "budget" and firing.channel in owned and firing.fingerprint not in judged:
+                judged[firing.fingerprint] = None
+        return findings, judged
+
+    def _spend(
+        self, lookup: Lookup, index_starts: Callable[[str, str], set[int]], channel: str, campaign: str | None,
+        period: str, start: int,
+    ) -> float:
+        if period == "total":
+            return vector_counts(lookup(channel, TOTAL, 0), campaign)["spend"]
+        if period == "day":
+            return vector_counts(lookup(channel, "1d", start), campaign)["spend"]
+        return sum(
+            vector_counts(lookup(channel, "1d", day), campaign)["spend"]
+            for day in index_starts(channel, "1d")
+            if day >= start
+        )
+
+    def _spend_rate(self, lookup: Lookup, channel: str, campaign: str | None, watermark_s: float) -> float:
+        """Spend per second over the last hour of event time."""
+        last = int(watermark_s) - int(watermark_s) % MINUTE_S
+        spent = sum(vector_counts(lookup(channel, "1m", last - m * MINUTE_S), campaign)["spend"] for m in range(60))
+        return spent / 3600.0
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, findings: list[Finding], judged: dict[Fingerprint, float | None]) -> int:
+        """Run the lifecycle and write its state changes; returns how many alerts were written now."""
+        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        alerts = self.book.evaluate(findings, judged, now)
+        payloads = [build_alert(alert, self.config.links) for alert in alerts]
+        written = await self.sink.publish(payloads, self.book.pop_changes())
+        self.metrics.observe(alert for alert, new in zip(alerts, written, strict=True) if new)
+        for alert, new in zip(alerts, written, strict=True):
+            if new:
+                log.info("alert %s %s: %s", alert.change, alert.finding.fingerprint, alert.finding.summary)
+        return sum(written)
+
+    async def approvals(self) -> dict[str, bytes | None]:
+        """Every recorded approval (few: one per budget and period)."""
+        raw = await self.redis.hgetall(approvals_key(self.redis_prefix))
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _warm(baseline: list[Observation]) -> bool:
+    """At least half the baseline windows saw the channel's tracker at all."""
+    active = sum(
+        1 for o in baseline if o.get("impressions") + o.get("clicks") + o.get("orders") + o.get("spend") > 0
+    )
+    return active * 2 >= len(baseline) and active > 0
+
+
+def _approval(raw: bytes | None) -> Approval | None:
+    if raw is None:
+        return None
+    try:
+        return Approval.from_json(raw)
+    except ValueError:
+        log.warning("ignoring a malformed budget approval record: %r", raw[:200])
+        return None
+
+

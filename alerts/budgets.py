@@ -1,0 +1,501 @@
+"""Budgets: what may be spent, per period in the configured time zone, and when to say so. Pure.
+
+A budget belongs to a channel, or to one campaign of a channel, for a period: a day (from local midnight),
+a month (from the local first of the month) or all time, in ``ADPULSE_TZ``. An optional emergency reserve
+(``reserve_pct``) is a margin not to be planned against: the 80 % and 100 % lines are lines of the
+*spendable* part, ``amount × (1 − reserve_pct / 100)``.
+
+What :func:`evaluate_budget` reports for one budget, each at most once per period (the period and its
+start are part of the fingerprint, so a new period starts clean and the old period's alerts resolve):
+
+- ``spend`` *warning* at 80 % of spendable: continuing needs approval, from whom, and the command.
+  An approval for the period acknowledges the line: the warning resolves and does not come back this
+  period. (It is not kept as an *info* finding: the lifecycle keeps an episode's highest severity and
+  repeats it every few hours, so an acknowledged warning would page again.) Approving before the line
+  is reached keeps it quiet.
+- ``spend`` *critical* at 100 % of spendable, approved or not; it names the approval, if any.
+- ``spend_pacing`` *warning* while the budget is not yet spent, when at the current spend rate it runs out
+  before the period ends, with the projected time. Once spent, the critical supersedes it.
+
+A raised budget resolves the lines the spend is now below; a deleted budget is no longer evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Final, Literal, get_args
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from agents.windows import Calendar
+from alerts.model import Finding, Fingerprint, fingerprint
+from streams.events import NO_CAMPAIGN, BudgetSetting
+
+Period = Literal["day", "month", "total"]
+PERIODS: Final[tuple[Period, ...]] = get_args(Period)
+#: (channel, campaign or None, period): one budget.
+BudgetKey = tuple[str, str | None, Period]
+
+WARN_RATIO: Final = 0.8
+CRITICAL_RATIO: Final = 1.0
+#: Floating-point slack for "at or above a line": 8,000 of 10,000 is 80 %, whatever the rounding.
+_EPS: Final = 1e-9
+_ADJECTIVE: Final = {"day": "daily", "month": "monthly", "total": "total"}
+_PERIOD_END: Final = {"day": "the day ends", "month": "the month ends"}
+
+
+def approvals_key(redis_prefix: str) -> str:
+    """The Redis hash of approvals: field :func:`approval_field` → :class:`Approval` JSON."""
+    return f"{redis_prefix}:budgets:approvals"
+
+
+def topic_key(channel: str, campaign: str | None) -> str:
+    """The record key on the budgets topic (CONTRACT.md §1): ``channel`` or ``channel/campaign``."""
+    return channel if campaign is None else f"{channel}/{campaign}"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A budget in force: ``amount`` in currency units for ``period``, ``reserve_pct`` of it held back."""
+
+    channel: str
+    campaign: str | None
+    period: Period
+    amount: float
+    owner: str | None = None
+    reserve_pct: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.period not in PERIODS:
+            raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {self.period!r}")
+        if not (math.isfinite(self.amount) and self.amount > 0):
+            raise ValueError(f"amount must be a positive number, not {self.amount!r}")
+        if not 0 <= self.reserve_pct <= 50:
+            raise ValueError(f"reserve_pct must be between 0 and 50, not {self.reserve_pct!r}")
+
+    @classmethod
+    def from_setting(cls, setting: BudgetSetting) -> Budget:
+        """The budget a setting establishes (a setting with ``amount=None`` is a deletion: ValueError)."""
+        if setting.amount is None:
+            raise ValueError(f"the setting deletes the {setting.period} budget of {setting.channel}")
+        return cls(
+            channel=setting.channel,
+            campaign=setting.campaign,
+            period=setting.period,
+            amount=setting.amount,
+            owner=setting.owner,
+            reserve_pct=setting.reserve_pct,
+        )
+
+    @property
+    def key(self) -> BudgetKey:
+        return (self.channel, self.campaign, self.period)
+
+    @property
+    def spendable(self) -> float:
+        """The part of the amount that may be planned against (the reserve is an emergency margin)."""
+        return self.amount * (100 - self.reserve_pct) / 100
+
+    @property
+    def reserve(self) -> float:
+        return self.amount - self.spendable
+
+    @property
+    def label(self) -> str:
+        """``douyin`` or ``douyin/spring-sale``: how messages name what the budget covers."""
+        return topic_key(self.channel, self.campaign)
+
+
+@lru_cache(maxsize=16)
+def _calendar(zone: ZoneInfo) -> Calendar:
+    return Calendar(zone)
+
+
+def period_bounds(period: Period, now_s: float, zone: ZoneInfo) -> tuple[int, int | None]:
+    """Start and end (exclusive, epoch seconds) of the ``period`` holding ``now_s``; ``total`` never ends.
+
+    Days start at local midnight exactly as the 1-day KPI windows do (:class:`agents.windows.Calendar`), so
+    the spend of the current 1-day window is the spend of the current daily budget period.
+    """
+    if period == "total":
+        return 0, None
+    calendar = _calendar(zone)
+    if period == "day":
+        start = calendar.start("1d", int(now_s))
+        return start, calendar.end("1d", start)
+    if period == "month":
+        local = datetime.fromtimestamp(int(now_s), zone)
+        first = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0, fold=0)
+        following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+        return int(first.timestamp()), int(following.timestamp())
+    raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
+
+
+def rfc3339(ts_s: float, zone: ZoneInfo) -> str:
+    """``ts_s`` as RFC 3339 in ``zone``, to the second (``2026-11-24T18:40:00+08:00``)."""
+    return datetime.fromtimestamp(int(ts_s), zone).isoformat(timespec="seconds")
+
+
+def period_start_label(start_s: int, zone: ZoneInfo) -> str:
+    """The local date a period starts on (``2026-11-24``; ``2026-11-01`` for November): its identity."""
+    return datetime.fromtimestamp(start_s, zone).date().isoformat()
+
+
+def approval_field(
+    channel: str, campaign: str | None, period: Period, period_start_s: int, zone: ZoneInfo
+) -> str:
+    """Field of the approvals hash for one budget and one period: ``douyin|-|day|2026-11-24``.
+
+    Approvals are per period: the next period's field is a different one, so it needs a new approval.
+    """
+    label = period_start_label(period_start_s, zone)
+    return f"{channel}|{campaign or NO_CAMPAIGN}|{period}|{label}"
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """Someone allowed a budget to go on past its 80 % line for one period."""
+
+    by: str
+    at: str
+    note: str | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"by": self.by, "at": self.at, "note": self.note})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Approval:
+        """Parse an approval record; ValueError if it is not one."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"approval is not JSON: {exc}") from exc
+        fields = data if isinstance(data, dict) else {}
+        if not isinstance(fields.get("by"), str) or not isinstance(fields.get("at"), str):
+            # ValueError, not TypeError: this is a malformed record, and callers skip it like bad JSON.
+            raise ValueError("approval needs string fields 'by' and 'at'")  # noqa: TRY004
+        note = fields.get("note")
+        return cls(by=fields["by"], at=fields["at"], note=note if isinstance(note, str) else None)
+
+
+def used_ratio(spent: float, budget: Budget) -> float:
+    """Spend as a fraction of the spendable budget (``adpulse_budget_used_ratio``; 1.0 = all spent)."""
+    return spent / budget.spendable
+
+
+def approve_command(budget: Budget) -> str:
+    """The command that approves going on past the 80 % line, shell-quoted."""
+    words = ["adpulse", "budget", "approve", budget.channel]
+    if budget.campaign is not None:
+        words += ["--campaign", budget.campaign]
+    words += ["--period", budget.period]
+    return shlex.join(words)
+
+
+def _money(value: float) -> str:
+    return f"{round(value):,}" if abs(value - round(value)) < 0.005 else f"{value:,.2f}"
+
+
+def _percent(ratio: float) -> int:
+    # Floor: "100 %" must never appear on a budget that is not yet spent.
+    return math.floor(ratio * 100 + 1e-6)
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(int(seconds // 60), 0)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{hours / 24:.1f} days"
+
+
+def _extra_keys(
+    budget: Budget, start_s: int, zone: ZoneInfo, warn_ratio: float
+) -> dict[str, tuple[str, ...]]:
+    label = period_start_label(start_s, zone)
+    return {
+        "warning": (budget.period, label, str(round(warn_ratio * 100))),
+        "critical": (budget.period, label, "100"),
+        "pacing": (budget.period, label),
+    }
+
+
+def budget_judged(
+    budget: Budget,
+    spent_in_period: float,
+    now_s: float,
+    spend_rate_per_s: float,
+    *,
+    zone: ZoneInfo,
+    warn_ratio: float = WARN_RATIO,
+) -> dict[Fingerprint, float | None]:
+    """Every fingerprint :func:`evaluate_budget` judges for this budget now, with its current value.
+
+    For :meth:`alerts.lifecycle.AlertBook.evaluate`'s ``judged``: the 80 % and 100 % lines report the
+    spend, pacing the projected spend at the period's end as a fraction of spendable (None: no end).
+    Fingerprints of earlier periods (and of deleted budgets) are not among them: judge those OK yourself.
+    """
+    start_s, end_s = period_bounds(budget.period, now_s, zone)
+    keys = _extra_keys(budget, start_s, zone, warn_ratio)
+    projected = (
+        None
+        if end_s is None
+        else (spent_in_period + max(spend_rate_per_s, 0.0) * (end_s - now_s)) / budget.spendable
+    )
+    line = (budget.channel, budget.campaign)
+    return {
+        fingerprint("budget", "spend", *line, *keys["warning"]): spent_in_period,
+        fingerprint("budget", "spend", *line, *keys["critical"]): spent_in_period,
+        fingerprint("budget", "spend_pacing", *line, *keys["pacing"]): projected,
+    }
+
+
+def evaluate_budget(
+    budget: Budget,
+    spent_in_period: float,
+    now_s: float,
+    spend_rate_per_s: float,
+    approval: Approval | None = None,
+    *,
+    zone: ZoneInfo,
+    currency: str = "CNY",
+    warn_ratio: float = WARN_RATIO,
+) -> list[Finding]:
+    """The findings for one budget now: the 80 % and 100 % lines and pacing (see the module docstring).
+
+    ``spent_in_period``: spend of the budget's channel (campaign) since the start of the period holding
+    ``now_s`` (:func:`period_bounds`). ``spend_rate_per_s``: the current spend rate, for the projection.
+    ``approval``: the approval recorded for this budget and this period (:func:`approval_field`), if any.
+    Every call is a complete judgement of the budget's current period (:func:`budget_judged` lists what it
+    judged): a fingerprint it no longer returns is OK now.
+    """
+    start_s, end_s = period_bounds(budget.period, now_s, zone)
+    spendable = budget.spendable
+    ratio = used_ratio(spent_in_period, budget)
+    keys = _extra_keys(budget, start_s, zone, warn_ratio)
+    window = {
+        "window": budget.period,
+        "window_start": rfc3339(start_s, zone),
+        "window_end": rfc3339(end_s, zone) if end_s is not None else None,
+    }
+    evidence: dict[str, Any] = {
+        "spent": spent_in_period,
+        "amount": budget.amount,
+        "spendable": spendable,
+        "reserve_pct": budget.reserve_pct,
+        "used_ratio": ratio,
+        "spend_rate_per_h": spend_rate_per_s * 3600,
+        "currency": currency,
+        "period": budget.period,
+        "owner": budget.owner,
+    }
+    if approval is not None:
+        evidence.update(approved_by=approval.by, approved_at=approval.at, approval_note=approval.note)
+
+    what = f"its {_ADJECTIVE[budget.period]} budget"
+    budget_name = (
+        f"{_money(spendable)} {currency} spendable {_ADJECTIVE[budget.period]} budget of {budget.label}"
+    )
+    if end_s is None:
+        spent_line = f"Spent {_money(spent_in_period)} {currency} of the {budget_name}."
+    else:
+        spent_line = (
+            f"Spent {_money(spent_in_period)} {currency} of the {budget_name} since {window['window_start']} "
+            f"({_PERIOD_END[budget.period]} {window['window_end']})."
+        )
+    reserve_line = (
+        f"The budget is {_money(budget.amount)} {currency}; {budget.reserve_pct:g} % of it "
+        f"({_money(budget.reserve)} {currency}) is an emergency reserve, not planned against."
+        if budget.reserve_pct
+        else ""
+    )
+    approved_line = (
+        f"Approved by {approval.by} at {approval.at}" + (f" ({approval.note})." if approval.note else ".")
+        if approval is not None
+        else ""
+    )
+    amounts = f"({_money(spent_in_period)} / {_money(spendable)} {currency})"
+    findings: list[Finding] = []
+
+    if ratio >= warn_ratio - _EPS and approval is None:
+        line = round(warn_ratio * 100)
+        who = f" from {budget.owner}" if budget.owner else ""
+        command = approve_command(budget)
+        no_owner = " The budget names no owner to ask: set one with `adpulse budget set ... --owner @handle`."
+        findings.append(
+            Finding(
+                kind="budget",
+                metric="spend",
+                severity="warning",
+                channel=budget.channel,
+                campaign=budget.campaign,
+                value=spent_in_period,
+                threshold=spendable * warn_ratio,
+                summary=(
+                    f"{budget.label} has spent {_percent(ratio)} % of {what} {amounts}; "
+                    f"continuing needs approval{who}: `{command}`"
+                ),
+                description="\n".join(
+                    filter(
+                        None,
+                        [
+                            spent_line,
+                            reserve_line,
+                            f"Spending past {line} % needs approval{who}: `{command}`."
+                            + ("" if budget.owner else no_owner),
+                        ],
+                    )
+                ),
+                evidence=evidence,
+                extra_key=keys["warning"],
+                **window,
+            )
+        )
+
+    if ratio >= CRITICAL_RATIO - _EPS:
+        left = budget.amount - spent_in_period
+        if not budget.reserve_pct:
+            reserve_advice = "There is no emergency reserve."
+        elif left > 0:
+            reserve_advice = (
+                f"Spending now eats into the {budget.reserve_pct:g} % emergency reserve: "
+                f"{_money(left)} of its {_money(budget.reserve)} {currency} are left."
+            )
+        else:
+            reserve_advice = f"The {budget.reserve_pct:g} % emergency reserve is used up too."
+        raise_command = shlex.join(
+            ["adpulse", "budget", "set", budget.channel, "NEW_AMOUNT"]
+            + (["--campaign", budget.campaign] if budget.campaign else [])
+            + ["--period", budget.period]
+        )
+        findings.append(
+            Finding(
+                kind="budget",
+                metric="spend",
+                severity="critical",
+                channel=budget.channel,
+                campaign=budget.campaign,
+                value=spent_in_period,
+                threshold=spendable,
+                summary=f"{budget.label} has spent {_percent(ratio)} % of {what} {amounts}: the budget is used up",
+                description="\n".join(
+                    filter(
+                        None,
+                        [
+                            spent_line,
+                            reserve_advice,
+                            (
+                                f"Pause the {'campaign' if budget.campaign else 'channel'} or raise the budget "
+                                f"(e.g. `{raise_command}`)."
+                            ),
+                            approved_line,
+                        ],
+                    )
+                ),
+                evidence=evidence,
+                extra_key=keys["critical"],
+                **window,
+            )
+        )
+
+    remaining = spendable - spent_in_period
+    if end_s is not None and ratio < CRITICAL_RATIO - _EPS and spend_rate_per_s > 0:
+        runs_out_s = now_s + remaining / spend_rate_per_s
+        if runs_out_s < end_s:
+            runs_out = rfc3339(runs_out_s, zone)
+            projected = (spent_in_period + spend_rate_per_s * (end_s - now_s)) / spendable
+            findings.append(
+                Finding(
+                    kind="budget",
+                    metric="spend_pacing",
+                    severity="warning",
+                    channel=budget.channel,
+                    campaign=budget.campaign,
+                    value=projected,
+                    threshold=CRITICAL_RATIO,
+                    summary=(
+                        f"{budget.label} will run out of {what} at {runs_out}, "
+                        f"{_duration(end_s - runs_out_s)} before {_PERIOD_END[budget.period]}, at "
+                        f"{_money(spend_rate_per_s * 3600)} {currency}/h"
+                    ),
+                    description="\n".join(
+                        filter(
+                            None,
+                            [
+                                spent_line,
+                                (
+                                    f"{_money(remaining)} {currency} is left; at the current "
+                                    f"{_money(spend_rate_per_s * 3600)} {currency}/h it is gone at {runs_out}, and by "
+                                    f"the end of the period spend would reach {_percent(projected)} % of the "
+                                    "spendable budget."
+                                ),
+                                reserve_line,
+                                "Lower bids or pace delivery, or raise the budget if the traffic pays off.",
+                                approved_line,
+                            ],
+                        )
+                    ),
+                    evidence={**evidence, "projected_run_out_at": runs_out, "projected_ratio": projected},
+                    extra_key=keys["pacing"],
+                    **window,
+                )
+            )
+    return findings
+
+
+class BudgetBook:
+    """The budgets in force, as the compacted budgets topic says: one per (channel, campaign, period).
+
+    Apply the topic's records in offset order: the last value for a budget wins, ``amount=None`` deletes it,
+    and a Kafka tombstone (a key with no value) deletes every budget under that key.
+    """
+
+    def __init__(self, budgets: Iterable[Budget] = ()) -> None:
+        self._budgets: dict[BudgetKey, Budget] = {budget.key: budget for budget in budgets}
+
+    def apply(self, setting: BudgetSetting) -> Budget | None:
+        """Apply one setting; returns the budget now in force for its key (None after a deletion)."""
+        key: BudgetKey = (setting.channel, setting.campaign, setting.period)
+        if setting.amount is None:
+            self._budgets.pop(key, None)
+            return None
+        budget = Budget.from_setting(setting)
+        self._budgets[key] = budget
+        return budget
+
+    def remove_key(self, key: str) -> list[Budget]:
+        """Apply a tombstone for the topic key ``channel`` or ``channel/campaign``; returns what it removed."""
+        gone = [budget for budget in self._budgets.values() if budget.label == key]
+        for budget in gone:
+            del self._budgets[budget.key]
+        return gone
+
+    def get(self, channel: str, campaign: str | None, period: Period) -> Budget | None:
+        return self._budgets.get((channel, campaign, period))
+
+    def under_key(self, channel: str, campaign: str | None) -> list[Budget]:
+        """The budgets that share the topic key of (channel, campaign), in period order."""
+        return [b for b in self if b.channel == channel and b.campaign == campaign]
+
+    def __iter__(self) -> Iterator[Budget]:
+        order = {period: i for i, period in enumerate(PERIODS)}
+        return iter(
+            sorted(
+                self._budgets.values(),
+                key=lambda b: (b.channel, b.campaign is not None, b.campaign or "", order[b.period]),
+            )
+        )
+
+    def __len__(self) -> int:
+        return len(self._budgets)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._budgets

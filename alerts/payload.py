@@ -1,0 +1,142 @@
+"""The alert JSON of CONTRACT.md §3, built from a lifecycle ``Alert``. Pure.
+
+Beyond the contract's fields the payload carries ``change`` (``fired`` | ``escalated`` | ``repeat`` |
+``resolved``, so a notifier can say "still firing" or "escalated") and ``window`` (``1m``, ``1h``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from alerts.lifecycle import Alert
+
+# Ratios shown as percentages in human text.
+_PERCENT_METRICS = frozenset({"ctr", "cvr", "funnel_visit", "funnel_cart", "funnel_order"})
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Where ``runbook_url`` and ``dashboard_url`` point.
+
+    ``runbook_base`` is the runbook document; ``#<kind>`` is appended (anchors in ``docs/runbook.md``).
+    ``grafana_url`` is Grafana's root URL (``None``: no dashboard link); ``dashboard_path`` the channels
+    dashboard under it.
+    """
+
+    runbook_base: str = "docs/runbook.md"
+    grafana_url: str | None = "http://127.0.0.1:3000"
+    dashboard_path: str = "/d/adpulse-channels/adpulse-channels"
+
+
+def runbook_url(kind: str, links: Links) -> str:
+    """The runbook section for an alert kind."""
+    return f"{links.runbook_base}#{kind}"
+
+
+def dashboard_url(
+    channel: str,
+    campaign: str | None,
+    window_start: str | None,
+    window_end: str | None,
+    fired_at: datetime,
+    resolved_at: datetime | None,
+    links: Links,
+) -> str | None:
+    """The channels dashboard filtered to ``channel``, its time range around the window that fired.
+
+    The range starts three window lengths (at least 15 minutes each) before the window and ends one
+    after it, or after the resolution, so the drop and what came before it are both in view.
+    """
+    if links.grafana_url is None:
+        return None
+    start = datetime.fromisoformat(window_start) if window_start else fired_at
+    end = datetime.fromisoformat(window_end) if window_end else fired_at
+    pad = max(end - start, timedelta(minutes=15))
+    if resolved_at is not None:
+        end = max(end, resolved_at)
+    params = [("var-channel", channel)]
+    if campaign is not None:
+        params.append(("var-campaign", campaign))
+    params += [
+        ("from", str(int((start - 3 * pad).timestamp() * 1000))),
+        ("to", str(int((end + pad).timestamp() * 1000))),
+    ]
+    return f"{links.grafana_url.rstrip('/')}{links.dashboard_path}?{urlencode(params)}"
+
+
+def format_value(metric: str, value: float | None) -> str:
+    """A KPI value as people read it: CTR 1.23 %, ROI 0.84, spend 12,345.00."""
+    if value is None:
+        return "no data"
+    if metric in _PERCENT_METRICS:
+        return f"{value * 100:.2f} %"
+    if float(value).is_integer() and abs(value) >= 100:
+        return f"{int(value):,}"
+    return f"{value:,.2f}"
+
+
+def build_alert(alert: Alert, links: Links | None = None, owner: str | None = None) -> dict[str, Any]:
+    """The CONTRACT.md §3 alert JSON (a dict ready for orjson) of one lifecycle notification.
+
+    ``owner`` (a chat handle) defaults to ``finding.evidence["owner"]`` when the detector put one there.
+    """
+    links = links or Links()
+    finding = alert.finding
+    campaign = None if finding.campaign in (None, "-") else finding.campaign
+    where = finding.channel if campaign is None else f"{finding.channel}/{campaign}"
+    evidence = dict(finding.evidence)
+    summary, description = finding.summary, finding.description
+    change_pct = finding.change_pct
+    if alert.change == "resolved":
+        assert alert.resolved_at is not None
+        evidence["last_firing_value"] = finding.value
+        recovered = format_value(finding.metric, alert.value)
+        summary = f"RESOLVED {where} {finding.metric.upper()}: back to {recovered} (was: {finding.summary})"
+        description = (
+            f"{finding.description}\n"
+            f"Resolved at {alert.resolved_at.isoformat()}: {finding.metric} is {recovered} "
+            f"(firing since {alert.fired_at.isoformat()})."
+        )
+        change_pct = None
+    elif alert.change == "escalated":
+        summary = f"ESCALATED to {alert.severity}: {finding.summary}"
+    elif alert.change == "repeat":
+        summary = f"{finding.summary} (still firing since {alert.fired_at.isoformat(timespec='minutes')})"
+    return {
+        "id": alert.id,
+        "fingerprint": alert.fingerprint,
+        "status": alert.status,
+        "change": alert.change,
+        "kind": finding.kind,
+        "severity": alert.severity,
+        "metric": finding.metric,
+        "channel": finding.channel,
+        "campaign": campaign,
+        "region": evidence.get("region"),
+        "window": finding.window,
+        "window_start": finding.window_start,
+        "window_end": finding.window_end,
+        "value": alert.value,
+        "baseline": finding.baseline,
+        "threshold": finding.threshold,
+        "change_pct": change_pct,
+        "evidence": evidence,
+        "summary": summary,
+        "description": description,
+        "owner": owner if owner is not None else evidence.get("owner"),
+        "runbook_url": runbook_url(finding.kind, links),
+        "dashboard_url": dashboard_url(
+            finding.channel,
+            campaign,
+            finding.window_start,
+            finding.window_end,
+            alert.fired_at,
+            alert.resolved_at,
+            links,
+        ),
+        "fired_at": alert.fired_at.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }

@@ -1,0 +1,131 @@
+"""Alerts end to end on the real broker and Redis: a CTR drop and a budget crossing its lines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaProducer
+
+from adpulse.settings import Settings
+from adpulse.stack import free_port
+from tests.support.processes import WorkerProcess, metric_sum, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def adpulse(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "adpulse", *args], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def stream_alerts(settings: Settings) -> list[dict]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return [orjson.loads(fields[b"alert"]) for _, fields in client.xrange(f"{settings.redis_prefix}:alerts")]
+    finally:
+        client.close()
+
+
+def active_alerts(settings: Settings) -> dict[str, dict]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return {k.decode(): orjson.loads(v) for k, v in client.hgetall(f"{settings.redis_prefix}:alerts:active").items()}
+    finally:
+        client.close()
+
+
+def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")  # anomalies only: the seed targets would flag low-CTR channels too
+    settings = make_settings(grace_s=30.0, idle_partition_s=3.0, tick_s=0.5, flush_interval_s=0.25,
+                             web_port=free_port(), home=tmp_path / "home", rules_file=rules)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        sim = adpulse(settings, "simulate", "--start", "-4h", "--duration", "210m", "--speed", "max",
+                      "--rate", "20", "--flat", "--seed", "5", "--quiet",
+                      "--scenario", "ctr-drop:channel=douyin,at=120m,for=30m")
+        assert sim.returncode == 0, sim.stderr
+
+        def resolved() -> bool:
+            assert worker.alive(), worker.log_tail()
+            return any(a["status"] == "resolved" for a in stream_alerts(settings))
+
+        try:
+            wait_for(resolved, 180, "the CTR drop to fire and resolve", interval_s=2.0)
+        except AssertionError:
+            raise AssertionError(f"alerts: {stream_alerts(settings)}\n{worker.log_tail()}") from None
+        time.sleep(3)  # a few more ticks: nothing else may fire
+        entries = [a for a in stream_alerts(settings) if a.get("change") != "repeat"]
+        assert [(a["status"], a["kind"], a["metric"], a["channel"]) for a in entries] == [
+            ("firing", "anomaly", "ctr", "douyin"),
+            ("resolved", "anomaly", "ctr", "douyin"),
+        ], "\n".join(f"{a['status']} {a['fingerprint']} {a['window_start']}: {a['summary']}" for a in entries)
+        fired, done = entries
+        assert fired["fingerprint"] == done["fingerprint"] and fired["id"] != done["id"]
+        assert fired["value"] < fired["baseline"] and fired["change_pct"] <= -50
+        assert fired["evidence"]["p_value"] < 0.001 and fired["summary"].startswith("CTR")
+        assert fired["evidence"]["campaigns"], "a channel-level drop names the campaigns behind it"
+        assert fired["runbook_url"].endswith("#anomaly") and "var-channel=douyin" in fired["dashboard_url"]
+        assert done["resolved_at"] and done["value"] is not None
+        assert active_alerts(settings) == {}
+        assert metric_sum(worker.metrics(), "adpulse_alerts_total", kind="anomaly") == 1
+        assert metric_sum(worker.metrics(), "adpulse_alerts_firing") == 0
+        listing = adpulse(settings, "alerts", "--json")
+        assert listing.returncode == 0 and orjson.loads(listing.stdout) == []
+    finally:
+        worker.stop()
+
+
+async def _spend(settings: Settings, channel: str, amounts: list[float], tag: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        now = int(time.time() * 1000)
+        for i, cost in enumerate(amounts):
+            value = {"event_id": f"{tag}-{i}", "ts": now, "channel": channel, "cost": cost}
+            await producer.send_and_wait(settings.topic("spend"), orjson.dumps(value), key=channel.encode())
+    finally:
+        await producer.stop()
+
+
+def test_budget_warns_once_at_80_percent_and_is_critical_once_at_100(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(tick_s=0.5, flush_interval_s=0.25, web_port=free_port(), home=tmp_path / "home")
+    assert adpulse(settings, "budget", "set", "wechat", "1000", "--period", "day", "--owner", "@li.na").returncode == 0
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+
+    def budget_lines() -> list[dict]:
+        return [a for a in stream_alerts(settings) if a["kind"] == "budget" and a["metric"] == "spend"
+                and a.get("change") != "repeat"]
+
+    try:
+        worker.wait_ready()
+        asyncio.run(_spend(settings, "wechat", [300.0, 300.0, 250.0], "a"))  # 850: past 80 %
+        wait_for(lambda: budget_lines(), 60, "the 80 % warning")
+        time.sleep(2)
+        assert [(a["status"], a["severity"]) for a in budget_lines()] == [("firing", "warning")]
+        warning = budget_lines()[0]
+        assert "approve" in warning["description"] and warning["owner"] == "@li.na"
+
+        asyncio.run(_spend(settings, "wechat", [100.0, 100.0], "b"))  # 1050: past 100 %
+        wait_for(lambda: any(a["severity"] == "critical" for a in budget_lines()), 60, "the 100 % critical")
+        time.sleep(2)
+        firing = [(a["status"], a["severity"]) for a in budget_lines() if a["status"] == "firing"]
+        assert firing == [("firing", "warning"), ("firing", "critical")], budget_lines()
+        assert metric_sum(worker.metrics(), "adpulse_budget_used_ratio", channel="wechat") == pytest.approx(1.05)
+    finally:
+        worker.stop()
