@@ -47,7 +47,9 @@ Examples:
 
 @click.command("backtest", epilog=_EPILOG)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One alert JSON per line on stdout; the summary on stderr.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One alert JSON per line on stdout; the summary on stderr."
+)
 @click.option("--window", default="1h", show_default=True, help="Event windows: 1m, 10m, 1h, 1d, ...")
 @click.option(
     "--metric",
@@ -62,12 +64,27 @@ Examples:
     show_default=True,
     help="robust: adpulse's detectors; zscore: the rolling 3-sigma rule, for comparison.",
 )
-@click.option("--min-change", type=click.FloatRange(0, min_open=True), default=0.5, show_default=True,
-              help="Relative change that matters (drops for events, both ways for a series).")
-@click.option("--z-window", type=click.IntRange(2), default=24, show_default=True,
-              help="--method zscore: values in the rolling window.")
-@click.option("--z-sigmas", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True,
-              help="--method zscore: standard deviations that count as an anomaly.")
+@click.option(
+    "--min-change",
+    type=click.FloatRange(0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Relative change that matters (drops for events, both ways for a series).",
+)
+@click.option(
+    "--z-window",
+    type=click.IntRange(2),
+    default=24,
+    show_default=True,
+    help="--method zscore: values in the rolling window.",
+)
+@click.option(
+    "--z-sigmas",
+    type=click.FloatRange(0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="--method zscore: standard deviations that count as an anomaly.",
+)
 @click.option("--name", default=None, help="CSV: the series' name in the alerts (default: the file name).")
 def backtest_cli(
     file: Path,
@@ -90,16 +107,22 @@ def backtest_cli(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     series_detector: SeriesDetector = (
-        RollingZScore(window=z_window, sigmas=z_sigmas) if method == "zscore" else SeasonalShift(min_change=min_change)
+        RollingZScore(window=z_window, sigmas=z_sigmas)
+        if method == "zscore"
+        else SeasonalShift(min_change=min_change)
     )
     if kind == "events":
         unknown = sorted(set(metrics) - set(EVENT_METRICS))
         if unknown:
-            raise click.BadParameter(f"{', '.join(unknown)}: events have {', '.join(EVENT_METRICS)}",
-                                     param_hint="--metric")
+            raise click.BadParameter(
+                f"{', '.join(unknown)}: events have {', '.join(EVENT_METRICS)}", param_hint="--metric"
+            )
         folded = fold_events(
-            iter_lines(file), window, Calendar(zone),
-            currency=settings.currency, max_record_bytes=settings.max_record_bytes,
+            iter_lines(file),
+            window,
+            Calendar(zone),
+            currency=settings.currency,
+            max_record_bytes=settings.max_record_bytes,
         )
         observations = folded.observations(Calendar(zone))
         if method == "zscore":
@@ -122,8 +145,13 @@ def backtest_cli(
 def _detectors(min_change: float) -> Detectors:
     drop = min(min_change, 1.0)
     return Detectors(
-        detectors=(DropToZero(), RatioDrop("ctr", min_drop=drop), RatioDrop("cvr", min_drop=drop),
-                   RoiDrop(min_drop=drop), SpendSurge())
+        detectors=(
+            DropToZero(),
+            RatioDrop("ctr", min_drop=drop),
+            RatioDrop("cvr", min_drop=drop),
+            RoiDrop(min_drop=drop),
+            SpendSurge(),
+        )
     )
 
 
@@ -134,5 +162,7 @@ def _print(result: BacktestResult, as_json: bool, zone: tzinfo) -> None:
         else:
             f = alert.finding
             held = f" (held {alert.windows} windows)" if alert.windows > 1 else ""
-            click.echo(f"{alert.timestamp}  {f.severity:<8} {f.kind}/{f.metric} {f.channel}: {f.summary}{held}")
+            click.echo(
+                f"{alert.timestamp}  {f.severity:<8} {f.kind}/{f.metric} {f.channel}: {f.summary}{held}"
+            )
     click.echo(result.summary(zone), err=as_json)

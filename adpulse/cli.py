@@ -165,12 +165,13 @@ def kpis(
 
 def _register_optional() -> None:
     from adpulse.alerts_cli import alerts_cli
+    from adpulse.backtest_cli import backtest_cli
     from adpulse.budget_cli import budget_cli
     from adpulse.demo import demo_cli
     from adpulse.simulate import simulate_cli
     from adpulse.stack import stack_cli
 
-    for command in (stack_cli, simulate_cli, demo_cli, alerts_cli, budget_cli):
+    for command in (stack_cli, simulate_cli, demo_cli, alerts_cli, budget_cli, backtest_cli):
         cli.add_command(command)
 
 

@@ -19,12 +19,25 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from adpulse.alerts_cli import read_alerts
+from adpulse.budget_cli import produce_setting
 from adpulse.render import kpi_rich_table
 from adpulse.settings import Settings, load_settings
 from adpulse.simulate import parse_scenario, simulate
 from adpulse.stack import EmbeddedStack, StackError
+from streams.events import BudgetSetting
 
-DEFAULT_SCENARIOS = ("ctr-drop:channel=douyin,at=2m", "spend-surge:channel=taobao,at=3m", "bad-records")
+DEFAULT_SCENARIOS = (
+    "ctr-drop:channel=douyin,at=8m,for=6m",
+    "spend-surge:channel=taobao,at=10m",
+    "bad-records",
+)
+#: The demo judges anomalies on 1-minute windows with a short grace, so its story fits in minutes
+#: (unless ADPULSE_ANOMALY_WINDOW_S / ADPULSE_GRACE_S say otherwise).
+DEMO_DEFAULTS = {"anomaly_window_s": 60, "grace_s": 10.0}
+#: The demo's budget channel: its day budget is sized so that the 80 % line is crossed in a few minutes.
+BUDGET_CHANNEL = "taobao"
+BUDGET_MINUTES = 5
 
 
 class _Worker:
@@ -78,6 +91,37 @@ async def _kpi_rows(client: Any, prefix: str) -> list[dict[str, Any]]:
     return sorted(picked, key=lambda r: (r["channel"], r["which"] != "last"))
 
 
+def _alerts_text(active: list[dict[str, Any]], past: list[dict[str, Any]]) -> Text:
+    text = Text()
+    text.append(f"\nAlerts firing: {len(active)}\n", style="bold")
+    for alert in active:
+        style = "bold red" if alert["severity"] == "critical" else "yellow"
+        text.append(f"  {alert['severity']:<8} ", style=style)
+        text.append(f"{alert['summary']}\n")
+    resolved = [a for a in past if a.get("status") == "resolved"][-3:]
+    for alert in resolved:
+        text.append("  resolved ", style="green")
+        text.append(f"{alert['summary']}\n")
+    return text
+
+
+async def _set_demo_budget(settings: Settings, client: Any, stop: asyncio.Event, console: Console) -> None:
+    """Once a minute of taobao spend is known, give taobao a day budget that runs out in a few minutes."""
+    while not stop.is_set():
+        raw = await client.hget(f"{settings.redis_prefix}:kpis", f"{BUDGET_CHANNEL}|-|1m|last")
+        day = await client.hget(f"{settings.redis_prefix}:kpis", f"{BUDGET_CHANNEL}|-|1d|current")
+        if raw and day and orjson.loads(raw)["spend"] > 0:
+            per_minute = orjson.loads(raw)["spend"]
+            amount = round(orjson.loads(day)["spend"] + per_minute * BUDGET_MINUTES, 2)
+            await produce_setting(settings, BudgetSetting(channel=BUDGET_CHANNEL, period="day", amount=amount,
+                                                          owner="@demo.owner"))
+            console.print(f"budget: {BUDGET_CHANNEL} day budget set to {amount:,.2f} {settings.currency}; "
+                          f"at ~{per_minute:,.0f}/min its 80 % line is minutes away")
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=5.0)
+
+
 def _header(started_at: float, metrics: dict[str, float], rate: float, worker_alive: bool) -> Text:
     counted = sum(metrics.get(k, 0.0) for k in ("accepted", "invalid", "late", "duplicate"))
     elapsed = max(1e-9, time.monotonic() - started_at)
@@ -97,6 +141,8 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
     client = aioredis.from_url(settings.redis_url)
     started_at = time.monotonic()
     previous = (time.monotonic(), 0.0)
+    budget = asyncio.create_task(_set_demo_budget(settings, client, stop, console))
+    announced: set[str] = set()
     try:
         with Live(console=console, refresh_per_second=2, transient=False) if live else contextlib.nullcontext() as screen:
             while not stop.is_set():
@@ -106,19 +152,26 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
                 rate = (counted - previous[1]) / max(1e-9, now - previous[0])
                 previous = (now, counted)
                 rows = await _kpi_rows(client, settings.redis_prefix)
+                active, past = await read_alerts(settings, history=20)
                 header = _header(started_at, metrics, rate, worker.proc is not None and worker.proc.poll() is None)
                 if screen is not None:
-                    screen.update(Group(header, kpi_rich_table(rows, settings.currency)))
+                    screen.update(Group(header, kpi_rich_table(rows, settings.currency), _alerts_text(active, past)))
                 else:
                     summary = ", ".join(
                         f"{r['channel']} CTR {r['ctr'] * 100:.2f}%" if r["ctr"] is not None else f"{r['channel']} —"
                         for r in rows
                         if r["which"] == "last"
                     )
-                    console.print(f"{header.plain.splitlines()[0]} | {summary}")
+                    console.print(f"{header.plain.splitlines()[0]} | {summary} | alerts firing {len(active)}")
+                    for alert in past:
+                        if alert["id"] not in announced:
+                            announced.add(alert["id"])
+                            console.print(f"  ALERT {alert['status']} {alert['severity']}: {alert['summary']}")
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0 if live else 5.0)
     finally:
+        budget.cancel()
+        await asyncio.gather(budget, return_exceptions=True)
         await client.aclose()
 
 
@@ -160,12 +213,18 @@ def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tup
     """Run adpulse end to end on the embedded stack, with a live view of the KPIs.
 
     Starts the embedded broker and Redis (if not running), one worker, and simulated traffic for
-    douyin, taobao, wechat, xiaohongshu, baidu and jd, with a CTR drop on douyin after 2 minutes and a
-    spend surge on taobao after 3. Ctrl-C stops everything the demo started. Logs go to
+    douyin, taobao, wechat, xiaohongshu, baidu and jd. The anomaly detectors need a baseline, so the
+    story takes some minutes: taobao gets a day budget that crosses its 80 % line a few minutes in,
+    douyin's CTR drops by 60 % at 8 minutes (alert) and recovers at 14 (resolved), taobao's spend surges
+    at 10. The demo judges anomalies on 1-minute windows with a 10 s grace.
+    Alerts fire and resolve on screen; Ctrl-C stops everything the demo started. Logs go to
     ADPULSE_HOME/demo/.
     """
     ctx = click.get_current_context()
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    settings = settings.model_copy(
+        update={k: v for k, v in DEMO_DEFAULTS.items() if f"ADPULSE_{k.upper()}" not in os.environ}
+    )
     console = Console()
     try:
         scenarios = [parse_scenario(text) for text in scenario_texts]

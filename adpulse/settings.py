@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # Alerts.
     rules_file: Path | None = Field(None, description="threshold rules (YAML); default: the seed targets")
     anomaly_window_s: int = Field(600, ge=60, description="rolling window the anomaly detectors judge")
+    alert_lookback_s: float = Field(
+        86400.0, gt=0, description="on a first start, judge closed windows this far back (not older history)"
+    )
     alert_resolve_after: int = Field(2, ge=1, description="consecutive OK evaluations before resolving")
     alert_repeat_s: float = Field(4 * 3600.0, gt=0, description="repeat a firing alert this often")
     grafana_url: str | None = Field("http://127.0.0.1:3000", description="root of Grafana, for dashboard_url")

@@ -52,6 +52,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         links=Links(runbook_base=settings.runbook_url, grafana_url=settings.grafana_url),
         rolling_s=settings.anomaly_window_s,
         currency=settings.currency,
+        lookback_s=settings.alert_lookback_s,
     )
 
     def redis() -> Any:

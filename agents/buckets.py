@@ -222,8 +222,6 @@ def install(
             revised.setdefault((channel, window), set()).add(int(start))
         touched.clear()
         closed: list[KpiRow] = []
-        # (channel, window) -> starts to judge: newly closed ones, not revisions of judged windows.
-        due: dict[tuple[str, str], set[int]] = {}
         for channel in channels:
             for window in WINDOWS:
                 done = emitted.get((channel, window))
@@ -232,7 +230,6 @@ def install(
                 if done is not None:
                     todo.update(s for s in revised.get((channel, window), ()) if s <= done)
                 closed.extend(closed_rows(channel, window, sorted(todo), lookup, calendar))
-                due[(channel, window)] = {last} & todo if done is None else {s for s in todo if s > done}
                 emitted[(channel, window)] = max(last, done if done is not None else last)
         await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
         if closed:
@@ -240,15 +237,16 @@ def install(
         if evaluator is not None:
             judge = evaluator()
             await judge.ensure_loaded(owned)
-            # Windows closed since the last tick, judged in event-time order, one lifecycle round each
-            # (a backfill closes many at once); on the first tick only the newest, not all of history.
+            # Windows closed since the last judged one, in event-time order, one lifecycle round each
+            # (a backfill closes many at once).
             rounds: dict[int, list[KpiRow]] = {}
             for row in closed:
-                if row.window_start in due.get((row.channel, row.window), ()):
+                if judge.claim(row, now):
                     rounds.setdefault(row.window_end or 0, []).append(row)
             log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
-            for _end, due in sorted(rounds.items()):
-                await judge.publish(*judge.judge_windows(due, lookup))
+            for _end, batch in sorted(rounds.items()):
+                await judge.publish(*judge.judge_windows(batch, lookup))
+            await judge.save_progress()
             await judge.publish(
                 *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark)
             )

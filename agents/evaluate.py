@@ -28,8 +28,9 @@ from agents.snapshot import KpiRow, counts_of
 from agents.windows import MINUTE_S, TOTAL, Calendar
 from alerts.budgets import Approval, BudgetBook, approval_field, approvals_key, budget_judged, evaluate_budget
 from alerts.budgets import period_bounds, used_ratio
-from alerts.detectors import Detectors, Observation, Subject
+from alerts.detectors import DropToZero, Detectors, Observation, RatioDrop, SpendSurge, Subject
 from alerts.drivers import drivers
+from alerts.kpi import kpis
 from alerts.lifecycle import AlertBook, Policy
 from alerts.model import Finding, Fingerprint, fingerprint
 from alerts.payload import Links, build_alert
@@ -51,8 +52,12 @@ class Owned(Protocol):
 
     def __contains__(self, channel: object) -> bool: ...
 
-#: The anomaly metrics a channel is judged on each round (OK when the detectors find nothing).
-ANOMALY_METRICS = ("ctr", "cvr", "roi", "spend")
+
+
+def rolling_detectors() -> Detectors:
+    """Fast detectors for the rolling window. ROI is left to the hour: it needs orders, and a few
+    minutes hold too few of them for GMV per unit of spend to mean much."""
+    return Detectors(detectors=(DropToZero(), RatioDrop("ctr"), RatioDrop("cvr"), SpendSurge()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,8 @@ class EvaluationConfig:
     """What to judge and how."""
 
     rules: RulesConfig
-    detectors: Detectors = field(default_factory=Detectors)
+    rolling: Detectors = field(default_factory=rolling_detectors)
+    hourly: Detectors = field(default_factory=Detectors)
     policy: Policy = field(default_factory=Policy)
     links: Links = field(default_factory=Links)
     rolling_s: int = 600
@@ -68,6 +74,7 @@ class EvaluationConfig:
     hourly_history: int = 24
     seasonal_days: int = 7
     currency: str = "CNY"
+    lookback_s: float = 86400.0
 
 
 def vector_counts(value: BucketValue | None, campaign: str | None) -> dict[str, float]:
@@ -147,6 +154,10 @@ class Evaluator:
         self.clock = clock
         self.book = AlertBook(config.policy)
         self._owned: frozenset[int] | None = None
+        # "channel|campaign|window" -> start of the newest window judged (persisted: a restart resumes there).
+        self._judged: dict[str, int] = {}
+        self._progress: dict[str, int] = {}
+        self._judged_key = f"{redis_prefix}:alerts:judged"
         self.metrics = AlertMetrics(lambda: self.book.firing(), max_channels, registry=registry)
         self.budget_used = Gauge(
             "adpulse_budget_used_ratio", "Spend in the budget period ÷ spendable budget",
@@ -159,6 +170,7 @@ class Evaluator:
             return
         state = await self.sink.load_state(channels=owned)
         self.book = AlertBook.from_state(state, self.config.policy)
+        self._judged = {k.decode(): int(v) for k, v in (await self.redis.hgetall(self._judged_key)).items()}
         self._owned = owned.partitions
         log.info(
             "alerts: judging the channels of partitions %s, %d alerts firing",
@@ -166,6 +178,21 @@ class Evaluator:
         )
 
     # -- judging -------------------------------------------------------------------------------
+
+    def claim(self, row: KpiRow, now_s: float) -> bool:
+        """Claim a closed window for judging if it needs it: newer than the last judged one of its series,
+        and (on a first start over old data) within the lookback, so history does not page anyone."""
+        key = f"{row.channel}|{row.campaign}|{row.window}"
+        if row.window_start <= self._judged.get(key, -1) or (row.window_end or 0) < now_s - self.config.lookback_s:
+            return False
+        self._judged[key] = self._progress[key] = row.window_start
+        return True
+
+    async def save_progress(self) -> None:
+        """Persist which windows were judged (after their alerts were published)."""
+        if self._progress:
+            await self.redis.hset(self._judged_key, mapping=self._progress)
+            self._progress = {}
 
     def judge_windows(
         self, fresh: Iterable[KpiRow], lookup: Lookup
@@ -184,26 +211,27 @@ class Evaluator:
             if row.window == "1m" and campaign is None and row.window_end is not None:
                 history = rolling_history(lookup, row.channel, None, row.window_end, cfg.rolling_s,
                                           cfg.rolling_history)
-                findings += self._detect(history, row.channel, None, f"{cfg.rolling_s // 60}m", lookup, judged)
+                findings += self._detect(cfg.rolling, history, row.channel, None, f"{cfg.rolling_s // 60}m", lookup,
+                                         judged)
             elif row.window == "1h":
                 history = hourly_history(lookup, self.calendar, row.channel, campaign, row.window_start,
                                          cfg.hourly_history, cfg.seasonal_days)
-                findings += self._detect(history, row.channel, campaign, "1h", lookup, judged)
+                findings += self._detect(cfg.hourly, history, row.channel, campaign, "1h", lookup, judged)
         return findings, judged
 
     def _detect(
-        self, history: list[Observation], channel: str, campaign: str | None, window: str, lookup: Lookup,
-        judged: dict[Fingerprint, float | None],
+        self, detectors: Detectors, history: list[Observation], channel: str, campaign: str | None, window: str,
+        lookup: Lookup, judged: dict[Fingerprint, float | None],
     ) -> list[Finding]:
         if not _warm(history[:-1]):
             return []  # a baseline still filling (a new channel, the start of the data) proves nothing
         subject = Subject(channel, campaign, window, self.calendar.zone)
-        found = self.config.detectors.run(history, subject)
+        found = detectors.run(history, subject)
         current = history[-1].counts
-        for metric in ANOMALY_METRICS:
-            fp = fingerprint("anomaly", metric, channel, campaign)
-            judged.setdefault(fp, current.get("spend") if metric == "spend" else None)
-        judged.setdefault(fingerprint("data_health", "events", channel, campaign), current.get("impressions"))
+        values = {**kpis(current), "spend": current.get("spend"), "events": current.get("impressions")}
+        for detector in detectors.detectors:
+            for kind, metric in _judges(detector):
+                judged.setdefault(fingerprint(kind, metric, channel, campaign), values.get(metric))
         if campaign is None and window != "1h":
             found = [self._with_drivers(f, history, lookup) for f in found]
         return found
@@ -290,6 +318,17 @@ class Evaluator:
         """Every recorded approval (few: one per budget and period)."""
         raw = await self.redis.hgetall(approvals_key(self.redis_prefix))
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _judges(detector: object) -> list[tuple[str, str]]:
+    """The (kind, metric) conditions a detector decides each time it runs (OK when it finds nothing)."""
+    if isinstance(detector, RatioDrop):
+        return [("anomaly", detector.metric)]
+    if isinstance(detector, SpendSurge):
+        return [("anomaly", "spend")]
+    if isinstance(detector, DropToZero):
+        return [("data_health", "events")]
+    return [("anomaly", "roi")]
 
 
 def _warm(baseline: list[Observation]) -> bool:

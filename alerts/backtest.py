@@ -22,14 +22,15 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import orjson
 
 from agents.windows import Calendar
-from alerts.detectors import DAY_S, Detectors, Observation, Subject, span_text
+from alerts.detectors import DAY_S, Detectors, Observation, Subject
 from alerts.kpi import RATIOS, ratio
 from alerts.model import Finding
 from alerts.stats import MAD_TO_SIGMA, median
@@ -148,13 +149,17 @@ class BacktestResult:
         kinds = Counter(f"{a.finding.kind}/{a.finding.metric}" for a in self.alerts)
         worst = max(days.items(), key=lambda item: item[1])
         lines = [
-            f"{len(self.alerts)} alerts over {len(days)} days ({len(self.alerts) / len(days):.2f} per day; "
-            f"busiest {worst[0]}: {worst[1]}), {self.judged} windows judged",
+            (
+                f"{len(self.alerts)} alerts over {len(days)} days ({len(self.alerts) / len(days):.2f} per day; "
+                f"busiest {worst[0]}: {worst[1]}), {self.judged} windows judged"
+            ),
         ]
         if kinds:
             lines.append("by kind: " + ", ".join(f"{name} {count}" for name, count in sorted(kinds.items())))
         if self.notes:
-            lines.append("input: " + ", ".join(f"{name} {count}" for name, count in sorted(self.notes.items())))
+            lines.append(
+                "input: " + ", ".join(f"{name} {count}" for name, count in sorted(self.notes.items()))
+            )
         return "\n".join(lines)
 
 
@@ -205,7 +210,9 @@ class EventWindows:
                     break
                 vector = buckets.get(start)
                 counts = {
-                    name: (vector[slot] / MICROS if slot in MONEY_SLOTS else float(vector[slot])) if vector else 0.0
+                    name: (vector[slot] / MICROS if slot in MONEY_SLOTS else float(vector[slot]))
+                    if vector
+                    else 0.0
                     for slot, name in enumerate(SLOT_NAMES)
                 }
                 rows.append(Observation(start, end, counts))
@@ -219,7 +226,9 @@ class EventWindows:
         return ts_s - ts_s % self.window_s
 
     def _end(self, calendar: Calendar, start: int) -> int:
-        return calendar.end(self.window, start) if self.window in ("1m", "1h", "1d") else start + self.window_s
+        return (
+            calendar.end(self.window, start) if self.window in ("1m", "1h", "1d") else start + self.window_s
+        )
 
 
 def fold_events(
@@ -547,7 +556,7 @@ def _parse_timestamp(text: str, zone: tzinfo) -> int:
     if re.fullmatch(r"\d{9,13}(\.\d+)?", text):
         number = float(text)
         return int(number / 1000 if number >= 1e11 else number)
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     return int(parsed.timestamp())
@@ -560,7 +569,7 @@ def backtest_series(
     name: str = "series",
     metric: str = "value",
     window: str | None = None,
-    zone: tzinfo = timezone.utc,
+    zone: tzinfo = UTC,
 ) -> BacktestResult:
     """Run a series detector over ``points``; each episode is an alert at its first row's timestamp."""
     episodes = _Episodes()
@@ -568,7 +577,9 @@ def backtest_series(
     step = _typical_step(points)
     for point, flag in zip(points, detector.scan(points), strict=True):
         judged += point.value is not None
-        findings = [] if flag is None else [_series_finding(point, flag, detector, name, metric, window, step, zone)]
+        findings = (
+            [] if flag is None else [_series_finding(point, flag, detector, name, metric, window, step, zone)]
+        )
         episodes.step(point.timestamp, point.ts_s, findings)
     first = points[0].ts_s if points else None
     last = points[-1].ts_s if points else None
@@ -576,7 +587,7 @@ def backtest_series(
 
 
 def _typical_step(points: Sequence[SeriesPoint]) -> int:
-    gaps = [b.ts_s - a.ts_s for a, b in zip(points, points[1:]) if b.ts_s > a.ts_s]
+    gaps = [b.ts_s - a.ts_s for a, b in pairwise(points) if b.ts_s > a.ts_s]
     return int(median(gaps)) if gaps else 3600
 
 
@@ -594,8 +605,8 @@ def _series_finding(
     direction = "rose" if flag.change >= 0 else "fell"
     factor = value / flag.expected if flag.expected else math.inf
     summary = (
-        f"{metric.upper()} {direction} to {value:.4g} (×{factor:.2f} the expected {flag.expected:.4g}) "
-        f"in the {span_text(step)} at {point.timestamp}, z {flag.z:.1f} [{detector.name}]"
+        f"{metric.upper()} {direction} to {value:.4g} at {point.timestamp} "
+        f"(×{factor:.2f} the expected {flag.expected:.4g}, z {flag.z:.1f}, {detector.name})"
     )
     description = (
         f"{metric} of {name} was {value:.6g}; expected {flag.expected:.6g}. {flag.evidence.get('test', '')}.\n"
@@ -640,4 +651,3 @@ def iter_lines(path: Path) -> Iterator[bytes]:
     """The lines of a file as bytes, without loading it whole."""
     with path.open("rb") as handle:
         yield from handle
-

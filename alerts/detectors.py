@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Final, Literal, Protocol
 
 from alerts.model import SEVERITY_ORDER, Finding, Severity
@@ -42,8 +42,6 @@ from alerts.stats import (
 DAY_S: Final = 86_400
 #: Counts that only the click tracker produces (the ``clicks`` topic).
 CLICK_TRACKER_COUNTS: Final = ("impressions", "clicks", "visits", "carts")
-#: Every count a window holds (``agents.snapshot`` names).
-ALL_COUNTS: Final = (*CLICK_TRACKER_COUNTS, "orders", "gmv", "spend", "new_customers")
 #: Ratio metrics RatioDrop can watch: name -> (numerator, denominator, label).
 RATIO_METRICS: Final = {
     "ctr": ("clicks", "impressions", "CTR"),
@@ -75,7 +73,7 @@ class Subject:
     channel: str
     campaign: str | None = None
     window: str | None = None
-    zone: tzinfo = timezone.utc
+    zone: tzinfo = UTC
 
 
 class Detector(Protocol):
@@ -135,7 +133,7 @@ def baseline_of(history: Sequence[Observation], recent: int, seasonal_days: int)
 
 def span_text(seconds: float) -> str:
     """'10 min', 'hour', '3 h', 'day' — the words after 'in the last'."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds == 3600:
         return "hour"
     if seconds == DAY_S:
@@ -151,7 +149,7 @@ def span_text(seconds: float) -> str:
 
 def duration_text(seconds: float) -> str:
     """'45 min', '3 h', '2 d' — the words after 'for'."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds >= DAY_S and seconds % DAY_S == 0:
         return f"{seconds // DAY_S} d"
     if seconds >= 3600 and seconds % 3600 == 0:
@@ -193,7 +191,7 @@ def _rfc3339(epoch_s: int, zone: tzinfo) -> str:
 
 def _whole(value: float) -> int:
     """A count as the integer the tests need (counts of events are whole; guard float noise)."""
-    return max(0, int(round(value)))
+    return max(0, round(value))
 
 
 def _effective(count: float, dispersion: float) -> int:
@@ -320,7 +318,7 @@ class RatioDrop:
         if test.p_value >= self.alpha:
             return None
         largest_plausible_drop = 1.0 - low / base_rate
-        if drop < self.min_drop:
+        if largest_plausible_drop < self.min_drop:
             return None
         severity: Severity = "critical" if drop >= self.critical_drop else "warning"
         summary = (
@@ -508,7 +506,9 @@ class SpendSurge:
     spread. Taking the harder bar of the two keeps the daily peak from looking like a surge against
     the quiet night before it. The spread never counts as smaller than the Poisson noise of the
     clicks that drive spend (√(usual spend × CPC)), so a perfectly regular history cannot turn a
-    routine wobble into an infinite z.
+    routine wobble into an infinite z. Windows in which the channel sent nothing at all (before it
+    went live, or during an outage) are not its usual spend and are left out: otherwise a channel's
+    first hours would compare full windows with the empty ones before it.
     """
 
     factor: float = 2.0
@@ -532,12 +532,17 @@ class SpendSurge:
         if spend < self.min_spend:
             return None
         baseline = baseline_of(history, self.baseline_windows, self.seasonal_days)
-        if len(baseline.recent) < self.min_baseline_windows:
+        recent = [o for o in baseline.recent if _active(o)]
+        seasonal = [o for o in baseline.seasonal if _active(o)]
+        if len(recent) < self.min_baseline_windows:
             return None
-        groups = [baseline.recent]
-        if len(baseline.seasonal) >= self.min_seasonal_windows:
-            groups.append(baseline.seasonal)
-        clicks, spent = baseline.total("clicks"), baseline.total("spend")
+        groups = [recent]
+        if len(seasonal) >= self.min_seasonal_windows:
+            groups.append(seasonal)
+        clicks, spent = (
+            baseline.total("clicks", recent + seasonal),
+            baseline.total("spend", recent + seasonal),
+        )
         cpc = spent / clicks if clicks > 0 else 0.0
         usual, spread = 0.0, 0.0
         for group in groups:
@@ -555,7 +560,7 @@ class SpendSurge:
         severity: Severity = "critical" if ratio >= self.critical_factor else "warning"
         where = _where(subject)
         cur_clicks = current.get("clicks")
-        usual_clicks = median([o.get("clicks") for o in baseline.recent])
+        usual_clicks = median([o.get("clicks") for o in recent])
         cause = ""
         if cur_clicks > 0 and usual_clicks > 0 and cpc > 0:
             click_ratio = cur_clicks / usual_clicks
@@ -682,8 +687,11 @@ class DropToZero:
             f"in the last {span_text(current.duration_s)}.\n"
             "Check the tracker (SDK release, tag manager, CDN or collector errors, the Kafka producer's "
             "logs) before the campaign: "
-            + ("orders or spend still arrive, so the traffic itself probably continues." if still
-               else "nothing at all arrives, so it may also be the channel's delivery or its connector.")
+            + (
+                "orders or spend still arrive, so the traffic itself probably continues."
+                if still
+                else "nothing at all arrives, so it may also be the channel's delivery or its connector."
+            )
         )
         return _finding(
             subject,
@@ -729,8 +737,15 @@ class DropToZero:
         return None
 
     def _collapse_finding(
-        self, subject: Subject, current: Observation, metric: str, label: str, numerator: str,
-        denominator: str, base_rate: float, expected: float,
+        self,
+        subject: Subject,
+        current: Observation,
+        metric: str,
+        label: str,
+        numerator: str,
+        denominator: str,
+        base_rate: float,
+        expected: float,
     ) -> Finding:
         where = _where(subject)
         volume = current.get(denominator)
@@ -761,6 +776,11 @@ class DropToZero:
                 "test": "Poisson probability of none",
             },
         )
+
+
+def _active(observation: Observation) -> bool:
+    """Whether the channel sent anything at all in this window."""
+    return any(value > 0 for value in observation.counts.values())
 
 
 def _tracker_events(observation: Observation) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -34,7 +34,6 @@ from alerts.backtest import (
 from alerts.detectors import Detectors
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-UTC = timezone.utc
 HOUR = 3600
 T0 = int(datetime(2026, 3, 2, tzinfo=SHANGHAI).timestamp())  # a Monday, 00:00 in Shanghai
 
@@ -47,7 +46,9 @@ def ev(ts_s: float, channel: str = "douyin", **fields: object) -> bytes:
     return orjson.dumps(doc)
 
 
-def hour_of_traffic(start_s: int, channel: str, impressions: int, clicks: int, orders: int, spend: float) -> list[bytes]:
+def hour_of_traffic(
+    start_s: int, channel: str, impressions: int, clicks: int, orders: int, spend: float
+) -> list[bytes]:
     """A pre-aggregated hour (trackers may send ``count``), spread over the hour."""
     lines = [ev(start_s + 60, channel, type="impression", count=impressions)]
     if clicks:
@@ -63,7 +64,8 @@ def hour_of_traffic(start_s: int, channel: str, impressions: int, clicks: int, o
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("1m", 60), ("10m", 600), ("15min", 900), ("1h", 3600), ("2h", 7200), ("1d", 86_400)]
+    ("text", "seconds"),
+    [("1m", 60), ("10m", 600), ("15min", 900), ("1h", 3600), ("2h", 7200), ("1d", 86_400)],
 )
 def test_parse_window(text: str, seconds: int) -> None:
     assert parse_window(text) == (text, seconds)
@@ -93,7 +95,11 @@ def test_fold_events_counts_each_event_once_and_every_rejection() -> None:
     ]
     folded = fold_events(lines, "1h", calendar)
     assert dict(folded.notes) == {
-        "accepted": 6, "duplicate": 1, "rejected not_json": 1, "rejected invalid": 1, "rejected unknown_topic": 1,
+        "accepted": 6,
+        "duplicate": 1,
+        "rejected not_json": 1,
+        "rejected invalid": 1,
+        "rejected unknown_topic": 1,
     }
     rows = folded.observations(calendar)
     assert list(rows) == ["douyin", "taobao"]
@@ -106,7 +112,11 @@ def test_fold_events_counts_each_event_once_and_every_rejection() -> None:
 
 def test_observations_fill_silent_windows_and_leave_out_the_unfinished_one() -> None:
     calendar = Calendar(SHANGHAI)
-    lines = [ev(T0 + 1, type="click"), ev(T0 + 3 * HOUR + 1, type="click"), ev(T0 + 4 * HOUR + 1800, type="click")]
+    lines = [
+        ev(T0 + 1, type="click"),
+        ev(T0 + 3 * HOUR + 1, type="click"),
+        ev(T0 + 4 * HOUR + 1800, type="click"),
+    ]
     rows = fold_events(lines, "1h", calendar).observations(calendar)["douyin"]
     assert [o.start_s - T0 for o in rows] == [0, HOUR, 2 * HOUR, 3 * HOUR]  # 04:00 is still open
     assert [o.counts["clicks"] for o in rows] == [1, 0, 0, 1]
@@ -116,7 +126,11 @@ def test_observations_fill_silent_windows_and_leave_out_the_unfinished_one() -> 
 
 def test_day_windows_follow_the_zones_midnight() -> None:
     calendar = Calendar(SHANGHAI)
-    lines = [ev(T0 + 23 * HOUR, type="click"), ev(T0 + 25 * HOUR, type="click"), ev(T0 + 48 * HOUR, type="click")]
+    lines = [
+        ev(T0 + 23 * HOUR, type="click"),
+        ev(T0 + 25 * HOUR, type="click"),
+        ev(T0 + 48 * HOUR, type="click"),
+    ]
     rows = fold_events(lines, "1d", calendar).observations(calendar)["douyin"]
     assert [(o.start_s - T0) // HOUR for o in rows] == [0, 24]
     assert [o.counts["clicks"] for o in rows] == [1, 1]
@@ -154,7 +168,9 @@ def test_backtest_events_reports_an_outage_once_however_long() -> None:
     calendar = Calendar(SHANGHAI)
     observations = fold_events(two_days(silent=range(30, 33)), "1h", calendar).observations(calendar)
     result = backtest_events(observations, "1h", Detectors(), SHANGHAI)
-    assert [(a.finding.channel, a.finding.kind, a.windows) for a in result.alerts] == [("taobao", "data_health", 3)]
+    assert [(a.finding.channel, a.finding.kind, a.windows) for a in result.alerts] == [
+        ("taobao", "data_health", 3)
+    ]
     assert result.alerts[0].to_json()["last_timestamp"] == "2026-03-03T08:00:00+08:00"
     assert backtest_events(observations, "1h", Detectors(), SHANGHAI, metrics=("ctr",)).alerts == []
 
@@ -340,7 +356,7 @@ def test_cli_replays_events(tmp_path: Path) -> None:
     as_json = run(str(events), "--json", "--metric", "cvr", tz="Asia/Shanghai")
     assert as_json.exit_code == 0 and as_json.stdout == ""  # type: ignore[attr-defined]
     zscore = run(str(events), "--method", "zscore", "--metric", "ctr", tz="Asia/Shanghai")
-    assert zscore.exit_code == 0 and "[zscore]" in zscore.stdout  # type: ignore[attr-defined]
+    assert zscore.exit_code == 0 and ", zscore)" in zscore.stdout  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

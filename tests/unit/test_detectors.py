@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timezone
+from datetime import UTC
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ from alerts.detectors import (
 from alerts.model import Finding
 
 HOUR = 3600
-DOUYIN = Subject("douyin", None, "1h", timezone.utc)
+DOUYIN = Subject("douyin", None, "1h", UTC)
 T0 = 1_700_000_000 - 1_700_000_000 % DAY_S  # a UTC midnight
 
 
@@ -57,8 +57,16 @@ def steady(
         clicks = round(imp * ctr)
         orders = round(clicks * cvr)
         rows.append(
-            window(h, impressions=imp, clicks=clicks, visits=round(clicks * 0.8), carts=round(clicks * 0.2),
-                   orders=orders, gmv=orders * aov, spend=clicks * cpc)
+            window(
+                h,
+                impressions=imp,
+                clicks=clicks,
+                visits=round(clicks * 0.8),
+                carts=round(clicks * 0.2),
+                orders=orders,
+                gmv=orders * aov,
+                spend=clicks * cpc,
+            )
         )
     return rows
 
@@ -68,11 +76,20 @@ def then(history: list[Observation], **counts: float) -> list[Observation]:
     return [*history, window(len(history), **counts)]
 
 
-def funnel(impressions: float, ctr: float, cvr: float = 0.05, aov: float = 300.0, cpc: float = 0.5) -> dict[str, float]:
+def funnel(
+    impressions: float, ctr: float, cvr: float = 0.05, aov: float = 300.0, cpc: float = 0.5
+) -> dict[str, float]:
     clicks = round(impressions * ctr)
     orders = round(clicks * cvr)
-    return {"impressions": impressions, "clicks": clicks, "visits": round(clicks * 0.8),
-            "carts": round(clicks * 0.2), "orders": orders, "gmv": orders * aov, "spend": clicks * cpc}
+    return {
+        "impressions": impressions,
+        "clicks": clicks,
+        "visits": round(clicks * 0.8),
+        "carts": round(clicks * 0.2),
+        "orders": orders,
+        "gmv": orders * aov,
+        "spend": clicks * cpc,
+    }
 
 
 # -- wording --------------------------------------------------------------------------------------------
@@ -109,7 +126,9 @@ def test_baseline_takes_recent_windows_and_the_same_hour_of_earlier_days_once() 
     assert len(baseline.windows) == 8
     # A gap in the history does not shift the seasonal windows onto another hour.
     holed = [o for o in history if o.start_s != current.start_s - 2 * DAY_S]
-    assert [o.start_s for o in baseline_of(holed, 5, 7).seasonal] == [current.start_s - d * DAY_S for d in (1, 3)]
+    assert [o.start_s for o in baseline_of(holed, 5, 7).seasonal] == [
+        current.start_s - d * DAY_S for d in (1, 3)
+    ]
 
 
 # -- RatioDrop ------------------------------------------------------------------------------------------
@@ -122,23 +141,45 @@ BASE = steady(24)
     [
         ("CTR halves at 20k impressions", then(BASE, **funnel(20_000, 0.01)), "ctr", True, "warning"),
         ("CTR falls to zero", then(BASE, **funnel(20_000, 0.0)), "ctr", True, "critical"),
-        ("CTR -10 % on a million impressions: significant, not big", then(BASE, **funnel(1_000_000, 0.018)),
-         "ctr", False, None),
-        ("CTR -45 % on 2M impressions: tightly measured below the 50 % line", then(BASE, **funnel(2_000_000, 0.011)),
-         "ctr", False, None),
+        (
+            "CTR -10 % on a million impressions: significant, not big",
+            then(BASE, **funnel(1_000_000, 0.018)),
+            "ctr",
+            False,
+            None,
+        ),
+        (
+            "CTR -45 % on 2M impressions: tightly measured below the 50 % line",
+            then(BASE, **funnel(2_000_000, 0.011)),
+            "ctr",
+            False,
+            None,
+        ),
         ("40 impressions, no clicks", then(BASE, impressions=40), "ctr", False, None),
         ("no impressions: CTR is no data", then(BASE, clicks=0), "ctr", False, None),
         ("CTR rises", then(BASE, **funnel(20_000, 0.04)), "ctr", False, None),
         ("baseline never clicked", then(steady(24, ctr=0.0), **funnel(20_000, 0.0)), "ctr", False, None),
         ("two baseline windows are too few", then(steady(2), **funnel(20_000, 0.0)), "ctr", False, None),
         ("CVR halves on 4k clicks", then(BASE, **funnel(200_000, 0.02, cvr=0.025)), "cvr", True, "warning"),
-        ("CVR halves on 100 clicks: 5 orders expected", then(BASE, **funnel(5_000, 0.02, cvr=0.025)), "cvr", False,
-         None),
-        ("orders without clicks: the Poisson path", then(steady(24, cvr=2.0), impressions=20_000, clicks=20,
-                                                          orders=2), "cvr", True, "critical"),
+        (
+            "CVR halves on 100 clicks: 5 orders expected",
+            then(BASE, **funnel(5_000, 0.02, cvr=0.025)),
+            "cvr",
+            False,
+            None,
+        ),
+        (
+            "orders without clicks: the Poisson path",
+            then(steady(24, cvr=2.0), impressions=20_000, clicks=20, orders=2),
+            "cvr",
+            True,
+            "critical",
+        ),
     ],
 )
-def test_ratio_drop_table(case: str, history: list[Observation], metric: str, fires: bool, severity: str | None) -> None:
+def test_ratio_drop_table(
+    case: str, history: list[Observation], metric: str, fires: bool, severity: str | None
+) -> None:
     finding = RatioDrop(metric)(history, DOUYIN)  # type: ignore[arg-type]
     assert (finding is not None) is fires, case
     if finding is not None:
@@ -170,8 +211,10 @@ def test_ratio_drop_explains_itself() -> None:
 def test_ratio_drop_widens_its_test_to_the_baselines_over_dispersion() -> None:
     """A channel whose hourly CTR swings ±40 % needs more than binomial evidence for the same drop."""
     calm = steady(24)
-    swinging = [replace(o, counts={**o.counts, "clicks": o.counts["clicks"] * (1.4 if i % 2 else 0.6)})
-                for i, o in enumerate(calm)]
+    swinging = [
+        replace(o, counts={**o.counts, "clicks": o.counts["clicks"] * (1.4 if i % 2 else 0.6)})
+        for i, o in enumerate(calm)
+    ]
     current = funnel(4_000, 0.009)  # 80 expected clicks, 36 seen
     fired_calm = RatioDrop("ctr")(then(calm, **current), DOUYIN)
     assert fired_calm is not None and fired_calm.evidence["dispersion"] == 1.0
@@ -196,7 +239,12 @@ ROI_BASE = steady(24, impressions=40_000, cvr=0.05, aov=300.0, cpc=5.0)  # ROI =
         ("conversion halves: ROI 3 → 1.5", funnel(40_000, 0.02, cvr=0.025, cpc=5.0), True, "warning"),
         ("baskets halve: ROI 3 → 1.5", funnel(40_000, 0.02, aov=150, cpc=5.0), True, "warning"),
         ("ROI -20 %", funnel(40_000, 0.02, aov=240, cpc=5.0), False, None),
-        ("no spend: ROI is no data", {"impressions": 40_000, "clicks": 800, "orders": 40, "gmv": 12_000}, False, None),
+        (
+            "no spend: ROI is no data",
+            {"impressions": 40_000, "clicks": 800, "orders": 40, "gmv": 12_000},
+            False,
+            None,
+        ),
         ("8 orders expected", funnel(4_000, 0.02, cvr=0.0, cpc=5.0), False, None),
         ("nothing sold on 40 expected orders", funnel(40_000, 0.02, cvr=0.0, cpc=5.0), True, "critical"),
         ("ROI up", funnel(40_000, 0.02, aov=600, cpc=5.0), False, None),
@@ -214,8 +262,10 @@ def test_roi_drop_table(case: str, current: dict[str, float], fires: bool, sever
 
 def test_roi_drop_is_not_fooled_by_one_large_basket_in_a_noisy_history() -> None:
     """Order amounts that vary a lot widen the test: the same ROI fall is news only for steady baskets."""
-    noisy = [replace(o, counts={**o.counts, "gmv": o.counts["gmv"] * (2.2 if i % 3 == 0 else 0.4)})
-             for i, o in enumerate(ROI_BASE)]
+    noisy = [
+        replace(o, counts={**o.counts, "gmv": o.counts["gmv"] * (2.2 if i % 3 == 0 else 0.4)})
+        for i, o in enumerate(ROI_BASE)
+    ]
     current = funnel(8_000, 0.02, aov=150, cpc=5.0)  # 8 orders expected... and 8 came, at half the AOV
     assert RoiDrop(min_expected_orders=5)(then(noisy, **current), DOUYIN) is None
     assert RoiDrop(min_expected_orders=5)(then(ROI_BASE, **current), DOUYIN) is None  # 8 orders is not enough
@@ -235,7 +285,12 @@ SPEND_BASE = steady(24, wobble=0.1)  # ~200 spend an hour, ±10 %
         ("spend ×3", then(SPEND_BASE, **funnel(60_000, 0.02)), True, "warning"),
         ("spend ×5 (CPC ×5)", then(SPEND_BASE, **funnel(20_000, 0.02, cpc=2.5)), True, "critical"),
         ("spend ×1.5", then(SPEND_BASE, **funnel(30_000, 0.02)), False, None),
-        ("spend ×3 below the minimum", then(steady(24, impressions=2_000), **funnel(6_000, 0.02)), False, None),
+        (
+            "spend ×3 below the minimum",
+            then(steady(24, impressions=2_000), **funnel(6_000, 0.02)),
+            False,
+            None,
+        ),
         ("no usual spend", then(steady(24, cpc=0.0), **funnel(20_000, 0.02)), False, None),
         ("five windows of history", then(steady(5), **funnel(60_000, 0.02)), False, None),
     ],
@@ -246,6 +301,15 @@ def test_spend_surge_table(case: str, history: list[Observation], fires: bool, s
     if finding is not None:
         assert finding.severity == severity and finding.metric == "spend"
         assert finding.evidence["robust_z"] >= 4
+
+
+def test_spend_surge_ignores_the_empty_windows_before_a_channel_went_live() -> None:
+    """Six of twelve baseline windows predate the channel: its usual spend is that of the six others."""
+    history = [window(h) for h in range(6)] + [window(6 + h, **funnel(20_000, 0.02)) for h in range(6)]
+    assert SpendSurge()(then(history, **funnel(22_000, 0.02)), DOUYIN) is None
+    assert SpendSurge()(then(history, **funnel(60_000, 0.02)), DOUYIN) is not None
+    five_live = [window(h) for h in range(7)] + [window(7 + h, **funnel(20_000, 0.02)) for h in range(5)]
+    assert SpendSurge()(then(five_live, **funnel(60_000, 0.02)), DOUYIN) is None
 
 
 def test_spend_surge_says_whether_clicks_or_prices_drove_it() -> None:
@@ -273,14 +337,38 @@ def test_spend_surge_ignores_the_daily_peak_its_seasonal_baseline_knows() -> Non
 @pytest.mark.parametrize(
     ("case", "history", "kind", "metric", "severity", "summary"),
     [
-        ("silence", then(BASE), "data_health", "events", "critical",
-         "tracker outage? no events from douyin for 1 h"),
-        ("click tracker silent, orders and spend arrive", then(BASE, orders=30, spend=200.0), "data_health",
-         "events", "critical", "tracker outage? no events from douyin for 1 h (orders and spend still arrive)"),
-        ("impressions but no clicks", then(BASE, impressions=20_000), "anomaly", "ctr", "warning",
-         "CTR collapsed to 0 in the last hour: 20k impressions, no clicks (expected 400)"),
-        ("clicks but no orders", then(steady(24, impressions=40_000), impressions=40_000, clicks=800), "anomaly",
-         "cvr", "warning", "CVR collapsed to 0 in the last hour: 800 clicks, no orders (expected 40)"),
+        (
+            "silence",
+            then(BASE),
+            "data_health",
+            "events",
+            "critical",
+            "tracker outage? no events from douyin for 1 h",
+        ),
+        (
+            "click tracker silent, orders and spend arrive",
+            then(BASE, orders=30, spend=200.0),
+            "data_health",
+            "events",
+            "critical",
+            "tracker outage? no events from douyin for 1 h (orders and spend still arrive)",
+        ),
+        (
+            "impressions but no clicks",
+            then(BASE, impressions=20_000),
+            "anomaly",
+            "ctr",
+            "warning",
+            "CTR collapsed to 0 in the last hour: 20k impressions, no clicks (expected 400)",
+        ),
+        (
+            "clicks but no orders",
+            then(steady(24, impressions=40_000), impressions=40_000, clicks=800),
+            "anomaly",
+            "cvr",
+            "warning",
+            "CVR collapsed to 0 in the last hour: 800 clicks, no orders (expected 40)",
+        ),
     ],
 )
 def test_drop_to_zero_table(
@@ -288,7 +376,12 @@ def test_drop_to_zero_table(
 ) -> None:
     finding = DropToZero()(history, DOUYIN)
     assert finding is not None, case
-    assert (finding.kind, finding.metric, finding.severity, finding.summary) == (kind, metric, severity, summary)
+    assert (finding.kind, finding.metric, finding.severity, finding.summary) == (
+        kind,
+        metric,
+        severity,
+        summary,
+    )
 
 
 @pytest.mark.parametrize(
@@ -349,7 +442,10 @@ def test_bundle_reports_one_finding_per_condition() -> None:
 
 def test_bundle_prefers_the_earlier_detector_on_equal_severity() -> None:
     history = then(BASE, impressions=20_000)
-    collapse, drop = DropToZero(critical_expected=math.inf), RatioDrop("ctr", critical_drop=2.0)  # both warnings
+    collapse, drop = (
+        DropToZero(critical_expected=math.inf),
+        RatioDrop("ctr", critical_drop=2.0),
+    )  # both warnings
     first = Detectors(detectors=(collapse, drop)).run(history, DOUYIN)
     second = Detectors(detectors=(drop, collapse)).run(history, DOUYIN)
     assert [f.summary.split()[:2] for f in first] == [["CTR", "collapsed"]]
@@ -376,8 +472,16 @@ def small_histories(draw: st.DrawFn) -> list[Observation]:
         impressions = draw(st.integers(0, top))
         clicks = draw(st.integers(0, impressions // 5))
         orders = draw(st.integers(0, clicks))
-        rows.append(window(h, impressions=impressions, clicks=clicks, orders=orders,
-                           gmv=orders * draw(st.floats(0, 1_000)), spend=clicks * draw(st.floats(0, 5))))
+        rows.append(
+            window(
+                h,
+                impressions=impressions,
+                clicks=clicks,
+                orders=orders,
+                gmv=orders * draw(st.floats(0, 1_000)),
+                spend=clicks * draw(st.floats(0, 5)),
+            )
+        )
     return rows
 
 
@@ -395,14 +499,24 @@ def histories(draw: st.DrawFn) -> list[Observation]:
         impressions = draw(st.integers(0, 200_000))
         clicks = draw(st.integers(0, impressions))
         orders = draw(st.integers(0, clicks + 3))
-        rows.append(window(h, impressions=impressions, clicks=clicks, orders=orders,
-                           gmv=orders * draw(st.floats(0, 1_000)), spend=draw(st.floats(0, 10_000))))
+        rows.append(
+            window(
+                h,
+                impressions=impressions,
+                clicks=clicks,
+                orders=orders,
+                gmv=orders * draw(st.floats(0, 1_000)),
+                spend=draw(st.floats(0, 10_000)),
+            )
+        )
     return rows
 
 
 @settings(max_examples=200, deadline=None)
 @given(histories(), st.sampled_from(["ctr", "cvr"]))
-def test_ratio_drop_needs_the_expected_volume_and_a_lower_rate(history: list[Observation], metric: str) -> None:
+def test_ratio_drop_needs_the_expected_volume_and_a_lower_rate(
+    history: list[Observation], metric: str
+) -> None:
     detector = RatioDrop(metric)  # type: ignore[arg-type]
     finding = detector(history, DOUYIN)
     if finding is None:
@@ -421,9 +535,13 @@ def test_ratio_drop_needs_the_expected_volume_and_a_lower_rate(history: list[Obs
 @given(histories())
 def test_no_detector_fires_below_its_minimum_volume(history: list[Observation]) -> None:
     strict = Detectors(
-        detectors=(DropToZero(min_expected=math.inf), RatioDrop("ctr", min_expected=math.inf),
-                   RatioDrop("cvr", min_expected=math.inf), RoiDrop(min_expected_orders=math.inf),
-                   SpendSurge(min_spend=math.inf))
+        detectors=(
+            DropToZero(min_expected=math.inf),
+            RatioDrop("ctr", min_expected=math.inf),
+            RatioDrop("cvr", min_expected=math.inf),
+            RoiDrop(min_expected_orders=math.inf),
+            SpendSurge(min_spend=math.inf),
+        )
     )
     assert strict.run(history, DOUYIN) == []
 
@@ -464,16 +582,18 @@ def simulate(
         clicks = int(rng.binomial(impressions, rate))
         visits = int(rng.binomial(clicks, 0.8))
         orders = int(rng.binomial(clicks, cvr))
-        rows.append(window(
-            h,
-            impressions=impressions,
-            clicks=clicks,
-            visits=visits,
-            carts=int(rng.binomial(visits, 0.2)),
-            orders=orders,
-            gmv=float(rng.lognormal(math.log(300) - 0.18, 0.6, orders).sum()),
-            spend=float(rng.lognormal(math.log(cpc) - 0.02, 0.2, clicks).sum()),
-        ))
+        rows.append(
+            window(
+                h,
+                impressions=impressions,
+                clicks=clicks,
+                visits=visits,
+                carts=int(rng.binomial(visits, 0.2)),
+                orders=orders,
+                gmv=float(rng.lognormal(math.log(300) - 0.18, 0.6, orders).sum()),
+                spend=float(rng.lognormal(math.log(cpc) - 0.02, 0.2, clicks).sum()),
+            )
+        )
     return rows
 
 

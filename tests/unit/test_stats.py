@@ -74,7 +74,7 @@ def test_constants_match_scipy() -> None:
 @example(n=10, p=0.0, k_share=0.5)
 @example(n=10, p=1.0, k_share=0.5)
 def test_binomial_tails_match_scipy(n: int, p: float, k_share: float) -> None:
-    k = int(round(k_share * n))
+    k = round(k_share * n)
     assert close(binom_le(k, n, p), sp.binom.cdf(k, n, p), rel=1e-7)
     assert close(binom_ge(k, n, p), sp.binom.sf(k - 1, n, p), rel=1e-7)
 
@@ -87,12 +87,18 @@ def test_binomial_tails_match_scipy(n: int, p: float, k_share: float) -> None:
     k_share=st.floats(-0.1, 1.1),
 )
 @example(total=1_200_000, successes_share=0.02, draws_share=1 / 30, k_share=0.5)
-def test_hypergeometric_tails_match_scipy(total: int, successes_share: float, draws_share: float, k_share: float) -> None:
+def test_hypergeometric_tails_match_scipy(
+    total: int, successes_share: float, draws_share: float, k_share: float
+) -> None:
     successes = int(successes_share * total)
     draws = int(draws_share * total)
-    k = int(round(k_share * min(successes, draws)))
-    assert close(hypergeom_le(k, total, successes, draws), sp.hypergeom.cdf(k, total, successes, draws), rel=1e-6)
-    assert close(hypergeom_ge(k, total, successes, draws), sp.hypergeom.sf(k - 1, total, successes, draws), rel=1e-6)
+    k = round(k_share * min(successes, draws))
+    assert close(
+        hypergeom_le(k, total, successes, draws), sp.hypergeom.cdf(k, total, successes, draws), rel=1e-6
+    )
+    assert close(
+        hypergeom_ge(k, total, successes, draws), sp.hypergeom.sf(k - 1, total, successes, draws), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,7 +142,9 @@ def test_pooled_z_squared_is_the_uncorrected_chi_square(sample: tuple[int, int, 
 
 @FAST
 @given(two_samples(), st.sampled_from(["less", "greater"]))
-def test_two_proportion_test_agrees_with_scipy_on_either_path(sample: tuple[int, int, int, int], side: str) -> None:
+def test_two_proportion_test_agrees_with_scipy_on_either_path(
+    sample: tuple[int, int, int, int], side: str
+) -> None:
     x1, n1, x2, n2 = sample
     result = two_proportion_test(x1, n1, x2, n2, side)  # type: ignore[arg-type]
     if result.method.startswith("Fisher"):
@@ -164,14 +172,18 @@ def test_two_proportion_test_agrees_with_scipy_on_either_path(sample: tuple[int,
         (10, 10, 100, 100, "Fisher", False),  # everything always: p = 1
     ],
 )
-def test_two_proportion_test_table(x1: int, n1: int, x2: int, n2: int, method: str, significant: bool) -> None:
+def test_two_proportion_test_table(
+    x1: int, n1: int, x2: int, n2: int, method: str, significant: bool
+) -> None:
     result = two_proportion_test(x1, n1, x2, n2, "less")
     assert method in result.method
     assert (result.p_value < 0.001) is significant
     assert 0.0 <= result.p_value <= 1.0
 
 
-@pytest.mark.parametrize(("x1", "n1", "x2", "n2"), [(1, 0, 1, 10), (11, 10, 1, 10), (1, 10, 1, 0), (-1, 10, 1, 10)])
+@pytest.mark.parametrize(
+    ("x1", "n1", "x2", "n2"), [(1, 0, 1, 10), (11, 10, 1, 10), (1, 10, 1, 0), (-1, 10, 1, 10)]
+)
 def test_two_proportion_test_rejects_impossible_counts(x1: int, n1: int, x2: int, n2: int) -> None:
     with pytest.raises(ValueError):
         two_proportion_test(x1, n1, x2, n2)
