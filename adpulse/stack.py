@@ -219,11 +219,11 @@ class EmbeddedStack:
         prefix = self.settings.redis_prefix
         client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
-            dropped = client.delete(f"{prefix}:fold:checkpoints", f"{prefix}:watermarks")
+            dropped = client.delete(f"{prefix}:fold:checkpoints")
         finally:
             client.close()
         if dropped:
-            log.info("new broker: dropped the fold checkpoints and watermarks of the previous one from Redis")
+            log.info("new broker: dropped the fold checkpoints of the previous one from Redis")
 
     def down(self, components: Collection[str] = COMPONENTS, timeout_s: float = 10.0) -> dict[str, int]:
         """Stop the servers ``up`` started (only ours, checked via /proc); return name → pid stopped.
