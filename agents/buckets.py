@@ -235,27 +235,37 @@ def install(
         if closed:
             await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)
         if evaluator is not None:
-            judge = evaluator()
-            await judge.ensure_loaded(owned)
-            # Windows closed since the last judged one, in event-time order, one lifecycle round each
-            # (a backfill closes many at once).
-            rounds: dict[int, list[KpiRow]] = {}
-            for row in closed:
-                if judge.claim(row, now):
-                    rounds.setdefault(row.window_end or 0, []).append(row)
-            log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
-            for _end, batch in sorted(rounds.items()):
-                await judge.publish(*judge.judge_windows(batch, lookup))
-            await judge.save_progress()
-            await judge.publish(
-                *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark)
-            )
+            try:
+                await _judge(evaluator(), owned, closed, lookup, index, watermark, now)
+            except Exception:
+                # Judge these windows again next tick: recompute what closed, reload progress from Redis.
+                emitted.clear()
+                evaluator().invalidate()
+                raise
         holder.rows, holder.watermark_s, holder.at = rows, watermark, time.time()
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))
         metrics.snapshot_seconds.observe(time.perf_counter() - started)
 
     return table
+
+
+async def _judge(
+    judge: Evaluator, owned: OwnedChannels, closed: list[KpiRow], lookup: Callable[[str, str, int], Any],
+    index: BucketIndex, watermark: float, now: float,
+) -> None:
+    """Judge the windows closed since the last judged one, in event-time order, one lifecycle round each
+    (a backfill closes many at once), then the budgets."""
+    await judge.ensure_loaded(owned)
+    rounds: dict[int, list[KpiRow]] = {}
+    for row in closed:
+        if judge.claim(row, now):
+            rounds.setdefault(row.window_end or 0, []).append(row)
+    log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
+    for _end, batch in sorted(rounds.items()):
+        await judge.publish(*judge.judge_windows(batch, lookup))
+    await judge.save_progress()
+    await judge.publish(*judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark))
 
 
 def _expired(index: BucketIndex, channel: str, retention_s: dict[str, float], now: float) -> list[tuple[str, int]]:

@@ -188,6 +188,12 @@ class Evaluator:
         self._judged[key] = self._progress[key] = row.window_start
         return True
 
+    def invalidate(self) -> None:
+        """Forget what is in memory (after a failed round): the next round reloads it from Redis, so a
+        window whose alerts were not published is judged again."""
+        self._owned = None
+        self._progress = {}
+
     async def save_progress(self) -> None:
         """Persist which windows were judged (after their alerts were published)."""
         if self._progress:
@@ -197,7 +203,7 @@ class Evaluator:
     def judge_windows(
         self, fresh: Iterable[KpiRow], lookup: Lookup
     ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
-        """Thresholds and anomaly detectors on the newest closed window of each channel and campaign."""
+        """Thresholds and anomaly detectors on closed windows (one event-time step of them)."""
         findings: list[Finding] = []
         judged: dict[Fingerprint, float | None] = {}
         cfg = self.config
