@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
-from procstat import cpu_seconds, load_average, machine  # noqa: E402
+from procstat import cpu_seconds, load_average, machine, machine_markdown  # noqa: E402
 from throughput import Started, code_version, free_port  # noqa: E402
 
 from adpulse.settings import Settings  # noqa: E402
@@ -604,15 +604,7 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         command,
         "```",
         "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPUs (nproc) | {info['nproc']} |",
-        f"| CPU model | {info['cpu']} |",
-        f"| RAM | {info['ram']} |",
-        f"| OS | {info['os']} |",
-        f"| Python | {info['python']} |",
-        f"| code | {info['code']} |",
-        f"| load average (1 min) at start | {info['load']} |",
+        *machine_markdown(info),
         "",
         (f"Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, and live "
         f"background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 channels, in its own "

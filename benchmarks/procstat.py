@@ -80,3 +80,18 @@ def machine_busy_seconds() -> float:
         fields = stat.readline().split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def machine_markdown(info: dict[str, str], load_note: str = "") -> list[str]:
+    """The "machine" table every benchmark section in BENCHMARKS.md starts with."""
+    return [
+        "| machine | |",
+        "|---|---|",
+        f"| CPUs (nproc) | {info['nproc']} |",
+        f"| CPU model | {info['cpu']} |",
+        f"| RAM | {info['ram']} |",
+        f"| OS | {info['os']} |",
+        f"| Python | {info['python']} |",
+        f"| code | {info['code']} |",
+        f"| load average (1 min) at start | {info['load']}{load_note} |",
+    ]

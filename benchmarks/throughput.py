@@ -43,7 +43,7 @@ sys.path[:0] = [str(REPO)]
 
 import pyspy_report  # noqa: E402
 from procstat import (  # noqa: E402
-    cpu_seconds, load_average, machine, machine_busy_seconds, run_delay_seconds, status_kb,
+    cpu_seconds, load_average, machine, machine_busy_seconds, machine_markdown, run_delay_seconds, status_kb,
 )
 from workload import CHECKED, MICROS, Expected, Record, generate  # noqa: E402
 
@@ -545,15 +545,7 @@ def markdown(
         command,
         "```",
         "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPUs (nproc) | {info['nproc']} |",
-        f"| CPU model | {info['cpu']} |",
-        f"| RAM | {info['ram']} |",
-        f"| OS | {info['os']} |",
-        f"| Python | {info['python']} |",
-        f"| code | {info['code']} |",
-        f"| load average (1 min) at start | {info['load']} (the machine is shared: see \"other processes\") |",
+        *machine_markdown(info, ' (the machine is shared: see "other processes")'),
         "",
         f"Workload per round: {n:,} records preloaded into fresh `clicks`/`orders`/`spend` topics "
         f"({args.partitions} partitions each) on the embedded Tansu broker: {expected.by_topic['clicks']:,} "
