@@ -59,8 +59,6 @@ class SnapshotHolder:
     """The latest snapshot of this worker, read by the Prometheus collector at scrape time."""
 
     rows: list[KpiRow] = field(default_factory=list)
-    watermark_s: float | None = None
-    at: float = 0.0
 
 
 class BucketIndex:
@@ -242,7 +240,7 @@ def install(
                 emitted.clear()
                 evaluator().invalidate()
                 raise
-        holder.rows, holder.watermark_s, holder.at = rows, watermark, time.time()
+        holder.rows = rows
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))
         metrics.snapshot_seconds.observe(time.perf_counter() - started)

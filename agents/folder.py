@@ -79,8 +79,6 @@ class FoldStage:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._checkpoint_key = f"{config.redis_prefix}:fold:checkpoints"
-        self.events_folded = 0
-        self.ready = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -162,7 +160,6 @@ class FoldStage:
                 "fold: %s resumes at offset %d (watermark %d ms, dedup rebuilt from %d)",
                 fold.src, checkpoint.offset, checkpoint.watermark_ms, checkpoint.rebuild_from,
             )
-        self.ready.set()
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Publish what was folded and forget the partitions; their next owner replays from the checkpoint."""
@@ -271,8 +268,6 @@ class FoldStage:
         for outcome, total in fold.outcomes.items():
             if total != before[outcome]:
                 self.metrics.events.labels(fold.topic, outcome).inc(total - before[outcome])
-                if outcome == "accepted":
-                    self.events_folded += total - before[outcome]
         late = fold.late_within_grace - before.get("late_within_grace", 0)
         if late:
             self.metrics.late_within_grace.labels(fold.topic).inc(late)
