@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     flush_interval_s: float = Field(0.25, gt=0, description="how often folded partials are published")
     tick_s: float = Field(0.5, gt=0, description="how often KPI snapshots go to Redis and alerts are judged")
     fetch_max_records: int = Field(5000, ge=1)
+    fetch_wait_ms: int = Field(
+        100, ge=1, le=5000,
+        description="longest a fetch waits for new records (both consumers): bounds how stale an idle worker gets",
+    )
     retention_1m_s: float = Field(6 * 3600.0, gt=0, description="how long 1-minute buckets are kept")
     retention_1h_s: float = Field(8 * 86400.0, gt=0)
     retention_1d_s: float = Field(62 * 86400.0, gt=0)

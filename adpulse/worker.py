@@ -43,6 +43,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         web_port=settings.web_port,
         datadir=str(settings.home / "worker-data"),
         credentials=_faust_credentials(settings),
+        fetch_wait_ms=settings.fetch_wait_ms,
     )
     clients: dict[str, Any] = {}
     budgets = BudgetBook()
@@ -53,6 +54,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         rolling_s=settings.anomaly_window_s,
         currency=settings.currency,
         lookback_s=settings.alert_lookback_s,
+        grace_s=settings.grace_s,
     )
 
     def redis() -> Any:
@@ -108,6 +110,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         ),
         flush_interval_s=settings.flush_interval_s,
         fetch_max_records=settings.fetch_max_records,
+        fetch_wait_ms=settings.fetch_wait_ms,
     )
 
     @app.task

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -263,7 +263,9 @@ async def _judge(
     for _end, batch in sorted(rounds.items()):
         await judge.publish(*judge.judge_windows(batch, lookup))
     await judge.save_progress()
-    await judge.publish(*judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark))
+    await judge.publish(
+        *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark), evidence_s=watermark
+    )
 
 
 def _expired(index: BucketIndex, channel: str, retention_s: dict[str, float], now: float) -> list[tuple[str, int]]:

@@ -21,14 +21,22 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
 from agents.partials import BucketValue, totals
 from agents.snapshot import KpiRow, counts_of
 from agents.windows import MINUTE_S, TOTAL, Calendar
-from alerts.budgets import Approval, BudgetBook, approval_field, approvals_key, budget_judged, evaluate_budget
-from alerts.budgets import period_bounds, used_ratio
-from alerts.detectors import DropToZero, Detectors, Observation, RatioDrop, SpendSurge, Subject
+from alerts.budgets import (
+    Approval,
+    BudgetBook,
+    approval_field,
+    approvals_key,
+    budget_judged,
+    evaluate_budget,
+    period_bounds,
+    used_ratio,
+)
+from alerts.detectors import Detectors, DropToZero, Observation, RatioDrop, SpendSurge, Subject
 from alerts.drivers import drivers
 from alerts.kpi import kpis
 from alerts.lifecycle import AlertBook, Policy
@@ -43,6 +51,10 @@ from streams.events import NO_CAMPAIGN
 log = logging.getLogger(__name__)
 Lookup = Callable[[str, str, int], BucketValue | None]
 DAY_S = 86400
+
+
+#: Latencies beyond this are a backfill or a catch-up, not how fast alerts are on live traffic.
+LIVE_LATENCY_S = 3600.0
 
 
 class Owned(Protocol):
@@ -75,6 +87,7 @@ class EvaluationConfig:
     seasonal_days: int = 7
     currency: str = "CNY"
     lookback_s: float = 86400.0
+    grace_s: float = 60.0
 
 
 def vector_counts(value: BucketValue | None, campaign: str | None) -> dict[str, float]:
@@ -159,6 +172,12 @@ class Evaluator:
         self._progress: dict[str, int] = {}
         self._judged_key = f"{redis_prefix}:alerts:judged"
         self.metrics = AlertMetrics(lambda: self.book.firing(), max_channels, registry=registry)
+        self.latency = Histogram(
+            "adpulse_alert_latency_seconds",
+            "Evidence complete (window end + grace; for budgets the spend folded so far) to the alert in Redis;"
+            " live traffic only (backfills are left out)",
+            ["kind"], registry=registry, buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+        )
         self.budget_used = Gauge(
             "adpulse_budget_used_ratio", "Spend in the budget period ÷ spendable budget",
             ["channel", "campaign", "period"], registry=registry,
@@ -308,17 +327,33 @@ class Evaluator:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    async def publish(self, findings: list[Finding], judged: dict[Fingerprint, float | None]) -> int:
-        """Run the lifecycle and write its state changes; returns how many alerts were written now."""
+    async def publish(
+        self, findings: list[Finding], judged: dict[Fingerprint, float | None], evidence_s: float | None = None
+    ) -> int:
+        """Run the lifecycle and write its state changes; returns how many alerts were written now.
+
+        ``evidence_s`` is the event time the evidence runs to when the findings are not about a closed
+        window (budgets: the watermark of the spend folded so far); it feeds the latency histogram.
+        """
         now = datetime.fromtimestamp(self.clock(), timezone.utc)
         alerts = self.book.evaluate(findings, judged, now)
         payloads = [build_alert(alert, self.config.links) for alert in alerts]
         written = await self.sink.publish(payloads, self.book.pop_changes())
-        self.metrics.observe(alert for alert, new in zip(alerts, written, strict=True) if new)
-        for alert, new in zip(alerts, written, strict=True):
-            if new:
-                log.info("alert %s %s: %s", alert.change, alert.finding.fingerprint, alert.finding.summary)
-        return sum(written)
+        new = [alert for alert, fresh in zip(alerts, written, strict=True) if fresh]
+        self.metrics.observe(new)
+        done_s = self.clock()
+        for alert in new:
+            log.info("alert %s %s: %s", alert.change, alert.finding.fingerprint, alert.finding.summary)
+            complete_s = self._evidence_complete(alert.finding, evidence_s)
+            if complete_s is not None and 0.0 <= done_s - complete_s <= LIVE_LATENCY_S:
+                self.latency.labels(alert.finding.kind).observe(done_s - complete_s)
+        return len(new)
+
+    def _evidence_complete(self, finding: Finding, evidence_s: float | None) -> float | None:
+        """When the evidence of ``finding`` was complete: its window's end plus grace, else ``evidence_s``."""
+        if finding.kind != "budget" and finding.window_end is not None:
+            return datetime.fromisoformat(finding.window_end).timestamp() + self.config.grace_s
+        return evidence_s
 
     async def approvals(self) -> dict[str, bytes | None]:
         """Every recorded approval (few: one per budget and period)."""

@@ -46,6 +46,7 @@ class FoldStageConfig:
     fold: FoldConfig
     flush_interval_s: float
     fetch_max_records: int
+    fetch_wait_ms: int = 100
 
     def topic(self, short: str) -> str:
         return f"{self.topic_prefix}{short}"
@@ -97,6 +98,8 @@ class FoldStage:
             max_poll_interval_ms=60_000,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
+            # The broker holds an empty fetch this long: it bounds how late fresh spend reaches the fold.
+            fetch_max_wait_ms=cfg.fetch_wait_ms,
         )
         await self._producer.start()
         try:

@@ -102,14 +102,13 @@ def metric_sum(text: str | None, name: str) -> float:
 class RunConfig:
     tick_s: float
     flush_s: float
-    #: An experiment, not a setting: every aiokafka consumer in the worker process (Faust's, the fold
-    #: stage's, the budget feed's) gets this fetch_max_wait_ms, patched in before adpulse is imported.
+    #: ADPULSE_FETCH_WAIT_MS for the worker; None: the setting's default.
     fetch_wait_ms: int | None = None
 
     @property
     def label(self) -> str:
         return f"tick {self.tick_s:g} s / flush {self.flush_s:g} s" + (
-            f" / experiment: worker consumers fetch_max_wait_ms={self.fetch_wait_ms}" if self.fetch_wait_ms else ""
+            f" / fetch wait {self.fetch_wait_ms} ms" if self.fetch_wait_ms else ""
         )
 
 
@@ -122,19 +121,6 @@ def parse_config(text: str) -> RunConfig:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected TICK_S:FLUSH_S[:FETCH_WAIT_MS] such as 0.5:0.25, got {text!r}") from None
-
-
-#: ``python -m adpulse worker`` with every AIOKafkaConsumer's fetch_max_wait_ms replaced (the experiment).
-PATCHED_WORKER = """
-import sys, runpy, aiokafka
-class _Consumer(aiokafka.AIOKafkaConsumer):
-    def __init__(self, *args, **kwargs):
-        kwargs["fetch_max_wait_ms"] = {wait_ms}
-        super().__init__(*args, **kwargs)
-aiokafka.AIOKafkaConsumer = _Consumer
-sys.argv = ["adpulse", "worker"]
-runpy.run_module("adpulse", run_name="__main__", alter_sys=True)
-"""
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -479,13 +465,14 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
         partitions=args.partitions,
         tick_s=config.tick_s,
         flush_interval_s=config.flush_s,
+        **({"fetch_wait_ms": config.fetch_wait_ms} if config.fetch_wait_ms else {}),
         **extra,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADPULSE_")}
     env.update(settings.to_env())
     env["ADPULSE_ENV_FILE"] = str(run_dir / "no.env")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    shown = {k: env[k] for k in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S", "ADPULSE_GRACE_S",
+    shown = {k: env[k] for k in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S", "ADPULSE_FETCH_WAIT_MS", "ADPULSE_GRACE_S",
                                  "ADPULSE_PARTITIONS", "ADPULSE_BLOCK_RECORDS", "ADPULSE_IDLE_PARTITION_S")}
     embedded = EmbeddedStack(settings)
     status = embedded.up(timeout_s=30.0)
@@ -500,8 +487,7 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
                   f"p50 {ms(p['p50'])} p95 {ms(p['p95'])} max {ms(p['max'])}")
         spawned = time.monotonic()
         worker = started.add(subprocess.Popen(
-            [sys.executable, "-m", "adpulse", "worker"] if config.fetch_wait_ms is None
-            else [sys.executable, "-c", PATCHED_WORKER.format(wait_ms=config.fetch_wait_ms)], cwd=run_dir, env=env,
+            [sys.executable, "-m", "adpulse", "worker"], cwd=run_dir, env=env,
             stdout=(run_dir / "worker.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         ))
@@ -624,9 +610,7 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         b = stats(r.budget_latencies())
         lines.append(
             f"| `ADPULSE_TICK_S={r.settings['ADPULSE_TICK_S']}` `ADPULSE_FLUSH_INTERVAL_S="
-            f"{r.settings['ADPULSE_FLUSH_INTERVAL_S']}`"
-            + (f" + experiment: worker consumers `fetch_max_wait_ms={r.config.fetch_wait_ms}`"
-               if r.config.fetch_wait_ms else "")
+            f"{r.settings['ADPULSE_FLUSH_INTERVAL_S']}` `ADPULSE_FETCH_WAIT_MS={r.settings['ADPULSE_FETCH_WAIT_MS']}`"
             + f" | {b['n']} of {len(r.budget)} | {ms(b['p50'])} | "
             f"**{ms(b['p95'])}** | {ms(b['max'])} | {ms(b['min'])} | "
             f"{'met' if b['p95'] <= TARGET_P95_S else 'missed'} | {r.traffic_events_per_s:,.0f} | "
@@ -635,7 +619,7 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
     lines += [
         "",
         "Other settings as defaulted: " + ", ".join(
-            f"`{k}={v}`" for k, v in runs[0].settings.items() if k not in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S")
+            f"`{k}={v}`" for k, v in runs[0].settings.items() if k not in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S", "ADPULSE_FETCH_WAIT_MS")
         ) + ".",
         "",
         ("Where the time goes (per event, from the timestamps the pipeline leaves behind: the CreateTime of the "
@@ -720,8 +704,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--run", dest="runs", type=parse_config, action="append", metavar="TICK_S:FLUSH_S[:FETCH_WAIT_MS]",
                         help="worker settings of a run (repeatable; default 0.5:0.25, the defaults); a third field "
-                             "is an experiment: every Kafka consumer in the worker process gets that "
-                             "fetch_max_wait_ms (patched at start; no setting exists for it)")
+                             "is ADPULSE_FETCH_WAIT_MS (default: the setting's default)")
     parser.add_argument("--fallback", type=parse_config, default=RunConfig(0.25, 0.1), metavar="TICK_S:FLUSH_S",
                         help="extra run when a run's budget p95 exceeds 1 s (default 0.25:0.1)")
     parser.add_argument("--no-fallback", action="store_true", help="never add the fallback run")
