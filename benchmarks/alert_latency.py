@@ -681,12 +681,13 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it at the end), keeping everything else."""
+def write_markdown(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace a script's section of ``path`` (between ``begin`` and ``end``, or append it at the end),
+    keeping everything else."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
