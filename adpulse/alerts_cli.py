@@ -86,7 +86,10 @@ def _table(rows: Sequence[Mapping[str, Any]], title: str, now: datetime, history
     return table
 
 
-@click.command("alerts", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    "alerts", invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a JSON array of the alert objects (CONTRACT.md §3)."
 )
@@ -110,7 +113,11 @@ def alerts_cli(ctx: click.Context, as_json: bool, show_all: bool, last: int) -> 
       adpulse alerts
       adpulse alerts --json | jq '.[] | select(.severity == "critical")'
       adpulse alerts --all --last 50
+      adpulse alerts ack anomaly/ctr/douyin/- --by @zhang.wei
+      adpulse alerts snooze anomaly/ctr/douyin/- --for 2h --by @zhang.wei
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from redis.exceptions import RedisError
 
     settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
@@ -140,3 +147,67 @@ def alerts_cli(ctx: click.Context, as_json: bool, show_all: bool, last: int) -> 
             console.print(_table(past, f"last {len(past)} state change(s), newest first", now, history=True))
         else:
             console.print("no alert history yet")
+
+
+def _duration_s(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) == 0:
+        raise click.BadParameter(f"{text!r}: use a duration such as 30m, 2h or 1d")
+    return int(text[:-1]) * units[text[-1]]
+
+
+async def _ack(settings: Settings, ref: str, by: str, snooze_s: float | None) -> tuple[dict[str, Any], Any]:
+    import time
+
+    import redis.asyncio as aioredis
+
+    from alerts.router.state import acknowledge, find_active
+
+    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        alert = await find_active(client, settings.redis_prefix, ref)
+        if alert is None:
+            raise click.ClickException(
+                f"no alert firing with fingerprint or id {ref!r}; `adpulse alerts` lists them"
+            )
+        ack = await acknowledge(client, settings.redis_prefix, alert["fingerprint"], alert.get("fired_at"), by,
+                                time.time(), snooze_s=snooze_s)
+        return alert, ack
+    finally:
+        await client.aclose()
+
+
+def _run_ack(ctx: click.Context, ref: str, by: str | None, snooze_s: float | None) -> None:
+    import getpass
+
+    from redis.exceptions import RedisError
+
+    settings = ctx.find_object(Settings) or load_settings()
+    try:
+        alert, ack = asyncio.run(_ack(settings, ref, by or getpass.getuser(), snooze_s))
+    except (OSError, RedisError) as exc:
+        raise click.ClickException(f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}") from exc
+    what = "acknowledged" if snooze_s is None else (
+        f"snoozed until {datetime.fromtimestamp(ack.until, UTC).isoformat(timespec='minutes')}"
+    )
+    click.echo(f"{alert['fingerprint']} {what} by {ack.by}: no more repeats"
+               + (" or escalation" if snooze_s is None else "") + f" ({alert.get('summary')})")
+
+
+@alerts_cli.command("ack", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("ref")
+@click.option("--by", help="Who acknowledges (default: your user name).")
+@click.pass_context
+def ack_cli(ctx: click.Context, ref: str, by: str | None) -> None:
+    """Acknowledge the firing alert REF (fingerprint or id): the routers stop repeats and escalation."""
+    _run_ack(ctx, ref, by, None)
+
+
+@alerts_cli.command("snooze", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("ref")
+@click.option("--for", "duration", default="1h", show_default=True, help="How long: 30m, 2h, 1d.")
+@click.option("--by", help="Who snoozes (default: your user name).")
+@click.pass_context
+def snooze_cli(ctx: click.Context, ref: str, duration: str, by: str | None) -> None:
+    """Snooze the firing alert REF (fingerprint or id): no repeats until the time is up."""
+    _run_ack(ctx, ref, by, _duration_s(duration))

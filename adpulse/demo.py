@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from rich.text import Text
 from adpulse.alerts_cli import read_alerts
 from adpulse.budget_cli import produce_setting
 from adpulse.render import kpi_rich_table
+from adpulse.router_cli import serve as serve_router
 from adpulse.settings import Settings, load_settings
 from adpulse.simulate import parse_scenario, simulate
 from adpulse.stack import EmbeddedStack, StackError
@@ -38,6 +42,41 @@ DEMO_DEFAULTS = {"anomaly_window_s": 60, "grace_s": 10.0}
 #: The demo's budget channel: its day budget is sized so that the 80 % line is crossed in a few minutes.
 BUDGET_CHANNEL = "taobao"
 BUDGET_MINUTES = 5
+
+
+class ChatLog:
+    """Where the demo's console target writes: the last chat messages, for the live view (or printed)."""
+
+    def __init__(self, echo: Console | None, lines: int = 14) -> None:
+        self.echo = echo
+        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.lines.append(line)
+                if self.echo is not None:
+                    self.echo.print(f"  chat> {line}", markup=False, highlight=False)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def text(self) -> Text:
+        text = Text("\nChat messages (console target; --webhook URL also posts them):\n", style="bold")
+        for line in self.lines:
+            text.append(f"  {line}\n")
+        return text
+
+
+def demo_routes(webhook: str | None) -> Any:
+    """Every alert to the console (English), and to ``webhook`` if given."""
+    from alerts.router.config import RoutesConfig, TargetConfig
+
+    targets = {"console": TargetConfig(type="console", locale="en")}
+    if webhook:
+        targets["webhook"] = TargetConfig(type="webhook", url=webhook)
+    return RoutesConfig(targets=targets, default_targets=list(targets))
 
 
 class _Worker:
@@ -135,7 +174,8 @@ def _header(started_at: float, metrics: dict[str, float], rate: float, worker_al
     return text
 
 
-async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: bool, console: Console) -> None:
+async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: bool, console: Console,
+                chat: ChatLog) -> None:
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(settings.redis_url)
@@ -155,7 +195,8 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
                 active, past = await read_alerts(settings, history=20)
                 header = _header(started_at, metrics, rate, worker.proc is not None and worker.proc.poll() is None)
                 if screen is not None:
-                    screen.update(Group(header, kpi_rich_table(rows, settings.currency), _alerts_text(active, past)))
+                    screen.update(Group(header, kpi_rich_table(rows, settings.currency), _alerts_text(active, past),
+                                        chat.text()))
                 else:
                     summary = ", ".join(
                         f"{r['channel']} CTR {r['ctr'] * 100:.2f}%" if r["ctr"] is not None else f"{r['channel']} —"
@@ -176,7 +217,7 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
 
 
 async def _run(settings: Settings, rate: float, duration_s: float | None, seed: int, scenarios: list[Any],
-               live: bool, console: Console, worker: _Worker) -> None:
+               live: bool, console: Console, worker: _Worker, webhook: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -184,18 +225,29 @@ async def _run(settings: Settings, rate: float, duration_s: float | None, seed: 
     traffic = asyncio.create_task(
         simulate(settings, rate=rate, duration_s=None, seed=seed, scenarios=scenarios, progress=False, stop=stop)
     )
-    view = asyncio.create_task(_view(settings, worker, stop, live, console))
+    chat = ChatLog(None if live else console)
+    if live:
+        logging.getLogger("adpulse.router").setLevel(logging.WARNING)  # its INFO lines would tear the live view
+    view = asyncio.create_task(_view(settings, worker, stop, live, console, chat))
+    # The router runs in this process: its console target writes into the view.
+    router_settings = settings.model_copy(update={
+        "router_port": 0, "router_token_key": settings.router_token_key or secrets.token_hex(16),
+        "router_name": "demo",
+    })
+    router = asyncio.create_task(serve_router(router_settings, demo_routes(webhook), stop, console=chat))
     if duration_s is not None:
         loop.call_later(duration_s, stop.set)
     try:
         await stop.wait()
     finally:
         stop.set()
-        await asyncio.gather(traffic, view, return_exceptions=True)
+        await asyncio.gather(traffic, view, router, return_exceptions=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     if traffic.done() and traffic.exception() is not None:
         raise click.ClickException(f"traffic simulation failed: {traffic.exception()}")
+    if router.done() and not router.cancelled() and router.exception() is not None:
+        raise click.ClickException(f"the chat router failed: {router.exception()}")
 
 
 @click.command("demo")
@@ -208,8 +260,10 @@ async def _run(settings: Settings, rate: float, duration_s: float | None, seed: 
               help="Traffic scenarios (see `adpulse simulate --help`).")
 @click.option("--no-live", is_flag=True, help="Print a status line every 5 s instead of the live table.")
 @click.option("--keep-stack", is_flag=True, help="Leave the broker and Redis running when the demo ends.")
+@click.option("--webhook", metavar="URL",
+              help="Also POST every alert (its JSON) to this webhook, e.g. a local http://127.0.0.1:8080/hook.")
 def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tuple[str, ...], no_live: bool,
-             keep_stack: bool) -> None:
+             keep_stack: bool, webhook: str | None) -> None:
     """Run adpulse end to end on the embedded stack, with a live view of the KPIs.
 
     Starts the embedded broker and Redis (if not running), one worker, and simulated traffic for
@@ -217,7 +271,8 @@ def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tup
     story takes some minutes: taobao gets a day budget that crosses its 80 % line a few minutes in,
     douyin's CTR drops by 60 % at 8 minutes (alert) and recovers at 14 (resolved), taobao's spend surges
     at 10. The demo judges anomalies on 1-minute windows with a 10 s grace.
-    Alerts fire and resolve on screen; Ctrl-C stops everything the demo started. Logs go to
+    Alerts fire and resolve on screen, with the chat messages the router sends (console target, and
+    --webhook URL if given); Ctrl-C stops everything the demo started. Logs go to
     ADPULSE_HOME/demo/.
     """
     ctx = click.get_current_context()
@@ -244,7 +299,7 @@ def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tup
                   soft_wrap=True)
     try:
         asyncio.run(_run(settings, rate, duration, seed, scenarios, not no_live and console.is_terminal, console,
-                         worker))
+                         worker, webhook))
     finally:
         worker.stop()
         if status.started and not keep_stack:

@@ -89,6 +89,26 @@ class Settings(BaseSettings):
         "https://github.com/adpulse/adpulse/blob/main/docs/runbook.md", description="runbook_url base"
     )
 
+    # Chat router.
+    routes_file: Path | None = Field(None, description="routes file (YAML, CONTRACT.md §6) of `adpulse router`")
+    router_port: int = Field(6067, ge=0, le=65535, description="router /metrics and action links port")
+    router_host: str = Field("127.0.0.1", description="address the router's HTTP endpoint binds to")
+    router_public_url: str | None = Field(
+        None, description="URL chat users reach the router at, for action links (default http://host:port)"
+    )
+    router_token_key: str | None = Field(
+        None, repr=False, description="secret that signs action links (ack, snooze, approve); none: no links"
+    )
+    router_token_key_file: Path | None = Field(None, description="file holding router_token_key")
+    router_name: str | None = Field(None, description="consumer name in the router group (default host-pid)")
+    router_claim_idle_s: float = Field(
+        30.0, gt=0, description="take over a dead router's alerts after they sat unacknowledged this long"
+    )
+    router_group_wait_s: float = Field(
+        0.1, ge=0, description="after an alert arrives, wait this long for more of the same channel to group"
+    )
+    router_token_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long action links stay valid")
+
     log_level: str = Field("INFO")
 
     @field_validator("tz")
@@ -120,6 +140,15 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"ADPULSE_KAFKA_BOOTSTRAP entries must be host:port, got {server!r}")
         return value
+
+    def token_key(self) -> bytes | None:
+        """The key that signs action links: ``router_token_key``, else the content of its file, else None."""
+        if self.router_token_key:
+            return self.router_token_key.encode()
+        if self.router_token_key_file is not None:
+            text = self.router_token_key_file.read_text().strip()
+            return text.encode() if text else None
+        return None
 
     def topic(self, name: str) -> str:
         """Full topic name for a short name such as ``clicks``."""

@@ -42,6 +42,7 @@ from alerts.kpi import kpis
 from alerts.lifecycle import AlertBook, Policy
 from alerts.model import Finding, Fingerprint, fingerprint
 from alerts.payload import Links, build_alert
+from alerts.router.state import read_acks
 from alerts.rules import RulesConfig, evaluate_thresholds
 from alerts.sinks.metrics import AlertMetrics
 from alerts.sinks.redis_sink import RedisAlertSink
@@ -338,6 +339,15 @@ class Evaluator:
         now = datetime.fromtimestamp(self.clock(), timezone.utc)
         alerts = self.book.evaluate(findings, judged, now)
         payloads = [build_alert(alert, self.config.links) for alert in alerts]
+        if any(alert.change == "repeat" for alert in alerts):
+            # Someone acknowledged or snoozed it (chat link, `adpulse alerts ack`): no repeats.
+            acks = await read_acks(self.redis, self.redis_prefix)
+            kept = [
+                i for i, (alert, payload) in enumerate(zip(alerts, payloads, strict=True))
+                if not (alert.change == "repeat" and (ack := acks.get(alert.finding.fingerprint)) is not None
+                        and ack.mutes(payload, now.timestamp()))
+            ]
+            alerts, payloads = [alerts[i] for i in kept], [payloads[i] for i in kept]
         written = await self.sink.publish(payloads, self.book.pop_changes())
         new = [alert for alert, fresh in zip(alerts, written, strict=True) if fresh]
         self.metrics.observe(new)

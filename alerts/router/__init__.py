@@ -1,0 +1,1 @@
+"""The chat router: alerts from the Redis stream to Feishu, DingTalk, WeCom, Slack, webhooks and apprise."""

@@ -1,0 +1,513 @@
+"""The chat router: a Redis consumer group on ``<prefix>:alerts`` that delivers each alert to its targets.
+
+Guarantees, and how:
+
+- **Never lost.** An entry is acknowledged (XACK) only after every target of it has a final outcome: sent,
+  or dead-lettered to ``<prefix>:alerts:dead`` with the error. A router that dies leaves its entries pending;
+  it reads them again when it comes back under the same name, and any other router takes them over
+  (XAUTOCLAIM) once they sat idle for ``claim_idle_s``. Entries in delivery are kept fresh (XCLAIM JUSTID),
+  so a slow retry is not taken over mid-flight.
+- **Never doubled.** Before a target gets an alert, ``<prefix>:router:sent:<target>:<id>`` is checked; it is
+  set right after the target accepted it. The one gap left is a crash between the target's "OK" and that
+  write (well under a millisecond): the generic webhook carries ``Idempotency-Key`` for that case.
+- **Redis down.** The router pauses, retries with backoff, and resumes where it was: nothing is acknowledged
+  that was not delivered, and a delivery whose "sent" mark could not be written is remembered and written
+  when Redis is back.
+
+Later work (quiet hours, escalation) is kept in Redis sorted sets, claimed with a lease, so any router can
+do it and a crash in the middle only delays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from alerts.router.config import RoutesConfig
+from alerts.router.delivery import Deliverer
+from alerts.router.messages import Notification
+from alerts.router.metrics import RouterMetrics
+from alerts.router.routing import Plan, grouped, needs_escalation, plan, quiet_until
+from alerts.router.state import Ack, read_acks
+from alerts.router.tokens import ActionLinks
+
+log = logging.getLogger("adpulse.router")
+
+GROUP = "router"
+SENT_TTL_S = 30 * 86400
+#: On its first start the group begins this far back, so alerts written just before are not missed
+#: and an old history does not page anyone.
+FIRST_START_LOOKBACK_S = 3600.0
+#: A later job (deferred or escalation) is leased this long to the router that took it.
+LEASE_S = 60.0
+
+# ZSET member claim: take the job if it is due, by pushing its score past the lease.
+_CLAIM = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RouterKeys:
+    prefix: str
+
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix}:alerts"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}:alerts:active"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:alerts:dead"
+
+    @property
+    def deferred(self) -> str:
+        return f"{self.prefix}:router:deferred"
+
+    @property
+    def escalations(self) -> str:
+        return f"{self.prefix}:router:escalations"
+
+    def sent(self, target: str, delivery_key: str) -> str:
+        return f"{self.prefix}:router:sent:{target}:{delivery_key}"
+
+
+@dataclass(slots=True)
+class _Job:
+    """One message to one target: alerts of one channel (their delivery keys) and who to mention."""
+
+    target: str
+    alerts: list[Mapping[str, Any]]
+    keys: list[str]
+    owners: tuple[str, ...]
+    escalated_from: tuple[str, ...] = ()
+    entry_ms: list[int] = field(default_factory=list)
+
+
+class Router:
+    """Delivers alerts from the stream to the targets of their routes. ``run()`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        redis: Any,
+        config: RoutesConfig,
+        deliverer: Deliverer,
+        metrics: RouterMetrics,
+        *,
+        prefix: str = "adpulse",
+        name: str = "router-1",
+        claim_idle_s: float = 30.0,
+        group_wait_s: float = 0.1,
+        links: ActionLinks | None = None,
+        batch: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.config = config
+        self.deliverer = deliverer
+        self.metrics = metrics
+        self.keys = RouterKeys(prefix)
+        self.prefix = prefix
+        self.name = name
+        self.claim_idle_s = claim_idle_s
+        self.group_wait_s = group_wait_s
+        self.links = links
+        self.batch = batch
+        self.clock = clock
+        self._inflight: set[str] = set()
+        self._unrecorded: dict[str, int] = {}  # "sent" marks that Redis could not take yet
+        self._claim = redis.register_script(_CLAIM)
+        self.ready = asyncio.Event()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; Redis outages pause the loop, never end it."""
+        backoff = 0.5
+        own_pending = True
+        last_housekeeping = 0.0
+        keeper = asyncio.create_task(self._keep_inflight_fresh(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    if own_pending:
+                        await self._ensure_group()
+                        await self._record_unrecorded()
+                        # Entries this consumer read before a crash or restart: deliver them first.
+                        await self._process(await self._read("0"))
+                        own_pending = False
+                        self.ready.set()
+                        log.info("router %s: reading %s", self.name, self.keys.stream)
+                    now = time.monotonic()
+                    if now - last_housekeeping >= 1.0:
+                        last_housekeeping = now
+                        await self._record_unrecorded()
+                        await self._take_over_idle()
+                        await self._due_jobs()
+                        await self._update_gauges()
+                    entries = await self._read(">", block_ms=500)
+                    if entries and self.group_wait_s > 0:
+                        # A burst comes in one tick of the worker: wait a moment to put it in one message.
+                        await asyncio.sleep(self.group_wait_s)
+                        entries += await self._read(">")
+                    await self._process(entries)
+                    backoff = 0.5
+                except (RedisError, OSError) as exc:
+                    self.ready.clear()
+                    own_pending = True
+                    log.warning(
+                        "router %s: Redis unavailable (%s); paused, retrying in %.1f s",
+                        self.name,
+                        type(exc).__name__,
+                        backoff,
+                    )
+                    try:
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    except TimeoutError:
+                        pass
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            keeper.cancel()
+
+    async def _ensure_group(self) -> None:
+        start_ms = int((self.clock() - FIRST_START_LOOKBACK_S) * 1000)
+        try:
+            await self.redis.xgroup_create(self.keys.stream, GROUP, id=f"{max(start_ms, 0)}-0", mkstream=True)
+            log.info("router: created consumer group %r on %s", GROUP, self.keys.stream)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self, which: str, block_ms: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply = await self.redis.xreadgroup(
+            GROUP, self.name, {self.keys.stream: which}, count=self.batch, block=block_ms
+        )
+        return [entry for _, entries in reply or () for entry in entries if entry[1] is not None]
+
+    async def _take_over_idle(self) -> None:
+        """Entries a dead router left pending: claim and deliver them."""
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.keys.stream,
+                GROUP,
+                self.name,
+                int(self.claim_idle_s * 1000),
+                start_id=start,
+                count=self.batch,
+            )
+            start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
+            if entries:
+                log.warning(
+                    "router %s: took over %d alert(s) another router left undelivered",
+                    self.name,
+                    len(entries),
+                )
+                await self._process(entries)
+            if start in (b"0-0", "0-0"):
+                return
+
+    async def _keep_inflight_fresh(self, stop: asyncio.Event) -> None:
+        """Reset the idle time of entries in delivery, so no other router takes them over meanwhile."""
+        while not stop.is_set():
+            await asyncio.sleep(max(self.claim_idle_s / 3, 0.1))
+            if self._inflight:
+                try:
+                    await self.redis.xclaim(
+                        self.keys.stream, GROUP, self.name, 0, list(self._inflight), justid=True
+                    )
+                except (RedisError, OSError):
+                    pass  # the main loop notices and pauses
+
+    # -- processing ----------------------------------------------------------------------------
+
+    async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        if not entries:
+            return
+        ids = [entry_id.decode() if isinstance(entry_id, bytes) else entry_id for entry_id, _ in entries]
+        self._inflight.update(ids)
+        try:
+            now = self.clock()
+            acks = await read_acks(self.redis, self.prefix)
+            pairs: list[tuple[str, Mapping[str, Any]]] = []
+            owners: dict[tuple[str, str], tuple[str, ...]] = {}
+            entry_ms: dict[int, int] = {}
+            for entry_id, (_, fields) in zip(ids, entries, strict=True):
+                alert = await self._decode(entry_id, fields)
+                if alert is None:
+                    continue
+                entry_ms[id(alert)] = int(entry_id.split("-")[0])
+                if _muted(alert, acks.get(str(alert.get("fingerprint"))), now):
+                    log.info(
+                        "router: %s %s muted (acknowledged or snoozed)",
+                        alert.get("change"),
+                        alert.get("fingerprint"),
+                    )
+                    continue
+                for route_plan in plan(alert, self.config):
+                    held = quiet_until(route_plan.quiet_hours, alert, now)
+                    if held is not None:
+                        await self._defer(alert, route_plan, held)
+                        continue
+                    pairs.append((route_plan.target, alert))
+                    key = (route_plan.target, str(alert.get("channel")))
+                    owners[key] = owners.get(key, ()) + tuple(
+                        o for o in route_plan.owners if o not in owners.get(key, ())
+                    )
+                    if needs_escalation(alert, route_plan.escalate):
+                        await self._schedule_escalation(alert, route_plan)
+            jobs = [
+                _Job(
+                    target,
+                    part,
+                    [str(a["id"]) for a in part],
+                    owners[(target, channel)],
+                    entry_ms=[entry_ms[id(a)] for a in part],
+                )
+                for (target, channel), alerts in grouped(pairs).items()
+                for part in self._messages(target, alerts)
+            ]
+            await self._deliver_all(jobs)
+            await self.redis.xack(self.keys.stream, GROUP, *ids)
+        finally:
+            self._inflight.difference_update(ids)
+
+    def _messages(self, target: str, alerts: list[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+        """How a target's alerts of one channel go out: one grouped message, or one request per alert for a
+        webhook (its body is one alert), each marked sent on its own so a crash resends at most one."""
+        if self.config.targets[target].type == "webhook":
+            return [[alert] for alert in alerts]
+        return [alerts]
+
+    async def _decode(self, entry_id: str, fields: Mapping[bytes, bytes]) -> Mapping[str, Any] | None:
+        raw = fields.get(b"alert")
+        try:
+            alert = orjson.loads(raw) if raw is not None else None
+            if not isinstance(alert, dict) or not alert.get("id"):
+                raise ValueError("no alert JSON with an id in field 'alert'")
+            return alert
+        except ValueError as exc:
+            await self._dead(None, {"entry": entry_id}, f"not an alert: {exc}")
+            return None
+
+    async def _deliver_all(self, jobs: list[_Job]) -> None:
+        """Each target's messages in order; targets side by side."""
+        by_target: dict[str, list[_Job]] = {}
+        for job in jobs:
+            by_target.setdefault(job.target, []).append(job)
+        # Every target finishes (or fails) before the batch is judged: none goes on alone during an outage.
+        results = await asyncio.gather(
+            *(self._deliver_in_order(target_jobs) for target_jobs in by_target.values()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _deliver_in_order(self, jobs: Iterable[_Job]) -> None:
+        for job in jobs:
+            await self._deliver(job)
+
+    async def _deliver(self, job: _Job) -> bool:
+        """Deliver the alerts of ``job`` not delivered to its target yet; True when none is left undelivered."""
+        marks = [self.keys.sent(job.target, key) for key in job.keys]
+        done = await self.redis.mget(marks)
+        todo = [
+            i
+            for i, (mark, seen) in enumerate(zip(marks, done, strict=True))
+            if seen is None and mark not in self._unrecorded
+        ]
+        if not todo:
+            return True
+        spec = self.config.spec(job.target)
+        alerts = tuple(job.alerts[i] for i in todo)
+        now = self.clock()
+        notification = Notification(
+            alerts=alerts,
+            owners=job.owners,
+            locale=spec.locale,
+            actions={str(a["id"]): self.links.for_alert(a, now) for a in alerts} if self.links else {},
+            escalated_from=job.escalated_from,
+        )
+        result = await self.deliverer.deliver(spec, notification)
+        if result.retries:
+            self.metrics.notifications.labels(job.target, "retried").inc(result.retries)
+        if result.outcome == "sent":
+            await self._mark_sent([marks[i] for i in todo])
+            self.metrics.notifications.labels(job.target, "sent").inc(len(todo))
+            delivered_s = self.clock()
+            for i in todo:
+                if i < len(job.entry_ms):
+                    self.metrics.latency.labels(job.target).observe(
+                        max(0.0, delivered_s - job.entry_ms[i] / 1000)
+                    )
+            return True
+        log.error(
+            "router: %d alert(s) to %s failed after %d attempt(s): %s",
+            len(todo),
+            job.target,
+            result.attempts,
+            result.error,
+        )
+        for alert in alerts:
+            await self._dead(job.target, alert, result.error or "failed")
+        self.metrics.notifications.labels(job.target, "failed").inc(len(todo))
+        return False
+
+    async def _mark_sent(self, marks: list[str]) -> None:
+        expires = int(self.clock()) + SENT_TTL_S
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for mark in marks:
+                pipe.set(mark, b"1", exat=expires)
+            await pipe.execute()
+        except (RedisError, OSError):
+            # Delivered, but Redis is away: remember it, or the retry after the outage would send it twice.
+            self._unrecorded.update(dict.fromkeys(marks, expires))
+            raise
+
+    async def _record_unrecorded(self) -> None:
+        if self._unrecorded:
+            pipe = self.redis.pipeline(transaction=False)
+            for mark, expires in self._unrecorded.items():
+                pipe.set(mark, b"1", exat=expires)
+            await pipe.execute()
+            self._unrecorded.clear()
+
+    async def _dead(self, target: str | None, alert: Mapping[str, Any], error: str) -> None:
+        await self.redis.xadd(
+            self.keys.dead,
+            {
+                "alert": orjson.dumps(alert),
+                "target": target or "",
+                "error": error,
+                "at": str(int(self.clock() * 1000)),
+            },
+            maxlen=100_000,
+            approximate=True,
+        )
+        if target is None:
+            self.metrics.notifications.labels("-", "failed").inc()
+
+    # -- later work: quiet hours and escalation ------------------------------------------------
+
+    async def _defer(self, alert: Mapping[str, Any], route_plan: Plan, until_s: float) -> None:
+        job = {
+            "alert": alert,
+            "target": route_plan.target,
+            "owners": list(route_plan.owners),
+            "kind": "deferred",
+        }
+        await self.redis.zadd(self.keys.deferred, {orjson.dumps(job): until_s}, nx=True)
+        log.info("router: %s to %s held for quiet hours", alert.get("fingerprint"), route_plan.target)
+
+    async def _schedule_escalation(self, alert: Mapping[str, Any], route_plan: Plan) -> None:
+        escalate = route_plan.escalate
+        assert escalate is not None
+        job = {
+            "kind": "escalation",
+            "fingerprint": alert.get("fingerprint"),
+            "id": alert.get("id"),
+            "fired_at": alert.get("fired_at"),
+            "owners": list(escalate.owners),
+            "targets": list(escalate.targets or [route_plan.target]),
+            "from": list(route_plan.owners),
+        }
+        await self.redis.zadd(
+            self.keys.escalations, {orjson.dumps(job): self.clock() + escalate.after_s}, nx=True
+        )
+
+    async def _due_jobs(self) -> None:
+        now = self.clock()
+        for key in (self.keys.deferred, self.keys.escalations):
+            for member in await self.redis.zrangebyscore(key, "-inf", now, start=0, num=self.batch):
+                if not await self._claim(keys=[key], args=[member, now, now + LEASE_S]):
+                    continue  # another router took it
+                job = orjson.loads(member)
+                if job["kind"] == "deferred":
+                    spec_ok = job["target"] in self.config.targets
+                    if spec_ok:
+                        alert = job["alert"]
+                        await self._deliver(
+                            _Job(job["target"], [alert], [str(alert["id"])], tuple(job["owners"]))
+                        )
+                else:
+                    await self._escalate(job)
+                await self.redis.zrem(key, member)
+
+    async def _escalate(self, job: Mapping[str, Any]) -> None:
+        """Escalate a critical alert that is still firing in the same episode and nobody acknowledged."""
+        raw = await self.redis.hget(self.keys.active, job["fingerprint"])
+        alert = orjson.loads(raw) if raw else None
+        if alert is None or alert.get("fired_at") != job["fired_at"]:
+            return  # resolved (or a new episode) meanwhile
+        acks = await read_acks(self.redis, self.prefix)
+        ack = acks.get(str(job["fingerprint"]))
+        if ack is not None and ack.mutes(alert, self.clock()):
+            return
+        log.warning(
+            "router: escalating %s (not acknowledged) to %s", job["fingerprint"], ", ".join(job["targets"])
+        )
+        escalated = {**alert, "change": "escalated"}
+        for target in job["targets"]:
+            if target in self.config.targets:
+                await self._deliver(
+                    _Job(
+                        target,
+                        [escalated],
+                        [f"{job['id']}:escalation"],
+                        tuple(job["owners"]),
+                        escalated_from=tuple(job["from"]),
+                    )
+                )
+
+    # -- gauges ---------------------------------------------------------------------------------
+
+    async def _update_gauges(self) -> None:
+        now = self.clock()
+        pending = await self.redis.xpending(self.keys.stream, GROUP)
+        self.metrics.pending.set(pending["pending"] if pending else 0)
+        acks = await read_acks(self.redis, self.prefix)
+        counts: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        for raw in (await self.redis.hgetall(self.keys.active)).values():
+            alert = orjson.loads(raw)
+            ack = acks.get(str(alert.get("fingerprint")))
+            if ack is not None and ack.mutes(alert, now):
+                continue
+            severity = str(alert.get("severity"))
+            counts[severity] = counts.get(severity, 0) + 1
+            fired = _epoch(alert.get("fired_at"))
+            if fired is not None:
+                oldest[severity] = max(oldest.get(severity, 0.0), now - fired)
+        for severity in ("info", "warning", "critical"):
+            self.metrics.unacknowledged.labels(severity).set(counts.get(severity, 0))
+            self.metrics.unacknowledged_age.labels(severity).set(oldest.get(severity, 0.0))
+
+
+def _muted(alert: Mapping[str, Any], ack: Ack | None, now_s: float) -> bool:
+    """Repeats of an acknowledged or snoozed alert are not sent (its resolution and escalation in severity are)."""
+    return ack is not None and alert.get("change") == "repeat" and ack.mutes(alert, now_s)
+
+
+def _epoch(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp() if text else None
+    except ValueError:
+        return None

@@ -1,0 +1,147 @@
+"""Signed, expiring action tokens for the links in chat messages (acknowledge, snooze, approve). Pure.
+
+A token is ``<payload>.<mac>``: the payload is base64url JSON naming the action and the alert; the mac is
+HMAC-SHA256 of the payload under the router's token key. Anyone holding the link can act on that one alert
+until it expires, as with the buttons of any chat-ops tool; nothing else can be done with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+ACTIONS = ("ack", "snooze", "approve")
+_SNOOZE_S = 3600.0
+
+
+class TokenError(ValueError):
+    """The token is malformed, forged or expired; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What a token allows: ``action`` on the alert episode ``fingerprint`` / ``fired_at``."""
+
+    action: str
+    fingerprint: str
+    alert_id: str
+    fired_at: str | None
+    expires_s: float
+    summary: str = ""
+    snooze_s: float = _SNOOZE_S
+    #: For approve: channel, campaign, period and the period's start (RFC 3339) of the budget.
+    budget: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+
+
+def sign(action: Action, key: bytes) -> str:
+    """The token for ``action``."""
+    body = {
+        "a": action.action,
+        "fp": action.fingerprint,
+        "id": action.alert_id,
+        "fa": action.fired_at,
+        "exp": int(action.expires_s),
+        "s": action.summary[:200],
+        "sn": action.snooze_s,
+    }
+    if action.budget:
+        body["b"] = dict(action.budget)
+    payload = _b64(orjson.dumps(body))
+    return f"{payload}.{_mac(key, payload)}"
+
+
+def verify(token: str, key: bytes, now_s: float) -> Action:
+    """The action a token allows; TokenError if it is forged, malformed or expired."""
+    payload, dot, mac = token.partition(".")
+    if not dot or not hmac.compare_digest(mac, _mac(key, payload)):
+        raise TokenError("this link is not valid (it was changed, or signed with another key)")
+    try:
+        body = orjson.loads(_unb64(payload))
+        action = Action(
+            action=body["a"],
+            fingerprint=body["fp"],
+            alert_id=body["id"],
+            fired_at=body.get("fa"),
+            expires_s=float(body["exp"]),
+            summary=body.get("s", ""),
+            snooze_s=float(body.get("sn", _SNOOZE_S)),
+            budget=body.get("b") or {},
+        )
+    except (ValueError, KeyError, TypeError):
+        raise TokenError("this link is not valid (its content is malformed)") from None
+    if action.action not in ACTIONS:
+        raise TokenError(f"unknown action {action.action!r}")
+    if action.expires_s < now_s:
+        raise TokenError(
+            "this link has expired; use `adpulse alerts ack` or `adpulse budget approve` instead"
+        )
+    return action
+
+
+@dataclass(frozen=True, slots=True)
+class ActionLinks:
+    """Builds the action links of an alert: ``{base_url}/a/{token}``."""
+
+    key: bytes
+    base_url: str
+    ttl_s: float = 7 * 86400.0
+    snooze_s: float = _SNOOZE_S
+
+    def for_alert(self, alert: Mapping[str, Any], now_s: float) -> dict[str, str]:
+        """Links for a firing alert: ack and snooze; approve for a budget's warning line. None when resolved."""
+        if alert.get("status") != "firing" or not alert.get("fingerprint") or not alert.get("id"):
+            return {}
+        common = {
+            "fingerprint": str(alert["fingerprint"]),
+            "alert_id": str(alert["id"]),
+            "fired_at": alert.get("fired_at"),
+            "expires_s": now_s + self.ttl_s,
+            "summary": str(alert.get("summary") or ""),
+            "snooze_s": self.snooze_s,
+        }
+        links = {name: self._url(Action(action=name, **common)) for name in ("ack", "snooze")}
+        budget = approvable_budget(alert)
+        if budget:
+            links["approve"] = self._url(Action(action="approve", budget=budget, **common))
+        return links
+
+    def _url(self, action: Action) -> str:
+        return f"{self.base_url.rstrip('/')}/a/{quote(sign(action, self.key))}"
+
+
+def approvable_budget(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """For a firing budget warning (the 80 % line): what identifies the budget and period; else {}."""
+    evidence = alert.get("evidence") or {}
+    if (
+        alert.get("kind") != "budget"
+        or alert.get("metric") != "spend"
+        or alert.get("severity") != "warning"
+        or not evidence.get("period")
+        or not alert.get("window_start")
+    ):
+        return {}
+    return {
+        "channel": alert.get("channel"),
+        "campaign": alert.get("campaign"),
+        "period": evidence["period"],
+        "period_start": alert["window_start"],
+    }

@@ -1,0 +1,104 @@
+"""The router's HTTP endpoint: ``/metrics``, ``/healthz`` and the action links of chat messages.
+
+``GET /a/<token>`` shows what the link will do and a button; ``POST /a/<token>`` does it. Chat apps fetch
+links to preview them, so a GET never acts.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from alerts.router.state import acknowledge, approve
+from alerts.router.tokens import Action, TokenError, verify
+
+log = logging.getLogger("adpulse.router")
+
+_VERBS = {
+    "ack": ("Acknowledge", "acknowledged: no more repeats or escalation for this alert"),
+    "snooze": ("Snooze", "snoozed: no repeats until {until}"),
+    "approve": ("Approve the budget past 80 %", "approved: spending may go on this period"),
+}
+
+
+def make_app(
+    redis: Any,
+    prefix: str,
+    registry: CollectorRegistry,
+    token_key: bytes | None,
+    zone: ZoneInfo,
+    ready: Callable[[], bool] = lambda: True,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The aiohttp application; action links answer 404 when no token key is configured."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+    def action_of(request: web.Request) -> Action:
+        if token_key is None:
+            raise web.HTTPNotFound(text="action links are off: set ADPULSE_ROUTER_TOKEN_KEY on the router")
+        try:
+            return verify(request.match_info["token"], token_key, clock())
+        except TokenError as exc:
+            raise web.HTTPForbidden(text=str(exc)) from None
+
+    async def show(request: web.Request) -> web.Response:
+        action = action_of(request)
+        verb, _ = _VERBS[action.action]
+        body = (
+            f"<h1>{html.escape(verb)}</h1><p>{html.escape(action.summary)}</p>"
+            f"<p><code>{html.escape(action.fingerprint)}</code></p>"
+            "<form method='post'><label>Your name <input name='by' required></label> "
+            f"<button type='submit'>{html.escape(verb)}</button></form>"
+        )
+        return _page(verb, body)
+
+    async def act(request: web.Request) -> web.Response:
+        action = action_of(request)
+        form = await request.post()
+        by = str(form.get("by") or "").strip()[:64] or "chat link"
+        now = clock()
+        if action.action == "approve":
+            approval, new = await approve(redis, prefix, action.budget, by, now, zone, note="via chat link")
+            done = "approved" if new else f"already approved by {approval.by} at {approval.at}"
+        else:
+            snooze = action.snooze_s if action.action == "snooze" else None
+            ack = await acknowledge(
+                redis, prefix, action.fingerprint, action.fired_at, by, now, snooze_s=snooze
+            )
+            done = _VERBS[action.action][1].format(
+                until=time.strftime("%H:%M", time.localtime(ack.until or now))
+            )
+        log.info("router: %s %s by %s", action.action, action.fingerprint, by)
+        return _page("Done", f"<h1>Done</h1><p>{html.escape(action.summary)}</p><p>{html.escape(done)}</p>")
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/metrics", metrics),
+            web.get("/healthz", healthz),
+            web.get("/a/{token}", show),
+            web.post("/a/{token}", act),
+        ]
+    )
+    return app
+
+
+def _page(title: str, body: str) -> web.Response:
+    return web.Response(
+        text=f"<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        f"<title>adpulse · {html.escape(title)}</title><body style='font-family:sans-serif'>{body}</body>",
+        content_type="text/html",
+    )
