@@ -35,7 +35,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
 from alert_latency import percentile, write_markdown  # noqa: E402
-from procstat import cpu_seconds, machine, machine_markdown  # noqa: E402
+from procstat import cpu_seconds, load_average, machine, machine_markdown  # noqa: E402
 from throughput import Started, code_version, free_port  # noqa: E402
 
 from adpulse.settings import Settings  # noqa: E402
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     waits = args.waits or [Settings().router_group_wait_s, 0.0]
-    info = {**machine(), "code": code_version()}
+    info = {**machine(), "load": load_average(), "code": code_version()}
     print(f"machine: {info}")
     started = Started()
     runs = []
