@@ -49,15 +49,36 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
 ) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules: []\n")  # anomalies only: the seed targets would flag low-CTR channels too
-    settings = make_settings(grace_s=30.0, idle_partition_s=3.0, tick_s=0.5, flush_interval_s=0.25,
+    # Idle partitions must not let event time run to the wall clock between the two backfills below.
+    settings = make_settings(grace_s=30.0, idle_partition_s=3600.0, tick_s=0.5, flush_interval_s=0.25,
                              web_port=free_port(), home=tmp_path / "home", rules_file=rules)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_ready()
-        # Up to now: a backfill that stopped short of the present would be a real outage of every channel.
-        sim = adpulse(settings, "simulate", "--start", "-4h", "--speed", "max",
+        # Two backfills up to now (one that stopped short of the present would be a real outage of every
+        # channel): the first ends while douyin's CTR is still down, so the alert stays firing until the
+        # second one brings the recovery.
+        sim = adpulse(settings, "simulate", "--start", "-4h", "--duration", "150m", "--speed", "max",
                       "--rate", "20", "--flat", "--seed", "5", "--quiet",
-                      "--scenario", "ctr-drop:channel=douyin,at=120m,for=30m")
+                      "--scenario", "ctr-drop:channel=douyin,at=120m")
+        assert sim.returncode == 0, sim.stderr
+
+        def firing() -> bool:
+            assert worker.alive(), worker.log_tail()
+            return any(a["status"] == "firing" for a in stream_alerts(settings))
+
+        try:
+            wait_for(firing, 120, "the CTR drop to fire")
+        except AssertionError:
+            raise AssertionError(f"alerts: {stream_alerts(settings)}\n{worker.log_tail()}") from None
+        wait_for(lambda: metric_sum(worker.metrics(), "adpulse_alerts_firing") > 0, 10, "the firing gauge")
+        metrics = worker.metrics()
+        assert metric_sum(metrics, "adpulse_alerts_firing") == 1
+        assert metric_sum(metrics, "adpulse_alerts_firing", kind="anomaly", channel="douyin") == 1
+        assert list(active_alerts(settings)) == [stream_alerts(settings)[0]["fingerprint"]]
+
+        sim = adpulse(settings, "simulate", "--start", "-90m", "--speed", "max",
+                      "--rate", "20", "--flat", "--seed", "6", "--quiet")
         assert sim.returncode == 0, sim.stderr
 
         def resolved() -> bool:
@@ -65,7 +86,7 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
             return any(a["status"] == "resolved" for a in stream_alerts(settings))
 
         try:
-            wait_for(resolved, 180, "the CTR drop to fire and resolve", interval_s=2.0)
+            wait_for(resolved, 180, "the CTR drop to resolve", interval_s=2.0)
         except AssertionError:
             raise AssertionError(f"alerts: {stream_alerts(settings)}\n{worker.log_tail()}") from None
         time.sleep(3)  # a few more ticks: nothing else may fire
