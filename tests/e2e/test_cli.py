@@ -99,7 +99,8 @@ def test_simulated_backfill_reads_back_exactly_through_the_cli(
 
 
 def test_help_is_there_for_every_command() -> None:
-    for command in ([], ["worker"], ["kpis"], ["simulate"], ["demo"], ["stack"], ["stack", "up"]):
+    for command in ([], ["worker"], ["kpis"], ["simulate"], ["demo"], ["stack"], ["stack", "up"], ["router"],
+                    ["alerts"], ["alerts", "ack"], ["alerts", "snooze"]):
         result = subprocess.run([sys.executable, "-m", "adpulse", *command, "--help"], capture_output=True,
                                 text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr
@@ -112,3 +113,19 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
                             timeout=60, check=False)
     assert result.returncode == 2
     assert "ADPULSE_TZ" in result.stderr and "IANA" in result.stderr
+
+
+def test_a_wrong_routes_file_is_a_clear_error_that_shows_no_secret(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yml"
+    routes.write_text("targets:\n  team: {type: feishu, url: '${TEAM_URL}', secret: '${TEAM_SECRET}'}\n"
+                      "routes:\n  - {targets: [team, nobody]}\n")
+    env = {**os.environ, "ADPULSE_HOME": str(tmp_path), "TEAM_URL": "https://hook/canary-url-4242",
+           "TEAM_SECRET": "canary-secret-4242"}
+    result = subprocess.run([sys.executable, "-m", "adpulse", "router", "--config", str(routes), "--check"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "unknown target" in result.stderr and "'nobody'" in result.stderr
+    assert "canary" not in result.stderr + result.stdout
+    del env["TEAM_SECRET"]
+    result = subprocess.run([sys.executable, "-m", "adpulse", "router", "--config", str(routes), "--check"],
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "TEAM_SECRET" in result.stderr and "canary" not in result.stderr
