@@ -3,10 +3,12 @@
 Guarantees, and how:
 
 - **Never lost.** An entry is acknowledged (XACK) only after every target of it has a final outcome: sent,
-  or dead-lettered to ``<prefix>:alerts:dead`` with the error. A router that dies leaves its entries pending;
-  it reads them again when it comes back under the same name, and any other router takes them over
-  (XAUTOCLAIM) once they sat idle for ``claim_idle_s``. Entries in delivery are kept fresh (XCLAIM JUSTID),
-  so a slow retry is not taken over mid-flight.
+  or dead-lettered to ``<prefix>:alerts:dead`` with the error (so is an alert that cannot be read or
+  rendered, and one trimmed from the stream before anyone delivered it). A router that dies leaves its
+  entries pending; any router, a restarted one too, takes them over (XAUTOCLAIM) once they sat idle for
+  ``claim_idle_s`` (one that comes back under the same ``ADPULSE_ROUTER_NAME`` reads them at once). Entries
+  in delivery are kept fresh (XCLAIM JUSTID, only while this router still owns them), so a slow retry is not
+  taken over mid-flight.
 - **Never doubled.** Before a target gets an alert, ``<prefix>:router:sent:<target>:<id>`` is checked; it is
   set right after the target accepted it. The one gap left is a crash between the target's "OK" and that
   write (well under a millisecond): the generic webhook carries ``Idempotency-Key`` for that case.
@@ -14,8 +16,10 @@ Guarantees, and how:
   that was not delivered, and a delivery whose "sent" mark could not be written is remembered and written
   when Redis is back.
 
-Later work (quiet hours, escalation) is kept in Redis sorted sets, claimed with a lease, so any router can
-do it and a crash in the middle only delays it.
+Later work (quiet hours, escalation) is kept in Redis sorted sets, claimed with a lease that is renewed while
+the job is delivered, so any router can do it and a crash in the middle only delays it. Known gap: a router
+cut off from Redis for longer than ``claim_idle_s`` after a delivery whose mark it could not write may see
+that alert delivered again by the router that took over.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from alerts.router.config import RoutesConfig
-from alerts.router.delivery import Deliverer
+from alerts.router.delivery import Deliverer, Delivery
 from alerts.router.messages import Notification
 from alerts.router.metrics import RouterMetrics
 from alerts.router.routing import Plan, grouped, needs_escalation, plan, quiet_until
@@ -58,6 +62,16 @@ if score and tonumber(score) <= tonumber(ARGV[2]) then
 end
 return 0
 """
+# Renew a lease: only while the job's score is still the lease this router set.
+_RENEW = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+#: Consumers of the group idle this long, with nothing pending, are removed (dead routers' names).
+STALE_CONSUMER_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,7 @@ class Router:
         self._inflight: set[str] = set()
         self._unrecorded: dict[str, int] = {}  # "sent" marks that Redis could not take yet
         self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
         self.ready = asyncio.Event()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -150,7 +165,7 @@ class Router:
                         await self._ensure_group()
                         await self._record_unrecorded()
                         # Entries this consumer read before a crash or restart: deliver them first.
-                        await self._process(await self._read("0"))
+                        await self._own_pending()
                         own_pending = False
                         self.ready.set()
                         log.info("router %s: reading %s", self.name, self.keys.stream)
@@ -161,6 +176,7 @@ class Router:
                         await self._take_over_idle()
                         await self._due_jobs()
                         await self._update_gauges()
+                        await self._forget_stale_consumers()
                     entries = await self._read(">", block_ms=500)
                     if entries and self.group_wait_s > 0:
                         # A burst comes in one tick of the worker: wait a moment to put it in one message.
@@ -198,7 +214,21 @@ class Router:
         reply = await self.redis.xreadgroup(
             GROUP, self.name, {self.keys.stream: which}, count=self.batch, block=block_ms
         )
-        return [entry for _, entries in reply or () for entry in entries if entry[1] is not None]
+        return [entry for _, entries in reply or () for entry in entries]
+
+    async def _own_pending(self) -> None:
+        """Deliver every entry this consumer read and did not acknowledge, in batches."""
+        after = "0"
+        while entries := await self._read(after):
+            await self._process(entries)
+            after = _text(entries[-1][0])
+
+    async def _forget_stale_consumers(self) -> None:
+        """Remove consumers of dead routers (nothing pending, idle for an hour) so the group stays tidy."""
+        for consumer in await self.redis.xinfo_consumers(self.keys.stream, GROUP):
+            name = _text(consumer["name"])
+            if name != self.name and consumer["pending"] == 0 and consumer["idle"] > STALE_CONSUMER_S * 1000:
+                await self.redis.xgroup_delconsumer(self.keys.stream, GROUP, name)
 
     async def _take_over_idle(self) -> None:
         """Entries a dead router left pending: claim and deliver them."""
@@ -212,7 +242,9 @@ class Router:
                 start_id=start,
                 count=self.batch,
             )
-            start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
+            start, entries = reply[0], reply[1]
+            for gone in reply[2] if len(reply) > 2 else ():
+                await self._dead(None, {"entry": _text(gone)}, "trimmed from the stream before it was delivered")
             if entries:
                 log.warning(
                     "router %s: took over %d alert(s) another router left undelivered",
@@ -229,9 +261,14 @@ class Router:
             await asyncio.sleep(max(self.claim_idle_s / 3, 0.1))
             if self._inflight:
                 try:
-                    await self.redis.xclaim(
-                        self.keys.stream, GROUP, self.name, 0, list(self._inflight), justid=True
+                    # Only entries still ours: one another router took over (after an outage) stays its.
+                    owned = await self.redis.xpending_range(
+                        self.keys.stream, GROUP, min="-", max="+", count=len(self._inflight) + self.batch,
+                        consumername=self.name,
                     )
+                    mine = [_text(p["message_id"]) for p in owned if _text(p["message_id"]) in self._inflight]
+                    if mine:
+                        await self.redis.xclaim(self.keys.stream, GROUP, self.name, 0, mine, justid=True)
                 except (RedisError, OSError):
                     pass  # the main loop notices and pauses
 
@@ -240,7 +277,7 @@ class Router:
     async def _process(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         if not entries:
             return
-        ids = [entry_id.decode() if isinstance(entry_id, bytes) else entry_id for entry_id, _ in entries]
+        ids = [_text(entry_id) for entry_id, _ in entries]
         self._inflight.update(ids)
         try:
             now = self.clock()
@@ -263,7 +300,7 @@ class Router:
                 for route_plan in plan(alert, self.config):
                     held = quiet_until(route_plan.quiet_hours, alert, now)
                     if held is not None:
-                        await self._defer(alert, route_plan, held)
+                        await self._defer(alert, route_plan, held, entry_ms[id(alert)])
                         continue
                     pairs.append((route_plan.target, alert))
                     key = (route_plan.target, str(alert.get("channel")))
@@ -296,15 +333,21 @@ class Router:
         return [alerts]
 
     async def _decode(self, entry_id: str, fields: Mapping[bytes, bytes]) -> Mapping[str, Any] | None:
+        """The alert of a stream entry; anything else is dead-lettered with its raw content."""
+        if not fields:
+            await self._dead(None, {"entry": entry_id}, "trimmed from the stream before it was delivered")
+            return None
         raw = fields.get(b"alert")
         try:
             alert = orjson.loads(raw) if raw is not None else None
-            if not isinstance(alert, dict) or not alert.get("id"):
-                raise ValueError("no alert JSON with an id in field 'alert'")
-            return alert
+            problem = _not_an_alert(alert)
         except ValueError as exc:
-            await self._dead(None, {"entry": entry_id}, f"not an alert: {exc}")
-            return None
+            problem = f"not JSON: {exc}"
+        if problem is None:
+            return alert
+        shown = (raw or b"").decode("utf-8", "replace")[:4000]
+        await self._dead(None, {"entry": entry_id, "raw": shown}, f"not an alert: {problem}")
+        return None
 
     async def _deliver_all(self, jobs: list[_Job]) -> None:
         """Each target's messages in order; targets side by side."""
@@ -338,14 +381,21 @@ class Router:
         spec = self.config.spec(job.target)
         alerts = tuple(job.alerts[i] for i in todo)
         now = self.clock()
-        notification = Notification(
-            alerts=alerts,
-            owners=job.owners,
-            locale=spec.locale,
-            actions={str(a["id"]): self.links.for_alert(a, now) for a in alerts} if self.links else {},
-            escalated_from=job.escalated_from,
-        )
-        result = await self.deliverer.deliver(spec, notification)
+        try:
+            notification = Notification(
+                alerts=alerts,
+                owners=job.owners,
+                locale=spec.locale,
+                actions={str(a["id"]): self.links.for_alert(a, now) for a in alerts} if self.links else {},
+                escalated_from=job.escalated_from,
+            )
+            result = await self.deliverer.deliver(spec, notification)
+        except (RedisError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - bad data must not stop the router: dead-letter it
+            log.exception("router: cannot deliver %d alert(s) to %s", len(todo), job.target)
+            result = Delivery(outcome="failed", attempts=0, retries=0, status=None,
+                              error=f"cannot render or send: {type(exc).__name__}")
         if result.retries:
             self.metrics.notifications.labels(job.target, "retried").inc(result.retries)
         if result.outcome == "sent":
@@ -407,14 +457,16 @@ class Router:
 
     # -- later work: quiet hours and escalation ------------------------------------------------
 
-    async def _defer(self, alert: Mapping[str, Any], route_plan: Plan, until_s: float) -> None:
+    async def _defer(self, alert: Mapping[str, Any], route_plan: Plan, until_s: float, entry_ms: int) -> None:
         job = {
             "alert": alert,
             "target": route_plan.target,
             "owners": list(route_plan.owners),
             "kind": "deferred",
         }
-        await self.redis.zadd(self.keys.deferred, {orjson.dumps(job): until_s}, nx=True)
+        # One due time for a whole night: a few seconds' offset by stream order keeps fired before resolved.
+        order = max(0.0, entry_ms / 1000 - (until_s - 86400)) / 1000
+        await self.redis.zadd(self.keys.deferred, {orjson.dumps(job): until_s + order}, nx=True)
         log.info("router: %s to %s held for quiet hours", alert.get("fingerprint"), route_plan.target)
 
     async def _schedule_escalation(self, alert: Mapping[str, Any], route_plan: Plan) -> None:
@@ -437,19 +489,49 @@ class Router:
         now = self.clock()
         for key in (self.keys.deferred, self.keys.escalations):
             for member in await self.redis.zrangebyscore(key, "-inf", now, start=0, num=self.batch):
-                if not await self._claim(keys=[key], args=[member, now, now + LEASE_S]):
+                lease = now + LEASE_S
+                if not await self._claim(keys=[key], args=[member, now, lease]):
                     continue  # another router took it
-                job = orjson.loads(member)
-                if job["kind"] == "deferred":
-                    spec_ok = job["target"] in self.config.targets
-                    if spec_ok:
-                        alert = job["alert"]
-                        await self._deliver(
-                            _Job(job["target"], [alert], [str(alert["id"])], tuple(job["owners"]))
-                        )
-                else:
-                    await self._escalate(job)
+                renewing = asyncio.create_task(self._renew_lease(key, member, lease))
+                try:
+                    job = orjson.loads(member)
+                    if job.get("kind") == "deferred":
+                        await self._deliver_deferred(job)
+                    else:
+                        await self._escalate(job)
+                except (RedisError, OSError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a malformed job must not stop the router
+                    await self._dead(None, {"job": member.decode("utf-8", "replace")[:4000]},
+                                     f"malformed {key.rsplit(':', 1)[-1]} job: {type(exc).__name__}")
+                finally:
+                    renewing.cancel()
                 await self.redis.zrem(key, member)
+
+    async def _renew_lease(self, key: str, member: bytes, lease: float) -> None:
+        """Keep a job's lease while it is delivered (retries can outlast one lease)."""
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            renewed = self.clock() + LEASE_S
+            if not await self._renew(keys=[key], args=[member, repr(lease), renewed]):
+                return
+            lease = renewed
+
+    async def _deliver_deferred(self, job: Mapping[str, Any]) -> None:
+        """A job held for quiet hours: skipped if acknowledged, snoozed or (firing) resolved meanwhile."""
+        alert, target = job["alert"], job["target"]
+        if target not in self.config.targets:
+            await self._dead(target, alert, "the target is no longer in the routes file")
+            return
+        if alert.get("status") == "firing":
+            raw = await self.redis.hget(self.keys.active, str(alert.get("fingerprint")))
+            current = orjson.loads(raw) if raw else None
+            if not isinstance(current, dict) or current.get("fired_at") != alert.get("fired_at"):
+                return  # resolved during the quiet hours: its resolution is the news
+        ack = (await read_acks(self.redis, self.prefix)).get(str(alert.get("fingerprint")))
+        if ack is not None and ack.mutes(alert, self.clock()) and alert.get("status") == "firing":
+            return
+        await self._deliver(_Job(target, [alert], [str(alert["id"])], tuple(job["owners"])))
 
     async def _escalate(self, job: Mapping[str, Any]) -> None:
         """Escalate a critical alert that is still firing in the same episode and nobody acknowledged."""
@@ -466,7 +548,9 @@ class Router:
         )
         escalated = {**alert, "change": "escalated"}
         for target in job["targets"]:
-            if target in self.config.targets:
+            if target not in self.config.targets:
+                await self._dead(target, escalated, "the escalation target is no longer in the routes file")
+            else:
                 await self._deliver(
                     _Job(
                         target,
@@ -487,7 +571,12 @@ class Router:
         counts: dict[str, int] = {}
         oldest: dict[str, float] = {}
         for raw in (await self.redis.hgetall(self.keys.active)).values():
-            alert = orjson.loads(raw)
+            try:
+                alert = orjson.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(alert, dict):
+                continue
             ack = acks.get(str(alert.get("fingerprint")))
             if ack is not None and ack.mutes(alert, now):
                 continue
@@ -504,6 +593,24 @@ class Router:
 def _muted(alert: Mapping[str, Any], ack: Ack | None, now_s: float) -> bool:
     """Repeats of an acknowledged or snoozed alert are not sent (its resolution and escalation in severity are)."""
     return ack is not None and alert.get("change") == "repeat" and ack.mutes(alert, now_s)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _not_an_alert(alert: Any) -> str | None:
+    """What makes ``alert`` unusable (None: it is fine): the fields routing and rendering rely on."""
+    if not isinstance(alert, dict):
+        return "field 'alert' holds no JSON object"
+    if not isinstance(alert.get("id"), str) or not alert["id"]:
+        return "no string 'id'"
+    for name in ("channel", "campaign", "owner", "fingerprint", "severity", "kind", "status", "summary"):
+        if alert.get(name) is not None and not isinstance(alert[name], str):
+            return f"'{name}' is not a string"
+    if alert.get("evidence") is not None and not isinstance(alert["evidence"], dict):
+        return "'evidence' is not an object"
+    return None
 
 
 def _epoch(text: Any) -> float | None:

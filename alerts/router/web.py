@@ -68,7 +68,7 @@ def make_app(
     async def act(request: web.Request) -> web.Response:
         action = action_of(request)
         form = await request.post()
-        by = str(form.get("by") or "").strip()[:64] or "chat link"
+        by = " ".join(str(form.get("by") or "").split())[:64] or "chat link"  # one line: no forged log lines
         now = clock()
         if action.action == "approve":
             approval, new = await approve(redis, prefix, action.budget, by, now, zone, note="via chat link")

@@ -358,3 +358,36 @@ def test_a_redis_outage_pauses_the_router_which_resumes_without_loss(
             assert "Redis unavailable" in (tmp_path / "router.log").read_text()
         finally:
             router.stop()
+
+
+def test_bad_entries_are_dead_lettered_and_the_router_goes_on(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    with Receiver() as receiver:
+        router = RouterProcess(settings, routes_file(tmp_path, receiver), tmp_path / "router.log", "r1",
+                               ADPULSE_ROUTER_TOKEN_KEY="k" * 32).start()
+        try:
+            client = redis.Redis.from_url(settings.redis_url)
+            try:
+                stream = f"{settings.redis_prefix}:alerts"
+                client.xadd(stream, {"alert": b"{not json"})
+                client.xadd(stream, {"other": b"field"})
+                client.xadd(stream, {"alert": orjson.dumps(alert(1, owner=5))})
+                client.xadd(stream, {"alert": orjson.dumps(alert(2, kind="budget", evidence=[1, 2]))})
+                client.hset(f"{settings.redis_prefix}:alerts:active", "junk", b"\xff not json")
+                write_alerts(settings, [alert(3, "jd")])
+                wait_for(lambda: ("/a", "alert-00003") in receiver.received(), 30, "the good alert delivered")
+                wait_for(lambda: client.xlen(f"{settings.redis_prefix}:alerts:dead") == 4, 10, "four dead letters")
+                errors = [fields[b"error"].decode() for _, fields in client.xrange(f"{settings.redis_prefix}:alerts:dead")]
+            finally:
+                client.close()
+            assert all(e.startswith("not an alert") for e in errors), errors
+            assert receiver.received() == [("/a", "alert-00003")]
+            odd = urllib.request.Request(f"http://127.0.0.1:{router.port}/a/x.%C3%A9", data=b"by=x")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(odd, timeout=5)  # noqa: S310
+            assert refused.value.code == 403
+            assert router.get("/healthz") is not None, "the router is still up"
+        finally:
+            router.stop()
