@@ -391,3 +391,36 @@ def test_bad_entries_are_dead_lettered_and_the_router_goes_on(
             assert router.get("/healthz") is not None, "the router is still up"
         finally:
             router.stop()
+
+
+def test_approve_link_records_the_approval_where_the_worker_reads_it(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    from alerts.budgets import Approval, approval_field, approvals_key
+
+    settings = make_settings()
+    key = "router-token-key-for-approvals"
+    with Receiver() as receiver:
+        router = RouterProcess(settings, routes_file(tmp_path, receiver), tmp_path / "router.log", "r1",
+                               ADPULSE_ROUTER_TOKEN_KEY=key).start()
+        try:
+            warning = alert(7, "taobao", kind="budget", metric="spend", window="day",
+                            window_start="2026-11-24T00:00:00+08:00", window_end="2026-11-25T00:00:00+08:00",
+                            evidence={"period": "day", "used_ratio": 0.81})
+            links = ActionLinks(key.encode(), f"http://127.0.0.1:{router.port}").for_alert(warning, time.time())
+            post = urllib.request.Request(links["approve"], data=urllib.parse.urlencode({"by": "@wang.fang"}).encode())
+            assert "approved" in urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310
+            again = urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310
+            assert "already approved by @wang.fang" in again
+            start = int(datetime.fromisoformat("2026-11-24T00:00:00+08:00").timestamp())
+            client = redis.Redis.from_url(settings.redis_url)
+            try:
+                raw = client.hget(approvals_key(settings.redis_prefix),
+                                  approval_field("taobao", None, "day", start, settings.zone))
+            finally:
+                client.close()
+            assert raw is not None and Approval.from_json(raw).by == "@wang.fang"
+        finally:
+            router.stop()
