@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration bench lint clean
+.PHONY: install tools demo test test-unit test-integration test-deploy bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install adpulse with the embedded stack and test tools
 
+tools:  ## promtool, prometheus and amtool for the deploy tests (apt-get installs them if missing)
+	bash deploy/setup-tools.sh
+
 demo: $(STAMP)  ## the embedded stack, a worker, simulated traffic and a live view (Ctrl-C stops it all)
 	$(BIN)/adpulse demo
 
-test: $(STAMP)  ## unit, integration (real broker + Redis on loopback) and e2e tests
+test: $(STAMP) tools  ## unit, integration (real broker + Redis on loopback), e2e and deploy tests
 	$(BIN)/python -m pytest tests -q
 
 test-unit: $(STAMP)
@@ -25,6 +28,9 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration tests/e2e -q
+
+test-deploy: $(STAMP) tools  ## compose, Dockerfile, Prometheus rules, dashboards; a real Prometheus on loopback
+	$(BIN)/python -m pytest tests/deploy -q
 
 bench: $(STAMP)  ## throughput of one worker against the raw aiokafka ceiling (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/throughput.py
