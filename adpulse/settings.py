@@ -40,7 +40,13 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = Field(None, repr=False)
+    kafka_sasl_password_file: Path | None = Field(None, description="file holding the SASL password (secrets)")
     kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM), for mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client key (PEM), for mutual TLS")
+    topic_replication_factor: int = Field(
+        1, ge=1, le=10, description="replication of the topics adpulse creates (changelog, partials); 3 on a cluster"
+    )
 
     # Topics.
     topic_prefix: str = "adpulse."
@@ -168,15 +174,29 @@ class Settings(BaseSettings):
             options.update(
                 sasl_mechanism=self.kafka_sasl_mechanism,
                 sasl_plain_username=self.kafka_sasl_username,
-                sasl_plain_password=self.kafka_sasl_password,
+                sasl_plain_password=self.sasl_password(),
             )
         if self.kafka_security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context(
-                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
-            )
+            options["ssl_context"] = self.kafka_ssl_context()
         return options
+
+    def sasl_password(self) -> str | None:
+        """The SASL password: ``kafka_sasl_password``, else the content of its file."""
+        if self.kafka_sasl_password is None and self.kafka_sasl_password_file is not None:
+            return self.kafka_sasl_password_file.read_text().strip()
+        return self.kafka_sasl_password
+
+    def kafka_ssl_context(self) -> object:
+        """TLS to the brokers: the CA to trust and, for mutual TLS, the client certificate and key."""
+        from aiokafka.helpers import create_ssl_context
+
+        def text(path: Path | None) -> str | None:
+            return str(path) if path else None
+
+        return create_ssl_context(
+            cafile=text(self.kafka_ssl_cafile), certfile=text(self.kafka_ssl_certfile),
+            keyfile=text(self.kafka_ssl_keyfile),
+        )
 
 
     def to_env(self) -> dict[str, str]:

@@ -633,7 +633,8 @@ async def _ensure_topics(settings: Settings, timeout_s: float) -> list[str]:
     for spec in topic_specs(settings.partitions):
         name = settings.topic(spec.short)
         if name not in existing:
-            missing.append(NewTopic(name, spec.partitions, 1, topic_configs=dict(spec.configs)))
+            missing.append(NewTopic(name, spec.partitions, settings.topic_replication_factor,
+                                    topic_configs=dict(spec.configs)))
         elif existing[name] != spec.partitions:
             log.warning(
                 "topic %s has %d partitions, settings ask for %d; leaving it as it is",

@@ -44,6 +44,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         datadir=str(settings.home / "worker-data"),
         credentials=_faust_credentials(settings),
         fetch_wait_ms=settings.fetch_wait_ms,
+        replication_factor=settings.topic_replication_factor,
     )
     clients: dict[str, Any] = {}
     budgets = BudgetBook()
@@ -141,15 +142,11 @@ def _faust_credentials(settings: Settings) -> Any:
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return None
-    ssl_context = None
-    if protocol.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        ssl_context = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    ssl_context = settings.kafka_ssl_context() if protocol.endswith("SSL") else None
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password,
+            password=settings.sasl_password(),
             mechanism=settings.kafka_sasl_mechanism,
             ssl_context=ssl_context,
         )

@@ -52,6 +52,7 @@ def make_app(
     datadir: str,
     credentials: Any = None,
     fetch_wait_ms: int = 100,
+    replication_factor: int = 1,
 ) -> faust.App:
     """A Faust app whose agents own adpulse's changelog-backed tables.
 
@@ -70,7 +71,7 @@ def make_app(
         datadir=datadir,
         autodiscover=False,
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replication_factor,
         topic_allow_declare=True,
         table_standby_replicas=0,
         broker_session_timeout=10.0,
