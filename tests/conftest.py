@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from adpulse.settings import Settings
-from adpulse.stack import ensure_topics, free_port, running_stack
+from adpulse.stack import EmbeddedStack, StackError, ensure_topics, free_port, running_stack
 
 # Redis databases handed out to tests in turn; 0 stays with the shared stack itself.
 _REDIS_DBS = itertools.cycle(range(1, 16))
@@ -50,6 +51,26 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 def new_stack_settings() -> Callable[..., Settings]:
     """Factory ``(home, **overrides) -> Settings`` for a separate stack on fresh loopback ports (not up)."""
     return _stack_settings
+
+
+@contextlib.contextmanager
+def own_stack(home: Path, attempts: int = 3, **overrides: object) -> Iterator[tuple[Settings, EmbeddedStack]]:
+    """A stack of your own on fresh loopback ports, up for the ``with`` block.
+
+    A free port can be taken by another process between the probe and the server's bind (the broker then
+    exits at once): that start is retried on other ports, up to ``attempts`` times.
+    """
+    for attempt in range(attempts):
+        settings = _stack_settings(home, **overrides)
+        with contextlib.ExitStack() as cleanup:
+            try:
+                stack = cleanup.enter_context(running_stack(settings))
+            except StackError as exc:
+                if "exited during startup" not in str(exc) or attempt == attempts - 1:
+                    raise
+                continue
+            yield settings, stack
+            return
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ import pytest
 import redis
 
 from adpulse.settings import Settings
-from adpulse.stack import free_port, running_stack
+from adpulse.stack import free_port
 from alerts.router.tokens import ActionLinks
+from tests.conftest import own_stack
 from tests.support.processes import metric_sum, wait_for
 
 pytestmark = pytest.mark.integration
@@ -336,12 +337,9 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
             router.stop()
 
 
-def test_a_redis_outage_pauses_the_router_which_resumes_without_loss(
-    new_stack_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    settings = new_stack_settings(tmp_path / "home")
+def test_a_redis_outage_pauses_the_router_which_resumes_without_loss(tmp_path: Path) -> None:
     alerts = [alert(i) for i in range(60)]
-    with running_stack(settings) as stack, Receiver(delay_s=0.02) as receiver:
+    with own_stack(tmp_path / "home") as (settings, stack), Receiver(delay_s=0.02) as receiver:
         config = routes_file(tmp_path, receiver)
         router = RouterProcess(settings, config, tmp_path / "router.log", "r1").start()
         try:
