@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.windows import known_time_zone
 
 
 class Settings(BaseSettings):
@@ -120,11 +122,7 @@ class Settings(BaseSettings):
     @field_validator("tz")
     @classmethod
     def _known_tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from exc
-        return value
+        return known_time_zone(value)
 
     @field_validator("currency")
     @classmethod

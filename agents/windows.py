@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Final
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MINUTE_S: Final = 60
 #: The windows of CONTRACT.md §2, by name; "total" is the all-time bucket behind the counters.
@@ -67,3 +67,12 @@ class Calendar:
     def previous(self, window: str, start: int) -> int:
         """Start of the bucket before the one starting at ``start``."""
         return self.start(window, start - 1)
+
+
+def known_time_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone; ValueError saying how to fix it otherwise (for validators)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as Asia/Shanghai") from exc
+    return name
