@@ -336,3 +336,37 @@ def test_cli_says_when_redis_is_unreachable(stack_settings: Settings) -> None:
     assert result.exit_code == 1
     assert "cannot reach Redis at redis://:***@127.0.0.1:" in result.output
     assert "adpulse stack up" in result.output and "s3cret" not in result.output
+
+
+def test_an_acknowledged_alert_is_not_repeated_by_the_worker(make_settings: Callable[..., Settings]) -> None:
+    from agents.evaluate import EvaluationConfig, Evaluator
+    from agents.windows import Calendar
+    from alerts.budgets import BudgetBook
+    from alerts.router.state import acknowledge
+    from alerts.rules import load_rules
+
+    settings = make_settings()
+    now = [T0.timestamp()]
+
+    async def main() -> list[int]:
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            judge = Evaluator(
+                EvaluationConfig(rules=load_rules(None), policy=Policy(repeat_interval_s=60.0)),
+                RedisAlertSink(client, settings.redis_prefix), client, settings.redis_prefix,
+                Calendar(settings.zone), BudgetBook(), max_channels=10, registry=CollectorRegistry(),
+                clock=lambda: now[0],
+            )
+            written = [await judge.publish([ctr_low("douyin"), ctr_low("taobao")], {})]
+            fired = {a["channel"]: a for a in stream_alerts(settings)}
+            await acknowledge(client, settings.redis_prefix, fired["douyin"]["fingerprint"],
+                              fired["douyin"]["fired_at"], "@zhang.wei", now[0])
+            now[0] += 61
+            written.append(await judge.publish([ctr_low("douyin"), ctr_low("taobao")], {}))
+            return written
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == [2, 1]
+    repeats = [a for a in stream_alerts(settings) if a["change"] == "repeat"]
+    assert [a["channel"] for a in repeats] == ["taobao"], "douyin was acknowledged: no repeat"
