@@ -181,8 +181,10 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
     def maybe_kill(sent: int) -> None:
         # Once a third of the records are out and being folded, kill one worker without warning.
         if not killed["done"] and sent >= len(dataset.records) // 3:
-            wait_for(lambda: metric_sum(first.metrics(), "adpulse_events_total") > 0
-                     or metric_sum(second.metrics(), "adpulse_events_total") > 0, 60, "folding to start")
+            # Far enough that the victim has checkpoints past offset 0 (blocks of 2,000 per partition): on a
+            # loaded machine it can lag the producer, and a kill before its first block proves less.
+            wait_for(lambda: metric_sum(first.metrics(), "adpulse_events_total") >= 10_000, 90,
+                     "the first worker to fold 10,000 records")
             first.kill9()
             killed["done"] = True
 
