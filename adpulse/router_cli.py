@@ -135,7 +135,8 @@ def router_cli(settings: Settings, config_path: Path | None, check: bool) -> Non
       FEISHU_DOUYIN_URL=... adpulse router --config routes.yml
     """
     config = load_config(settings, config_path)
-    install_redaction(config.secrets() + ([settings.token_key().decode()] if settings.token_key() else []))
+    key = settings.token_key()
+    install_redaction(config.secrets() + ([key.decode()] if key else []))
     if check:
         click.echo(f"ok: {len(config.targets)} target(s), {len(config.routes)} route(s), "
                    f"default targets: {', '.join(config.default_targets) or 'none'}")

@@ -50,10 +50,15 @@ def _add(plans: dict[str, Plan], new: Plan) -> None:
     if old is None:
         plans[new.target] = new
         return
-    owners = old.owners + tuple(o for o in new.owners if o not in old.owners)
     plans[new.target] = Plan(
-        new.target, owners, old.escalate or new.escalate, old.quiet_hours and new.quiet_hours
+        new.target, merge_owners(old.owners, new.owners), old.escalate or new.escalate,
+        old.quiet_hours and new.quiet_hours,
     )
+
+
+def merge_owners(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[str, ...]:
+    """``old`` then the owners of ``new`` not in it: everyone mentioned once, in the order routes named them."""
+    return old + tuple(o for o in new if o not in old)
 
 
 def quiet_until(quiet: QuietHours | None, alert: Mapping[str, Any], now_s: float) -> float | None:

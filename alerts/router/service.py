@@ -39,7 +39,7 @@ from alerts.router.config import RoutesConfig
 from alerts.router.delivery import Deliverer, Delivery
 from alerts.router.messages import Notification
 from alerts.router.metrics import RouterMetrics
-from alerts.router.routing import Plan, grouped, needs_escalation, plan, quiet_until
+from alerts.router.routing import Plan, grouped, merge_owners, needs_escalation, plan, quiet_until
 from alerts.router.state import Ack, read_acks
 from alerts.router.tokens import ActionLinks
 
@@ -304,9 +304,7 @@ class Router:
                         continue
                     pairs.append((route_plan.target, alert))
                     key = (route_plan.target, str(alert.get("channel")))
-                    owners[key] = owners.get(key, ()) + tuple(
-                        o for o in route_plan.owners if o not in owners.get(key, ())
-                    )
+                    owners[key] = merge_owners(owners.get(key, ()), route_plan.owners)
                     if needs_escalation(alert, route_plan.escalate):
                         await self._schedule_escalation(alert, route_plan)
             jobs = [
@@ -421,24 +419,20 @@ class Router:
         return False
 
     async def _mark_sent(self, marks: list[str]) -> None:
-        expires = int(self.clock()) + SENT_TTL_S
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for mark in marks:
-                pipe.set(mark, b"1", exat=expires)
-            await pipe.execute()
-        except (RedisError, OSError):
-            # Delivered, but Redis is away: remember it, or the retry after the outage would send it twice.
-            self._unrecorded.update(dict.fromkeys(marks, expires))
-            raise
+        # Remembered first: if Redis is away, the retry after the outage must not send them again.
+        self._unrecorded.update(dict.fromkeys(marks, int(self.clock()) + SENT_TTL_S))
+        await self._record_unrecorded()
 
     async def _record_unrecorded(self) -> None:
-        if self._unrecorded:
+        """Write the "sent" marks not in Redis yet; only those written are forgotten (targets run side by side)."""
+        writing = dict(self._unrecorded)
+        if writing:
             pipe = self.redis.pipeline(transaction=False)
-            for mark, expires in self._unrecorded.items():
+            for mark, expires in writing.items():
                 pipe.set(mark, b"1", exat=expires)
             await pipe.execute()
-            self._unrecorded.clear()
+            for mark in writing:
+                self._unrecorded.pop(mark, None)
 
     async def _dead(self, target: str | None, alert: Mapping[str, Any], error: str) -> None:
         await self.redis.xadd(

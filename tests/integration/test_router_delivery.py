@@ -26,36 +26,12 @@ from aiohttp import web
 from alerts.router.delivery import Deliverer, Delivery, RetryPolicy
 from alerts.router.messages import Notification
 from alerts.router.targets import TargetSpec, build_request
+from tests.support.alerts import ALERT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 SECRET = "SEC0a1b2c3d4e5f"
 CANARY = "adpulse-canary-7f3a"
-ALERT: dict[str, Any] = {
-    "id": "a1b2c3",
-    "fingerprint": "anomaly/ctr/douyin/-",
-    "status": "firing",
-    "change": "fired",
-    "kind": "anomaly",
-    "severity": "critical",
-    "metric": "ctr",
-    "channel": "douyin",
-    "campaign": None,
-    "window": "10m",
-    "window_start": "2026-11-24T10:00:00+08:00",
-    "window_end": "2026-11-24T10:10:00+08:00",
-    "value": 0.0115,
-    "baseline": 0.024,
-    "change_pct": -52.1,
-    "evidence": {"impressions": 38000, "clicks": 437, "p_value": 1e-9, "test": "two-proportion z"},
-    "summary": "CTR fell 52 % in the last 10 min (2.40 % → 1.15 %, 38k impressions, p < 0.001)",
-    "description": "Clicks per impression on douyin dropped ...",
-    "owner": "@zhang.wei",
-    "runbook_url": "https://example.invalid/docs/runbook.md#anomaly",
-    "dashboard_url": "http://127.0.0.1:3000/d/adpulse-channels/adpulse-channels?var-channel=douyin",
-    "fired_at": "2026-11-24T10:10:03+08:00",
-    "resolved_at": None,
-}
 NOTE = Notification((ALERT,), owners=("@zhang.wei", "13800000000"))
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
