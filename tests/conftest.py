@@ -42,8 +42,7 @@ def _stack_settings(home: Path, **overrides: object) -> Settings:
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of the session's embedded stack (free loopback ports, a temporary ADPULSE_HOME), up."""
-    settings = _stack_settings(tmp_path_factory.mktemp("adpulse-home"))
-    with running_stack(settings):
+    with own_stack(tmp_path_factory.mktemp("adpulse-home")) as (settings, _stack):
         yield settings
 
 

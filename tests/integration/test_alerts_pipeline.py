@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -44,6 +45,16 @@ def active_alerts(settings: Settings) -> dict[str, dict]:
         client.close()
 
 
+def _rfc3339(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat()
+
+
+def _explain(settings: Settings) -> str:
+    """Every alert in the stream with the evidence behind it, for a failure message."""
+    return "\n".join(f"{a['status']} {a['fingerprint']} {a['window_start']}..{a['window_end']}: {a['summary']}\n"
+                     f"  {a.get('evidence')}" for a in stream_alerts(settings))
+
+
 def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -57,8 +68,10 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         worker.wait_ready()
         # Two backfills up to now (one that stopped short of the present would be a real outage of every
         # channel): the first ends while douyin's CTR is still down, so the alert stays firing until the
-        # second one brings the recovery.
-        sim = adpulse(settings, "simulate", "--start", "-4h", "--duration", "150m", "--speed", "max",
+        # second one, starting where the first ended, brings the recovery. Both start on a minute, so the
+        # minute windows hold the same seeded records in every run.
+        start_s = int(time.time()) // 60 * 60 - 4 * 3600
+        sim = adpulse(settings, "simulate", "--start", _rfc3339(start_s), "--duration", "150m", "--speed", "max",
                       "--rate", "20", "--flat", "--seed", "5", "--quiet",
                       "--scenario", "ctr-drop:channel=douyin,at=120m")
         assert sim.returncode == 0, sim.stderr
@@ -75,9 +88,9 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         metrics = worker.metrics()
         assert metric_sum(metrics, "adpulse_alerts_firing") == 1
         assert metric_sum(metrics, "adpulse_alerts_firing", kind="anomaly", channel="douyin") == 1
-        assert list(active_alerts(settings)) == [stream_alerts(settings)[0]["fingerprint"]]
+        assert list(active_alerts(settings)) == [stream_alerts(settings)[0]["fingerprint"]], _explain(settings)
 
-        sim = adpulse(settings, "simulate", "--start", "-90m", "--speed", "max",
+        sim = adpulse(settings, "simulate", "--start", _rfc3339(start_s + 150 * 60), "--speed", "max",
                       "--rate", "20", "--flat", "--seed", "6", "--quiet")
         assert sim.returncode == 0, sim.stderr
 
@@ -94,12 +107,11 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         assert [(a["status"], a["kind"], a["metric"], a["channel"]) for a in entries] == [
             ("firing", "anomaly", "ctr", "douyin"),
             ("resolved", "anomaly", "ctr", "douyin"),
-        ], "\n".join(f"{a['status']} {a['fingerprint']} {a['window_start']}: {a['summary']}" for a in entries)
+        ], _explain(settings)
         fired, done = entries
         assert fired["fingerprint"] == done["fingerprint"] and fired["id"] != done["id"]
-        # The rolling window that fires may still overlap the minutes before the drop (-60 %): the backfill
-        # starts at "now - 4 h", not on a minute, so how much of the first windows is drop varies run to run
-        # (-40 % to -48 % seen).
+        # The rolling window that fires still overlaps the minutes before the drop (-60 %): it fires once
+        # its interval reaches a 50 % drop (-43 % seen).
         assert fired["value"] < fired["baseline"] and fired["change_pct"] <= -35
         assert fired["evidence"]["p_value"] < 0.001 and fired["summary"].startswith("CTR")
         assert fired["evidence"]["campaigns"], "a channel-level drop names the campaigns behind it"
