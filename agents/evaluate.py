@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
@@ -113,7 +113,7 @@ def bucket_vector(value: BucketValue | None, campaign: str | None) -> list[int]:
     if value is None:
         return summed
     per_campaign = totals(value)
-    for vector in per_campaign.values() if campaign is None else [per_campaign.get(campaign, summed)]:
+    for vector in per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]:
         for slot in range(N_SLOTS):
             summed[slot] += vector[slot]
     return summed
@@ -360,7 +360,7 @@ class Evaluator:
         ``evidence_s`` is the event time the evidence runs to when the findings are not about a closed
         window (budgets: the watermark of the spend folded so far); it feeds the latency histogram.
         """
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         alerts = self.book.evaluate(findings, judged, now)
         payloads = [build_alert(alert, self.config.links) for alert in alerts]
         if any(alert.change == "repeat" for alert in alerts):
