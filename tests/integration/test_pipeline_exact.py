@@ -104,6 +104,17 @@ def _mismatches(settings: Settings, data: Dataset) -> list[str]:
     return problems
 
 
+def _checkpointed(settings: Settings, log: Path) -> int:
+    """The furthest checkpoint in Redis of the source partitions the worker logging to ``log`` folds."""
+    sources = set(re.findall(r"fold: (\S+) resumes at offset", log.read_text()))
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        saved = client.hgetall(f"{settings.redis_prefix}:fold:checkpoints")
+    finally:
+        client.close()
+    return max((orjson.loads(raw)["offset"] for src, raw in saved.items() if src.decode() in sources), default=0)
+
+
 def _wait_exact(settings: Settings, data: Dataset, workers: list[WorkerProcess], timeout_s: float) -> None:
     last: list[str] = []
 
@@ -181,10 +192,11 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
     def maybe_kill(sent: int) -> None:
         # Once a third of the records are out and being folded, kill one worker without warning.
         if not killed["done"] and sent >= len(dataset.records) // 3:
-            # Far enough that the victim has checkpoints past offset 0 (blocks of 2,000 per partition): on a
-            # loaded machine it can lag the producer, and a kill before its first block proves less.
-            wait_for(lambda: metric_sum(first.metrics(), "adpulse_events_total") >= 10_000, 90,
-                     "the first worker to fold 10,000 records")
+            # Not before the victim has a checkpoint past offset 0 (blocks of 2,000 per partition): on a loaded
+            # machine it can lag the producer, and a kill before its first checkpoint proves less (seen: a kill
+            # after 10,000 records folded but none checkpointed yet).
+            wait_for(lambda: _checkpointed(settings, tmp_path / "w1.log") > 0, 90,
+                     "the first worker's first checkpoint past offset 0")
             first.kill9()
             killed["done"] = True
 
