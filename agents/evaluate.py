@@ -106,22 +106,20 @@ class EvaluationConfig:
     grace_s: float = 60.0
 
 
-def bucket_vector(value: BucketValue | None, campaign: str | None) -> list[int]:
-    """The counter vector of one bucket for the channel (``campaign=None``, all campaigns summed) or one
-    campaign; raw slots, money in micros."""
-    summed = [0] * N_SLOTS
-    if value is None:
-        return summed
-    per_campaign = totals(value)
-    for vector in per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]:
-        for slot in range(N_SLOTS):
-            summed[slot] += vector[slot]
+def add_bucket(summed: list[int], value: BucketValue | None, campaign: str | None) -> list[int]:
+    """Add one bucket's counter vector (raw slots, money in micros) into ``summed`` and return it: the
+    channel's (``campaign=None``, all campaigns) or one campaign's."""
+    if value is not None:
+        per_campaign = totals(value)
+        for vector in per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]:
+            for slot in range(N_SLOTS):
+                summed[slot] += vector[slot]
     return summed
 
 
 def vector_counts(value: BucketValue | None, campaign: str | None) -> dict[str, float]:
     """Named counts of one bucket for the channel (``campaign=None``) or one campaign."""
-    return counts_of(bucket_vector(value, campaign))
+    return counts_of(add_bucket([0] * N_SLOTS, value, campaign))
 
 
 def _summed(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
@@ -143,10 +141,7 @@ def rolling_history(
         start = stop - span_s
         summed = [0] * N_SLOTS
         for m in range(minutes):
-            value = lookup(channel, "1m", start + m * MINUTE_S)
-            if value is not None:
-                for slot, count in enumerate(bucket_vector(value, campaign)):
-                    summed[slot] += count
+            add_bucket(summed, lookup(channel, "1m", start + m * MINUTE_S), campaign)
         history.append(Observation(start, stop, counts_of(summed)))
     return history
 

@@ -2,7 +2,8 @@
 
 Faust's own flush returns once 0.1 s pass without a message going out; then the commit can run ahead of
 the changelog writes it covers, and a kill -9 loses table updates. Here the sending is slow on purpose
-(0.25 s a message, as on a loaded broker) and no broker is needed: the buffer's sender is the only fake.
+(0.25 s a message, as on a loaded broker) and no broker is needed: the topic the messages go to is the
+only fake; the buffers, their sending task and their flush are the real ones.
 """
 
 from __future__ import annotations
@@ -20,28 +21,37 @@ from streams.app import DrainingBuffer, make_app
 SEND_S = 0.25
 
 
-def _slow(buffer_type: type[ProducerBuffer]) -> type[ProducerBuffer]:
-    class Slow(buffer_type):  # type: ignore[valid-type,misc]
-        async def _send_pending(self, fut: Any) -> None:
-            await asyncio.sleep(SEND_S)  # the broker's answer, slow
-            self.sent_by_test = getattr(self, "sent_by_test", 0) + 1
-            if isinstance(self, DrainingBuffer):
-                self.sent_total += 1
+class SlowChannel:
+    """Where buffered messages go: a topic whose broker answers slowly. Counts what went out."""
 
-    return Slow
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(SEND_S)
+        self.sent += 1
+
+
+def _buffer(buffer_type: type[ProducerBuffer]) -> ProducerBuffer:
+    buffer = buffer_type()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    return buffer
+
+
+def _message(channel: SlowChannel) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(channel=channel))
 
 
 async def _flush_with_buffered(buffer_type: type[ProducerBuffer], messages: int) -> tuple[int, int]:
     """Buffer ``messages``, flush; how many had gone out when flush returned, and how many were buffered."""
-    buffer = _slow(buffer_type)()
-    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    buffer, channel = _buffer(buffer_type), SlowChannel()
     await buffer.start()
     try:
-        for n in range(messages):
-            buffer.put(f"message {n}")
+        for _ in range(messages):
+            buffer.put(_message(channel))
         await buffer.flush()
-        sent_when_flushed = getattr(buffer, "sent_by_test", 0)
-        while buffer.size:  # let the rest go out: stopping with messages buffered is an error in Faust
+        sent_when_flushed = channel.sent
+        while channel.sent < messages:  # let the rest go out: stopping with messages buffered is an error in Faust
             await asyncio.sleep(SEND_S)
         return sent_when_flushed, messages
     finally:
@@ -63,9 +73,8 @@ def test_faust_s_own_flush_returns_with_messages_unsent() -> None:
 
 def test_flush_on_a_stopped_buffer_with_messages_unsent_is_an_error() -> None:
     async def main() -> None:
-        buffer = _slow(DrainingBuffer)()
-        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
-        buffer.put("message")
+        buffer = _buffer(DrainingBuffer)
+        buffer.put(_message(SlowChannel()))
         with pytest.raises(RuntimeError, match="messages unsent"):
             await buffer.flush()  # never started: nothing will ever send it
 
