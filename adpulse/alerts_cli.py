@@ -87,7 +87,8 @@ def _table(rows: Sequence[Mapping[str, Any]], title: str, now: datetime, history
 
 
 @click.group(
-    "alerts", invoke_without_command=True,
+    "alerts",
+    invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
 )
 @click.option(
@@ -161,7 +162,7 @@ async def _ack(settings: Settings, ref: str, by: str, snooze_s: float | None) ->
 
     import redis.asyncio as aioredis
 
-    from alerts.router.state import acknowledge, find_active
+    from alerts.acks import acknowledge, find_active
 
     client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
     try:
@@ -170,8 +171,15 @@ async def _ack(settings: Settings, ref: str, by: str, snooze_s: float | None) ->
             raise click.ClickException(
                 f"no alert firing with fingerprint or id {ref!r}; `adpulse alerts` lists them"
             )
-        ack = await acknowledge(client, settings.redis_prefix, alert["fingerprint"], alert.get("fired_at"), by,
-                                time.time(), snooze_s=snooze_s)
+        ack = await acknowledge(
+            client,
+            settings.redis_prefix,
+            alert["fingerprint"],
+            alert.get("fired_at"),
+            by,
+            time.time(),
+            snooze_s=snooze_s,
+        )
         return alert, ack
     finally:
         await client.aclose()
@@ -186,12 +194,19 @@ def _run_ack(ctx: click.Context, ref: str, by: str | None, snooze_s: float | Non
     try:
         alert, ack = asyncio.run(_ack(settings, ref, by or getpass.getuser(), snooze_s))
     except (OSError, RedisError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}") from exc
-    what = "acknowledged" if snooze_s is None else (
-        f"snoozed until {datetime.fromtimestamp(ack.until, UTC).isoformat(timespec='minutes')}"
+        raise click.ClickException(
+            f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}"
+        ) from exc
+    what = (
+        "acknowledged"
+        if snooze_s is None
+        else (f"snoozed until {datetime.fromtimestamp(ack.until, UTC).isoformat(timespec='minutes')}")
     )
-    click.echo(f"{alert['fingerprint']} {what} by {ack.by}: no more repeats"
-               + (" or escalation" if snooze_s is None else "") + f" ({alert.get('summary')})")
+    click.echo(
+        f"{alert['fingerprint']} {what} by {ack.by}: no more repeats"
+        + (" or escalation" if snooze_s is None else "")
+        + f" ({alert.get('summary')})"
+    )
 
 
 @alerts_cli.command("ack", context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,6 @@ import click
 import orjson
 
 from adpulse.settings import Settings, load_settings
-from agents.windows import Calendar
 from alerts.backtest import (
     BacktestResult,
     RollingZScore,
@@ -25,6 +24,7 @@ from alerts.backtest import (
     sniff_format,
 )
 from alerts.detectors import Detectors, DropToZero, RatioDrop, RoiDrop, SpendSurge
+from streams.windows import Calendar
 
 EVENT_METRICS = ("ctr", "cvr", "roi", "spend", "events")
 

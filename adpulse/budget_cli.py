@@ -28,13 +28,13 @@ from alerts.budgets import (
     BudgetBook,
     Period,
     approval_field,
-    approvals_key,
     period_bounds,
     period_start_label,
     rfc3339,
     topic_key,
 )
 from streams.events import BudgetSetting
+from streams.keys import Keys
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 #: The wall clock; a module attribute so that tests can fix "now".
@@ -187,7 +187,7 @@ def read_approvals(settings: Settings) -> dict[str, Approval]:
     """Every recorded approval, by field; a malformed entry is left out."""
     client = _redis(settings)
     try:
-        raw = client.hgetall(approvals_key(settings.redis_prefix))
+        raw = client.hgetall(Keys(settings.redis_prefix).approvals)
     finally:
         client.close()
     approvals: dict[str, Approval] = {}
@@ -209,7 +209,7 @@ def record_approval(
     """
     start_s, _ = period_bounds(budget.period, now_s, settings.zone)
     field = approval_field(budget.channel, budget.campaign, budget.period, start_s, settings.zone)
-    key = approvals_key(settings.redis_prefix)
+    key = Keys(settings.redis_prefix).approvals
     client = _redis(settings)
     try:
         created = bool(client.hsetnx(key, field, approval.to_json()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import click
 import orjson
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from adpulse import __version__
 from adpulse.settings import Settings, load_settings
+from streams.keys import Keys
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -40,7 +41,9 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     try:
         settings = load_settings(log_level=log_level.upper() if log_level else None)
     except ValidationError as exc:
-        problems = "; ".join(f"ADPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"ADPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
         raise click.UsageError(f"invalid configuration: {problems}") from exc
     ctx.obj = settings
     logging.basicConfig(
@@ -68,12 +71,14 @@ def _parse_since(value: str | None) -> datetime | None:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if value.startswith("-") and value[-1] in units and value[1:-1].isdigit():
-        return datetime.now(timezone.utc) - timedelta(seconds=int(value[1:-1]) * units[value[-1]])
+        return datetime.now(UTC) - timedelta(seconds=int(value[1:-1]) * units[value[-1]])
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise click.BadParameter(f"{value!r}: use RFC 3339 (2026-11-24T10:00:00+08:00) or -30m / -2h") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise click.BadParameter(
+            f"{value!r}: use RFC 3339 (2026-11-24T10:00:00+08:00) or -30m / -2h"
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def _read_kpis(settings: Settings, since: datetime | None) -> list[dict[str, object]]:
@@ -84,7 +89,7 @@ async def _read_kpis(settings: Settings, since: datetime | None) -> list[dict[st
 
     client = aioredis.from_url(settings.redis_url)
     try:
-        rows = [orjson.loads(v) for v in (await client.hgetall(f"{settings.redis_prefix}:kpis")).values()]
+        rows = [orjson.loads(v) for v in (await client.hgetall(Keys(settings.redis_prefix).kpis)).values()]
         if since is None:
             return rows
         today = datetime.now(settings.zone).date()
@@ -99,7 +104,9 @@ async def _read_kpis(settings: Settings, since: datetime | None) -> list[dict[st
         await client.aclose()
     seen = {(r["channel"], r["campaign"], r["window"], r["window_start"]) for r in closed}
     # A "last" row is the newest closed window: keep one copy of it.
-    return closed + [r for r in rows if (r["channel"], r["campaign"], r["window"], r["window_start"]) not in seen]
+    return closed + [
+        r for r in rows if (r["channel"], r["campaign"], r["window"], r["window_start"]) not in seen
+    ]
 
 
 def select_kpis(
@@ -120,8 +127,16 @@ def select_kpis(
         and (since is None or datetime.fromisoformat(str(row["window_start"])) >= since)
     ]
     order = {"1m": 0, "1h": 1, "1d": 2}
-    return sorted(picked, key=lambda r: (r["channel"], r["campaign"] != "-", r["campaign"], order[r["window"]],
-                                         str(r["window_start"])))
+    return sorted(
+        picked,
+        key=lambda r: (
+            r["channel"],
+            r["campaign"] != "-",
+            r["campaign"],
+            order[r["window"]],
+            str(r["window_start"]),
+        ),
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -132,7 +147,12 @@ def select_kpis(
 @click.option("--since", help="Only windows starting at or after this time (RFC 3339, or -30m / -2h).")
 @click.pass_obj
 def kpis(
-    settings: Settings, as_json: bool, window: str | None, channel: str | None, campaign: str | None, since: str | None
+    settings: Settings,
+    as_json: bool,
+    window: str | None,
+    channel: str | None,
+    campaign: str | None,
+    since: str | None,
 ) -> None:
     """Current and last complete KPI windows per channel (and campaign), from the workers' snapshot.
 
@@ -150,7 +170,9 @@ def kpis(
     try:
         rows = asyncio.run(_read_kpis(settings, since_at))
     except (OSError, RedisError) as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack up?") from exc
+        raise click.ClickException(
+            f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack up?"
+        ) from exc
     rows = select_kpis(rows, window, channel, campaign, since_at)
     if as_json:
         click.echo(orjson.dumps(rows).decode())

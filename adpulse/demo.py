@@ -30,6 +30,7 @@ from adpulse.settings import Settings, load_settings
 from adpulse.simulate import parse_scenario, simulate
 from adpulse.stack import EmbeddedStack, StackError
 from streams.events import BudgetSetting
+from streams.keys import Keys
 
 DEFAULT_SCENARIOS = (
     "ctr-drop:channel=douyin,at=8m,for=6m",
@@ -109,7 +110,7 @@ class _Worker:
     def metrics(self) -> dict[str, float]:
         url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=1) as response:
                 text = response.read().decode()
         except OSError:
             return {}
@@ -124,9 +125,11 @@ class _Worker:
 
 
 async def _kpi_rows(client: Any, prefix: str) -> list[dict[str, Any]]:
-    raw = await client.hgetall(f"{prefix}:kpis")
+    raw = await client.hgetall(Keys(prefix).kpis)
     rows = [orjson.loads(v) for v in raw.values()]
-    picked = [r for r in rows if r["campaign"] == "-" and r["window"] == "1m" and r["which"] in ("last", "current")]
+    picked = [
+        r for r in rows if r["campaign"] == "-" and r["window"] == "1m" and r["which"] in ("last", "current")
+    ]
     return sorted(picked, key=lambda r: (r["channel"], r["which"] != "last"))
 
 
@@ -147,15 +150,19 @@ def _alerts_text(active: list[dict[str, Any]], past: list[dict[str, Any]]) -> Te
 async def _set_demo_budget(settings: Settings, client: Any, stop: asyncio.Event, console: Console) -> None:
     """Once a minute of taobao spend is known, give taobao a day budget that runs out in a few minutes."""
     while not stop.is_set():
-        raw = await client.hget(f"{settings.redis_prefix}:kpis", f"{BUDGET_CHANNEL}|-|1m|last")
-        day = await client.hget(f"{settings.redis_prefix}:kpis", f"{BUDGET_CHANNEL}|-|1d|current")
+        raw = await client.hget(Keys(settings.redis_prefix).kpis, f"{BUDGET_CHANNEL}|-|1m|last")
+        day = await client.hget(Keys(settings.redis_prefix).kpis, f"{BUDGET_CHANNEL}|-|1d|current")
         if raw and day and orjson.loads(raw)["spend"] > 0:
             per_minute = orjson.loads(raw)["spend"]
             amount = round(orjson.loads(day)["spend"] + per_minute * BUDGET_MINUTES, 2)
-            await produce_setting(settings, BudgetSetting(channel=BUDGET_CHANNEL, period="day", amount=amount,
-                                                          owner="@demo.owner"))
-            console.print(f"budget: {BUDGET_CHANNEL} day budget set to {amount:,.2f} {settings.currency}; "
-                          f"at ~{per_minute:,.0f}/min its 80 % line is minutes away")
+            await produce_setting(
+                settings,
+                BudgetSetting(channel=BUDGET_CHANNEL, period="day", amount=amount, owner="@demo.owner"),
+            )
+            console.print(
+                f"budget: {BUDGET_CHANNEL} day budget set to {amount:,.2f} {settings.currency}; "
+                f"at ~{per_minute:,.0f}/min its 80 % line is minutes away"
+            )
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=5.0)
@@ -168,14 +175,19 @@ def _header(started_at: float, metrics: dict[str, float], rate: float, worker_al
     text.append("adpulse demo", style="bold")
     text.append(f"  up {elapsed:,.0f} s   events {counted:,.0f} ({rate:,.0f}/s)   ")
     text.append(f"DLQ {metrics.get('dlq', 0):,.0f}   duplicates {metrics.get('duplicate', 0):,.0f}   ")
-    text.append("worker " + ("running" if worker_alive else "DOWN"), style="green" if worker_alive else "bold red")
-    text.append("\nPer channel: the last complete 1-minute window (✓) and the one filling now (…)."
-                " Ctrl-C stops everything the demo started.\n")
+    text.append(
+        "worker " + ("running" if worker_alive else "DOWN"), style="green" if worker_alive else "bold red"
+    )
+    text.append(
+        "\nPer channel: the last complete 1-minute window (✓) and the one filling now (…)."
+        " Ctrl-C stops everything the demo started.\n"
+    )
     return text
 
 
-async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: bool, console: Console,
-                chat: ChatLog) -> None:
+async def _view(
+    settings: Settings, worker: _Worker, stop: asyncio.Event, live: bool, console: Console, chat: ChatLog
+) -> None:
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(settings.redis_url)
@@ -184,7 +196,11 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
     budget = asyncio.create_task(_set_demo_budget(settings, client, stop, console))
     announced: set[str] = set()
     try:
-        with Live(console=console, refresh_per_second=2, transient=False) if live else contextlib.nullcontext() as screen:
+        with (
+            Live(console=console, refresh_per_second=2, transient=False)
+            if live
+            else contextlib.nullcontext() as screen
+        ):
             while not stop.is_set():
                 metrics = worker.metrics()
                 now = time.monotonic()
@@ -193,13 +209,23 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
                 previous = (now, counted)
                 rows = await _kpi_rows(client, settings.redis_prefix)
                 active, past = await read_alerts(settings, history=20)
-                header = _header(started_at, metrics, rate, worker.proc is not None and worker.proc.poll() is None)
+                header = _header(
+                    started_at, metrics, rate, worker.proc is not None and worker.proc.poll() is None
+                )
                 if screen is not None:
-                    screen.update(Group(header, kpi_rich_table(rows, settings.currency), _alerts_text(active, past),
-                                        chat.text()))
+                    screen.update(
+                        Group(
+                            header,
+                            kpi_rich_table(rows, settings.currency),
+                            _alerts_text(active, past),
+                            chat.text(),
+                        )
+                    )
                 else:
                     summary = ", ".join(
-                        f"{r['channel']} CTR {r['ctr'] * 100:.2f}%" if r["ctr"] is not None else f"{r['channel']} —"
+                        f"{r['channel']} CTR {r['ctr'] * 100:.2f}%"
+                        if r["ctr"] is not None
+                        else f"{r['channel']} —"
                         for r in rows
                         if r["which"] == "last"
                     )
@@ -207,7 +233,9 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
                     for alert in past:
                         if alert["id"] not in announced:
                             announced.add(alert["id"])
-                            console.print(f"  ALERT {alert['status']} {alert['severity']}: {alert['summary']}")
+                            console.print(
+                                f"  ALERT {alert['status']} {alert['severity']}: {alert['summary']}"
+                            )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0 if live else 5.0)
     finally:
@@ -216,24 +244,40 @@ async def _view(settings: Settings, worker: _Worker, stop: asyncio.Event, live: 
         await client.aclose()
 
 
-async def _run(settings: Settings, rate: float, duration_s: float | None, seed: int, scenarios: list[Any],
-               live: bool, console: Console, worker: _Worker, webhook: str | None) -> None:
+async def _run(
+    settings: Settings,
+    rate: float,
+    duration_s: float | None,
+    seed: int,
+    scenarios: list[Any],
+    live: bool,
+    console: Console,
+    worker: _Worker,
+    webhook: str | None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     traffic = asyncio.create_task(
-        simulate(settings, rate=rate, duration_s=None, seed=seed, scenarios=scenarios, progress=False, stop=stop)
+        simulate(
+            settings, rate=rate, duration_s=None, seed=seed, scenarios=scenarios, progress=False, stop=stop
+        )
     )
     chat = ChatLog(None if live else console)
     if live:
-        logging.getLogger("adpulse.router").setLevel(logging.WARNING)  # its INFO lines would tear the live view
+        logging.getLogger("adpulse.router").setLevel(
+            logging.WARNING
+        )  # its INFO lines would tear the live view
     view = asyncio.create_task(_view(settings, worker, stop, live, console, chat))
     # The router runs in this process: its console target writes into the view.
-    router_settings = settings.model_copy(update={
-        "router_port": 0, "router_token_key": settings.router_token_key or secrets.token_hex(16),
-        "router_name": "demo",
-    })
+    router_settings = settings.model_copy(
+        update={
+            "router_port": 0,
+            "router_token_key": settings.router_token_key or secrets.token_hex(16),
+            "router_name": "demo",
+        }
+    )
     router = asyncio.create_task(serve_router(router_settings, demo_routes(webhook), stop, console=chat))
     if duration_s is not None:
         loop.call_later(duration_s, stop.set)
@@ -251,19 +295,44 @@ async def _run(settings: Settings, rate: float, duration_s: float | None, seed: 
 
 
 @click.command("demo")
-@click.option("--rate", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="Simulated records per second.")
-@click.option("--duration", type=click.FloatRange(min=1), default=None,
-              help="Stop by itself after this many seconds (default: run until Ctrl-C).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Simulated records per second.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop by itself after this many seconds (default: run until Ctrl-C).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the simulated traffic.")
-@click.option("--scenario", "scenario_texts", multiple=True, default=DEFAULT_SCENARIOS, show_default=True,
-              help="Traffic scenarios (see `adpulse simulate --help`).")
+@click.option(
+    "--scenario",
+    "scenario_texts",
+    multiple=True,
+    default=DEFAULT_SCENARIOS,
+    show_default=True,
+    help="Traffic scenarios (see `adpulse simulate --help`).",
+)
 @click.option("--no-live", is_flag=True, help="Print a status line every 5 s instead of the live table.")
 @click.option("--keep-stack", is_flag=True, help="Leave the broker and Redis running when the demo ends.")
-@click.option("--webhook", metavar="URL",
-              help="Also POST every alert (its JSON) to this webhook, e.g. a local http://127.0.0.1:8080/hook.")
-def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tuple[str, ...], no_live: bool,
-             keep_stack: bool, webhook: str | None) -> None:
+@click.option(
+    "--webhook",
+    metavar="URL",
+    help="Also POST every alert (its JSON) to this webhook, e.g. a local http://127.0.0.1:8080/hook.",
+)
+def demo_cli(
+    rate: float,
+    duration: float | None,
+    seed: int,
+    scenario_texts: tuple[str, ...],
+    no_live: bool,
+    keep_stack: bool,
+    webhook: str | None,
+) -> None:
     """Run adpulse end to end on the embedded stack, with a live view of the KPIs.
 
     Starts the embedded broker and Redis (if not running), one worker, and simulated traffic for
@@ -290,16 +359,31 @@ def demo_cli(rate: float, duration: float | None, seed: int, scenario_texts: tup
         status = stack.up()
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
-    console.print(f"stack: broker {settings.kafka_bootstrap}, redis {settings.redis_url}"
-                  f" ({'started' if status.started else 'already running'})")
+    console.print(
+        f"stack: broker {settings.kafka_bootstrap}, redis {settings.redis_url}"
+        f" ({'started' if status.started else 'already running'})"
+    )
     worker = _Worker(settings, settings.home / "demo" / "worker.log")
     worker.start()
-    console.print(f"worker: pid {worker.proc.pid if worker.proc else '?'}, metrics on "
-                  f"http://{settings.web_host}:{settings.web_port}/metrics, log {worker.log_path.absolute()}",
-                  soft_wrap=True)
+    console.print(
+        f"worker: pid {worker.proc.pid if worker.proc else '?'}, metrics on "
+        f"http://{settings.web_host}:{settings.web_port}/metrics, log {worker.log_path.absolute()}",
+        soft_wrap=True,
+    )
     try:
-        asyncio.run(_run(settings, rate, duration, seed, scenarios, not no_live and console.is_terminal, console,
-                         worker, webhook))
+        asyncio.run(
+            _run(
+                settings,
+                rate,
+                duration,
+                seed,
+                scenarios,
+                not no_live and console.is_terminal,
+                console,
+                worker,
+                webhook,
+            )
+        )
     finally:
         worker.stop()
         if status.started and not keep_stack:

@@ -21,7 +21,17 @@ def kpi_rich_table(rows: Iterable[Mapping[str, object]], currency: str, title: s
     table = Table(title=title, header_style="bold", expand=False)
     for name in ("channel", "campaign", "window", "start", "done"):
         table.add_column(name)
-    for name in ("impr", "clicks", "orders", f"GMV {currency}", f"spend {currency}", "CTR", "CVR", "ROI", "AOV"):
+    for name in (
+        "impr",
+        "clicks",
+        "orders",
+        f"GMV {currency}",
+        f"spend {currency}",
+        "CTR",
+        "CVR",
+        "ROI",
+        "AOV",
+    ):
         table.add_column(name, justify="right")
     for row in rows:
         roi = row.get("roi")

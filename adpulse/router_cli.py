@@ -75,24 +75,43 @@ async def serve(settings: Settings, config: Any, stop: asyncio.Event, console: A
     key = settings.token_key()
     async with aiohttp.ClientSession() as session:
         router_ref: dict[str, Any] = {}
-        app = make_app(client, settings.redis_prefix, registry, key, settings.zone,
-                       ready=lambda: "router" in router_ref and router_ref["router"].ready.is_set())
+        app = make_app(
+            client,
+            settings.redis_prefix,
+            registry,
+            key,
+            settings.zone,
+            ready=lambda: "router" in router_ref and router_ref["router"].ready.is_set(),
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.router_host, settings.router_port)
         await site.start()
         port = runner.addresses[0][1]
-        links = ActionLinks(key, public_url(settings, port), ttl_s=settings.router_token_ttl_s) if key else None
+        links = (
+            ActionLinks(key, public_url(settings, port), ttl_s=settings.router_token_ttl_s) if key else None
+        )
         if links is None:
             log.warning("router: no ADPULSE_ROUTER_TOKEN_KEY: messages carry no acknowledge/approve links")
         router = Router(
-            client, config, Deliverer(session, console=console), metrics, prefix=settings.redis_prefix,
+            client,
+            config,
+            Deliverer(session, console=console),
+            metrics,
+            prefix=settings.redis_prefix,
             name=settings.router_name or f"{socket.gethostname()}-{os.getpid()}",
-            claim_idle_s=settings.router_claim_idle_s, group_wait_s=settings.router_group_wait_s, links=links,
+            claim_idle_s=settings.router_claim_idle_s,
+            group_wait_s=settings.router_group_wait_s,
+            links=links,
         )
         router_ref["router"] = router
-        log.info("router %s: targets %s; /metrics on http://%s:%d", router.name,
-                 ", ".join(f"{n} ({t.type})" for n, t in config.targets.items()), settings.router_host, port)
+        log.info(
+            "router %s: targets %s; /metrics on http://%s:%d",
+            router.name,
+            ", ".join(f"{n} ({t.type})" for n, t in config.targets.items()),
+            settings.router_host,
+            port,
+        )
         try:
             await router.run(stop)
         finally:
@@ -106,7 +125,9 @@ def load_config(settings: Settings, path: Path | None) -> Any:
 
     path = path or settings.routes_file
     if path is None:
-        log.warning("router: no routes file (--config or ADPULSE_ROUTES_FILE): every alert goes to the console")
+        log.warning(
+            "router: no routes file (--config or ADPULSE_ROUTES_FILE): every alert goes to the console"
+        )
         return console_routes()
     try:
         return load_routes(path)
@@ -115,8 +136,12 @@ def load_config(settings: Settings, path: Path | None) -> Any:
 
 
 @click.command("router", context_settings=CONTEXT)
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Routes file (YAML, CONTRACT.md §6); default ADPULSE_ROUTES_FILE; none: console only.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Routes file (YAML, CONTRACT.md §6); default ADPULSE_ROUTES_FILE; none: console only.",
+)
 @click.option("--check", is_flag=True, help="Validate the routes file and exit.")
 @click.pass_obj
 def router_cli(settings: Settings, config_path: Path | None, check: bool) -> None:
@@ -138,8 +163,10 @@ def router_cli(settings: Settings, config_path: Path | None, check: bool) -> Non
     key = settings.token_key()
     install_redaction(config.secrets() + ([key.decode()] if key else []))
     if check:
-        click.echo(f"ok: {len(config.targets)} target(s), {len(config.routes)} route(s), "
-                   f"default targets: {', '.join(config.default_targets) or 'none'}")
+        click.echo(
+            f"ok: {len(config.targets)} target(s), {len(config.routes)} route(s), "
+            f"default targets: {', '.join(config.default_targets) or 'none'}"
+        )
         return
 
     async def main() -> None:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents.windows import known_time_zone
+from streams.windows import known_time_zone
 
 
 class Settings(BaseSettings):
@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     )
 
     # Where things are.
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://)")
     web_port: int = Field(6066, ge=0, le=65535, description="worker /metrics port (0 = pick a free one)")
     web_host: str = Field("127.0.0.1", description="address the worker's /metrics binds to")
@@ -38,16 +40,23 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("adpulse", description="namespace of every Redis key (adpulse:alerts, ...)")
 
     # Kafka security (production clusters); empty means PLAINTEXT.
-    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL"
+    )
     kafka_sasl_mechanism: str = Field("PLAIN", description="PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = Field(None, repr=False)
-    kafka_sasl_password_file: Path | None = Field(None, description="file holding the SASL password (secrets)")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="file holding the SASL password (secrets)"
+    )
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM), for mutual TLS")
     kafka_ssl_keyfile: Path | None = Field(None, description="client key (PEM), for mutual TLS")
     topic_replication_factor: int = Field(
-        1, ge=1, le=10, description="replication of the topics adpulse creates (changelog, partials); 3 on a cluster"
+        1,
+        ge=1,
+        le=10,
+        description="replication of the topics adpulse creates (changelog, partials); 3 on a cluster",
     )
 
     # Topics.
@@ -63,7 +72,9 @@ class Settings(BaseSettings):
 
     # Event time.
     grace_s: float = Field(60.0, ge=0, description="how long after a window ends events are still accepted")
-    max_future_skew_s: float = Field(3600.0, ge=0, description="reject events this far ahead of their send time")
+    max_future_skew_s: float = Field(
+        3600.0, ge=0, description="reject events this far ahead of their send time"
+    )
     max_record_bytes: int = Field(64 * 1024, ge=256)
     idle_partition_s: float = Field(
         30.0, gt=0, description="a caught-up partition silent this long stops holding the watermark back"
@@ -77,7 +88,9 @@ class Settings(BaseSettings):
     tick_s: float = Field(0.5, gt=0, description="how often KPI snapshots go to Redis and alerts are judged")
     fetch_max_records: int = Field(5000, ge=1)
     fetch_wait_ms: int = Field(
-        100, ge=1, le=5000,
+        100,
+        ge=1,
+        le=5000,
         description="longest a fetch waits for new records (both consumers): bounds how stale an idle worker gets",
     )
     retention_1m_s: float = Field(6 * 3600.0, gt=0, description="how long 1-minute buckets are kept")
@@ -98,7 +111,9 @@ class Settings(BaseSettings):
     )
 
     # Chat router.
-    routes_file: Path | None = Field(None, description="routes file (YAML, CONTRACT.md §6) of `adpulse router`")
+    routes_file: Path | None = Field(
+        None, description="routes file (YAML, CONTRACT.md §6) of `adpulse router`"
+    )
     router_port: int = Field(6067, ge=0, le=65535, description="router /metrics and action links port")
     router_host: str = Field("127.0.0.1", description="address the router's HTTP endpoint binds to")
     router_public_url: str | None = Field(
@@ -133,7 +148,9 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError(f"ADPULSE_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}")
+            raise ValueError(
+                f"ADPULSE_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}"
+            )
         return value
 
     @field_validator("kafka_bootstrap")
@@ -192,10 +209,10 @@ class Settings(BaseSettings):
             return str(path) if path else None
 
         return create_ssl_context(
-            cafile=text(self.kafka_ssl_cafile), certfile=text(self.kafka_ssl_certfile),
+            cafile=text(self.kafka_ssl_cafile),
+            certfile=text(self.kafka_ssl_certfile),
             keyfile=text(self.kafka_ssl_keyfile),
         )
-
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``ADPULSE_*`` environment variables, for child processes (worker, demo)."""

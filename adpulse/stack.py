@@ -52,6 +52,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adpulse.settings import Settings, load_settings
+from streams.keys import Keys
 from streams.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class EmbeddedStack:
         prefix = self.settings.redis_prefix
         client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
-            dropped = client.delete(f"{prefix}:fold:checkpoints")
+            dropped = client.delete(Keys(prefix).fold_checkpoints)
         finally:
             client.close()
         if dropped:
@@ -633,8 +634,11 @@ async def _ensure_topics(settings: Settings, timeout_s: float) -> list[str]:
     for spec in topic_specs(settings.partitions):
         name = settings.topic(spec.short)
         if name not in existing:
-            missing.append(NewTopic(name, spec.partitions, settings.topic_replication_factor,
-                                    topic_configs=dict(spec.configs)))
+            missing.append(
+                NewTopic(
+                    name, spec.partitions, settings.topic_replication_factor, topic_configs=dict(spec.configs)
+                )
+            )
         elif existing[name] != spec.partitions:
             log.warning(
                 "topic %s has %d partitions, settings ask for %d; leaving it as it is",

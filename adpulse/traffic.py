@@ -44,7 +44,14 @@ CAMPAIGN_THEMES: tuple[str, ...] = (
     "clearance",
 )
 REGIONS: tuple[str, ...] = (
-    "beijing", "shanghai", "guangdong", "zhejiang", "jiangsu", "sichuan", "hubei", "shandong"
+    "beijing",
+    "shanghai",
+    "guangdong",
+    "zhejiang",
+    "jiangsu",
+    "sichuan",
+    "hubei",
+    "shandong",
 )
 
 #: A record ready to produce: (topic short name, key, value, Kafka timestamp ms = send time, partition).
@@ -372,7 +379,7 @@ def parse_duration_s(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``5m``, ``2h`` or ``1d``."""
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     text = text.strip().lower()
-    scale = units.get(text[-1:], None)
+    scale = units.get(text[-1:])
     number = text[:-1] if scale is not None else text
     try:
         value = float(number) * (scale or 1.0)

@@ -11,19 +11,19 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adpulse.settings import Settings
-from agents.budget_feed import BudgetFeed
 from agents.buckets import BucketConfig, SnapshotHolder, install
+from agents.budget_feed import BudgetFeed
 from agents.evaluate import EvaluationConfig, Evaluator
 from agents.fold import FoldConfig
 from agents.folder import FoldStage, FoldStageConfig
 from agents.metrics import PipelineMetrics, SnapshotCollector
-from agents.windows import Calendar
 from alerts.budgets import BudgetBook
 from alerts.lifecycle import Policy
 from alerts.payload import Links
 from alerts.rules import load_rules
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
+from streams.windows import Calendar
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,11 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             idle_partition_s=settings.idle_partition_s,
             tick_s=settings.tick_s,
             stale_mark_s=max(10.0, 20 * settings.flush_interval_s),
-            retention_s={"1m": settings.retention_1m_s, "1h": settings.retention_1h_s, "1d": settings.retention_1d_s},
+            retention_s={
+                "1m": settings.retention_1m_s,
+                "1h": settings.retention_1h_s,
+                "1d": settings.retention_1d_s,
+            },
         ),
         calendar,
         redis,

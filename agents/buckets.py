@@ -28,8 +28,9 @@ from agents.snapshot import (
     last_complete_start,
     newly_closed,
 )
-from agents.windows import WINDOWS, Calendar
+from streams.keys import Keys
 from streams.partitioning import partition_of
+from streams.windows import WINDOWS, Calendar
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
@@ -182,7 +183,9 @@ def install(
         client = redis()
         index.sync(len(table), lambda: list(table.keys()))
         owned = OwnedChannels(
-            frozenset(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic),
+            frozenset(
+                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic
+            ),
             config.partitions,
         )
         now = time.time()
@@ -190,12 +193,19 @@ def install(
         # judged as of when a mark was sent (the agent may read it late), and a mark not renewed for a
         # while (its fold stage died or stalls) is no proof of silence: it holds time back.
         watermarks = {
-            p: w for p in owned.partitions
-            if (w := global_watermark(
-                ((mark, seen + (now - sent), caught_up and now - sent < config.stale_mark_s)
-                 for mark, seen, caught_up, sent in marks.get(p, {}).values()),
-                now, config.idle_partition_s,
-            )) is not None
+            p: w
+            for p in owned.partitions
+            if (
+                w := global_watermark(
+                    (
+                        (mark, seen + (now - sent), caught_up and now - sent < config.stale_mark_s)
+                        for mark, seen, caught_up, sent in marks.get(p, {}).values()
+                    ),
+                    now,
+                    config.idle_partition_s,
+                )
+            )
+            is not None
         }
         # Event time never goes back: a closed window stays closed (late data only revises its record).
         for p, w in watermarks.items():
@@ -211,7 +221,8 @@ def install(
         watermark_of = {c: watermarks[p] for p, cs in by_partition.items() for c in cs}
         watermark = min(watermarks.values())
         rows = [
-            row for p, cs in sorted(by_partition.items())
+            row
+            for p, cs in sorted(by_partition.items())
             for row in build_rows(cs, lookup, calendar, watermarks[p], config.grace_s)
         ]
         revised: dict[tuple[str, str], set[int]] = {}
@@ -249,8 +260,13 @@ def install(
 
 
 async def _judge(
-    judge: Evaluator, owned: OwnedChannels, closed: list[KpiRow], lookup: Callable[[str, str, int], Any],
-    index: BucketIndex, watermark: float, now: float,
+    judge: Evaluator,
+    owned: OwnedChannels,
+    closed: list[KpiRow],
+    lookup: Callable[[str, str, int], Any],
+    index: BucketIndex,
+    watermark: float,
+    now: float,
 ) -> None:
     """Judge the windows closed since the last judged one, in event-time order, one lifecycle round each
     (a backfill closes many at once), then the budgets."""
@@ -264,11 +280,14 @@ async def _judge(
         await judge.publish(*judge.judge_windows(batch, lookup))
     await judge.save_progress()
     await judge.publish(
-        *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark), evidence_s=watermark
+        *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark),
+        evidence_s=watermark,
     )
 
 
-def _expired(index: BucketIndex, channel: str, retention_s: dict[str, float], now: float) -> list[tuple[str, int]]:
+def _expired(
+    index: BucketIndex, channel: str, retention_s: dict[str, float], now: float
+) -> list[tuple[str, int]]:
     """This channel's buckets older than their window's retention (the all-time total never expires)."""
     return [
         (window, start)
@@ -282,7 +301,8 @@ async def _write_snapshot(
     client: Any, prefix: str, rows: list[KpiRow], calendar: Calendar, holder: SnapshotHolder, watermark: float
 ) -> None:
     """One pipelined write per tick: every row as a hash field, stale fields of this worker removed."""
-    key = f"{prefix}:kpis"
+    keys = Keys(prefix)
+    key = keys.kpis
     mapping = {row.field: orjson.dumps(row.to_json(calendar.zone)) for row in rows}
     stale = {row.field for row in holder.rows} - mapping.keys()
     pipe = client.pipeline(transaction=False)
@@ -290,13 +310,13 @@ async def _write_snapshot(
         pipe.hset(key, mapping=mapping)
     if stale:
         pipe.hdel(key, *stale)
-    pipe.hset(f"{prefix}:kpis:meta", mapping={"watermark_s": watermark, "updated_at": time.time()})
+    pipe.hset(keys.kpis_meta, mapping={"watermark_s": watermark, "updated_at": time.time()})
     await pipe.execute()
 
 
 def closed_key(prefix: str, window: str, day: str) -> str:
     """The Redis hash holding one local day's closed ``window`` buckets (field ``channel|campaign|start``)."""
-    return f"{prefix}:windows:{window}:{day}"
+    return Keys(prefix).closed_windows(window, day)
 
 
 async def _write_closed(

@@ -25,12 +25,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
 from agents.partials import BucketValue, totals
 from agents.snapshot import KpiRow, counts_of
-from agents.windows import MINUTE_S, TOTAL, Calendar
+from alerts.acks import read_acks
 from alerts.budgets import (
     Approval,
     BudgetBook,
     approval_field,
-    approvals_key,
     budget_judged,
     evaluate_budget,
     period_bounds,
@@ -42,12 +41,13 @@ from alerts.kpi import kpis
 from alerts.lifecycle import AlertBook, Policy
 from alerts.model import Finding, Fingerprint, fingerprint
 from alerts.payload import Links, build_alert
-from alerts.router.state import read_acks
 from alerts.rules import RulesConfig, evaluate_thresholds
 from alerts.sinks.metrics import AlertMetrics
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.codec import N_SLOTS
 from streams.events import NO_CAMPAIGN
+from streams.keys import Keys
+from streams.windows import MINUTE_S, TOTAL, Calendar
 
 log = logging.getLogger(__name__)
 Lookup = Callable[[str, str, int], BucketValue | None]
@@ -111,7 +111,9 @@ def add_bucket(summed: list[int], value: BucketValue | None, campaign: str | Non
     channel's (``campaign=None``, all campaigns) or one campaign's."""
     if value is not None:
         per_campaign = totals(value)
-        for vector in per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]:
+        for vector in (
+            per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]
+        ):
             for slot in range(N_SLOTS):
                 summed[slot] += vector[slot]
     return summed
@@ -147,7 +149,13 @@ def rolling_history(
 
 
 def hourly_history(
-    lookup: Lookup, calendar: Calendar, channel: str, campaign: str | None, start_s: int, recent: int, days: int
+    lookup: Lookup,
+    calendar: Calendar,
+    channel: str,
+    campaign: str | None,
+    start_s: int,
+    recent: int,
+    days: int,
 ) -> list[Observation]:
     """The closed hour at ``start_s`` with its ``recent`` predecessors and the same hour ``days`` back.
 
@@ -155,7 +163,9 @@ def hourly_history(
     """
     recent_starts = {start_s - k * 3600 for k in range(recent + 1)}
     seasonal = {
-        s for d in range(1, days + 1) if (s := start_s - d * DAY_S) not in recent_starts and lookup(channel, "1h", s)
+        s
+        for d in range(1, days + 1)
+        if (s := start_s - d * DAY_S) not in recent_starts and lookup(channel, "1h", s)
     }
     return [
         Observation(s, calendar.end("1h", s), vector_counts(lookup(channel, "1h", s), campaign))
@@ -190,17 +200,21 @@ class Evaluator:
         # "channel|campaign|window" -> start of the newest window judged (persisted: a restart resumes there).
         self._judged: dict[str, int] = {}
         self._progress: dict[str, int] = {}
-        self._judged_key = f"{redis_prefix}:alerts:judged"
+        self._judged_key = Keys(redis_prefix).judged
         self.metrics = AlertMetrics(lambda: self.book.firing(), max_channels, registry=registry)
         self.latency = Histogram(
             "adpulse_alert_latency_seconds",
             "Evidence complete (window end + grace; for budgets the spend folded so far) to the alert in Redis;"
             " live traffic only (backfills are left out)",
-            ["kind"], registry=registry, buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+            ["kind"],
+            registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
         )
         self.budget_used = Gauge(
-            "adpulse_budget_used_ratio", "Spend in the budget period ÷ spendable budget",
-            ["channel", "campaign", "period"], registry=registry,
+            "adpulse_budget_used_ratio",
+            "Spend in the budget period ÷ spendable budget",
+            ["channel", "campaign", "period"],
+            registry=registry,
         )
 
     async def ensure_loaded(self, owned: Owned) -> None:
@@ -213,7 +227,8 @@ class Evaluator:
         self._owned = owned.partitions
         log.info(
             "alerts: judging the channels of partitions %s, %d alerts firing",
-            sorted(owned.partitions), len(self.book.firing()),
+            sorted(owned.partitions),
+            len(self.book.firing()),
         )
 
     # -- judging -------------------------------------------------------------------------------
@@ -222,7 +237,10 @@ class Evaluator:
         """Claim a closed window for judging if it needs it: newer than the last judged one of its series,
         and (on a first start over old data) within the lookback, so history does not page anyone."""
         key = f"{row.channel}|{row.campaign}|{row.window}"
-        if row.window_start <= self._judged.get(key, -1) or (row.window_end or 0) < now_s - self.config.lookback_s:
+        if (
+            row.window_start <= self._judged.get(key, -1)
+            or (row.window_end or 0) < now_s - self.config.lookback_s
+        ):
             return False
         self._judged[key] = self._progress[key] = row.window_start
         return True
@@ -250,23 +268,40 @@ class Evaluator:
             campaign = None if row.campaign == NO_CAMPAIGN else row.campaign
             shown = row.to_json(self.calendar.zone)
             bounds = (str(shown["window_start"]), str(shown["window_end"]))
-            found, ok = evaluate_thresholds(cfg.rules.rules, row.channel, campaign, row.window, row.counts, bounds)
+            found, ok = evaluate_thresholds(
+                cfg.rules.rules, row.channel, campaign, row.window, row.counts, bounds
+            )
             findings += found
             judged.update(ok)
             if row.window == "1m" and campaign is None and row.window_end is not None:
-                history = rolling_history(lookup, row.channel, None, row.window_end, cfg.rolling_s,
-                                          cfg.rolling_history)
-                findings += self._detect(cfg.rolling, history, row.channel, None, f"{cfg.rolling_s // 60}m", lookup,
-                                         judged)
+                history = rolling_history(
+                    lookup, row.channel, None, row.window_end, cfg.rolling_s, cfg.rolling_history
+                )
+                findings += self._detect(
+                    cfg.rolling, history, row.channel, None, f"{cfg.rolling_s // 60}m", lookup, judged
+                )
             elif row.window == "1h":
-                history = hourly_history(lookup, self.calendar, row.channel, campaign, row.window_start,
-                                         cfg.hourly_history, cfg.seasonal_days)
+                history = hourly_history(
+                    lookup,
+                    self.calendar,
+                    row.channel,
+                    campaign,
+                    row.window_start,
+                    cfg.hourly_history,
+                    cfg.seasonal_days,
+                )
                 findings += self._detect(cfg.hourly, history, row.channel, campaign, "1h", lookup, judged)
         return findings, judged
 
     def _detect(
-        self, detectors: Detectors, history: list[Observation], channel: str, campaign: str | None, window: str,
-        lookup: Lookup, judged: dict[Fingerprint, float | None],
+        self,
+        detectors: Detectors,
+        history: list[Observation],
+        channel: str,
+        campaign: str | None,
+        window: str,
+        lookup: Lookup,
+        judged: dict[Fingerprint, float | None],
     ) -> list[Finding]:
         if not _warm(history[:-1]):
             return []  # a baseline still filling (a new channel, the start of the data) proves nothing
@@ -298,8 +333,12 @@ class Evaluator:
         return replace(finding, evidence={**finding.evidence, "campaigns": top})
 
     def judge_budgets(
-        self, owned: Container[str], lookup: Lookup, index_starts: Callable[[str, str], set[int]],
-        approvals: Mapping[str, bytes | None], watermark_s: float,
+        self,
+        owned: Container[str],
+        lookup: Lookup,
+        index_starts: Callable[[str, str], set[int]],
+        approvals: Mapping[str, bytes | None],
+        watermark_s: float,
     ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
         """Every budget of an owned channel against the spend of its current period."""
         findings: list[Finding] = []
@@ -314,7 +353,9 @@ class Evaluator:
             rate = self._spend_rate(lookup, budget.channel, budget.campaign, watermark_s)
             raw = approvals.get(approval_field(budget.channel, budget.campaign, budget.period, start, zone))
             approval = _approval(raw)
-            findings += evaluate_budget(budget, spent, now, rate, approval, zone=zone, currency=self.config.currency)
+            findings += evaluate_budget(
+                budget, spent, now, rate, approval, zone=zone, currency=self.config.currency
+            )
             judged.update(budget_judged(budget, spent, now, rate, zone=zone))
             self.budget_used.labels(budget.channel, budget.campaign or NO_CAMPAIGN, budget.period).set(
                 used_ratio(spent, budget)
@@ -326,8 +367,13 @@ class Evaluator:
         return findings, judged
 
     def _spend(
-        self, lookup: Lookup, index_starts: Callable[[str, str], set[int]], channel: str, campaign: str | None,
-        period: str, start: int,
+        self,
+        lookup: Lookup,
+        index_starts: Callable[[str, str], set[int]],
+        channel: str,
+        campaign: str | None,
+        period: str,
+        start: int,
     ) -> float:
         if period == "total":
             return vector_counts(lookup(channel, TOTAL, 0), campaign)["spend"]
@@ -342,13 +388,18 @@ class Evaluator:
     def _spend_rate(self, lookup: Lookup, channel: str, campaign: str | None, watermark_s: float) -> float:
         """Spend per second over the last hour of event time."""
         last = int(watermark_s) - int(watermark_s) % MINUTE_S
-        spent = sum(vector_counts(lookup(channel, "1m", last - m * MINUTE_S), campaign)["spend"] for m in range(60))
+        spent = sum(
+            vector_counts(lookup(channel, "1m", last - m * MINUTE_S), campaign)["spend"] for m in range(60)
+        )
         return spent / 3600.0
 
     # -- publishing ----------------------------------------------------------------------------
 
     async def publish(
-        self, findings: list[Finding], judged: dict[Fingerprint, float | None], evidence_s: float | None = None
+        self,
+        findings: list[Finding],
+        judged: dict[Fingerprint, float | None],
+        evidence_s: float | None = None,
     ) -> int:
         """Run the lifecycle and write its state changes; returns how many alerts were written now.
 
@@ -362,9 +413,13 @@ class Evaluator:
             # Someone acknowledged or snoozed it (chat link, `adpulse alerts ack`): no repeats.
             acks = await read_acks(self.redis, self.redis_prefix)
             kept = [
-                i for i, (alert, payload) in enumerate(zip(alerts, payloads, strict=True))
-                if not (alert.change == "repeat" and (ack := acks.get(alert.finding.fingerprint)) is not None
-                        and ack.mutes(payload, now.timestamp()))
+                i
+                for i, (alert, payload) in enumerate(zip(alerts, payloads, strict=True))
+                if not (
+                    alert.change == "repeat"
+                    and (ack := acks.get(alert.finding.fingerprint)) is not None
+                    and ack.mutes(payload, now.timestamp())
+                )
             ]
             alerts, payloads = [alerts[i] for i in kept], [payloads[i] for i in kept]
         written = await self.sink.publish(payloads, self.book.pop_changes())
@@ -386,7 +441,7 @@ class Evaluator:
 
     async def approvals(self) -> dict[str, bytes | None]:
         """Every recorded approval (few: one per budget and period)."""
-        raw = await self.redis.hgetall(approvals_key(self.redis_prefix))
+        raw = await self.redis.hgetall(Keys(self.redis_prefix).approvals)
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
@@ -417,5 +472,3 @@ def _approval(raw: bytes | None) -> Approval | None:
     except ValueError:
         log.warning("ignoring a malformed budget approval record: %r", raw[:200])
         return None
-
-

@@ -22,8 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agents.windows import MINUTE_S, TOTAL, Calendar
 from streams.codec import N_SLOTS, Accepted, Rejection, decode
+from streams.windows import MINUTE_S, TOTAL, Calendar
 
 
 class SourceRecord(Protocol):
@@ -227,7 +227,9 @@ class PartitionFold:
         calendar = self.calendar
         touched = {(TOTAL, 0)}
         for minute in dirty_minutes:
-            touched.update((("1m", minute), ("1h", calendar.hour_start(minute)), ("1d", calendar.day_start(minute))))
+            touched.update(
+                (("1m", minute), ("1h", calendar.hour_start(minute)), ("1d", calendar.day_start(minute)))
+            )
         for (campaign, minute), counts in self._acc.get(channel, {}).items():
             for window, start in (
                 ("1m", minute),

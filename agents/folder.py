@@ -24,10 +24,11 @@ from aiokafka.structs import OffsetAndMetadata
 
 from agents.fold import Checkpoint, FoldConfig, FoldOutput, Partial, PartitionFold
 from agents.metrics import PipelineMetrics
-from agents.windows import Calendar
 from streams.dlq import dlq_headers, dlq_value
+from streams.keys import Keys
 from streams.partitioning import partition_of
 from streams.topics import SOURCE_TOPICS
+from streams.windows import Calendar
 
 log = logging.getLogger(__name__)
 #: A partition counts as caught up only if a fetch response for it arrived this recently.
@@ -66,7 +67,9 @@ class _Rebalance(ConsumerRebalanceListener):
 class FoldStage:
     """Consumes the source topics of one worker's share of partitions and publishes partials."""
 
-    def __init__(self, config: FoldStageConfig, redis: Any, calendar: Calendar, metrics: PipelineMetrics) -> None:
+    def __init__(
+        self, config: FoldStageConfig, redis: Any, calendar: Calendar, metrics: PipelineMetrics
+    ) -> None:
         self.config = config
         self.redis = redis
         self.calendar = calendar
@@ -79,7 +82,7 @@ class FoldStage:
         self._reported: dict[TopicPartition, dict[str, int]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._checkpoint_key = f"{config.redis_prefix}:fold:checkpoints"
+        self._checkpoint_key = Keys(config.redis_prefix).fold_checkpoints
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -115,7 +118,7 @@ class FoldStage:
                 await self._flush_all()
                 await self._producer.flush()
                 await self._settle()
-        except Exception:  # noqa: BLE001 - shutting down: the next owner replays from the checkpoint
+        except Exception:
             log.exception("fold stage: final flush failed; the next owner replays from the last checkpoint")
         if self._consumer is not None:
             await self._consumer.stop()
@@ -149,7 +152,9 @@ class FoldStage:
             if tp in self.folds:
                 continue
             checkpoint = await self._load_checkpoint(tp)
-            fold = PartitionFold(self._short[tp.topic], tp.partition, self.config.fold, self.calendar, checkpoint)
+            fold = PartitionFold(
+                self._short[tp.topic], tp.partition, self.config.fold, self.calendar, checkpoint
+            )
             if checkpoint.rebuild_from < checkpoint.offset:
                 fold.rebuild(await self._read_range(tp, checkpoint.rebuild_from, checkpoint.offset))
             self.folds[tp] = fold
@@ -161,7 +166,10 @@ class FoldStage:
             self._consumer.seek(tp, checkpoint.offset)
             log.info(
                 "fold: %s resumes at offset %d (watermark %d ms, dedup rebuilt from %d)",
-                fold.src, checkpoint.offset, checkpoint.watermark_ms, checkpoint.rebuild_from,
+                fold.src,
+                checkpoint.offset,
+                checkpoint.watermark_ms,
+                checkpoint.rebuild_from,
             )
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -190,11 +198,15 @@ class FoldStage:
             checkpoint = Checkpoint(saved["offset"], saved["watermark_ms"], saved["rebuild_from"])
             if committed is None or checkpoint.offset >= committed:
                 return checkpoint
-            log.warning("fold: %s: checkpoint %d is behind the committed offset %d", src, checkpoint.offset, committed)
+            log.warning(
+                "fold: %s: checkpoint %d is behind the committed offset %d", src, checkpoint.offset, committed
+            )
         if committed:
             log.warning(
                 "fold: %s has no checkpoint in Redis but a committed offset %d: resuming there with an "
-                "empty dedup set and watermark (was Redis reset?)", src, committed,
+                "empty dedup set and watermark (was Redis reset?)",
+                src,
+                committed,
             )
             return Checkpoint(committed, 0, committed)
         return Checkpoint(0, 0, 0)
@@ -253,7 +265,9 @@ class FoldStage:
         n = self.config.partials_partitions
         inflight = self._inflight.get(tp)
         for partial in partials:
-            value = orjson.dumps({"src": partial.src, "blk": partial.block, "upto": partial.upto, "rows": partial.rows})
+            value = orjson.dumps(
+                {"src": partial.src, "blk": partial.block, "upto": partial.upto, "rows": partial.rows}
+            )
             future = await producer.send(
                 topic, value, key=partial.channel.encode(), partition=partition_of(partial.channel, n)
             )
@@ -296,8 +310,12 @@ class FoldStage:
                 self._checkpoint_key,
                 src,
                 orjson.dumps(
-                    {"offset": checkpoint.offset, "watermark_ms": checkpoint.watermark_ms,
-                     "rebuild_from": checkpoint.rebuild_from, "at": time.time()}
+                    {
+                        "offset": checkpoint.offset,
+                        "watermark_ms": checkpoint.watermark_ms,
+                        "rebuild_from": checkpoint.rebuild_from,
+                        "at": time.time(),
+                    }
                 ),
             )
         await pipe.execute()
@@ -332,7 +350,9 @@ class FoldStage:
             polled = self._consumer.last_poll_timestamp(tp)
             # Caught up only on fresh news: a highwater from a fetch long ago says nothing about now.
             caught_up = (
-                highwater is not None and fold.position >= highwater and polled is not None
+                highwater is not None
+                and fold.position >= highwater
+                and polled is not None
                 and now_ms - polled < CAUGHT_UP_POLL_MS
             )
             marks[fold.src] = [fold.watermark_ms, self._last_seen.get(tp, 0.0), caught_up]

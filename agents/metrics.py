@@ -29,11 +29,14 @@ class PipelineMetrics:
             registry=registry,
         )
         self.dlq = Counter(
-            "adpulse_dlq_records", "Records sent to the DLQ by source topic and reason", ["topic", "reason"],
+            "adpulse_dlq_records",
+            "Records sent to the DLQ by source topic and reason",
+            ["topic", "reason"],
             registry=registry,
         )
         self.watermark = Gauge(
-            "adpulse_watermark_seconds", "Event-time watermark of the KPI snapshot (epoch seconds)",
+            "adpulse_watermark_seconds",
+            "Event-time watermark of the KPI snapshot (epoch seconds)",
             registry=registry,
         )
         self.event_time_lag = Gauge(
@@ -46,7 +49,9 @@ class PipelineMetrics:
             "adpulse_partials", "Partial aggregates published by the fold stage", registry=registry
         )
         self.snapshot_seconds = Histogram(
-            "adpulse_snapshot_seconds", "Time to compute and write one KPI snapshot", registry=registry,
+            "adpulse_snapshot_seconds",
+            "Time to compute and write one KPI snapshot",
+            registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
 
@@ -90,7 +95,8 @@ class SnapshotCollector(Collector):
                 family.add_metric([channel], value)
             yield family
         ratio = GaugeMetricFamily(
-            "adpulse_kpi_ratio", "KPI of the last complete window (no sample when there is no data)",
+            "adpulse_kpi_ratio",
+            "KPI of the last complete window (no sample when there is no data)",
             labels=["channel", "kpi", "window"],
         )
         merged: dict[tuple[str, str], KpiRow] = {}

@@ -26,7 +26,9 @@ def empty() -> BucketValue:
     return {"b": {}, "p": {}, "f": {}}
 
 
-def merge(value: BucketValue | None, src: str, block: int, upto: int, rows: dict[str, Counts]) -> BucketValue | None:
+def merge(
+    value: BucketValue | None, src: str, block: int, upto: int, rows: dict[str, Counts]
+) -> BucketValue | None:
     """Merge one block partial; returns the new value, or ``None`` when it changes nothing.
 
     - a block at or below the last folded block of ``src`` is a replay: ignored;

@@ -12,10 +12,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from agents.partials import BucketValue, totals
-from agents.windows import TOTAL, WINDOWS, Calendar
 from alerts.kpi import kpis
 from streams.codec import MONEY_SLOTS, N_SLOTS, SLOT_NAMES
 from streams.events import MICROS, NO_CAMPAIGN
+from streams.windows import TOTAL, WINDOWS, Calendar
 
 Lookup = Callable[[str, str, int], BucketValue | None]
 
@@ -23,7 +23,8 @@ Lookup = Callable[[str, str, int], BucketValue | None]
 def counts_of(vector: list[int]) -> dict[str, float]:
     """Named counts of a counter vector, money in currency units."""
     return {
-        name: (vector[slot] / MICROS if slot in MONEY_SLOTS else vector[slot]) for slot, name in enumerate(SLOT_NAMES)
+        name: (vector[slot] / MICROS if slot in MONEY_SLOTS else vector[slot])
+        for slot, name in enumerate(SLOT_NAMES)
     }
 
 
@@ -48,8 +49,14 @@ class KpiRow:
         """The same window with ``other``'s counts added (used to merge channels into ``other``)."""
         summed = {name: self.counts[name] + other.counts[name] for name in self.counts}
         return KpiRow(
-            self.channel, self.campaign, self.window, self.which, self.window_start, self.window_end,
-            self.complete, summed,
+            self.channel,
+            self.campaign,
+            self.window,
+            self.which,
+            self.window_start,
+            self.window_end,
+            self.complete,
+            summed,
         )
 
     @property
@@ -77,7 +84,13 @@ def _rfc3339(epoch_s: int, zone: ZoneInfo) -> str:
 
 
 def _rows_for(
-    channel: str, window: str, which: str, start: int, end: int | None, complete: bool, value: BucketValue | None
+    channel: str,
+    window: str,
+    which: str,
+    start: int,
+    end: int | None,
+    complete: bool,
+    value: BucketValue | None,
 ) -> list[KpiRow]:
     per_campaign = totals(value) if value is not None else {}
     channel_vector = [0] * N_SLOTS
@@ -108,7 +121,9 @@ def build_rows(
             for which, start in (("current", current), ("last", last)):
                 end = calendar.end(window, start)
                 complete = end + grace_s <= watermark_s
-                rows.extend(_rows_for(channel, window, which, start, end, complete, lookup(channel, window, start)))
+                rows.extend(
+                    _rows_for(channel, window, which, start, end, complete, lookup(channel, window, start))
+                )
         rows.extend(_rows_for(channel, TOTAL, "total", 0, None, False, lookup(channel, TOTAL, 0)))
     return rows
 
@@ -119,14 +134,22 @@ def last_complete_start(calendar: Calendar, window: str, watermark_s: float, gra
 
 
 def newly_closed(
-    calendar: Calendar, window: str, starts_with_data: Iterable[int], last_emitted: int | None, last_complete: int
+    calendar: Calendar,
+    window: str,
+    starts_with_data: Iterable[int],
+    last_emitted: int | None,
+    last_complete: int,
 ) -> list[int]:
     """Bucket starts to record as closed: every bucket in ``(last_emitted, last_complete]``.
 
     Buckets with data are all recorded; empty ones only when they follow the last recorded one, so a
     silent channel's zero windows are recorded as they close but a restart does not invent history.
     """
-    chosen = {start for start in starts_with_data if start <= last_complete and (last_emitted is None or start > last_emitted)}
+    chosen = {
+        start
+        for start in starts_with_data
+        if start <= last_complete and (last_emitted is None or start > last_emitted)
+    }
     if last_emitted is not None:
         start = last_complete
         while start > last_emitted:

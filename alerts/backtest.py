@@ -29,13 +29,13 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from agents.windows import Calendar
 from alerts.detectors import DAY_S, Detectors, Observation, Subject
 from alerts.kpi import RATIOS, ratio
 from alerts.model import Finding
 from alerts.stats import MAD_TO_SIGMA, median
 from streams.codec import MONEY_SLOTS, SLOT_NAMES, Accepted, decode
 from streams.events import MICROS
+from streams.windows import Calendar
 
 Direction = Literal["both", "up", "down"]
 SOURCE_TOPICS: Final = ("clicks", "orders", "spend")

@@ -33,9 +33,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from agents.windows import Calendar
 from alerts.model import Finding, Fingerprint, fingerprint
 from streams.events import NO_CAMPAIGN, BudgetSetting
+from streams.windows import Calendar
 
 Period = Literal["day", "month", "total"]
 PERIODS: Final[tuple[Period, ...]] = get_args(Period)
@@ -48,11 +48,6 @@ CRITICAL_RATIO: Final = 1.0
 _EPS: Final = 1e-9
 _ADJECTIVE: Final = {"day": "daily", "month": "monthly", "total": "total"}
 _PERIOD_END: Final = {"day": "the day ends", "month": "the month ends"}
-
-
-def approvals_key(redis_prefix: str) -> str:
-    """The Redis hash of approvals: field :func:`approval_field` → :class:`Approval` JSON."""
-    return f"{redis_prefix}:budgets:approvals"
 
 
 def topic_key(channel: str, campaign: str | None) -> str:
@@ -120,7 +115,7 @@ def _calendar(zone: ZoneInfo) -> Calendar:
 def period_bounds(period: Period, now_s: float, zone: ZoneInfo) -> tuple[int, int | None]:
     """Start and end (exclusive, epoch seconds) of the ``period`` holding ``now_s``; ``total`` never ends.
 
-    Days start at local midnight exactly as the 1-day KPI windows do (:class:`agents.windows.Calendar`), so
+    Days start at local midnight exactly as the 1-day KPI windows do (:class:`streams.windows.Calendar`), so
     the spend of the current 1-day window is the spend of the current daily budget period.
     """
     if period == "total":

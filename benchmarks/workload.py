@@ -16,13 +16,27 @@ from itertools import accumulate
 import orjson
 
 CHANNELS: tuple[str, ...] = (
-    "douyin", "taobao", "wechat", "xiaohongshu", "baidu", "jd", "kuaishou", "weibo", "bilibili", "pinduoduo",
+    "douyin",
+    "taobao",
+    "wechat",
+    "xiaohongshu",
+    "baidu",
+    "jd",
+    "kuaishou",
+    "weibo",
+    "bilibili",
+    "pinduoduo",
 )
 CAMPAIGNS_PER_CHANNEL = 5
 #: Channel weights: a few big channels and a long tail, as real traffic.
 CHANNEL_WEIGHTS: tuple[float, ...] = (20, 18, 14, 12, 9, 8, 7, 5, 4, 3)
 REGIONS: tuple[str, ...] = ("beijing", "shanghai", "guangdong", "zhejiang", "jiangsu", "sichuan")
-CLICK_TYPES: tuple[tuple[str, float], ...] = (("impression", 0.80), ("click", 0.14), ("visit", 0.04), ("cart", 0.02))
+CLICK_TYPES: tuple[tuple[str, float], ...] = (
+    ("impression", 0.80),
+    ("click", 0.14),
+    ("visit", 0.04),
+    ("cart", 0.02),
+)
 MICROS = 1_000_000
 #: Counter names compared against the worker's Redis rows (money in micro-units, exact).
 CHECKED: tuple[str, ...] = ("impressions", "clicks", "visits", "carts", "orders", "gmv", "spend")
@@ -48,7 +62,9 @@ class Mix:
 class Expected:
     """What a correct worker reports for the preloaded records."""
 
-    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("accepted", "invalid", "late", "duplicate"), 0))
+    outcomes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("accepted", "invalid", "late", "duplicate"), 0)
+    )
     by_topic: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("clicks", "orders", "spend"), 0))
     #: channel -> counter name -> total (gmv and spend in integer micro-units).
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -85,7 +101,13 @@ def generate(n: int, now_ms: int, seed: int = 7, mix: Mix = Mix()) -> tuple[list
             continue
         ts = min(now_ms - 1, int(start_ms + i * step_ms) + rng.randint(-mix.jitter_ms, mix.jitter_ms))
         topic_roll = rng.random()
-        topic = "orders" if topic_roll < mix.orders else "spend" if topic_roll < mix.orders + mix.spend else "clicks"
+        topic = (
+            "orders"
+            if topic_roll < mix.orders
+            else "spend"
+            if topic_roll < mix.orders + mix.spend
+            else "clicks"
+        )
         doc: dict[str, object] = {
             "event_id": f"e{seed}-{i:08x}",
             "ts": ts,
@@ -109,7 +131,12 @@ def generate(n: int, now_ms: int, seed: int = 7, mix: Mix = Mix()) -> tuple[list
             expected.add(channel, _CLICK_FIELD[kind], count)
         elif topic == "orders":
             amount_cents = rng.randint(990, 99_900)
-            doc.update(order_id=f"o{i:08x}", amount=amount_cents / 100, currency="CNY", new_customer=rng.random() < 0.3)
+            doc.update(
+                order_id=f"o{i:08x}",
+                amount=amount_cents / 100,
+                currency="CNY",
+                new_customer=rng.random() < 0.3,
+            )
             expected.add(channel, "orders", 1)
             expected.add(channel, "gmv", round(amount_cents / 100 * MICROS))
         else:

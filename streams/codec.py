@@ -69,7 +69,7 @@ def to_micros(amount: float | int) -> int:
 
 
 def _ok_str(value: object, longest: int) -> bool:
-    return type(value) is str and 0 < len(value) <= longest  # noqa: E721 - exact type on purpose
+    return type(value) is str and 0 < len(value) <= longest
 
 
 def _fast_money(value: object) -> int | None:
@@ -124,7 +124,9 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
             ):
                 return None
             contribution = (
-                ((ORDERS, 1), (GMV, amount), (NEW_CUSTOMERS, 1)) if new_customer else ((ORDERS, 1), (GMV, amount))
+                ((ORDERS, 1), (GMV, amount), (NEW_CUSTOMERS, 1))
+                if new_customer
+                else ((ORDERS, 1), (GMV, amount))
             )
         elif topic == "spend":
             cost = _fast_money(doc.get("cost"))

@@ -8,7 +8,7 @@ always comes from one place and reads the same.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, NewType
 
 from pydantic import (
@@ -37,7 +37,7 @@ MAX_MONEY = 10**12
 CLICK_TYPES: tuple[str, ...] = ("impression", "click", "visit", "cart")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _parse_ts(value: object) -> int:
@@ -46,7 +46,9 @@ def _parse_ts(value: object) -> int:
         raise ValueError("ts must be epoch milliseconds (int) or an RFC 3339 string, not a boolean")
     if isinstance(value, int):
         if value < MIN_TS_MS:
-            raise ValueError(f"ts {value} is before 2000-01-01 in epoch milliseconds; was it sent in seconds?")
+            raise ValueError(
+                f"ts {value} is before 2000-01-01 in epoch milliseconds; was it sent in seconds?"
+            )
         return value
     if isinstance(value, str):
         try:

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agents.windows import known_time_zone
 from alerts.router.targets import TARGET_TYPES, TargetSpec
+from streams.windows import known_time_zone
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NEEDS_URL = frozenset(TARGET_TYPES) - {"console"}
@@ -123,8 +123,13 @@ class RoutesConfig(_Strict):
         """The delivery spec of the target called ``name``."""
         target = self.targets[name]
         return TargetSpec(
-            name=name, type=target.type, url=target.url, secret=target.secret, locale=target.locale,
-            timeout_s=target.timeout_s, rate_per_minute=target.rate_per_minute,
+            name=name,
+            type=target.type,
+            url=target.url,
+            secret=target.secret,
+            locale=target.locale,
+            timeout_s=target.timeout_s,
+            rate_per_minute=target.rate_per_minute,
         )
 
     def secrets(self) -> list[str]:
@@ -140,7 +145,9 @@ def substitute(text: str, env: Mapping[str, str]) -> str:
     return _VARIABLE.sub(lambda m: env[m.group(1)], text)
 
 
-def parse_routes(text: str, env: Mapping[str, str] | None = None, source: str = "routes file") -> RoutesConfig:
+def parse_routes(
+    text: str, env: Mapping[str, str] | None = None, source: str = "routes file"
+) -> RoutesConfig:
     """Validate a routes file's text. Errors name the place and problem, never a substituted value."""
     try:
         raw = yaml.safe_load(text)
@@ -172,7 +179,9 @@ def load_routes(path: Path, env: Mapping[str, str] | None = None) -> RoutesConfi
 
 def console_routes() -> RoutesConfig:
     """Every alert to the console: the router's default without a routes file (and the demo's)."""
-    return RoutesConfig(targets={"console": TargetConfig(type="console", locale="en")}, default_targets=["console"])
+    return RoutesConfig(
+        targets={"console": TargetConfig(type="console", locale="en")}, default_targets=["console"]
+    )
 
 
 def _substituted(value: Any, env: Mapping[str, str]) -> Any:

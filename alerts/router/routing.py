@@ -51,7 +51,9 @@ def _add(plans: dict[str, Plan], new: Plan) -> None:
         plans[new.target] = new
         return
     plans[new.target] = Plan(
-        new.target, merge_owners(old.owners, new.owners), old.escalate or new.escalate,
+        new.target,
+        merge_owners(old.owners, new.owners),
+        old.escalate or new.escalate,
         old.quiet_hours and new.quiet_hours,
     )
 

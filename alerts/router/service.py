@@ -35,13 +35,14 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
+from alerts.acks import Ack, read_acks
 from alerts.router.config import RoutesConfig
 from alerts.router.delivery import Deliverer, Delivery
 from alerts.router.messages import Notification
 from alerts.router.metrics import RouterMetrics
 from alerts.router.routing import Plan, grouped, merge_owners, needs_escalation, plan, quiet_until
-from alerts.router.state import Ack, read_acks
 from alerts.router.tokens import ActionLinks
+from streams.keys import Keys
 
 log = logging.getLogger("adpulse.router")
 
@@ -72,34 +73,6 @@ return 0
 """
 #: Consumers of the group idle this long, with nothing pending, are removed (dead routers' names).
 STALE_CONSUMER_S = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class RouterKeys:
-    prefix: str
-
-    @property
-    def stream(self) -> str:
-        return f"{self.prefix}:alerts"
-
-    @property
-    def active(self) -> str:
-        return f"{self.prefix}:alerts:active"
-
-    @property
-    def dead(self) -> str:
-        return f"{self.prefix}:alerts:dead"
-
-    @property
-    def deferred(self) -> str:
-        return f"{self.prefix}:router:deferred"
-
-    @property
-    def escalations(self) -> str:
-        return f"{self.prefix}:router:escalations"
-
-    def sent(self, target: str, delivery_key: str) -> str:
-        return f"{self.prefix}:router:sent:{target}:{delivery_key}"
 
 
 @dataclass(slots=True)
@@ -136,7 +109,7 @@ class Router:
         self.config = config
         self.deliverer = deliverer
         self.metrics = metrics
-        self.keys = RouterKeys(prefix)
+        self.keys = Keys(prefix)
         self.prefix = prefix
         self.name = name
         self.claim_idle_s = claim_idle_s
@@ -168,7 +141,7 @@ class Router:
                         await self._own_pending()
                         own_pending = False
                         self.ready.set()
-                        log.info("router %s: reading %s", self.name, self.keys.stream)
+                        log.info("router %s: reading %s", self.name, self.keys.alerts)
                     now = time.monotonic()
                     if now - last_housekeeping >= 1.0:
                         last_housekeeping = now
@@ -204,15 +177,15 @@ class Router:
     async def _ensure_group(self) -> None:
         start_ms = int((self.clock() - FIRST_START_LOOKBACK_S) * 1000)
         try:
-            await self.redis.xgroup_create(self.keys.stream, GROUP, id=f"{max(start_ms, 0)}-0", mkstream=True)
-            log.info("router: created consumer group %r on %s", GROUP, self.keys.stream)
+            await self.redis.xgroup_create(self.keys.alerts, GROUP, id=f"{max(start_ms, 0)}-0", mkstream=True)
+            log.info("router: created consumer group %r on %s", GROUP, self.keys.alerts)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     async def _read(self, which: str, block_ms: int | None = None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         reply = await self.redis.xreadgroup(
-            GROUP, self.name, {self.keys.stream: which}, count=self.batch, block=block_ms
+            GROUP, self.name, {self.keys.alerts: which}, count=self.batch, block=block_ms
         )
         return [entry for _, entries in reply or () for entry in entries]
 
@@ -225,17 +198,17 @@ class Router:
 
     async def _forget_stale_consumers(self) -> None:
         """Remove consumers of dead routers (nothing pending, idle for an hour) so the group stays tidy."""
-        for consumer in await self.redis.xinfo_consumers(self.keys.stream, GROUP):
+        for consumer in await self.redis.xinfo_consumers(self.keys.alerts, GROUP):
             name = _text(consumer["name"])
             if name != self.name and consumer["pending"] == 0 and consumer["idle"] > STALE_CONSUMER_S * 1000:
-                await self.redis.xgroup_delconsumer(self.keys.stream, GROUP, name)
+                await self.redis.xgroup_delconsumer(self.keys.alerts, GROUP, name)
 
     async def _take_over_idle(self) -> None:
         """Entries a dead router left pending: claim and deliver them."""
         start = "0-0"
         while True:
             reply = await self.redis.xautoclaim(
-                self.keys.stream,
+                self.keys.alerts,
                 GROUP,
                 self.name,
                 int(self.claim_idle_s * 1000),
@@ -244,7 +217,9 @@ class Router:
             )
             start, entries = reply[0], reply[1]
             for gone in reply[2] if len(reply) > 2 else ():
-                await self._dead(None, {"entry": _text(gone)}, "trimmed from the stream before it was delivered")
+                await self._dead(
+                    None, {"entry": _text(gone)}, "trimmed from the stream before it was delivered"
+                )
             if entries:
                 log.warning(
                     "router %s: took over %d alert(s) another router left undelivered",
@@ -263,12 +238,16 @@ class Router:
                 try:
                     # Only entries still ours: one another router took over (after an outage) stays its.
                     owned = await self.redis.xpending_range(
-                        self.keys.stream, GROUP, min="-", max="+", count=len(self._inflight) + self.batch,
+                        self.keys.alerts,
+                        GROUP,
+                        min="-",
+                        max="+",
+                        count=len(self._inflight) + self.batch,
                         consumername=self.name,
                     )
                     mine = [_text(p["message_id"]) for p in owned if _text(p["message_id"]) in self._inflight]
                     if mine:
-                        await self.redis.xclaim(self.keys.stream, GROUP, self.name, 0, mine, justid=True)
+                        await self.redis.xclaim(self.keys.alerts, GROUP, self.name, 0, mine, justid=True)
                 except (RedisError, OSError):
                     pass  # the main loop notices and pauses
 
@@ -319,7 +298,7 @@ class Router:
                 for part in self._messages(target, alerts)
             ]
             await self._deliver_all(jobs)
-            await self.redis.xack(self.keys.stream, GROUP, *ids)
+            await self.redis.xack(self.keys.alerts, GROUP, *ids)
         finally:
             self._inflight.difference_update(ids)
 
@@ -390,10 +369,15 @@ class Router:
             result = await self.deliverer.deliver(spec, notification)
         except (RedisError, OSError):
             raise
-        except Exception as exc:  # noqa: BLE001 - bad data must not stop the router: dead-letter it
+        except Exception as exc:
             log.exception("router: cannot deliver %d alert(s) to %s", len(todo), job.target)
-            result = Delivery(outcome="failed", attempts=0, retries=0, status=None,
-                              error=f"cannot render or send: {type(exc).__name__}")
+            result = Delivery(
+                outcome="failed",
+                attempts=0,
+                retries=0,
+                status=None,
+                error=f"cannot render or send: {type(exc).__name__}",
+            )
         if result.retries:
             self.metrics.notifications.labels(job.target, "retried").inc(result.retries)
         if result.outcome == "sent":
@@ -496,8 +480,11 @@ class Router:
                 except (RedisError, OSError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - a malformed job must not stop the router
-                    await self._dead(None, {"job": member.decode("utf-8", "replace")[:4000]},
-                                     f"malformed {key.rsplit(':', 1)[-1]} job: {type(exc).__name__}")
+                    await self._dead(
+                        None,
+                        {"job": member.decode("utf-8", "replace")[:4000]},
+                        f"malformed {key.rsplit(':', 1)[-1]} job: {type(exc).__name__}",
+                    )
                 finally:
                     renewing.cancel()
                 await self.redis.zrem(key, member)
@@ -559,7 +546,7 @@ class Router:
 
     async def _update_gauges(self) -> None:
         now = self.clock()
-        pending = await self.redis.xpending(self.keys.stream, GROUP)
+        pending = await self.redis.xpending(self.keys.alerts, GROUP)
         self.metrics.pending.set(pending["pending"] if pending else 0)
         acks = await read_acks(self.redis, self.prefix)
         counts: dict[str, int] = {}

@@ -72,7 +72,9 @@ def sign(action: Action, key: bytes) -> str:
 def verify(token: str, key: bytes, now_s: float) -> Action:
     """The action a token allows; TokenError if it is forged, malformed or expired."""
     payload, dot, mac = token.partition(".")
-    if not dot or not hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), _mac(key, payload).encode()):
+    if not dot or not hmac.compare_digest(
+        mac.encode("utf-8", "surrogateescape"), _mac(key, payload).encode()
+    ):
         raise TokenError("this link is not valid (it was changed, or signed with another key)")
     try:
         body = orjson.loads(_unb64(payload))

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from alerts.router.state import acknowledge, approve
+from alerts.acks import acknowledge, approve
 from alerts.router.tokens import Action, TokenError, verify
 
 log = logging.getLogger("adpulse.router")

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from alerts.lifecycle import STATE_VERSION, StateDelta
+from streams.keys import Keys
 
 # KEYS: stream, active hash, state hash, then one guard key per alert.
 # ARGV: guard ttl, stream maxlen, alert count, then (fingerprint, status, json) per alert,
@@ -68,10 +69,11 @@ class RedisAlertSink:
         self._script = client.register_script(_PUBLISH)
         self.maxlen = maxlen
         self.id_ttl_s = id_ttl_s
-        self.stream_key = f"{prefix}:alerts"
-        self.active_key = f"{prefix}:alerts:active"
-        self.state_key = f"{prefix}:alerts:state"
-        self._ids_prefix = f"{prefix}:alerts:ids:"
+        keys = Keys(prefix)
+        self.stream_key = keys.alerts
+        self.active_key = keys.active
+        self.state_key = keys.alert_state
+        self._ids_prefix = keys.alert_ids
 
     async def publish(
         self, alerts: Sequence[Mapping[str, Any]], state: StateDelta | None = None

@@ -15,8 +15,10 @@ def tool() -> Callable[[str], str]:
     def find(name: str) -> str:
         path = shutil.which(name)
         if path is None:
-            pytest.fail(f"{name} is not on PATH: run deploy/setup-tools.sh (make test runs it), or install the "
-                        "Debian packages prometheus and prometheus-alertmanager")
+            pytest.fail(
+                f"{name} is not on PATH: run deploy/setup-tools.sh (make test runs it), or install the "
+                "Debian packages prometheus and prometheus-alertmanager"
+            )
         return path
 
     return find

@@ -88,10 +88,14 @@ def dashboard_queries() -> list[Query]:
     for name, board in dashboards().items():
         for panel in panels(board):
             for target in panel.get("targets", []):
-                found.append(Query(f"{name}: panel {panel['title']!r} {target['refId']}", target["expr"], "panel"))
+                found.append(
+                    Query(f"{name}: panel {panel['title']!r} {target['refId']}", target["expr"], "panel")
+                )
         for annotation in board["annotations"]["list"]:
             if "expr" in annotation:
-                found.append(Query(f"{name}: annotation {annotation['name']!r}", annotation["expr"], "annotation"))
+                found.append(
+                    Query(f"{name}: annotation {annotation['name']!r}", annotation["expr"], "annotation")
+                )
         for variable in board["templating"]["list"]:
             if variable["type"] == "query":
                 query = variable["query"]
@@ -111,8 +115,11 @@ def rule_groups() -> dict[str, list[dict[str, Any]]]:
 def rule_queries() -> list[Query]:
     """Every recording and alerting rule's expression."""
     return [
-        Query(f"{name}: {rule.get('record') or rule.get('alert')}", rule["expr"],
-              "record" if "record" in rule else "alert")
+        Query(
+            f"{name}: {rule.get('record') or rule.get('alert')}",
+            rule["expr"],
+            "record" if "record" in rule else "alert",
+        )
         for name, rules in rule_groups().items()
         for rule in rules
     ]

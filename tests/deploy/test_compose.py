@@ -40,6 +40,7 @@ ROUTES_EXAMPLE = DEPLOY / "routes.example.yml"
 
 # -- interpolation, as the Compose Specification (12-interpolation.md) and compose-go define it ------------
 
+
 class InterpolationError(ValueError):
     pass
 
@@ -106,7 +107,7 @@ def _braced(text: str, i: int, env: Mapping[str, str], warnings: list[str]) -> t
             continue
         depth -= text[j] == "}"
         j += 1
-    argument = text[start:j - 1]
+    argument = text[start : j - 1]
     value = env.get(name)
     empty_counts = operator.startswith(":")
     missing = value is None or (empty_counts and value == "")
@@ -114,8 +115,9 @@ def _braced(text: str, i: int, env: Mapping[str, str], warnings: list[str]) -> t
         return (interpolate(argument, env, warnings) if missing else value), j
     if operator.endswith("?"):
         if missing:
-            raise InterpolationError(f"required variable {name} is missing a value: "
-                                     f"{interpolate(argument, env, warnings)}")
+            raise InterpolationError(
+                f"required variable {name} is missing a value: {interpolate(argument, env, warnings)}"
+            )
         return value, j
     return ("" if missing else interpolate(argument, env, warnings)), j
 
@@ -174,6 +176,7 @@ def test_the_interpolation_follows_the_compose_rules() -> None:
 
 # -- the compose file ---------------------------------------------------------------------------------------
 
+
 def test_the_compose_file_is_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
     schema = json.loads(SCHEMA.read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -205,7 +208,9 @@ def test_references_between_services_volumes_and_secrets_resolve(compose: dict[s
             # A dependency switched off by a profile would stop `docker compose up` of the default profile.
             assert not services[dependency].get("profiles") or service.get("profiles"), (name, dependency)
             if spec["condition"] == "service_healthy":
-                assert _healthcheck(services[dependency]), f"{name} waits for {dependency} to be healthy: it has no check"
+                assert _healthcheck(services[dependency]), (
+                    f"{name} waits for {dependency} to be healthy: it has no check"
+                )
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]
             if source.startswith("."):
@@ -255,8 +260,9 @@ def test_the_services_the_issue_asks_for(compose: dict[str, Any]) -> None:
     for name in ("worker", "router", "simulator"):
         environment = services[name]["environment"]
         assert environment["ADPULSE_KAFKA_BOOTSTRAP"] == "kafka:9092", name
-        assert environment["ADPULSE_REDIS_URL"].startswith("redis://:") and environment["ADPULSE_REDIS_URL"].endswith(
-            "@redis:6379/0"), name
+        assert environment["ADPULSE_REDIS_URL"].startswith("redis://:") and environment[
+            "ADPULSE_REDIS_URL"
+        ].endswith("@redis:6379/0"), name
     for name, service in services.items():
         image = service["image"]
         assert not image.endswith(":latest") or image.startswith("adpulse:"), f"{name}: pin the image version"
@@ -281,17 +287,23 @@ elif "--describe" in args:
 """
 
 
-def _run_create_topics(tmp_path: Path, env: Mapping[str, str], state: dict[str, Any] | None = None
-                       ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def _run_create_topics(
+    tmp_path: Path, env: Mapping[str, str], state: dict[str, Any] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     fake = tmp_path / "kafka-topics.sh"
     fake.write_text(f"#!{sys.executable}\n{_FAKE_KAFKA_TOPICS}")
     fake.chmod(0o755)
     state_path = tmp_path / "state.json"
     if state is not None:
         state_path.write_text(json.dumps(state))
-    result = subprocess.run(["bash", str(CREATE_TOPICS)], capture_output=True, text=True, timeout=60, check=False,
-                            env={"PATH": os.environ["PATH"], "KAFKA_TOPICS": str(fake), "FAKE_STATE": str(state_path),
-                                 **env})
+    result = subprocess.run(
+        ["bash", str(CREATE_TOPICS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": os.environ["PATH"], "KAFKA_TOPICS": str(fake), "FAKE_STATE": str(state_path), **env},
+    )
     return result, json.loads(state_path.read_text()) if state_path.exists() else {}
 
 
@@ -305,8 +317,10 @@ def test_the_init_step_creates_the_topics_adpulse_declares(tmp_path: Path, compo
     result, created = _run_create_topics(tmp_path, env)
     assert result.returncode == 0, result.stderr
     partitions = int(env["ADPULSE_PARTITIONS"])
-    expected = {f"adpulse.{spec.short}": (spec.partitions, spec.configs)
-                for spec in topic_specs(partitions, retention_ms=int(env["TOPIC_RETENTION_MS"]))}
+    expected = {
+        f"adpulse.{spec.short}": (spec.partitions, spec.configs)
+        for spec in topic_specs(partitions, retention_ms=int(env["TOPIC_RETENTION_MS"]))
+    }
     assert {name: (t["partitions"], t["configs"]) for name, t in created.items()} == expected
     assert created["adpulse.budgets"]["configs"]["cleanup.policy"] == "compact"
     assert {t["bootstrap"] for t in created.values()} == {"kafka:9092"}
@@ -316,7 +330,9 @@ def test_the_init_step_creates_the_topics_adpulse_declares(tmp_path: Path, compo
 
 
 def test_the_init_step_refuses_a_topic_with_another_partition_count(tmp_path: Path) -> None:
-    existing = {"adpulse.clicks": {"partitions": 2, "replication": 1, "configs": {}, "bootstrap": "kafka:9092"}}
+    existing = {
+        "adpulse.clicks": {"partitions": 2, "replication": 1, "configs": {}, "bootstrap": "kafka:9092"}
+    }
     result, _ = _run_create_topics(tmp_path, {"ADPULSE_PARTITIONS": "4"}, existing)
     assert result.returncode == 1
     assert "adpulse.clicks has 2 partitions, adpulse is configured for 4" in result.stderr
@@ -327,7 +343,12 @@ def test_the_init_step_refuses_a_topic_with_another_partition_count(tmp_path: Pa
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|_URL$")
 _NOT_SECRET = {"GRAFANA_URL", "ROUTER_PUBLIC_URL"}
 #: Container settings named like secrets that are not (the Redis URL's password is checked on its own).
-_PLAIN_ENVIRONMENT = {"ADPULSE_ROUTER_PUBLIC_URL", "ADPULSE_GRAFANA_URL", "GF_SERVER_ROOT_URL", "ADPULSE_REDIS_URL"}
+_PLAIN_ENVIRONMENT = {
+    "ADPULSE_ROUTER_PUBLIC_URL",
+    "ADPULSE_GRAFANA_URL",
+    "GF_SERVER_ROOT_URL",
+    "ADPULSE_REDIS_URL",
+}
 #: Shapes of real credentials: none may appear in a committed deploy file.
 _CREDENTIALS = [
     re.compile(r"hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/\w+"),
@@ -359,7 +380,9 @@ def test_no_secret_in_any_committed_deploy_file() -> None:
         for key, value in (service.get("environment") or {}).items():
             if _SECRET_NAME.search(key) and key not in _PLAIN_ENVIRONMENT:
                 from_env = re.fullmatch(r"\$\{\w+(:\?[^}]*)?\}", str(value))
-                assert from_env or str(value).startswith("/run/secrets/"), f"{name}.{key}: from .env or a secret"
+                assert from_env or str(value).startswith("/run/secrets/"), (
+                    f"{name}.{key}: from .env or a secret"
+                )
         redis_url = (service.get("environment") or {}).get("ADPULSE_REDIS_URL")
         assert redis_url is None or re.match(r"redis://:\$\{REDIS_PASSWORD[:?}]", redis_url), name
     # The routes example names its URLs and secrets, never holds them.
@@ -369,21 +392,39 @@ def test_no_secret_in_any_committed_deploy_file() -> None:
                 assert re.fullmatch(r"\$\{\w+\}", target[field]), target
 
 
-def test_the_routes_example_is_accepted_by_the_router_with_the_compose_environment(compose: dict[str, Any]) -> None:
+def test_the_routes_example_is_accepted_by_the_router_with_the_compose_environment(
+    compose: dict[str, Any],
+) -> None:
     environment = {k: str(v) for k, v in compose["services"]["router"]["environment"].items()}
     targets = yaml.safe_load(ROUTES_EXAMPLE.read_text())["targets"].values()
-    used = {name for target in targets for value in target.values() for name in re.findall(r"\$\{(\w+)\}", str(value))}
+    used = {
+        name
+        for target in targets
+        for value in target.values()
+        for name in re.findall(r"\$\{(\w+)\}", str(value))
+    }
     assert used
     assert used <= environment.keys(), f"the router's compose environment lacks {used - environment.keys()}"
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-           **{k: v for k, v in environment.items() if not k.startswith("ADPULSE_")}}
-    result = subprocess.run([sys.executable, "-m", "adpulse", "router", "--config", str(ROUTES_EXAMPLE), "--check"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **{k: v for k, v in environment.items() if not k.startswith("ADPULSE_")},
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "adpulse", "router", "--config", str(ROUTES_EXAMPLE), "--check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok:")
 
 
 # -- the image ----------------------------------------------------------------------------------------------
+
 
 def _ignored(path: str, patterns: list[str]) -> bool:
     """Whether a .dockerignore excludes ``path`` (the last matching pattern wins, ``!`` re-includes)."""
@@ -400,20 +441,30 @@ def test_the_image_is_multi_stage_slim_and_runs_as_a_user(tmp_path: Path) -> Non
     instructions = dockerfile.parse_file(str(DOCKERFILE))
     stages = [i for i in instructions if i.cmd == "FROM"]
     assert len(stages) >= 2 and all("slim" in stage.value[0] for stage in stages)
-    final = instructions[instructions.index(stages[-1]):]
+    final = instructions[instructions.index(stages[-1]) :]
     users = [i.value[0] for i in final if i.cmd == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the final stage must run as a user"
     assert not any(i.cmd == "COPY" for i in final), "the final stage installs wheels only, no sources"
     assert [i.value for i in final if i.cmd == "ENTRYPOINT"] == [("adpulse",)]
     # What the build stage copies is what the package needs, and the build context keeps it.
-    copied = [src for i in instructions if i.cmd == "COPY" and "--from" not in " ".join(i.flags) for src in i.value[:-1]]
+    copied = [
+        src
+        for i in instructions
+        if i.cmd == "COPY" and "--from" not in " ".join(i.flags)
+        for src in i.value[:-1]
+    ]
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[([^\]]*)\]', pyproject).group(1)
+    packages = re.search(r"include = \[([^\]]*)\]", pyproject).group(1)
     assert {p.strip(' "*') for p in packages.split(",")} <= set(copied)
-    ignore = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    ignore = [
+        line.strip()
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for source in copied:
-        assert not _ignored(source, ignore), f"deploy/Dockerfile.dockerignore leaves {source} out of the context"
+        assert not _ignored(source, ignore), (
+            f"deploy/Dockerfile.dockerignore leaves {source} out of the context"
+        )
     assert _ignored(".venv", ignore) and _ignored(".env", ignore) and _ignored(".git", ignore)
 
 
@@ -430,9 +481,24 @@ def test_the_build_stage_builds_the_package_from_what_it_copies(tmp_path: Path) 
                     subprocess.run(["cp", "-r", str(ROOT / source), str(target)], check=True)
                 else:
                     target.write_bytes((ROOT / source).read_bytes())
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "--wheel-dir", str(tmp_path / "wheels"), str(context)],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--wheel-dir",
+            str(tmp_path / "wheels"),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     (wheel,) = (tmp_path / "wheels").glob("adpulse-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.deploy
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 DATASOURCE_UID = "prometheus"
 
+
 def _datasource() -> dict:
     (source,) = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())["datasources"]
     return source
@@ -61,7 +62,10 @@ def test_the_datasource_is_provisioned_with_the_uid_every_panel_uses() -> None:
         for panel in panels(board):
             if panel["type"] == "row":
                 continue
-            assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, (name, panel["title"])
+            assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, (
+                name,
+                panel["title"],
+            )
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] == DATASOURCE_UID, (name, panel["title"])
         for item in [*board["annotations"]["list"], *board["templating"]["list"]]:
@@ -94,7 +98,11 @@ def test_each_dashboard_has_its_uid_title_and_a_sound_layout() -> None:
         for panel in panels(board):
             pos = panel["gridPos"]
             assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, (name, panel["title"])
-            cells = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+            cells = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
             assert not cells & taken, f"{name}: panel {panel['title']!r} overlaps another"
             taken |= cells
             if panel["type"] != "row":
@@ -118,8 +126,13 @@ def test_every_dashboard_query_parses_in_prometheus(tool: Callable[[str], str], 
         rules.append({"record": f"dashboard_query_{i}", "expr": query.promql(_values(board))})
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    result = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     report = result.stdout + result.stderr
     for name, source in by_name.items():
         report = report.replace(f'"{name}"', f"{name} ({source})")
@@ -156,19 +169,37 @@ def test_the_channels_dashboard_has_a_channel_variable_and_the_targets_as_lines(
 
 
 def test_the_pipeline_dashboard_shows_what_the_issue_asks_for() -> None:
-    exprs = " ".join(t["expr"] for panel in panels(_board("adpulse-pipeline")) for t in panel.get("targets", []))
-    for needed in ("adpulse_events_total", "adpulse_dlq_records_total", 'outcome="late"',
-                   "adpulse_event_time_lag_seconds", "adpulse_alert_latency_seconds_bucket",
-                   "adpulse_notifications_total", "sum by (target, outcome)", "sum by (topic, outcome)"):
+    exprs = " ".join(
+        t["expr"] for panel in panels(_board("adpulse-pipeline")) for t in panel.get("targets", [])
+    )
+    for needed in (
+        "adpulse_events_total",
+        "adpulse_dlq_records_total",
+        'outcome="late"',
+        "adpulse_event_time_lag_seconds",
+        "adpulse_alert_latency_seconds_bucket",
+        "adpulse_notifications_total",
+        "sum by (target, outcome)",
+        "sum by (topic, outcome)",
+    ):
         assert needed in exprs, needed
 
 
 @pytest.mark.parametrize("campaign", [None, "spring_sale"])
-def test_an_alerts_dashboard_url_opens_the_channels_dashboard_on_its_channel_and_time(campaign: str | None) -> None:
+def test_an_alerts_dashboard_url_opens_the_channels_dashboard_on_its_channel_and_time(
+    campaign: str | None,
+) -> None:
     board = _board("adpulse-channels")
     fired = datetime(2026, 11, 24, 2, 5, tzinfo=UTC)
-    url = dashboard_url("douyin", campaign, "2026-11-24T01:00:00+00:00", "2026-11-24T02:00:00+00:00", fired, None,
-                        Links(grafana_url="http://grafana.example:3000"))
+    url = dashboard_url(
+        "douyin",
+        campaign,
+        "2026-11-24T01:00:00+00:00",
+        "2026-11-24T02:00:00+00:00",
+        fired,
+        None,
+        Links(grafana_url="http://grafana.example:3000"),
+    )
     assert url is not None
     parts = urlsplit(url)
     assert parts.path == f"/d/{board['uid']}/{board['uid']}"
@@ -182,4 +213,3 @@ def test_an_alerts_dashboard_url_opens_the_channels_dashboard_on_its_channel_and
     start, end = int(params["from"]), int(params["to"])
     assert start < datetime(2026, 11, 24, 1, tzinfo=UTC).timestamp() * 1000 < end
     assert start < datetime(2026, 11, 24, 2, tzinfo=UTC).timestamp() * 1000 < end
-

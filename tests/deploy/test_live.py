@@ -59,16 +59,23 @@ class Prometheus:
     def start(self) -> Prometheus:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    self.binary,
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
     def api(self, path: str, **params: str) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=10) as response:
                 body = orjson.loads(response.read())
         except urllib.error.HTTPError as exc:
             text = exc.read()
@@ -89,7 +96,7 @@ class Prometheus:
     def ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log_tail()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2):  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2):
                 return True
         except OSError:
             return False
@@ -124,8 +131,14 @@ def prometheus_config(ports: dict[str, int]) -> dict[str, Any]:
 
 def adpulse(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, with ``settings`` in its environment; it must succeed."""
-    result = subprocess.run([sys.executable, "-m", "adpulse", *args], env={**os.environ, **settings.to_env()},
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "adpulse", *args],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -153,10 +166,14 @@ class Live:
         before = total()
         adpulse(self.settings, "budget", "set", channel, "1", "--period", "day", "--owner", "@ops")
         try:
-            wait_for(lambda: total() not in (None, before), 60, f"Prometheus to see the {channel} budget alert")
+            wait_for(
+                lambda: total() not in (None, before), 60, f"Prometheus to see the {channel} budget alert"
+            )
         except AssertionError:
-            raise AssertionError(f"{series} stays at {before}; the worker's:\n{self.worker.metrics()}\n"
-                                 f"{self.worker.log_tail()}") from None
+            raise AssertionError(
+                f"{series} stays at {before}; the worker's:\n{self.worker.metrics()}\n"
+                f"{self.worker.log_tail()}"
+            ) from None
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +184,15 @@ def live(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], str]) -
     workdir = tmp_path_factory.mktemp("live")
     ports = _distinct_ports(5)
     settings = Settings(
-        kafka_bootstrap=f"127.0.0.1:{ports[0]}", redis_url=f"redis://127.0.0.1:{ports[1]}/0",
-        home=workdir / "home", web_port=ports[2], router_port=ports[3],
-        grace_s=5.0, idle_partition_s=3.0, tick_s=0.5, flush_interval_s=0.25,
+        kafka_bootstrap=f"127.0.0.1:{ports[0]}",
+        redis_url=f"redis://127.0.0.1:{ports[1]}/0",
+        home=workdir / "home",
+        web_port=ports[2],
+        router_port=ports[3],
+        grace_s=5.0,
+        idle_partition_s=3.0,
+        tick_s=0.5,
+        flush_interval_s=0.25,
     )
     job_ports = {"adpulse-worker": ports[2], "adpulse-router": ports[3], "prometheus": ports[4]}
     with running_stack(settings):
@@ -180,22 +203,54 @@ def live(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], str]) -
         try:
             worker.wait_ready()
             wait_for(prometheus.ready, 30, "Prometheus to be ready")
-            adpulse(settings, "simulate", "--start", "-2h", "--speed", "max", "--rate", "10", "--flat",
-                    "--seed", "7", "--quiet", *SIMULATED)
+            adpulse(
+                settings,
+                "simulate",
+                "--start",
+                "-2h",
+                "--speed",
+                "max",
+                "--rate",
+                "10",
+                "--flat",
+                "--seed",
+                "7",
+                "--quiet",
+                *SIMULATED,
+            )
             with open(workdir / "traffic.log", "ab") as log:
                 traffic = subprocess.Popen(
-                    [sys.executable, "-m", "adpulse", "simulate", "--rate", "100", "--seed", "8", "--quiet",
-                     *SIMULATED],
-                    env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        "-m",
+                        "adpulse",
+                        "simulate",
+                        "--rate",
+                        "100",
+                        "--seed",
+                        "8",
+                        "--quiet",
+                        *SIMULATED,
+                    ],
+                    env={**os.environ, **settings.to_env()},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             state = Live(settings, worker, prometheus, workdir)
             # Caught up with the backfill: alerts from now on are live (their latency is measured).
-            wait_for(lambda: 0 < metric_sum(worker.metrics(), "adpulse_event_time_lag_seconds") < 30, 90,
-                     "the worker to catch up with the backfill")
+            wait_for(
+                lambda: 0 < metric_sum(worker.metrics(), "adpulse_event_time_lag_seconds") < 30,
+                90,
+                "the worker to catch up with the backfill",
+            )
             # Two budget alerts a few scrapes apart, so that the latency histogram has an increase to show.
-            state.set_budget_and_wait_for_its_alert("taobao", 'adpulse_alert_latency_seconds_count{kind="budget"}')
-            state.set_budget_and_wait_for_its_alert("jd", 'adpulse_alert_latency_seconds_count{kind="budget"}')
+            state.set_budget_and_wait_for_its_alert(
+                "taobao", 'adpulse_alert_latency_seconds_count{kind="budget"}'
+            )
+            state.set_budget_and_wait_for_its_alert(
+                "jd", 'adpulse_alert_latency_seconds_count{kind="budget"}'
+            )
             yield state
         finally:
             if traffic is not None:
@@ -234,7 +289,8 @@ def _returns_data(prometheus: Prometheus, queries: list[Query], timeout_s: float
         if waiting:
             time.sleep(1.0)
     assert not waiting, "no data from:\n" + "\n".join(
-        f"  {source}: {waiting[source].promql()}\n    last result: {last.get(source)}" for source in waiting)
+        f"  {source}: {waiting[source].promql()}\n    last result: {last.get(source)}" for source in waiting
+    )
 
 
 def _uses_router(query: Query) -> bool:
@@ -279,7 +335,7 @@ class _Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 hook.received += 1
                 self.send_response(200)
@@ -300,21 +356,36 @@ class _Hook:
 def test_the_router_exports_what_the_pipeline_dashboard_and_rules_read(live: Live) -> None:
     hook = _Hook()
     routes = live.workdir / "routes.yml"
-    routes.write_text(yaml.safe_dump({
-        "targets": {"ops-hook": {"type": "webhook", "url": "${LIVE_HOOK_URL}", "secret": "${LIVE_HOOK_SECRET}"},
-                    "log": {"type": "console", "locale": "en"}},
-        "default_targets": ["ops-hook", "log"],
-    }))
+    routes.write_text(
+        yaml.safe_dump(
+            {
+                "targets": {
+                    "ops-hook": {
+                        "type": "webhook",
+                        "url": "${LIVE_HOOK_URL}",
+                        "secret": "${LIVE_HOOK_SECRET}",
+                    },
+                    "log": {"type": "console", "locale": "en"},
+                },
+                "default_targets": ["ops-hook", "log"],
+            }
+        )
+    )
     env = {**os.environ, **live.settings.to_env(), "LIVE_HOOK_URL": hook.url, "LIVE_HOOK_SECRET": "live-test"}
     with open(live.workdir / "router.log", "ab") as log:
-        router = subprocess.Popen([sys.executable, "-m", "adpulse", "router", "--config", str(routes)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        router = subprocess.Popen(
+            [sys.executable, "-m", "adpulse", "router", "--config", str(routes)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     metrics_url = f"http://127.0.0.1:{live.settings.router_port}/metrics"
 
     def router_metrics() -> str | None:
         assert router.poll() is None, (live.workdir / "router.log").read_text()[-3000:]
         try:
-            with urllib.request.urlopen(metrics_url, timeout=2) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(metrics_url, timeout=2) as response:
                 return response.read().decode()
         except OSError:
             return None
@@ -327,8 +398,12 @@ def test_the_router_exports_what_the_pipeline_dashboard_and_rules_read(live: Liv
         assert hook.received > 0
 
         exported = exported_names(router_metrics() or "")
-        read = {name for q in dashboard_queries() + rule_queries() for name in metric_names(q.promql())
-                if is_router_metric(name)}
+        read = {
+            name
+            for q in dashboard_queries() + rule_queries()
+            for name in metric_names(q.promql())
+            if is_router_metric(name)
+        }
         assert read and read <= exported, f"read but not exported by a running router: {read - exported}"
         queries = [q for q in dashboard_queries() if _uses_router(q)]
         queries.append(Query("router target", 'up{job="adpulse-router"} == 1', "panel"))

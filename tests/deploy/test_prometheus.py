@@ -22,6 +22,7 @@ RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
+
 def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
@@ -52,13 +53,18 @@ def test_every_rule_has_a_unit_test() -> None:
     tested_records: set[str] = set()
     for path in RULE_TESTS:
         for case in yaml.safe_load(path.read_text())["tests"]:
-            tested_alerts.update(t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts"))
+            tested_alerts.update(
+                t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")
+            )
             for expr_test in case.get("promql_expr_test", []):
                 if expr_test.get("exp_samples"):
                     tested_records.update(metric_names(expr_test["expr"]))
     rules = [rule for rules in rule_groups().values() for rule in rules]
-    untested = [rule.get("alert") or rule["record"] for rule in rules
-                if (rule["alert"] not in tested_alerts if "alert" in rule else rule["record"] not in tested_records)]
+    untested = [
+        rule.get("alert") or rule["record"]
+        for rule in rules
+        if (rule["alert"] not in tested_alerts if "alert" in rule else rule["record"] not in tested_records)
+    ]
     assert not untested, f"rules with no promtool test that expects them to fire / return samples: {untested}"
 
 
@@ -76,8 +82,13 @@ def test_every_alert_says_what_it_is_how_bad_and_where_its_runbook_is() -> None:
     anchors = _anchors(OPERATIONS.read_text())
     alerts = [rule for rules in rule_groups().values() for rule in rules if "alert" in rule]
     assert {a["alert"] for a in alerts} >= {
-        "AdpulseWorkerDown", "AdpulseNoEvents", "AdpulseDLQRatioHigh", "AdpulseEventTimeLagHigh",
-        "AdpulseRouterDown", "AdpulseRouterDeliveryFailing", "AdpulseCriticalAlertUnacknowledged",
+        "AdpulseWorkerDown",
+        "AdpulseNoEvents",
+        "AdpulseDLQRatioHigh",
+        "AdpulseEventTimeLagHigh",
+        "AdpulseRouterDown",
+        "AdpulseRouterDeliveryFailing",
+        "AdpulseCriticalAlertUnacknowledged",
     }
     for alert in alerts:
         name = alert["alert"]
@@ -114,4 +125,6 @@ def test_alertmanager_secrets_come_from_files() -> None:
             assert "api_url" not in slack and slack["api_url_file"].startswith("/run/secrets/")
         for hook in receiver.get("webhook_configs", []):
             authorization = hook["http_config"]["authorization"]
-            assert "credentials" not in authorization and authorization["credentials_file"].startswith("/run/secrets/")
+            assert "credentials" not in authorization and authorization["credentials_file"].startswith(
+                "/run/secrets/"
+            )

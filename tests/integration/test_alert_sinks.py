@@ -340,10 +340,10 @@ def test_cli_says_when_redis_is_unreachable(stack_settings: Settings) -> None:
 
 def test_an_acknowledged_alert_is_not_repeated_by_the_worker(make_settings: Callable[..., Settings]) -> None:
     from agents.evaluate import EvaluationConfig, Evaluator
-    from agents.windows import Calendar
+    from alerts.acks import acknowledge
     from alerts.budgets import BudgetBook
-    from alerts.router.state import acknowledge
     from alerts.rules import load_rules
+    from streams.windows import Calendar
 
     settings = make_settings()
     now = [T0.timestamp()]
@@ -353,14 +353,25 @@ def test_an_acknowledged_alert_is_not_repeated_by_the_worker(make_settings: Call
         try:
             judge = Evaluator(
                 EvaluationConfig(rules=load_rules(None), policy=Policy(repeat_interval_s=60.0)),
-                RedisAlertSink(client, settings.redis_prefix), client, settings.redis_prefix,
-                Calendar(settings.zone), BudgetBook(), max_channels=10, registry=CollectorRegistry(),
+                RedisAlertSink(client, settings.redis_prefix),
+                client,
+                settings.redis_prefix,
+                Calendar(settings.zone),
+                BudgetBook(),
+                max_channels=10,
+                registry=CollectorRegistry(),
                 clock=lambda: now[0],
             )
             written = [await judge.publish([ctr_low("douyin"), ctr_low("taobao")], {})]
             fired = {a["channel"]: a for a in stream_alerts(settings)}
-            await acknowledge(client, settings.redis_prefix, fired["douyin"]["fingerprint"],
-                              fired["douyin"]["fired_at"], "@zhang.wei", now[0])
+            await acknowledge(
+                client,
+                settings.redis_prefix,
+                fired["douyin"]["fingerprint"],
+                fired["douyin"]["fired_at"],
+                "@zhang.wei",
+                now[0],
+            )
             now[0] += 61
             written.append(await judge.publish([ctr_low("douyin"), ctr_low("taobao")], {}))
             return written

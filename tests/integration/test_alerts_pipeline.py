@@ -25,14 +25,22 @@ pytestmark = pytest.mark.integration
 
 def adpulse(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "adpulse", *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "adpulse", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def stream_alerts(settings: Settings) -> list[dict]:
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        return [orjson.loads(fields[b"alert"]) for _, fields in client.xrange(f"{settings.redis_prefix}:alerts")]
+        return [
+            orjson.loads(fields[b"alert"]) for _, fields in client.xrange(f"{settings.redis_prefix}:alerts")
+        ]
     finally:
         client.close()
 
@@ -40,7 +48,10 @@ def stream_alerts(settings: Settings) -> list[dict]:
 def active_alerts(settings: Settings) -> dict[str, dict]:
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        return {k.decode(): orjson.loads(v) for k, v in client.hgetall(f"{settings.redis_prefix}:alerts:active").items()}
+        return {
+            k.decode(): orjson.loads(v)
+            for k, v in client.hgetall(f"{settings.redis_prefix}:alerts:active").items()
+        }
     finally:
         client.close()
 
@@ -51,8 +62,11 @@ def _rfc3339(epoch_s: int) -> str:
 
 def _explain(settings: Settings) -> str:
     """Every alert in the stream with the evidence behind it, for a failure message."""
-    return "\n".join(f"{a['status']} {a['fingerprint']} {a['window_start']}..{a['window_end']}: {a['summary']}\n"
-                     f"  {a.get('evidence')}" for a in stream_alerts(settings))
+    return "\n".join(
+        f"{a['status']} {a['fingerprint']} {a['window_start']}..{a['window_end']}: {a['summary']}\n"
+        f"  {a.get('evidence')}"
+        for a in stream_alerts(settings)
+    )
 
 
 def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
@@ -61,8 +75,15 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules: []\n")  # anomalies only: the seed targets would flag low-CTR channels too
     # Idle partitions must not let event time run to the wall clock between the two backfills below.
-    settings = make_settings(grace_s=30.0, idle_partition_s=3600.0, tick_s=0.5, flush_interval_s=0.25,
-                             web_port=free_port(), home=tmp_path / "home", rules_file=rules)
+    settings = make_settings(
+        grace_s=30.0,
+        idle_partition_s=3600.0,
+        tick_s=0.5,
+        flush_interval_s=0.25,
+        web_port=free_port(),
+        home=tmp_path / "home",
+        rules_file=rules,
+    )
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_ready()
@@ -71,9 +92,24 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         # second one, starting where the first ended, brings the recovery. Both start on a minute, so the
         # minute windows hold the same seeded records in every run.
         start_s = int(time.time()) // 60 * 60 - 4 * 3600
-        sim = adpulse(settings, "simulate", "--start", _rfc3339(start_s), "--duration", "150m", "--speed", "max",
-                      "--rate", "20", "--flat", "--seed", "5", "--quiet",
-                      "--scenario", "ctr-drop:channel=douyin,at=120m")
+        sim = adpulse(
+            settings,
+            "simulate",
+            "--start",
+            _rfc3339(start_s),
+            "--duration",
+            "150m",
+            "--speed",
+            "max",
+            "--rate",
+            "20",
+            "--flat",
+            "--seed",
+            "5",
+            "--quiet",
+            "--scenario",
+            "ctr-drop:channel=douyin,at=120m",
+        )
         assert sim.returncode == 0, sim.stderr
 
         def firing() -> bool:
@@ -88,10 +124,24 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         metrics = worker.metrics()
         assert metric_sum(metrics, "adpulse_alerts_firing") == 1
         assert metric_sum(metrics, "adpulse_alerts_firing", kind="anomaly", channel="douyin") == 1
-        assert list(active_alerts(settings)) == [stream_alerts(settings)[0]["fingerprint"]], _explain(settings)
+        assert list(active_alerts(settings)) == [stream_alerts(settings)[0]["fingerprint"]], _explain(
+            settings
+        )
 
-        sim = adpulse(settings, "simulate", "--start", _rfc3339(start_s + 150 * 60), "--speed", "max",
-                      "--rate", "20", "--flat", "--seed", "6", "--quiet")
+        sim = adpulse(
+            settings,
+            "simulate",
+            "--start",
+            _rfc3339(start_s + 150 * 60),
+            "--speed",
+            "max",
+            "--rate",
+            "20",
+            "--flat",
+            "--seed",
+            "6",
+            "--quiet",
+        )
         assert sim.returncode == 0, sim.stderr
 
         def resolved() -> bool:
@@ -127,7 +177,9 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
 
 
 async def _spend(settings: Settings, channel: str, amounts: list[float], tag: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=False)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=False
+    )
     await producer.start()
     try:
         now = int(time.time() * 1000)
@@ -142,12 +194,20 @@ def test_budget_warns_once_at_80_percent_and_is_critical_once_at_100(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(tick_s=0.5, flush_interval_s=0.25, web_port=free_port(), home=tmp_path / "home")
-    assert adpulse(settings, "budget", "set", "wechat", "1000", "--period", "day", "--owner", "@li.na").returncode == 0
+    assert (
+        adpulse(
+            settings, "budget", "set", "wechat", "1000", "--period", "day", "--owner", "@li.na"
+        ).returncode
+        == 0
+    )
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
 
     def budget_lines() -> list[dict]:
-        return [a for a in stream_alerts(settings) if a["kind"] == "budget" and a["metric"] == "spend"
-                and a.get("change") != "repeat"]
+        return [
+            a
+            for a in stream_alerts(settings)
+            if a["kind"] == "budget" and a["metric"] == "spend" and a.get("change") != "repeat"
+        ]
 
     try:
         worker.wait_ready()
@@ -163,6 +223,8 @@ def test_budget_warns_once_at_80_percent_and_is_critical_once_at_100(
         time.sleep(2)
         firing = [(a["status"], a["severity"]) for a in budget_lines() if a["status"] == "firing"]
         assert firing == [("firing", "warning"), ("firing", "critical")], budget_lines()
-        assert metric_sum(worker.metrics(), "adpulse_budget_used_ratio", channel="wechat") == pytest.approx(1.05)
+        assert metric_sum(worker.metrics(), "adpulse_budget_used_ratio", channel="wechat") == pytest.approx(
+            1.05
+        )
     finally:
         worker.stop()

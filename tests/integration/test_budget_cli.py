@@ -18,7 +18,8 @@ from adpulse import budget_cli as cli_module
 from adpulse.budget_cli import budget_cli, read_budgets
 from adpulse.settings import Settings
 from adpulse.stack import free_port
-from alerts.budgets import Approval, approvals_key
+from alerts.budgets import Approval
+from streams.keys import Keys
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 #: 2026-11-24 14:00 in Shanghai: "now" for every command here, so the period is known.
@@ -129,7 +130,7 @@ def test_approve_records_the_approval_in_redis(settings: Settings) -> None:
     assert result.exit_code == 0, result.output
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        raw = client.hgetall(approvals_key(settings.redis_prefix))
+        raw = client.hgetall(Keys(settings.redis_prefix).approvals)
     finally:
         client.close()
     assert list(raw) == [b"douyin|-|day|2026-11-24"]
@@ -155,7 +156,7 @@ def test_an_approval_holds_for_its_period_only(settings: Settings, monkeypatch: 
     assert run(settings, "approve", "douyin", "--by", "@li.na").exit_code == 0
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        fields = client.hkeys(approvals_key(settings.redis_prefix))
+        fields = client.hkeys(Keys(settings.redis_prefix).approvals)
     finally:
         client.close()
     # The earlier period's approval is gone: the hash stays as small as the set of budgets.

@@ -50,10 +50,16 @@ def _settings(make_settings: Callable[..., Settings]) -> Settings:
     )
 
 
-async def _produce(settings: Settings, records: list, pause_every: int = 0, pause_s: float = 0.0,
-                   on_pause: Callable[[int], None] | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all",
-                                enable_idempotence=False)
+async def _produce(
+    settings: Settings,
+    records: list,
+    pause_every: int = 0,
+    pause_s: float = 0.0,
+    on_pause: Callable[[int], None] | None = None,
+) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all", enable_idempotence=False
+    )
     await producer.start()
     try:
         futures = []
@@ -71,7 +77,9 @@ async def _produce(settings: Settings, records: list, pause_every: int = 0, paus
         await producer.stop()
 
 
-def _closed_windows(settings: Settings, windows: tuple[str, ...] = ("1m", "1h")) -> dict[tuple[str, str, str, int], dict]:
+def _closed_windows(
+    settings: Settings, windows: tuple[str, ...] = ("1m", "1h")
+) -> dict[tuple[str, str, str, int], dict]:
     client = redis.Redis.from_url(settings.redis_url)
     try:
         rows = {}
@@ -112,7 +120,9 @@ def _checkpointed(settings: Settings, log: Path) -> int:
         saved = client.hgetall(f"{settings.redis_prefix}:fold:checkpoints")
     finally:
         client.close()
-    return max((orjson.loads(raw)["offset"] for src, raw in saved.items() if src.decode() in sources), default=0)
+    return max(
+        (orjson.loads(raw)["offset"] for src, raw in saved.items() if src.decode() in sources), default=0
+    )
 
 
 def _wait_exact(settings: Settings, data: Dataset, workers: list[WorkerProcess], timeout_s: float) -> None:
@@ -134,8 +144,12 @@ def _wait_exact(settings: Settings, data: Dataset, workers: list[WorkerProcess],
 
 
 async def _dlq(settings: Settings, expected: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(settings.topic("dlq"), bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        settings.topic("dlq"),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
     await consumer.start()
     records: list[dict] = []
     try:
@@ -158,8 +172,11 @@ def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset,
         worker.wait_ready()
         asyncio.run(_produce(settings, dataset.records))
         total = len(dataset.records)
-        wait_for(lambda: metric_sum(worker.metrics(), "adpulse_events_total") >= total, 120,
-                 f"the worker to account for all {total} records")
+        wait_for(
+            lambda: metric_sum(worker.metrics(), "adpulse_events_total") >= total,
+            120,
+            f"the worker to account for all {total} records",
+        )
         _wait_exact(settings, dataset, [worker], timeout_s=120)
 
         text = worker.metrics()
@@ -167,8 +184,12 @@ def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset,
         assert metric_sum(text, "adpulse_events_total", outcome="invalid") == dataset.kinds["invalid"]
         assert metric_sum(text, "adpulse_events_total", outcome="duplicate") == dataset.kinds["duplicate"]
         assert metric_sum(text, "adpulse_events_total", outcome="late") == dataset.kinds["late"]
-        assert metric_sum(text, "adpulse_late_within_grace_events_total") == dataset.kinds["late_within_grace"]
-        assert dataset.kinds["late"] > 0.003 * N_EVENTS and dataset.kinds["late_within_grace"] > 0.01 * N_EVENTS
+        assert (
+            metric_sum(text, "adpulse_late_within_grace_events_total") == dataset.kinds["late_within_grace"]
+        )
+        assert (
+            dataset.kinds["late"] > 0.003 * N_EVENTS and dataset.kinds["late_within_grace"] > 0.01 * N_EVENTS
+        )
 
         dlq = asyncio.run(_dlq(settings, dataset.kinds["invalid"] + dataset.kinds["late"]))
         reasons = Counter(r["reason"] for r in dlq)
@@ -195,8 +216,11 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
             # Not before the victim has a checkpoint past offset 0 (blocks of 2,000 per partition): on a loaded
             # machine it can lag the producer, and a kill before its first checkpoint proves less (seen: a kill
             # after 10,000 records folded but none checkpointed yet).
-            wait_for(lambda: _checkpointed(settings, tmp_path / "w1.log") > 0, 90,
-                     "the first worker's first checkpoint past offset 0")
+            wait_for(
+                lambda: _checkpointed(settings, tmp_path / "w1.log") > 0,
+                90,
+                "the first worker's first checkpoint past offset 0",
+            )
             first.kill9()
             killed["done"] = True
 
@@ -209,8 +233,10 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
         workers = [restarted, second]
         _wait_exact(settings, dataset, workers, timeout_s=240)
         # The partitions of the killed worker really were taken over mid-stream, from a checkpoint.
-        resumed = re.findall(r"resumes at offset (\d+)", (tmp_path / "w2.log").read_text()
-                             + (tmp_path / "w1-restarted.log").read_text())
+        resumed = re.findall(
+            r"resumes at offset (\d+)",
+            (tmp_path / "w2.log").read_text() + (tmp_path / "w1-restarted.log").read_text(),
+        )
         assert any(int(offset) > 0 for offset in resumed), resumed
     finally:
         for worker in workers:

@@ -26,6 +26,7 @@ import redis
 from adpulse.settings import Settings
 from adpulse.stack import free_port
 from alerts.router.tokens import ActionLinks
+from streams.keys import Keys
 from tests.conftest import own_stack
 from tests.support.processes import metric_sum, wait_for
 
@@ -39,15 +40,18 @@ class Receiver:
     """A webhook receiver on loopback: checks the HMAC signature, records every delivery, answers what
     ``answer(path, count_for_path)`` says (status, headers)."""
 
-    def __init__(self, delay_s: float = 0.0,
-                 answer: Callable[[str, int], tuple[int, dict[str, str]]] = lambda path, n: (200, {})) -> None:
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        answer: Callable[[str, int], tuple[int, dict[str, str]]] = lambda path, n: (200, {}),
+    ) -> None:
         self.deliveries: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         self.bad_signatures = 0
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
                 if delay_s:
@@ -102,23 +106,36 @@ class RouterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RouterProcess:
-        env = {**os.environ, **self.settings.to_env(), "ROUTE_SECRET": SECRET, "ADPULSE_ROUTER_NAME": self.name,
-               "ADPULSE_ROUTER_PORT": str(self.port), **self.env}
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            "ROUTE_SECRET": SECRET,
+            "ADPULSE_ROUTER_NAME": self.name,
+            "ADPULSE_ROUTER_PORT": str(self.port),
+            **self.env,
+        }
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "adpulse", "router", "--config", str(self.config)],
-                                         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "adpulse", "router", "--config", str(self.config)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for(lambda: self.get("/healthz") is not None or self._dead(), 30, f"router {self.name} ready")
         return self
 
     def _dead(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"router exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"router exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+            )
         return False
 
     def get(self, path: str) -> str | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
                 return response.read().decode()
         except OSError:
             return None
@@ -154,11 +171,25 @@ def routes_file(tmp_path: Path, receiver: Receiver, extra: str = "") -> Path:
 
 def alert(i: int, channel: str | None = None, **fields: Any) -> dict[str, Any]:
     channel = channel or CHANNELS[i % len(CHANNELS)]
-    return {"id": f"alert-{i:05d}", "fingerprint": f"anomaly/ctr/{channel}/-/{i}", "status": "firing",
-            "change": "fired", "kind": "anomaly", "severity": "warning", "metric": "ctr", "channel": channel,
-            "campaign": None, "value": 0.0115, "baseline": 0.024, "change_pct": -52.1,
-            "window_start": "2026-11-24T10:00:00+08:00", "window_end": "2026-11-24T10:10:00+08:00",
-            "summary": f"CTR fell 52 % ({i})", "fired_at": "2026-11-24T10:10:03+08:00", **fields}
+    return {
+        "id": f"alert-{i:05d}",
+        "fingerprint": f"anomaly/ctr/{channel}/-/{i}",
+        "status": "firing",
+        "change": "fired",
+        "kind": "anomaly",
+        "severity": "warning",
+        "metric": "ctr",
+        "channel": channel,
+        "campaign": None,
+        "value": 0.0115,
+        "baseline": 0.024,
+        "change_pct": -52.1,
+        "window_start": "2026-11-24T10:00:00+08:00",
+        "window_end": "2026-11-24T10:10:00+08:00",
+        "summary": f"CTR fell 52 % ({i})",
+        "fired_at": "2026-11-24T10:10:03+08:00",
+        **fields,
+    }
 
 
 def write_alerts(settings: Settings, alerts: list[dict[str, Any]], active: bool = False) -> None:
@@ -175,8 +206,11 @@ def write_alerts(settings: Settings, alerts: list[dict[str, Any]], active: bool 
 
 
 def expected_deliveries(alerts: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    return {(path, a["id"]) for a in alerts
-            for path in (("/a", "/b") if a["channel"] in ("douyin", "taobao") else ("/a",))}
+    return {
+        (path, a["id"])
+        for a in alerts
+        for path in (("/a", "/b") if a["channel"] in ("douyin", "taobao") else ("/a",))
+    }
 
 
 def test_kill9_in_the_middle_of_1000_alerts_loses_none_and_each_target_takes_each_once(
@@ -188,18 +222,25 @@ def test_kill9_in_the_middle_of_1000_alerts_loses_none_and_each_target_takes_eac
     with Receiver(delay_s=0.002) as receiver:
         config = routes_file(tmp_path, receiver)
         first = RouterProcess(settings, config, tmp_path / "router-1.log", "router-1").start()
-        second = RouterProcess(settings, config, tmp_path / "router-2.log", "router-2",
-                               ADPULSE_ROUTER_CLAIM_IDLE_S="2").start()
+        second = RouterProcess(
+            settings, config, tmp_path / "router-2.log", "router-2", ADPULSE_ROUTER_CLAIM_IDLE_S="2"
+        ).start()
         second.stop()  # it joined the group; it comes back after the kill to take over
         try:
             write_alerts(settings, alerts)
-            wait_for(lambda: len(receiver.received()) >= 300, 60, "300 deliveries before the kill", interval_s=0.01)
+            wait_for(
+                lambda: len(receiver.received()) >= 300, 60, "300 deliveries before the kill", interval_s=0.01
+            )
             first.kill9()
             at_kill = len(receiver.received())
             assert at_kill < len(expected), "the router finished before the kill: make the receiver slower"
             second.start()  # another router: takes the dead one's pending alerts over after 2 s idle
-            wait_for(lambda: set(receiver.received()) >= expected, 120, "every alert at every target",
-                     interval_s=0.2)
+            wait_for(
+                lambda: set(receiver.received()) >= expected,
+                120,
+                "every alert at every target",
+                interval_s=0.2,
+            )
             time.sleep(1.0)  # anything sent twice would arrive by now
             received = receiver.received()
             assert set(received) == expected, "an alert is missing at a target"
@@ -210,7 +251,8 @@ def test_kill9_in_the_middle_of_1000_alerts_loses_none_and_each_target_takes_eac
             assert len(resent) <= 2 and all(n == 2 for n in resent.values()), f"sent more than once: {resent}"
             keys = Counter(receiver.idempotency_keys())
             assert len(keys) == len(expected) and all(
-                keys[f"{alert_id}:hook-{path[1]}"] == 1 + ((path, alert_id) in resent) for path, alert_id in expected
+                keys[f"{alert_id}:hook-{path[1]}"] == 1 + ((path, alert_id) in resent)
+                for path, alert_id in expected
             )
             assert receiver.bad_signatures == 0
             log2 = (tmp_path / "router-2.log").read_text()
@@ -263,14 +305,21 @@ def test_retries_5xx_honours_retry_after_and_dead_letters_4xx_without_leaking_th
             "secret: '${ROUTE_SECRET}'}\n"
             "default_targets: [flaky, busy, broken]\n"
         )
-        router = RouterProcess(settings, config, tmp_path / "router.log", "r1",
-                               ADPULSE_ROUTER_TOKEN_KEY=SECRET + "-token").start()
+        router = RouterProcess(
+            settings, config, tmp_path / "router.log", "r1", ADPULSE_ROUTER_TOKEN_KEY=SECRET + "-token"
+        ).start()
         try:
             write_alerts(settings, [alert(1)])
             client = redis.Redis.from_url(settings.redis_url)
             try:
-                wait_for(lambda: client.xlen(f"{settings.redis_prefix}:alerts:dead") == 1, 60, "the dead letter")
-                wait_for(lambda: {p for p, _ in receiver.received()} == {"/flaky", "/busy"}, 60, "retried deliveries")
+                wait_for(
+                    lambda: client.xlen(f"{settings.redis_prefix}:alerts:dead") == 1, 60, "the dead letter"
+                )
+                wait_for(
+                    lambda: {p for p, _ in receiver.received()} == {"/flaky", "/busy"},
+                    60,
+                    "retried deliveries",
+                )
                 dead = client.xrange(f"{settings.redis_prefix}:alerts:dead")[0][1]
                 pending = client.xpending(f"{settings.redis_prefix}:alerts", "router")["pending"]
             finally:
@@ -284,8 +333,11 @@ def test_retries_5xx_honours_retry_after_and_dead_letters_4xx_without_leaking_th
             assert metric_sum(metrics, "adpulse_notifications_total", target="broken", outcome="failed") == 1
             assert metric_sum(metrics, "adpulse_notifications_total", target="broken", outcome="retried") == 0
             assert metric_sum(metrics, "adpulse_notification_latency_seconds_count", target="flaky") == 1
-            for text, where in ((metrics, "metrics"), ((tmp_path / "router.log").read_text(), "log"),
-                                (dead[b"error"].decode(), "dead letter")):
+            for text, where in (
+                (metrics, "metrics"),
+                ((tmp_path / "router.log").read_text(), "log"),
+                (dead[b"error"].decode(), "dead letter"),
+            ):
                 assert SECRET not in text, f"the secret leaked into the {where}"
         finally:
             router.stop()
@@ -307,7 +359,9 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
             "    targets: [team]\n"
             "    escalate: {after_s: 3, owners: ['@boss'], targets: [boss]}\n"
         )
-        router = RouterProcess(settings, config, tmp_path / "router.log", "r1", ADPULSE_ROUTER_TOKEN_KEY=key).start()
+        router = RouterProcess(
+            settings, config, tmp_path / "router.log", "r1", ADPULSE_ROUTER_TOKEN_KEY=key
+        ).start()
         try:
             acked, ignored = alert(1, "douyin", severity="critical"), alert(2, "taobao", severity="critical")
             # Acknowledge the first through its chat link, as a user would (GET shows, POST acts).
@@ -316,7 +370,9 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
             wait_for(lambda: len(receiver.received()) == 2, 30, "both alerts at the team")
             page = urllib.request.urlopen(links["ack"], timeout=5).read().decode()  # noqa: S310
             assert "Acknowledge" in page and "<form" in page
-            post = urllib.request.Request(links["ack"], data=urllib.parse.urlencode({"by": "@zhang.wei"}).encode())
+            post = urllib.request.Request(
+                links["ack"], data=urllib.parse.urlencode({"by": "@zhang.wei"}).encode()
+            )
             done = urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310
             assert "acknowledged" in done
             forged = links["ack"][:-3] + "xyz"
@@ -330,8 +386,14 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
             escalation = next(body for path, body, _ in receiver.deliveries if path == "/boss")
             assert escalation["change"] == "escalated"
             metrics = router.get("/metrics") or ""
-            wait_for(lambda: metric_sum(router.get("/metrics"), "adpulse_alerts_unacknowledged",
-                                        severity="critical") == 1, 10, "one unacknowledged critical")
+            wait_for(
+                lambda: (
+                    metric_sum(router.get("/metrics"), "adpulse_alerts_unacknowledged", severity="critical")
+                    == 1
+                ),
+                10,
+                "one unacknowledged critical",
+            )
             assert metric_sum(metrics, "adpulse_alerts_unacknowledged_age_seconds", severity="critical") > 0
         finally:
             router.stop()
@@ -349,7 +411,9 @@ def test_a_redis_outage_pauses_the_router_which_resumes_without_loss(tmp_path: P
             time.sleep(2.0)
             stack.up()
             write_alerts(settings, alerts[30:])
-            wait_for(lambda: set(receiver.received()) >= expected_deliveries(alerts), 60, "every alert delivered")
+            wait_for(
+                lambda: set(receiver.received()) >= expected_deliveries(alerts), 60, "every alert delivered"
+            )
             time.sleep(1.0)
             doubled = {k: n for k, n in Counter(receiver.received()).items() if n > 1}
             assert not doubled, f"sent twice: {doubled}"
@@ -363,8 +427,13 @@ def test_bad_entries_are_dead_lettered_and_the_router_goes_on(
 ) -> None:
     settings = make_settings()
     with Receiver() as receiver:
-        router = RouterProcess(settings, routes_file(tmp_path, receiver), tmp_path / "router.log", "r1",
-                               ADPULSE_ROUTER_TOKEN_KEY="k" * 32).start()
+        router = RouterProcess(
+            settings,
+            routes_file(tmp_path, receiver),
+            tmp_path / "router.log",
+            "r1",
+            ADPULSE_ROUTER_TOKEN_KEY="k" * 32,
+        ).start()
         try:
             client = redis.Redis.from_url(settings.redis_url)
             try:
@@ -376,8 +445,13 @@ def test_bad_entries_are_dead_lettered_and_the_router_goes_on(
                 client.hset(f"{settings.redis_prefix}:alerts:active", "junk", b"\xff not json")
                 write_alerts(settings, [alert(3, "jd")])
                 wait_for(lambda: ("/a", "alert-00003") in receiver.received(), 30, "the good alert delivered")
-                wait_for(lambda: client.xlen(f"{settings.redis_prefix}:alerts:dead") == 4, 10, "four dead letters")
-                errors = [fields[b"error"].decode() for _, fields in client.xrange(f"{settings.redis_prefix}:alerts:dead")]
+                wait_for(
+                    lambda: client.xlen(f"{settings.redis_prefix}:alerts:dead") == 4, 10, "four dead letters"
+                )
+                errors = [
+                    fields[b"error"].decode()
+                    for _, fields in client.xrange(f"{settings.redis_prefix}:alerts:dead")
+                ]
             finally:
                 client.close()
             assert all(e.startswith("not an alert") for e in errors), errors
@@ -396,27 +470,45 @@ def test_approve_link_records_the_approval_where_the_worker_reads_it(
 ) -> None:
     from datetime import datetime
 
-    from alerts.budgets import Approval, approval_field, approvals_key
+    from alerts.budgets import Approval, approval_field
 
     settings = make_settings()
     key = "router-token-key-for-approvals"
     with Receiver() as receiver:
-        router = RouterProcess(settings, routes_file(tmp_path, receiver), tmp_path / "router.log", "r1",
-                               ADPULSE_ROUTER_TOKEN_KEY=key).start()
+        router = RouterProcess(
+            settings,
+            routes_file(tmp_path, receiver),
+            tmp_path / "router.log",
+            "r1",
+            ADPULSE_ROUTER_TOKEN_KEY=key,
+        ).start()
         try:
-            warning = alert(7, "taobao", kind="budget", metric="spend", window="day",
-                            window_start="2026-11-24T00:00:00+08:00", window_end="2026-11-25T00:00:00+08:00",
-                            evidence={"period": "day", "used_ratio": 0.81})
-            links = ActionLinks(key.encode(), f"http://127.0.0.1:{router.port}").for_alert(warning, time.time())
-            post = urllib.request.Request(links["approve"], data=urllib.parse.urlencode({"by": "@wang.fang"}).encode())
+            warning = alert(
+                7,
+                "taobao",
+                kind="budget",
+                metric="spend",
+                window="day",
+                window_start="2026-11-24T00:00:00+08:00",
+                window_end="2026-11-25T00:00:00+08:00",
+                evidence={"period": "day", "used_ratio": 0.81},
+            )
+            links = ActionLinks(key.encode(), f"http://127.0.0.1:{router.port}").for_alert(
+                warning, time.time()
+            )
+            post = urllib.request.Request(
+                links["approve"], data=urllib.parse.urlencode({"by": "@wang.fang"}).encode()
+            )
             assert "approved" in urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310
             again = urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310
             assert "already approved by @wang.fang" in again
             start = int(datetime.fromisoformat("2026-11-24T00:00:00+08:00").timestamp())
             client = redis.Redis.from_url(settings.redis_url)
             try:
-                raw = client.hget(approvals_key(settings.redis_prefix),
-                                  approval_field("taobao", None, "day", start, settings.zone))
+                raw = client.hget(
+                    Keys(settings.redis_prefix).approvals,
+                    approval_field("taobao", None, "day", start, settings.zone),
+                )
             finally:
                 client.close()
             assert raw is not None and Approval.from_json(raw).by == "@wang.fang"

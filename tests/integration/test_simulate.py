@@ -100,7 +100,10 @@ def test_backfill_puts_every_record_on_its_partition(make_settings: Callable[...
         on_topic = sum(n for (t, _), n in per_partition.items() if t == topic)
         assert on_topic == sum(report.records[topic].values())
     assert {kind for kinds in report.records.values() for kind, n in kinds.items() if n} == {
-        "valid", "invalid", "late", "duplicate",
+        "valid",
+        "invalid",
+        "late",
+        "duplicate",
     }
     start_ms, end_ms = report.truth.start_ms, report.truth.end_ms
     assert start_ms is not None and end_ms is not None

@@ -38,7 +38,9 @@ class Record:
 class Dataset:
     records: list[Record] = field(default_factory=list)
     # (channel, campaign, window, start_s) -> counts; campaign "-" is the channel level.
-    truth: dict[tuple[str, str, str, int], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0] * 7))
+    truth: dict[tuple[str, str, str, int], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0] * 7)
+    )
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def count(self, channel: str, campaign: str, ts_ms: int, slot: int, amount: int) -> None:
@@ -122,7 +124,12 @@ def _event(
         return Record("clicks", channel.encode(), orjson.dumps(value)), [(SLOTS.index(kind + "s"), count)]
     if topic == "orders":
         amount = f"{rng.randint(50, 900)}.{rng.randint(0, 99):02d}"
-        value = {**base, "order_id": f"o-{serial}", "amount": float(amount), "new_customer": rng.random() < 0.3}
+        value = {
+            **base,
+            "order_id": f"o-{serial}",
+            "amount": float(amount),
+            "new_customer": rng.random() < 0.3,
+        }
         return Record("orders", channel.encode(), orjson.dumps(value)), [(4, 1), (5, micros(amount))]
     cost = f"{rng.randint(0, 60)}.{rng.randint(0, 99):02d}"
     value = {**base, "cost": float(cost), "currency": "CNY"}
@@ -135,7 +142,9 @@ def _malformed(rng: random.Random, channel: str) -> bytes:
             b"not json at all",
             b'{"event_id": "x", "ts": 1, ',
             orjson.dumps({"ts": 1_790_000_000_000, "channel": channel, "type": "click"}),  # no event_id
-            orjson.dumps({"event_id": "bad-type", "ts": 1_790_000_000_000, "channel": channel, "type": "scroll"}),
+            orjson.dumps(
+                {"event_id": "bad-type", "ts": 1_790_000_000_000, "channel": channel, "type": "scroll"}
+            ),
             orjson.dumps({"event_id": "secs", "ts": 1_790_000_000, "channel": channel, "type": "click"}),
             orjson.dumps([1, 2, 3]),
         ]

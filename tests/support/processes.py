@@ -26,7 +26,10 @@ class WorkerProcess:
         env = {**os.environ, **self.settings.to_env()}
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adpulse", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "adpulse", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -36,7 +39,7 @@ class WorkerProcess:
         """The worker's /metrics page, or None while it is not serving."""
         url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return response.read().decode()
         except OSError:
             return None
@@ -46,8 +49,9 @@ class WorkerProcess:
 
         def ready() -> bool:
             if not self.alive():
-                raise AssertionError(f"worker exited with {self.proc.returncode if self.proc else None}:\n"
-                                     f"{self.log_tail()}")
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode if self.proc else None}:\n{self.log_tail()}"
+                )
             return self.metrics() is not None
 
         wait_for(ready, timeout_s, "the worker's /metrics")

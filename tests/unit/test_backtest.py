@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from adpulse.backtest_cli import backtest_cli
 from adpulse.settings import Settings
-from agents.windows import Calendar
 from alerts.backtest import (
     RollingZScore,
     SeasonalShift,
@@ -32,6 +31,7 @@ from alerts.backtest import (
     sniff_format,
 )
 from alerts.detectors import Detectors
+from streams.windows import Calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 HOUR = 3600

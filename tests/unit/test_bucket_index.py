@@ -44,4 +44,8 @@ def test_expiry_keeps_recent_buckets_and_the_total() -> None:
         index.add("taobao", window, start)
     retention = {"1m": 3600.0, "1h": 86_400.0, "1d": 30 * 86_400.0}
     assert sorted(_expired(index, "taobao", retention, now=12_000.0)) == [("1m", 0)]
-    assert sorted(_expired(index, "taobao", retention, now=100_000.0)) == [("1h", 0), ("1m", 0), ("1m", 10_000)]
+    assert sorted(_expired(index, "taobao", retention, now=100_000.0)) == [
+        ("1h", 0),
+        ("1m", 0),
+        ("1m", 10_000),
+    ]

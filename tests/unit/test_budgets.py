@@ -10,13 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.windows import Calendar
 from alerts.budgets import (
     Approval,
     Budget,
     BudgetBook,
     approval_field,
-    approvals_key,
     budget_judged,
     evaluate_budget,
     period_bounds,
@@ -26,6 +24,8 @@ from alerts.budgets import (
 from alerts.lifecycle import AlertBook, Policy
 from alerts.model import Finding
 from streams.events import BudgetSetting
+from streams.keys import Keys
+from streams.windows import Calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -300,7 +300,7 @@ def test_invalid_budgets_are_refused(kwargs: dict[str, object]) -> None:
 
 
 def test_approval_field_and_json() -> None:
-    assert approvals_key("adpulse") == "adpulse:budgets:approvals"
+    assert Keys("adpulse").approvals == "adpulse:budgets:approvals"
     assert approval_field("douyin", None, "day", int(at(2026, 11, 24)), SHANGHAI) == "douyin|-|day|2026-11-24"
     assert (
         approval_field("douyin", "s1", "month", int(at(2026, 11, 1)), SHANGHAI)

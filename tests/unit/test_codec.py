@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -349,7 +349,7 @@ def test_same_order_same_gmv_whatever_the_ts_format() -> None:
 )
 def test_rfc3339_millisecond_ts_round_trips(ts_ms: int, offset_min: int) -> None:
     zone = timezone(timedelta(minutes=offset_min))
-    text = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ts_ms)).astimezone(zone)
+    text = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts_ms)).astimezone(zone)
     result = dec("clicks", click(ts=text.isoformat(timespec="milliseconds")))
     assert isinstance(result, Accepted)
     assert result.ts_ms == ts_ms
@@ -368,7 +368,7 @@ _RFC = st.datetimes(
     min_value=datetime(1999, 12, 1),
     max_value=datetime(2030, 1, 1),
     timezones=st.sampled_from(
-        [timezone.utc, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5, minutes=-30))]
+        [UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5, minutes=-30))]
     ),
 ).map(lambda d: d.isoformat())
 

@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 from agents.evaluate import EvaluationConfig, Evaluator
 from agents.partials import BucketValue
 from agents.snapshot import KpiRow, counts_of
-from agents.windows import MINUTE_S, Calendar
 from alerts.budgets import BudgetBook
 from alerts.model import Finding
 from alerts.rules import RulesConfig
 from streams.codec import N_SLOTS, SLOT_NAMES
 from streams.events import MICROS, NO_CAMPAIGN
+from streams.windows import MINUTE_S, Calendar
 
 HOUR_S = 3600
 WEEK_MINUTES = 7 * 24 * 60
@@ -47,8 +47,14 @@ def minutes_of_traffic(rng: np.random.Generator, impressions_per_hour: float, mi
     gmv = np.array([rng.lognormal(math.log(300) - 0.18, 0.6, n).sum() for n in orders])
     spend = np.array([rng.lognormal(math.log(0.6) - 0.02, 0.2, n).sum() for n in clicks])
     columns = {
-        "impressions": impressions, "clicks": clicks, "visits": visits, "carts": carts, "orders": orders,
-        "gmv": np.round(gmv * MICROS), "spend": np.round(spend * MICROS), "new_customers": orders // 3,
+        "impressions": impressions,
+        "clicks": clicks,
+        "visits": visits,
+        "carts": carts,
+        "orders": orders,
+        "gmv": np.round(gmv * MICROS),
+        "spend": np.round(spend * MICROS),
+        "new_customers": orders // 3,
     }
     return np.stack([columns[name] for name in SLOT_NAMES], axis=1).astype(np.int64)
 
@@ -62,8 +68,11 @@ class Buckets:
         self.values: dict[tuple[str, int], BucketValue] = {}
         for window, span in (("1m", MINUTE_S), ("1h", HOUR_S)):
             for start_s in range(ORIGIN_S, ORIGIN_S + minutes * MINUTE_S - span + 1, span):
-                self.values[window, start_s] = {"b": {"campaign-a": self.vector(start_s, start_s + span)},
-                                                "p": {}, "f": {}}
+                self.values[window, start_s] = {
+                    "b": {"campaign-a": self.vector(start_s, start_s + span)},
+                    "p": {},
+                    "f": {},
+                }
 
     def vector(self, start_s: int, end_s: int) -> list[int]:
         first, last = (start_s - ORIGIN_S) // MINUTE_S, (end_s - ORIGIN_S) // MINUTE_S
@@ -77,7 +86,9 @@ class Buckets:
         return KpiRow(CHANNEL, NO_CAMPAIGN, window, "closed", start_s, end_s, True, counts)
 
 
-def closed_windows(first_minute: int, last_minute: int) -> Iterator[tuple[datetime, list[tuple[str, int, int]]]]:
+def closed_windows(
+    first_minute: int, last_minute: int
+) -> Iterator[tuple[datetime, list[tuple[str, int, int]]]]:
     """What closes at the end of each minute: that minute, and on the hour the hour too."""
     for minute in range(first_minute, last_minute):
         end_s = ORIGIN_S + (minute + 1) * MINUTE_S
@@ -91,8 +102,13 @@ def fired_alerts(buckets: Buckets, first_minute: int, last_minute: int) -> list[
     """Judge every window closing in ``[first_minute, last_minute)`` as the worker does: what fired, when."""
     # No threshold rules: a target missed is not a false alert; this judges the detectors and lifecycle.
     judge = Evaluator(
-        EvaluationConfig(rules=RulesConfig(rules=())), sink=None, redis=None,  # type: ignore[arg-type]
-        redis_prefix="adpulse", calendar=Calendar(ZoneInfo("UTC")), budgets=BudgetBook(), max_channels=10,
+        EvaluationConfig(rules=RulesConfig(rules=())),
+        sink=None,
+        redis=None,  # type: ignore[arg-type]
+        redis_prefix="adpulse",
+        calendar=Calendar(ZoneInfo("UTC")),
+        budgets=BudgetBook(),
+        max_channels=10,
         registry=CollectorRegistry(),
     )
     fired = []

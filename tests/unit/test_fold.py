@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from agents.fold import Checkpoint, FoldConfig, Partial, PartitionFold
 from agents.partials import BucketValue, merge, totals
-from agents.windows import TOTAL, Calendar
 from streams.codec import (
     CLICK_TYPES,
     CLICKS,
@@ -25,6 +24,7 @@ from streams.codec import (
     Accepted,
     decode,
 )
+from streams.windows import TOTAL, Calendar
 
 CAL = Calendar(ZoneInfo("Asia/Shanghai"))
 T0 = 1_700_000_040_000  # a minute start (2023-11-14T22:14:00Z)

@@ -51,7 +51,9 @@ async def _flush_with_buffered(buffer_type: type[ProducerBuffer], messages: int)
             buffer.put(_message(channel))
         await buffer.flush()
         sent_when_flushed = channel.sent
-        while channel.sent < messages:  # let the rest go out: stopping with messages buffered is an error in Faust
+        while (
+            channel.sent < messages
+        ):  # let the rest go out: stopping with messages buffered is an error in Faust
             await asyncio.sleep(SEND_S)
         return sent_when_flushed, messages
     finally:
@@ -82,6 +84,12 @@ def test_flush_on_a_stopped_buffer_with_messages_unsent_is_an_error() -> None:
 
 
 def test_the_worker_s_faust_app_uses_the_draining_buffer(tmp_path: Any) -> None:
-    app = make_app("adpulse-test", "127.0.0.1:9", partitions=4, web_host="127.0.0.1", web_port=6066,
-                   datadir=str(tmp_path))
+    app = make_app(
+        "adpulse-test",
+        "127.0.0.1:9",
+        partitions=4,
+        web_host="127.0.0.1",
+        web_port=6066,
+        datadir=str(tmp_path),
+    )
     assert isinstance(app.producer.buffer, DrainingBuffer)

@@ -640,4 +640,4 @@ def test_alert_dicts_are_not_mutated() -> None:
     before = copy.deepcopy(ALERT)
     for kind in ("feishu", "dingtalk", "wecom", "slack", "webhook"):
         build_requests(spec(kind), Notification((ALERT,), owners=("@a",), actions=ACTIONS), NOW_S)
-    assert ALERT == before
+    assert before == ALERT

@@ -33,15 +33,32 @@ routes:
     targets: [douyin-team, console]
 default_targets: [ops-hook]
 """
-ENV = {"FEISHU_URL": "https://open.feishu.cn/hook/s3cr3t-path", "FEISHU_SECRET": "canary-feishu-secret",
-       "OPS_URL": "http://127.0.0.1:1/hook", "OPS_SECRET": "canary-ops", "SLACK_URL": "https://hooks.slack.invalid/x"}
+ENV = {
+    "FEISHU_URL": "https://open.feishu.cn/hook/s3cr3t-path",
+    "FEISHU_SECRET": "canary-feishu-secret",
+    "OPS_URL": "http://127.0.0.1:1/hook",
+    "OPS_SECRET": "canary-ops",
+    "SLACK_URL": "https://hooks.slack.invalid/x",
+}
 CONFIG = parse_routes(ROUTES, ENV)
 
 
 def alert(**fields: object) -> dict[str, object]:
-    return {"id": "a1", "fingerprint": "anomaly/ctr/douyin/-", "status": "firing", "change": "fired",
-            "kind": "anomaly", "severity": "warning", "metric": "ctr", "channel": "douyin", "campaign": None,
-            "owner": None, "fired_at": "2026-11-24T10:10:03+08:00", "summary": "CTR fell 52 %", **fields}
+    return {
+        "id": "a1",
+        "fingerprint": "anomaly/ctr/douyin/-",
+        "status": "firing",
+        "change": "fired",
+        "kind": "anomaly",
+        "severity": "warning",
+        "metric": "ctr",
+        "channel": "douyin",
+        "campaign": None,
+        "owner": None,
+        "fired_at": "2026-11-24T10:10:03+08:00",
+        "summary": "CTR fell 52 %",
+        **fields,
+    }
 
 
 @pytest.mark.parametrize(
@@ -52,19 +69,27 @@ def alert(**fields: object) -> dict[str, object]:
         # info severity skips the first route
         ({"severity": "info"}, [("douyin-team", ("@wang.fang",)), ("console", ("@wang.fang",))]),
         # a budget alert of another channel: the budget route, owner from the alert
-        ({"channel": "taobao", "kind": "budget", "owner": "@chen.jie"},
-         [("budget-desk", ("@chen.jie",)), ("douyin-team", ("@chen.jie",))]),
+        (
+            {"channel": "taobao", "kind": "budget", "owner": "@chen.jie"},
+            [("budget-desk", ("@chen.jie",)), ("douyin-team", ("@chen.jie",))],
+        ),
         # nothing matches: the default targets
         ({"channel": "jd"}, [("ops-hook", ())]),
     ],
 )
-def test_plan_follows_routes_in_order(fields: dict[str, object], expected: list[tuple[str, tuple[str, ...]]]) -> None:
+def test_plan_follows_routes_in_order(
+    fields: dict[str, object], expected: list[tuple[str, tuple[str, ...]]]
+) -> None:
     assert [(p.target, p.owners) for p in plan(alert(**fields), CONFIG)] == expected
 
 
 def test_plan_carries_escalation_and_quiet_hours_of_the_route() -> None:
     first = plan(alert(severity="critical"), CONFIG)[0]
-    assert first.escalate is not None and first.escalate.after_s == 600 and first.escalate.targets == ["ops-hook"]
+    assert (
+        first.escalate is not None
+        and first.escalate.after_s == 600
+        and first.escalate.targets == ["ops-hook"]
+    )
     budget = plan(alert(channel="taobao", kind="budget"), CONFIG)[0]
     assert budget.quiet_hours is not None and budget.escalate is None
 
@@ -96,8 +121,10 @@ def test_a_wrong_routes_file_says_what_is_wrong(text: str, problem: str) -> None
 
 
 def test_a_secret_with_yaml_syntax_stays_a_plain_string() -> None:
-    config = parse_routes("targets: {h: {type: webhook, url: '${U}', secret: '${S}'}}\n",
-                          {"U": "http://x/{a: b}", "S": "#not: a comment"})
+    config = parse_routes(
+        "targets: {h: {type: webhook, url: '${U}', secret: '${S}'}}\n",
+        {"U": "http://x/{a: b}", "S": "#not: a comment"},
+    )
     assert config.spec("h").secret == "#not: a comment" and config.spec("h").url == "http://x/{a: b}"
 
 
@@ -118,15 +145,20 @@ def at(text: str) -> float:
         ("2026-11-24 23:30", "critical", None),  # critical alerts are never held
     ],
 )
-def test_quiet_hours_hold_non_critical_alerts_until_they_end(now: str, severity: str, until: str | None) -> None:
+def test_quiet_hours_hold_non_critical_alerts_until_they_end(
+    now: str, severity: str, until: str | None
+) -> None:
     quiet = plan(alert(channel="taobao", kind="budget"), CONFIG)[0].quiet_hours
     held = quiet_until(quiet, alert(severity=severity), at(now))
     assert held == (at(until) if until else None)
 
 
 def test_quiet_hours_within_one_day() -> None:
-    config = parse_routes("targets: {c: {type: console}}\nroutes: [{targets: [c], quiet_hours: "
-                          "{start: '12:00', end: '14:00', tz: Asia/Shanghai}}]\n", {})
+    config = parse_routes(
+        "targets: {c: {type: console}}\nroutes: [{targets: [c], quiet_hours: "
+        "{start: '12:00', end: '14:00', tz: Asia/Shanghai}}]\n",
+        {},
+    )
     quiet = config.routes[0].quiet_hours
     assert quiet_until(quiet, alert(), at("2026-11-24 13:00")) == at("2026-11-24 14:00")
     assert quiet_until(quiet, alert(), at("2026-11-24 14:00")) is None
@@ -134,8 +166,12 @@ def test_quiet_hours_within_one_day() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "expected"),
-    [({"severity": "critical"}, True), ({"severity": "warning"}, False),
-     ({"severity": "critical", "change": "repeat"}, False), ({"severity": "critical", "status": "resolved"}, False)],
+    [
+        ({"severity": "critical"}, True),
+        ({"severity": "warning"}, False),
+        ({"severity": "critical", "change": "repeat"}, False),
+        ({"severity": "critical", "status": "resolved"}, False),
+    ],
 )
 def test_only_new_critical_alerts_escalate(fields: dict[str, object], expected: bool) -> None:
     escalate = plan(alert(severity="critical"), CONFIG)[0].escalate
@@ -147,7 +183,9 @@ def test_a_burst_of_one_channel_is_one_message_per_target() -> None:
     a, b, c = alert(id="1"), alert(id="2", metric="cvr"), alert(id="3", channel="jd")
     groups = grouped([("t", a), ("t", b), ("t", c), ("u", a)])
     assert {k: [x["id"] for x in v] for k, v in groups.items()} == {
-        ("t", "douyin"): ["1", "2"], ("t", "jd"): ["3"], ("u", "douyin"): ["1"],
+        ("t", "douyin"): ["1", "2"],
+        ("t", "jd"): ["3"],
+        ("u", "douyin"): ["1"],
     }
 
 
@@ -159,8 +197,11 @@ def test_action_links_are_signed_and_expire() -> None:
     assert set(links) == {"ack", "snooze"}
     token = links["ack"].rsplit("/a/", 1)[1]
     action = verify(token, KEY, now_s=1030.0)
-    assert (action.action, action.fingerprint, action.fired_at) == ("ack", "anomaly/ctr/douyin/-",
-                                                                    "2026-11-24T10:10:03+08:00")
+    assert (action.action, action.fingerprint, action.fired_at) == (
+        "ack",
+        "anomaly/ctr/douyin/-",
+        "2026-11-24T10:10:03+08:00",
+    )
     with pytest.raises(TokenError, match="expired"):
         verify(token, KEY, now_s=1061.0)
     with pytest.raises(TokenError, match="not valid"):
@@ -171,12 +212,21 @@ def test_action_links_are_signed_and_expire() -> None:
 
 
 def test_budget_warnings_get_an_approve_link_and_resolved_alerts_none() -> None:
-    warning = alert(kind="budget", metric="spend", window_start="2026-11-24T00:00:00+08:00",
-                    evidence={"period": "day"})
+    warning = alert(
+        kind="budget", metric="spend", window_start="2026-11-24T00:00:00+08:00", evidence={"period": "day"}
+    )
     links = ActionLinks(KEY, "http://r").for_alert(warning, now_s=0.0)
     action = verify(links["approve"].rsplit("/a/", 1)[1], KEY, now_s=1.0)
-    assert action.budget == approvable_budget(warning) == {
-        "channel": "douyin", "campaign": None, "period": "day", "period_start": "2026-11-24T00:00:00+08:00"}
+    assert (
+        action.budget
+        == approvable_budget(warning)
+        == {
+            "channel": "douyin",
+            "campaign": None,
+            "period": "day",
+            "period_start": "2026-11-24T00:00:00+08:00",
+        }
+    )
     assert approvable_budget({**warning, "severity": "critical"}) == {}
     assert ActionLinks(KEY, "http://r").for_alert(alert(status="resolved"), now_s=0.0) == {}
 
@@ -193,8 +243,9 @@ def test_log_redaction_covers_messages_arguments_and_tracebacks(caplog: pytest.L
     redacting = RedactingFilter(["canary-feishu-secret", "x"])
     handler = logging.StreamHandler()
     handler.addFilter(redacting)
-    record = logger.makeRecord("t", logging.ERROR, __file__, 1, "posting to %s failed", ("canary-feishu-secret",),
-                               None)
+    record = logger.makeRecord(
+        "t", logging.ERROR, __file__, 1, "posting to %s failed", ("canary-feishu-secret",), None
+    )
     redacting.filter(record)
     assert "canary" not in record.getMessage() and "***" in record.getMessage()
     try:
@@ -204,4 +255,8 @@ def test_log_redaction_covers_messages_arguments_and_tracebacks(caplog: pytest.L
 
         record = logger.makeRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     redacting.filter(record)
-    assert record.exc_info is None and "canary" not in (record.exc_text or "") and "***" in (record.exc_text or "")
+    assert (
+        record.exc_info is None
+        and "canary" not in (record.exc_text or "")
+        and "***" in (record.exc_text or "")
+    )

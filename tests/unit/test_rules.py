@@ -19,14 +19,33 @@ def counts(**kw: float) -> dict[str, float]:
 CASES = [
     # (name, counts, expected metrics firing)
     ("on target", counts(impressions=100_000, clicks=2_500, orders=150, gmv=60_000, spend=20_000), set()),
-    ("ctr below 2 %", counts(impressions=100_000, clicks=1_500, orders=150, gmv=60_000, spend=20_000), {"ctr"}),
-    ("ctr exactly 2 % is fine", counts(impressions=100_000, clicks=2_000, orders=120, gmv=48_000, spend=1), set()),
+    (
+        "ctr below 2 %",
+        counts(impressions=100_000, clicks=1_500, orders=150, gmv=60_000, spend=20_000),
+        {"ctr"},
+    ),
+    (
+        "ctr exactly 2 % is fine",
+        counts(impressions=100_000, clicks=2_000, orders=120, gmv=48_000, spend=1),
+        set(),
+    ),
     ("ctr low but too few impressions", counts(impressions=4_000, clicks=10), set()),
-    ("cvr below 5 %", counts(impressions=100_000, clicks=2_500, orders=100, gmv=40_000, spend=20_000), {"cvr"}),
+    (
+        "cvr below 5 %",
+        counts(impressions=100_000, clicks=2_500, orders=100, gmv=40_000, spend=20_000),
+        {"cvr"},
+    ),
     ("roi below 1", counts(impressions=100_000, clicks=2_500, orders=150, gmv=45_000, spend=50_000), {"roi"}),
-    ("roi low but spend below the minimum", counts(impressions=10_000, clicks=250, orders=13, gmv=300, spend=400),
-     set()),
-    ("aov below 300", counts(impressions=100_000, clicks=2_500, orders=150, gmv=40_000, spend=20_000), {"aov"}),
+    (
+        "roi low but spend below the minimum",
+        counts(impressions=10_000, clicks=250, orders=13, gmv=300, spend=400),
+        set(),
+    ),
+    (
+        "aov below 300",
+        counts(impressions=100_000, clicks=2_500, orders=150, gmv=40_000, spend=20_000),
+        {"aov"},
+    ),
     ("no clicks: cvr is no data, not 0", counts(impressions=100_000, clicks=0), {"ctr"}),
 ]
 
@@ -43,8 +62,12 @@ def test_seed_targets(name: str, window_counts: dict[str, float], firing: set[st
 
 def test_roi_below_one_is_critical_and_says_pause() -> None:
     findings, _ = evaluate_thresholds(
-        default_rules(), "jd", "jd-1111", "1h",
-        counts(impressions=50_000, clicks=1_200, orders=80, gmv=30_000, spend=40_000), BOUNDS,
+        default_rules(),
+        "jd",
+        "jd-1111",
+        "1h",
+        counts(impressions=50_000, clicks=1_200, orders=80, gmv=30_000, spend=40_000),
+        BOUNDS,
     )
     roi = next(f for f in findings if f.metric == "roi")
     assert roi.severity == "critical" and "pausing" in roi.description
@@ -52,7 +75,9 @@ def test_roi_below_one_is_critical_and_says_pause() -> None:
 
 
 def test_only_configured_windows_channels_and_levels_are_judged() -> None:
-    rule = ThresholdRule(metric="ctr", below=0.02, windows=("1d",), match={"channel": ("wechat",)}, level="channel")
+    rule = ThresholdRule(
+        metric="ctr", below=0.02, windows=("1d",), match={"channel": ("wechat",)}, level="channel"
+    )
     low = counts(impressions=100_000, clicks=100)
     assert evaluate_thresholds([rule], "wechat", None, "1h", low, BOUNDS) == ([], {})
     assert evaluate_thresholds([rule], "douyin", None, "1d", low, BOUNDS) == ([], {})

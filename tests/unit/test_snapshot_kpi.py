@@ -18,9 +18,9 @@ from agents.snapshot import (
     global_watermark,
     last_complete_start,
 )
-from agents.windows import TOTAL, WINDOWS, Calendar
 from alerts.kpi import RATIOS, kpis, ratio
 from streams.codec import N_SLOTS, SLOT_NAMES
+from streams.windows import TOTAL, WINDOWS, Calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CAL = Calendar(SHANGHAI)
@@ -48,7 +48,7 @@ def bucket(rows: dict[str, list[int]], base: dict[str, list[int]] | None = None)
     return value
 
 
-def lookup_of(table: dict[tuple[str, str, int], BucketValue]):  # noqa: ANN201 - a Lookup
+def lookup_of(table: dict[tuple[str, str, int], BucketValue]):
     return lambda channel, window, start: table.get((channel, window, start))
 
 

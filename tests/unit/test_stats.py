@@ -76,8 +76,9 @@ def test_constants_match_scipy() -> None:
 def test_binomial_tails_match_scipy(n: int, p: float, k_share: float) -> None:
     k = round(k_share * n)
     assert close(binom_le(k, n, p), reference_tail(range(0, k + 1), n, p, sp.binom.cdf(k, n, p)), rel=1e-7)
-    assert close(binom_ge(k, n, p), reference_tail(range(max(k, 0), n + 1), n, p, sp.binom.sf(k - 1, n, p)),
-                 rel=1e-7)
+    assert close(
+        binom_ge(k, n, p), reference_tail(range(max(k, 0), n + 1), n, p, sp.binom.sf(k - 1, n, p)), rel=1e-7
+    )
 
 
 def reference_tail(ks: range, n: int, p: float, scipy_value: float) -> float:
@@ -85,8 +86,15 @@ def reference_tail(ks: range, n: int, p: float, scipy_value: float) -> float:
     cdf returns 0 for tails around 1e-278 (n=292, p=0.9453125, k=36) that double precision still holds."""
     if scipy_value >= 1e-250 or not ks or p in (0.0, 1.0):
         return scipy_value
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
-            + (n - i) * math.log1p(-p) for i in ks if 0 <= i <= n]
+    logs = [
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        + i * math.log(p)
+        + (n - i) * math.log1p(-p)
+        for i in ks
+        if 0 <= i <= n
+    ]
     if not logs:
         return scipy_value
     top = max(logs)

@@ -344,8 +344,14 @@ def test_bad_records_are_really_malformed_in_every_way() -> None:
     records = generate(gen, 60, 1000)
     counted = assert_truth_matches(gen, records, 60)
     assert set(counted["reasons"]) == {
-        "not_json", "missing_field", "mistyped_field", "unknown_type",
-        "negative_amount", "wrong_currency", "future_ts", "oversized",
+        "not_json",
+        "missing_field",
+        "mistyped_field",
+        "unknown_type",
+        "negative_amount",
+        "wrong_currency",
+        "future_ts",
+        "oversized",
     }
     assert sum(counted["reasons"].values()) == pytest.approx(0.05 * len(records), rel=0.1)
 

@@ -1,18 +1,18 @@
-"""agents.windows: minute buckets and the zoned hour/day calendar, including 30-minute offsets and DST."""
+"""streams.windows: minute buckets and the zoned hour/day calendar, including 30-minute offsets and DST."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.windows import MINUTE_S, NOMINAL_S, TOTAL, WINDOWS, Calendar, minute_start
+from streams.windows import MINUTE_S, NOMINAL_S, TOTAL, WINDOWS, Calendar, minute_start
 
-UTC = timezone.utc
+UTC = UTC
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 KOLKATA = ZoneInfo("Asia/Kolkata")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -35,7 +35,7 @@ def local(zone: ZoneInfo, *args: int, fold: int = 0) -> int:
     return int(datetime(*args, tzinfo=zone, fold=fold).timestamp())
 
 
-@lru_cache(maxsize=None)
+@cache
 def calendar(name: str) -> Calendar:
     return Calendar(ZoneInfo(name))
 

@@ -16,11 +16,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from alerts.budgets import Approval, approval_field, approvals_key
-
-
-def acks_key(prefix: str) -> str:
-    return f"{prefix}:alerts:acks"
+from alerts.budgets import Approval, approval_field
+from streams.keys import Keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +51,7 @@ def _now_text(now_s: float) -> str:
 
 async def read_acks(redis: Any, prefix: str) -> dict[str, Ack]:
     """Every acknowledgement and snooze, by fingerprint (malformed entries left out)."""
-    raw = await redis.hgetall(acks_key(prefix))
+    raw = await redis.hgetall(Keys(prefix).acks)
     acks = {}
     for field, value in raw.items():
         ack = Ack.from_json(value)
@@ -65,10 +62,10 @@ async def read_acks(redis: Any, prefix: str) -> dict[str, Ack]:
 
 async def find_active(redis: Any, prefix: str, ref: str) -> dict[str, Any] | None:
     """The firing alert whose fingerprint or id is ``ref``."""
-    raw = await redis.hget(f"{prefix}:alerts:active", ref)
+    raw = await redis.hget(Keys(prefix).active, ref)
     if raw is not None:
         return orjson.loads(raw)
-    for value in (await redis.hgetall(f"{prefix}:alerts:active")).values():
+    for value in (await redis.hgetall(Keys(prefix).active)).values():
         alert = orjson.loads(value)
         if alert.get("id") == ref:
             return alert
@@ -86,7 +83,7 @@ async def acknowledge(
 ) -> Ack:
     """Record an acknowledgement (or, with ``snooze_s``, a snooze) of the episode ``fired_at``."""
     ack = Ack(by=by, at=_now_text(now_s), fired_at=fired_at, until=now_s + snooze_s if snooze_s else None)
-    await redis.hset(acks_key(prefix), fingerprint, ack.to_json())
+    await redis.hset(Keys(prefix).acks, fingerprint, ack.to_json())
     return ack
 
 
@@ -103,7 +100,7 @@ async def approve(
     start_s = int(datetime.fromisoformat(str(budget["period_start"])).timestamp())
     field = approval_field(str(budget["channel"]), budget.get("campaign"), budget["period"], start_s, zone)
     approval = Approval(by=by, at=_now_text(now_s), note=note)
-    key = approvals_key(prefix)
+    key = Keys(prefix).approvals
     created = bool(await redis.hsetnx(key, field, approval.to_json()))
     if created:
         return approval, True
