@@ -32,8 +32,12 @@ test-integration: $(STAMP)
 test-deploy: $(STAMP) tools  ## compose, Dockerfile, Prometheus rules, dashboards; a real Prometheus on loopback
 	$(BIN)/python -m pytest tests/deploy -q
 
+lint: $(STAMP)  ## ruff's rules and format check over the tree; CI runs it before the tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 bench: $(STAMP)  ## throughput of one worker against the raw aiokafka ceiling (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .adpulse .pytest_cache .hypothesis
+	rm -rf $(VENV) .adpulse .pytest_cache .hypothesis .ruff_cache .mypy_cache

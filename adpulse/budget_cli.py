@@ -1,7 +1,8 @@
 """``adpulse budget set / list / approve``: budgets on the compacted budgets topic, approvals in Redis.
 
 Budgets travel as :class:`streams.events.BudgetSetting` JSON on ``adpulse.budgets``, keyed ``channel`` or
-``channel/campaign`` (CONTRACT.md §1); workers keep the last value per budget (:class:`alerts.budgets.BudgetBook`).
+``channel/campaign`` (CONTRACT.md §1); workers keep the last value per budget
+(:class:`alerts.budgets.BudgetBook`).
 Approvals are per period, in the Redis hash ``<prefix>:budgets:approvals``
 (field :func:`alerts.budgets.approval_field`, value :class:`alerts.budgets.Approval` JSON).
 """
@@ -462,7 +463,8 @@ def _print_table(rows: list[dict[str, Any]], currency: str) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         cells = [
-            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
         ]
         click.echo("  ".join(cells).rstrip())
 
@@ -501,7 +503,8 @@ def approve(
         have = ", ".join(f"{b.period}" for b in book.under_key(channel, campaign))
         hint = f" (it has a {have} budget: use --period {have})" if have else ""
         raise click.ClickException(
-            f"{topic_key(channel, campaign)} has no {period} budget to approve{hint}; see `adpulse budget list`"
+            f"{topic_key(channel, campaign)} has no {period} budget to approve{hint}; "
+            "see `adpulse budget list`"
         )
     now_s = clock()
     approver = by or _login_name()

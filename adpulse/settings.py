@@ -91,7 +91,9 @@ class Settings(BaseSettings):
         100,
         ge=1,
         le=5000,
-        description="longest a fetch waits for new records (both consumers): bounds how stale an idle worker gets",
+        description=(
+            "longest a fetch waits for new records (both consumers): bounds how stale an idle worker gets"
+        ),
     )
     retention_1m_s: float = Field(6 * 3600.0, gt=0, description="how long 1-minute buckets are kept")
     retention_1h_s: float = Field(8 * 86400.0, gt=0)

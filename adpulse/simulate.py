@@ -438,10 +438,8 @@ class _ProduceLoop:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

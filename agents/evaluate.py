@@ -204,8 +204,8 @@ class Evaluator:
         self.metrics = AlertMetrics(lambda: self.book.firing(), max_channels, registry=registry)
         self.latency = Histogram(
             "adpulse_alert_latency_seconds",
-            "Evidence complete (window end + grace; for budgets the spend folded so far) to the alert in Redis;"
-            " live traffic only (backfills are left out)",
+            "Evidence complete (window end + grace; for budgets the spend folded so far) to the alert in"
+            " Redis; live traffic only (backfills are left out)",
             ["kind"],
             registry=registry,
             buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),

@@ -174,9 +174,10 @@ def global_watermark(marks: Iterable[tuple[float, float, bool]], now_s: float, i
 
     The slowest partition holds event time back, unless it is idle: caught up (nothing left to read)
     and silent for ``idle_s``. A partition that is merely behind is never idle, however long since
-    its last fetch, and one not read yet (watermark 0) holds time back at "unknown" (``None``). When every partition is idle, nothing is in flight: event time is taken to be the
-    wall clock minus ``idle_s`` (or the newest watermark, if later), so the windows of a channel that
-    stops sending still close, and so do those of a finished backfill.
+    its last fetch, and one not read yet (watermark 0) holds time back at "unknown" (``None``). When
+    every partition is idle, nothing is in flight: event time is taken to be the wall clock minus
+    ``idle_s`` (or the newest watermark, if later), so the windows of a channel that stops sending still
+    close, and so do those of a finished backfill.
     """
     marks = list(marks)
     if not marks:

@@ -150,7 +150,8 @@ class BacktestResult:
         worst = max(days.items(), key=lambda item: item[1])
         lines = [
             (
-                f"{len(self.alerts)} alerts over {len(days)} days ({len(self.alerts) / len(days):.2f} per day; "
+                f"{len(self.alerts)} alerts over {len(days)} days "
+                f"({len(self.alerts) / len(days):.2f} per day; "
                 f"busiest {worst[0]}: {worst[1]}), {self.judged} windows judged"
             ),
         ]
@@ -609,7 +610,8 @@ def _series_finding(
         f"(×{factor:.2f} the expected {flag.expected:.4g}, z {flag.z:.1f}, {detector.name})"
     )
     description = (
-        f"{metric} of {name} was {value:.6g}; expected {flag.expected:.6g}. {flag.evidence.get('test', '')}.\n"
+        f"{metric} of {name} was {value:.6g}; expected {flag.expected:.6g}. "
+        f"{flag.evidence.get('test', '')}.\n"
         f"Check bids, auction competition and inventory on {name} around {point.timestamp}."
     )
     return Finding(

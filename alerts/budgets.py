@@ -380,7 +380,9 @@ def evaluate_budget(
                 campaign=budget.campaign,
                 value=spent_in_period,
                 threshold=spendable,
-                summary=f"{budget.label} has spent {_percent(ratio)} % of {what} {amounts}: the budget is used up",
+                summary=(
+                    f"{budget.label} has spent {_percent(ratio)} % of {what} {amounts}: the budget is used up"
+                ),
                 description="\n".join(
                     filter(
                         None,
@@ -388,8 +390,8 @@ def evaluate_budget(
                             spent_line,
                             reserve_advice,
                             (
-                                f"Pause the {'campaign' if budget.campaign else 'channel'} or raise the budget "
-                                f"(e.g. `{raise_command}`)."
+                                f"Pause the {'campaign' if budget.campaign else 'channel'} "
+                                f"or raise the budget (e.g. `{raise_command}`)."
                             ),
                             approved_line,
                         ],
@@ -428,8 +430,9 @@ def evaluate_budget(
                                 spent_line,
                                 (
                                     f"{_money(remaining)} {currency} is left; at the current "
-                                    f"{_money(spend_rate_per_s * 3600)} {currency}/h it is gone at {runs_out}, and by "
-                                    f"the end of the period spend would reach {_percent(projected)} % of the "
+                                    f"{_money(spend_rate_per_s * 3600)} {currency}/h it is gone at "
+                                    f"{runs_out}, and by the end of the period spend would reach "
+                                    f"{_percent(projected)} % of the "
                                     "spendable budget."
                                 ),
                                 reserve_line,
@@ -467,7 +470,7 @@ class BudgetBook:
         return budget
 
     def remove_key(self, key: str) -> list[Budget]:
-        """Apply a tombstone for the topic key ``channel`` or ``channel/campaign``; returns what it removed."""
+        """Apply a tombstone for the topic key ``channel`` or ``channel/campaign``; returns the removed."""
         gone = [budget for budget in self._budgets.values() if budget.label == key]
         for budget in gone:
             del self._budgets[budget.key]

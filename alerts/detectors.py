@@ -331,7 +331,8 @@ class RatioDrop:
             f"{label} of {_where(subject)} was {percent_text(rate)} ({x} {numerator} / {n} {denominator}) "
             f"against a baseline of {percent_text(base_rate)} ({baseline.describe()}), which predicted "
             f"{expected:.0f} {numerator}. {test.method}{widened}: {p_text(test.p_value)}; "
-            f"{_confidence_text(self.confidence)} interval of the current {label}: {percent_text(low)}–{percent_text(high)}.\n"
+            f"{_confidence_text(self.confidence)} interval of the current {label}: "
+            f"{percent_text(low)}–{percent_text(high)}.\n"
             + _CHECKS[self.metric].format(where=_where(subject))
         )
         return _finding(
@@ -442,7 +443,8 @@ class RoiDrop:
         aov_ratio = (gmv / orders) / base_aov if orders else None
         summary = (
             f"ROI fell {drop * 100:.0f} % in the last {span_text(current.duration_s)} "
-            f"({base_roi:.2f} → {roi:.2f}, {volume_text(spend)} spend, {orders} orders, {p_text(test.p_value)})"
+            f"({base_roi:.2f} → {roi:.2f}, {volume_text(spend)} spend, {orders} orders, "
+            f"{p_text(test.p_value)})"
         )
         if below_red_line:
             summary += f"; below {self.red_line:g}: recommend pausing {where}"

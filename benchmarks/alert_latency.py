@@ -48,15 +48,19 @@ from typing import Any
 
 import orjson
 
+# Before the imports below, so that the script runs from a checkout without installing (ruff allows
+# imports after sys.path.insert).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from procstat import cpu_seconds, load_average, machine, machine_markdown
+from throughput import Started, code_version, free_port
+
+from adpulse.settings import Settings
+from streams.keys import Keys
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(HERE)]
-
-from procstat import cpu_seconds, load_average, machine, machine_markdown  # noqa: E402
-from throughput import Started, code_version, free_port  # noqa: E402
-
-from adpulse.settings import Settings  # noqa: E402
-from streams.keys import Keys
 
 TARGET_P95_S = 1.0
 BEGIN = "<!-- benchmarks/alert_latency.py: begin (generated; rerun the script to refresh) -->"
@@ -213,7 +217,8 @@ async def window_traffic(
     samples: list[WindowSample],
     stop: asyncio.Event,
 ) -> None:
-    """Each minute, at +``args.window_offset`` s, a few impressions of ``args.window_per_minute`` new channels."""
+    """Each minute, at +``args.window_offset`` s: a few impressions of ``args.window_per_minute`` new
+    channels."""
     k = 0
     for _minute in range(args.window_minutes):
         now = time.time()
@@ -265,7 +270,8 @@ def rules_file(path: Path, channels: list[str]) -> Path:
 async def first_stamps(
     settings: Settings, channels: list[str], since_ms: int
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Per channel: CreateTime (s) of its first partial and of its first bucket changelog record after ``since_ms``."""
+    """Per channel: CreateTime (s) of its first partial and of its first bucket changelog record after
+    ``since_ms``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(**settings.kafka_client_options(), group_id=None, enable_auto_commit=False)
@@ -312,7 +318,9 @@ async def measure(
     windows: list[WindowSample],
     lag_samples: list[float],
 ) -> tuple[float, float, float | None, int]:
-    """Budgets, wait, the spend probes (and window probes), the stream reader. Returns traffic rate, CPU, tick."""
+    """Budgets, wait, the spend probes (and window probes), the stream reader.
+
+    Returns the traffic rate, CPU and tick."""
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaProducer
 
@@ -705,8 +713,8 @@ def print_run(r: RunResult) -> None:
     lag = stats(r.event_time_lag_s)
     print(
         f"    traffic {r.traffic_events_per_s:,.0f} events/s, worker CPU {r.worker_cpu_cores:.2f} cores, "
-        f"event-time lag p50 {lag['p50']:.2f} s max {lag['max']:.2f} s, mean tick {ms(r.tick_mean_s or float('nan'))}"
-        + (f"; PROBLEMS: {r.problems}" if r.problems else "")
+        f"event-time lag p50 {lag['p50']:.2f} s max {lag['max']:.2f} s, mean tick "
+        f"{ms(r.tick_mean_s or float('nan'))}" + (f"; PROBLEMS: {r.problems}" if r.problems else "")
     )
 
 
@@ -724,26 +732,29 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         *machine_markdown(info),
         "",
         (
-            f"Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, and live "
-            f"background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 channels, in its own "
-            f"process). {args.channels} day budgets of {args.amount:g} (`bench00`…) are set with "
-            f"`adpulse.budget_cli.produce_setting`; once the worker judges all of them (`adpulse_budget_used_ratio`) "
-            f"and after {args.warmup:g} s more, one spend event of {args.amount * args.share:g} "
-            f"({args.share:.0%}) per channel goes to `adpulse.spend` with `send_and_wait` (acks=all), a random "
-            f"{args.spacing_min:g}–{args.spacing_max:g} s apart. **Latency = the Redis server time of the "
-            "`adpulse:alerts` stream entry (XADD id) of that channel's 80 % warning (`kind` budget, `metric` spend, "
-            "`status` firing) − t0, the wall time the broker acked the spend event.** Same machine, same clock. "
-            "Percentiles interpolate linearly between ranks."
+            "Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, "
+            f"and live background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 "
+            f"channels, in its own process). {args.channels} day budgets of {args.amount:g} (`bench00`…) "
+            "are set with `adpulse.budget_cli.produce_setting`; once the worker judges all of them "
+            f"(`adpulse_budget_used_ratio`) and after {args.warmup:g} s more, one spend event of "
+            f"{args.amount * args.share:g} ({args.share:.0%}) per channel goes to `adpulse.spend` with "
+            f"`send_and_wait` (acks=all), a random {args.spacing_min:g}–{args.spacing_max:g} s apart. "
+            "**Latency = the Redis server time of the `adpulse:alerts` stream entry (XADD id) of that "
+            "channel's 80 % warning (`kind` budget, `metric` spend, `status` firing) − t0, the wall time "
+            "the broker acked the spend event.** Same machine, same clock. Percentiles interpolate linearly "
+            "between ranks."
         ),
         "",
-        "| settings | budget alerts | p50 | p95 | max | min | target p95 ≤ 1 s | traffic (events/s) | worker CPU (cores) | mean tick (snapshot + judge) |",
+        "| settings | budget alerts | p50 | p95 | max | min | target p95 ≤ 1 s | traffic (events/s) | "
+        "worker CPU (cores) | mean tick (snapshot + judge) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         b = stats(r.budget_latencies())
         lines.append(
-            f"| `ADPULSE_TICK_S={r.settings['ADPULSE_TICK_S']}` `ADPULSE_FLUSH_INTERVAL_S="
-            f"{r.settings['ADPULSE_FLUSH_INTERVAL_S']}` `ADPULSE_FETCH_WAIT_MS={r.settings['ADPULSE_FETCH_WAIT_MS']}`"
+            f"| `ADPULSE_TICK_S={r.settings['ADPULSE_TICK_S']}` "
+            f"`ADPULSE_FLUSH_INTERVAL_S={r.settings['ADPULSE_FLUSH_INTERVAL_S']}` "
+            f"`ADPULSE_FETCH_WAIT_MS={r.settings['ADPULSE_FETCH_WAIT_MS']}`"
             + f" | {b['n']} of {len(r.budget)} | {ms(b['p50'])} | "
             f"**{ms(b['p95'])}** | {ms(b['max'])} | {ms(b['min'])} | "
             f"{'met' if b['p95'] <= TARGET_P95_S else 'missed'} | {r.traffic_events_per_s:,.0f} | "
@@ -760,9 +771,9 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
         + ".",
         "",
         (
-            "Where the time goes (per event, from the timestamps the pipeline leaves behind: the CreateTime of the "
-            "channel's first record on `adpulse.partials`, and of its first record on the `buckets` table's changelog, "
-            "written by Faust when the agent stores the merged bucket):"
+            "Where the time goes (per event, from the timestamps the pipeline leaves behind: the CreateTime "
+            "of the channel's first record on `adpulse.partials`, and of its first record on the `buckets` "
+            "table's changelog, written by Faust when the agent stores the merged bucket):"
         ),
         "",
     ]
@@ -776,11 +787,12 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
             "### Window-close evidence",
             "",
             (
-                f"Same runs: a rules file with the seed targets plus one rule firing on every closed 1-minute window of "
-                f"channels `win00`… (CTR below 200 %, ≥ 1 impression); each minute, at +{args.window_offset:g} s, 5 "
-                f"impressions of {args.window_per_minute} new such channels. The evidence is complete when the window's "
-                "end + `ADPULSE_GRACE_S` has passed on the wall clock; latency = XADD time of the threshold alert − that. "
-                "Alerts of the same minute land in the same tick, so the independent samples are the minutes."
+                "Same runs: a rules file with the seed targets plus one rule firing on every closed "
+                "1-minute window of channels `win00`… (CTR below 200 %, ≥ 1 impression); each minute, at "
+                f"+{args.window_offset:g} s, 5 impressions of {args.window_per_minute} new such channels. "
+                "The evidence is complete when the window's end + `ADPULSE_GRACE_S` has passed on the wall "
+                "clock; latency = XADD time of the threshold alert − that. Alerts of the same minute land "
+                "in the same tick, so the independent samples are the minutes."
             ),
             "",
             "| settings | window alerts | p50 | p95 | max | min | event-time lag of the worker (p50 / max) |",
@@ -802,10 +814,11 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
             "### Fetch wake-up of the embedded broker",
             "",
             (
-                "Before the first worker started, on the same (idle) broker: single records produced (acks=all) to "
-                "a 1-partition topic of its own, a random 0.3–1.7 s apart, read by a bare `AIOKafkaConsumer` "
-                "(`fetch_min_bytes=1`) that is always waiting in a fetch; time from the produce's ack to the record "
-                "in the consumer. On Kafka a waiting fetch returns as soon as a record arrives."
+                "Before the first worker started, on the same (idle) broker: single records produced "
+                "(acks=all) to a 1-partition topic of its own, a random 0.3–1.7 s apart, read by a bare "
+                "`AIOKafkaConsumer` (`fetch_min_bytes=1`) that is always waiting in a fetch; time from the "
+                "produce's ack to the record in the consumer. On Kafka a waiting fetch returns as soon as a "
+                "record arrives."
             ),
             "",
             "| consumer `fetch_max_wait_ms` | records | p50 | p95 | max |",

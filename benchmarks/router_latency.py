@@ -30,16 +30,20 @@ from typing import Any
 
 import orjson
 
+# Before the imports below, so that the script runs from a checkout without installing (ruff allows
+# imports after sys.path.insert).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alert_latency import percentile, write_markdown
+from procstat import cpu_seconds, load_average, machine, machine_markdown
+from throughput import Started, code_version, free_port
+
+from adpulse.settings import Settings
+from streams.keys import Keys
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(HERE)]
-
-from alert_latency import percentile, write_markdown  # noqa: E402
-from procstat import cpu_seconds, load_average, machine, machine_markdown  # noqa: E402
-from throughput import Started, code_version, free_port  # noqa: E402
-
-from adpulse.settings import Settings  # noqa: E402
-from streams.keys import Keys
 
 TARGET_P95_S = 0.5
 SECRET = "router-latency-benchmark-secret"
@@ -196,22 +200,24 @@ def markdown(runs: list[dict[str, Any]], info: dict[str, str], command: str, arg
         *machine_markdown(info),
         "",
         (
-            f"Per run: a fresh embedded stack (its valkey only), ONE `python -m adpulse router` with a routes file "
-            f"sending every alert to a signed generic webhook served by the benchmark on loopback (aiohttp; the "
-            f"signature is checked). {args.alerts} alerts are written with XADD one by one, "
-            f"{args.spacing * 1000:.0f} ms ± 50 % apart, a fifth of them as bursts of {args.burst} alerts of one "
-            "channel. **Latency = when the webhook read the request − the stream entry id (Redis server time at "
-            "XADD).** Same machine, same clock."
+            "Per run: a fresh embedded stack (its valkey only), ONE `python -m adpulse router` with a "
+            "routes file sending every alert to a signed generic webhook served by the benchmark on "
+            f"loopback (aiohttp; the signature is checked). {args.alerts} alerts are written with XADD one "
+            f"by one, {args.spacing * 1000:.0f} ms ± 50 % apart, a fifth of them as bursts of {args.burst} "
+            "alerts of one channel. **Latency = when the webhook read the request − the stream entry id "
+            "(Redis server time at XADD).** Same machine, same clock."
         ),
         "",
-        "| `ADPULSE_ROUTER_GROUP_WAIT_S` | delivered | p50 | p95 | max | min | target p95 ≤ 500 ms | router CPU (cores) |",
+        "| `ADPULSE_ROUTER_GROUP_WAIT_S` | delivered | p50 | p95 | max | min | target p95 ≤ 500 ms "
+        "| router CPU (cores) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        default = " (default)" if r["group_wait_s"] == Settings().router_group_wait_s else ""
         lines.append(
-            f"| {r['group_wait_s']:g}{' (default)' if r['group_wait_s'] == Settings().router_group_wait_s else ''} "
-            f"| {r['delivered']} of {r['alerts']} | {r['p50'] * 1000:,.0f} ms | **{r['p95'] * 1000:,.0f} ms** | "
-            f"{r['max'] * 1000:,.0f} ms | {r['min'] * 1000:,.0f} ms | "
+            f"| {r['group_wait_s']:g}{default} | {r['delivered']} of {r['alerts']} "
+            f"| {r['p50'] * 1000:,.0f} ms | **{r['p95'] * 1000:,.0f} ms** "
+            f"| {r['max'] * 1000:,.0f} ms | {r['min'] * 1000:,.0f} ms | "
             f"{'met' if r['p95'] <= TARGET_P95_S else 'missed'} | {r['cpu']:.2f} |"
         )
     lines += [

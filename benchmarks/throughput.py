@@ -37,12 +37,12 @@ from typing import Any
 
 import orjson
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(REPO)]
+# Before the imports below, so that the script runs from a checkout without installing (ruff allows
+# imports after sys.path.insert).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pyspy_report  # noqa: E402
-from procstat import (  # noqa: E402
+import pyspy_report
+from procstat import (
     cpu_seconds,
     load_average,
     machine,
@@ -51,10 +51,13 @@ from procstat import (  # noqa: E402
     run_delay_seconds,
     status_kb,
 )
-from workload import CHECKED, MICROS, Expected, Record, generate  # noqa: E402
+from workload import CHECKED, MICROS, Expected, Record, generate
 
-from adpulse.settings import Settings  # noqa: E402
+from adpulse.settings import Settings
 from streams.keys import Keys
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 SOURCES = ("clicks", "orders", "spend")
 WORKER_CODE = (
@@ -252,7 +255,9 @@ async def delete_topics(bootstrap: str, prefix: str, partitions: int) -> None:
 
 
 async def preload(bootstrap: str, prefix: str, records: list[Record], partitions: int) -> float:
-    """Produce every record in full record batches, awaiting only the deliveries at the end; returns seconds."""
+    """Produce every record in full record batches, awaiting only the deliveries at the end.
+
+    Returns the seconds it took."""
     from aiokafka import AIOKafkaProducer
 
     from streams.partitioning import partition_of
@@ -346,7 +351,7 @@ def scrape(port: int) -> dict[str, float] | None:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One poll of the worker: time, events counted, and CPU seconds so far (worker, broker, whole machine)."""
+    """One poll of the worker: time, events counted and CPU seconds so far (worker, broker, machine)."""
 
     t: float
     counted: float
@@ -656,20 +661,22 @@ def markdown(
         "",
         f"Workload per round: {n:,} records preloaded into fresh `clicks`/`orders`/`spend` topics "
         f"({args.partitions} partitions each) on the embedded Tansu broker: {expected.by_topic['clicks']:,} "
-        f"clicks-topic, {expected.by_topic['orders']:,} orders, {expected.by_topic['spend']:,} spend; 10 channels × 5 "
-        f"campaigns, keyed by channel, event times over the last 30 minutes; {o['invalid']:,} malformed (to the DLQ), "
-        f"{o['duplicate']:,} duplicate event_ids, {o['accepted']:,} valid.",
+        f"clicks-topic, {expected.by_topic['orders']:,} orders, {expected.by_topic['spend']:,} spend; 10 "
+        f"channels × 5 campaigns, keyed by channel, event times over the last 30 minutes; {o['invalid']:,} "
+        f"malformed (to the DLQ), {o['duplicate']:,} duplicate event_ids, {o['accepted']:,} valid.",
         "",
         "| " + " | ".join(header for header, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(render(r) for _, render in COLUMNS) + " |" for r in rounds),
         "",
         f"**Medians: ceiling {fmt_rate(m.ceiling)} events/s, one worker {fmt_rate(m.worker)} events/s "
-        f"(steady {fmt_rate(m.steady)}), {m.ratio:.1%} of the ceiling; worker peak RSS {m.peak_rss_mb:.0f} MiB.**",
+        f"(steady {fmt_rate(m.steady)}), {m.ratio:.1%} of the ceiling; worker peak RSS {m.peak_rss_mb:.0f} "
+        "MiB.**",
         "",
         f"Target: one worker ≥ {TARGET_EVENTS_PER_S:,} events/s — "
-        f"**{'met' if m.worker >= TARGET_EVENTS_PER_S else 'missed'}**; ≥ {TARGET_RATIO:.0%} of the ceiling — "
-        f"**{'met' if m.ratio >= TARGET_RATIO else 'missed'}**. Exact in every round: **{'yes' if m.exact else 'NO'}**.",
+        f"**{'met' if m.worker >= TARGET_EVENTS_PER_S else 'missed'}**; ≥ {TARGET_RATIO:.0%} of the ceiling "
+        f"— **{'met' if m.ratio >= TARGET_RATIO else 'missed'}**. Exact in every round: "
+        f"**{'yes' if m.exact else 'NO'}**.",
         *[
             f"\nRound {r.index} is **not exact** ({len(r.worker.problems)} differences), e.g.: "
             + "; ".join(r.worker.problems[:4])
@@ -680,35 +687,40 @@ def markdown(
         "",
         "How it is measured:",
         "",
-        "- *ceiling*: `benchmarks/ceiling.py` in its own process, a bare `AIOKafkaConsumer` (no group, all partitions "
-        "assigned, the fold stage's fetch sizes) doing `getmany(max_records=5000)`, `orjson.loads` of every value and "
-        "a dict count per channel; rate = records after the first fetch ÷ time from the end of the first fetch to "
-        "the last record.",
+        "- *ceiling*: `benchmarks/ceiling.py` in its own process, a bare `AIOKafkaConsumer` (no group, all "
+        "partitions assigned, the fold stage's fetch sizes) doing `getmany(max_records=5000)`, "
+        "`orjson.loads` of every value and a dict count per channel; rate = records after the first fetch ÷ "
+        "time from the end of the first fetch to the last record.",
         '- *worker*: `python -c "...run_worker(Settings())"` as a subprocess with a fresh consumer group '
         "(`ADPULSE_APP_ID`) and Redis prefix per round, on that round's preloaded topics. The script polls "
-        "`adpulse_events_total` (all topics and outcomes: accepted + invalid + duplicate + late) on /metrics every "
-        f"{args.poll:.2f} s; rate = (N − count at the first poll that sees any event) ÷ (time of the first poll "
-        "that sees all N − time of that first poll). Startup, Faust table recovery and the two group joins happen "
-        "before the first counted event and are reported separately. The figure is conservative by up to one poll "
-        "interval; *steady* ends at the last poll before the count reached N instead. The fold stage increments the "
-        "counter once per fetch, after folding; partials then pass through the Faust agent and the 1 s snapshot "
-        'timer, and "KPIs in Redis after" says how long after the last count the Redis totals were complete.',
-        "- *exact*: the worker's outcome counters equal the generated numbers of valid, malformed, duplicate (and "
-        "zero late) records, and every channel's `<redis_prefix>:kpis` row with window `total` and campaign `-` "
-        "has exactly the expected impressions, clicks, visits, carts, orders, GMV and spend.",
-        "- *CPU*: utime + stime from /proc/PID/stat over the measured interval ÷ its duration (1.00 = one core busy); "
-        "*waiting for a CPU* is the growth of run_delay in /proc/PID/task/*/schedstat over the same interval ÷ its "
-        "duration; *other processes* is the machine's busy time (/proc/stat, hypervisor steal included) minus the "
-        "measured process, the broker and this script (valkey and everything else on the machine remain in it). Peak RSS is `VmHWM` from /proc/PID/status just before the worker is stopped.",
+        "`adpulse_events_total` (all topics and outcomes: accepted + invalid + duplicate + late) on "
+        f"/metrics every {args.poll:.2f} s; rate = (N − count at the first poll that sees any event) ÷ "
+        "(time of the first poll that sees all N − time of that first poll). Startup, Faust table recovery "
+        "and the two group joins happen before the first counted event and are reported separately. The "
+        "figure is conservative by up to one poll interval; *steady* ends at the last poll before the count "
+        "reached N instead. The fold stage increments the counter once per fetch, after folding; partials "
+        'then pass through the Faust agent and the 1 s snapshot timer, and "KPIs in Redis after" says how '
+        "long after the last count the Redis totals were complete.",
+        "- *exact*: the worker's outcome counters equal the generated numbers of valid, malformed, "
+        "duplicate (and zero late) records, and every channel's `<redis_prefix>:kpis` row with window "
+        "`total` and campaign `-` has exactly the expected impressions, clicks, visits, carts, orders, GMV "
+        "and spend.",
+        "- *CPU*: utime + stime from /proc/PID/stat over the measured interval ÷ its duration (1.00 = one "
+        "core busy); *waiting for a CPU* is the growth of run_delay in /proc/PID/task/*/schedstat over the "
+        "same interval ÷ its duration; *other processes* is the machine's busy time (/proc/stat, hypervisor "
+        "steal included) minus the measured process, the broker and this script (valkey and everything else "
+        "on the machine remain in it). Peak RSS is `VmHWM` from /proc/PID/status just before the worker is "
+        "stopped.",
     ]
     if profile_md is not None and profile_run is not None:
         lines += [
             "",
             "### Profile (py-spy)",
             "",
-            "An extra, untimed round under `py-spy record --rate 100 --nonblocking --threads --function`, attached "
-            f"from the first counted event to the last ({fmt_rate(profile_run.events_per_s)} events/s while sampled, "
-            f"worker CPU {profile_run.cpu_cores:.2f} cores, exact: {'yes' if profile_run.exact else 'NO'}).",
+            "An extra, untimed round under `py-spy record --rate 100 --nonblocking --threads --function`, "
+            f"attached from the first counted event to the last ({fmt_rate(profile_run.events_per_s)} "
+            f"events/s while sampled, worker CPU {profile_run.cpu_cores:.2f} cores, exact: "
+            f"{'yes' if profile_run.exact else 'NO'}).",
             "",
             profile_md,
         ]
@@ -736,10 +748,10 @@ def limits(rounds: list[Round], profile: pyspy_report.Profile) -> list[str]:
         r.ceiling["cpu_s"] / (r.ceiling["events"] - r.ceiling["first_fetch"]) * 1e6 for r in rounds
     )
     out = [
-        f"- CPU per event: worker {worker_us:.1f} µs, ceiling {ceiling_us:.1f} µs; at one full core the worker would "
-        f"do about {1e6 / worker_us:,.0f} events/s.",
-        f"- The worker used {cores:.2f} cores and waited {wait:.0%} of the time for a CPU while other processes "
-        f"used {others:.2f} cores; {bound}."
+        f"- CPU per event: worker {worker_us:.1f} µs, ceiling {ceiling_us:.1f} µs; at one full core the "
+        f"worker would do about {1e6 / worker_us:,.0f} events/s.",
+        f"- The worker used {cores:.2f} cores and waited {wait:.0%} of the time for a CPU while other "
+        f"processes used {others:.2f} cores; {bound}."
         + (f" The broker used {statistics.median(brokers):.2f} cores meanwhile." if brokers else ""),
     ]
     top_packages = ", ".join(

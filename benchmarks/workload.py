@@ -85,7 +85,8 @@ def generate(n: int, now_ms: int, seed: int = 7, mix: Mix = Mix()) -> tuple[list
     step_ms = mix.span_s * 1000 / max(n, 1)
     recent: deque[Record] = deque(maxlen=64)
     records: list[Record] = []
-    # orjson's bytes keep a ~4 KiB allocation each; a right-sized copy keeps 500k records at ~100 MB, not 2 GB.
+    # orjson's bytes keep a ~4 KiB allocation each; a right-sized copy keeps 500k records at ~100 MB, not
+    # 2 GB.
     dumps = _compact_dumps
     channel_cum = list(accumulate(CHANNEL_WEIGHTS))
     type_cum = list(accumulate(type_weights))

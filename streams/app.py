@@ -23,7 +23,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.app.adpulse_fetch_wait_ms  # type: ignore[attr-defined]
+        wait_ms = self.app.adpulse_fetch_wait_ms  # type: ignore[attr-defined]
+        consumer._fetch_max_wait_ms = wait_ms  # noqa: SLF001 - aiokafka has no public setter for it
         return consumer
 
 

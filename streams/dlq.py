@@ -1,4 +1,4 @@
-"""The dead-letter queue: every rejected record, with the reason, the original bytes and where it came from."""
+"""The dead-letter queue: every rejected record with its reason, its original bytes and where it came from."""
 
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ class RoutesConfig(_Strict):
         unknown = [f"{where}: {name!r}" for where, name in named if name not in self.targets]
         if unknown:
             raise ValueError(
-                f"unknown target(s) {', '.join(unknown)}; define them under targets: ({', '.join(self.targets)})"
+                f"unknown target(s) {', '.join(unknown)}; "
+                f"define them under targets: ({', '.join(self.targets)})"
             )
         return self
 

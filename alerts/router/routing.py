@@ -59,7 +59,7 @@ def _add(plans: dict[str, Plan], new: Plan) -> None:
 
 
 def merge_owners(old: tuple[str, ...], new: tuple[str, ...]) -> tuple[str, ...]:
-    """``old`` then the owners of ``new`` not in it: everyone mentioned once, in the order routes named them."""
+    """``old``, then the owners of ``new`` not in it: each mentioned once, in the order routes named them."""
     return old + tuple(o for o in new if o not in old)
 
 

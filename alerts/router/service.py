@@ -25,6 +25,7 @@ that alert delivered again by the router that took over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -166,10 +167,8 @@ class Router:
                         type(exc).__name__,
                         backoff,
                     )
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), backoff)
-                    except TimeoutError:
-                        pass
                     backoff = min(backoff * 2, 10.0)
         finally:
             keeper.cancel()
@@ -345,7 +344,7 @@ class Router:
             await self._deliver(job)
 
     async def _deliver(self, job: _Job) -> bool:
-        """Deliver the alerts of ``job`` not delivered to its target yet; True when none is left undelivered."""
+        """Deliver the alerts of ``job`` not yet delivered to its target; True when none is left over."""
         marks = [self.keys.sent(job.target, key) for key in job.keys]
         done = await self.redis.mget(marks)
         todo = [
@@ -408,7 +407,7 @@ class Router:
         await self._record_unrecorded()
 
     async def _record_unrecorded(self) -> None:
-        """Write the "sent" marks not in Redis yet; only those written are forgotten (targets run side by side)."""
+        """Write the "sent" marks not in Redis yet; only those written are forgotten (targets run at once)."""
         writing = dict(self._unrecorded)
         if writing:
             pipe = self.redis.pipeline(transaction=False)
@@ -572,7 +571,7 @@ class Router:
 
 
 def _muted(alert: Mapping[str, Any], ack: Ack | None, now_s: float) -> bool:
-    """Repeats of an acknowledged or snoozed alert are not sent (its resolution and escalation in severity are)."""
+    """Repeats of an acknowledged or snoozed alert are not sent (its resolution and a higher severity are)."""
     return ack is not None and alert.get("change") == "repeat" and ack.mutes(alert, now_s)
 
 

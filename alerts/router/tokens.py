@@ -109,7 +109,7 @@ class ActionLinks:
     snooze_s: float = _SNOOZE_S
 
     def for_alert(self, alert: Mapping[str, Any], now_s: float) -> dict[str, str]:
-        """Links for a firing alert: ack and snooze; approve for a budget's warning line. None when resolved."""
+        """Links for a firing alert: ack and snooze; approve for a budget's warning. None when resolved."""
         if alert.get("status") != "firing" or not alert.get("fingerprint") or not alert.get("id"):
             return {}
         common = {

@@ -49,9 +49,9 @@ _NAME = re.compile(r"[_A-Za-z][_A-Za-z0-9]*")
 
 
 def interpolate(text: str, env: Mapping[str, str], warnings: list[str]) -> str:
-    """``$NAME``, ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``, ``${NAME?error}``,
-    ``${NAME:+alt}``, ``${NAME+alt}`` (nested), ``$$`` for a literal ``$``. An unset variable without a
-    default becomes "" with a warning, as compose does."""
+    """``$NAME``, ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``,
+    ``${NAME?error}``, ``${NAME:+alt}``, ``${NAME+alt}`` (nested), ``$$`` for a literal ``$``. An unset
+    variable without a default becomes "" with a warning, as compose does."""
     out, i = [], 0
     while i < len(text):
         char = text[i]
@@ -283,7 +283,8 @@ if "--create" in args:
                              "configs": configs, "bootstrap": args[args.index("--bootstrap-server") + 1]})
     json.dump(state, open(state_path, "w"))
 elif "--describe" in args:
-    print(f"Topic: {topic}\\tTopicId: x\\tPartitionCount: {state[topic]['partitions']}\\tReplicationFactor: 1")
+    partitions = state[topic]["partitions"]
+    print(f"Topic: {topic}\\tTopicId: x\\tPartitionCount: {partitions}\\tReplicationFactor: 1")
 """
 
 

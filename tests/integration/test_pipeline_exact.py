@@ -213,9 +213,9 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
     def maybe_kill(sent: int) -> None:
         # Once a third of the records are out and being folded, kill one worker without warning.
         if not killed["done"] and sent >= len(dataset.records) // 3:
-            # Not before the victim has a checkpoint past offset 0 (blocks of 2,000 per partition): on a loaded
-            # machine it can lag the producer, and a kill before its first checkpoint proves less (seen: a kill
-            # after 10,000 records folded but none checkpointed yet).
+            # Not before the victim has a checkpoint past offset 0 (blocks of 2,000 per partition): on a
+            # loaded machine it can lag the producer, and a kill before its first checkpoint proves less
+            # (seen: a kill after 10,000 records folded but none checkpointed yet).
             wait_for(
                 lambda: _checkpointed(settings, tmp_path / "w1.log") > 0,
                 90,

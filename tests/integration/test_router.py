@@ -158,8 +158,10 @@ def routes_file(tmp_path: Path, receiver: Receiver, extra: str = "") -> Path:
     path = tmp_path / "routes.yml"
     path.write_text(
         "targets:\n"
-        f"  hook-a: {{type: webhook, url: '{receiver.url('/a')}', secret: '${{ROUTE_SECRET}}', timeout_s: 2}}\n"
-        f"  hook-b: {{type: webhook, url: '{receiver.url('/b')}', secret: '${{ROUTE_SECRET}}', timeout_s: 2}}\n"
+        f"  hook-a: {{type: webhook, url: '{receiver.url('/a')}', secret: '${{ROUTE_SECRET}}', "
+        "timeout_s: 2}\n"
+        f"  hook-b: {{type: webhook, url: '{receiver.url('/b')}', secret: '${{ROUTE_SECRET}}', "
+        "timeout_s: 2}\n"
         f"{extra}"
         "routes:\n"
         "  - match: {channel: [douyin, taobao]}\n"
@@ -370,7 +372,7 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
             wait_for(lambda: len(receiver.received()) == 2, 30, "both alerts at the team")
             page = urllib.request.urlopen(links["ack"], timeout=5).read().decode()  # noqa: S310
             assert "Acknowledge" in page and "<form" in page
-            post = urllib.request.Request(
+            post = urllib.request.Request(  # noqa: S310
                 links["ack"], data=urllib.parse.urlencode({"by": "@zhang.wei"}).encode()
             )
             done = urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310
@@ -496,7 +498,7 @@ def test_approve_link_records_the_approval_where_the_worker_reads_it(
             links = ActionLinks(key.encode(), f"http://127.0.0.1:{router.port}").for_alert(
                 warning, time.time()
             )
-            post = urllib.request.Request(
+            post = urllib.request.Request(  # noqa: S310
                 links["approve"], data=urllib.parse.urlencode({"by": "@wang.fang"}).encode()
             )
             assert "approved" in urllib.request.urlopen(post, timeout=5).read().decode()  # noqa: S310

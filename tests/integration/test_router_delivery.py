@@ -96,7 +96,7 @@ def deliver(
     clock: Callable[[], float] = time.time,
     url: Callable[[str], str] | None = None,
 ) -> tuple[Delivery, Server, Sleeps]:
-    """Deliver ``n`` to ``target`` pointed at a fresh server (``url`` maps the server's URL), collecting waits."""
+    """Deliver ``n`` to ``target`` aimed at a fresh server (``url`` maps its URL); returns the waits."""
     sleeps = Sleeps()
 
     async def main() -> tuple[Delivery, Server]:
@@ -165,7 +165,8 @@ def feishu_service(secret: str) -> Handler:
 
 def dingtalk_service(secret: str, token: str) -> Handler:
     """DingTalk's custom robot: ``timestamp`` (ms, within an hour) and ``sign`` in the query, where the
-    URL-decoded sign is base64(HMAC-SHA256(key=secret, msg=f"{timestamp}\\n{secret}")); else errcode 310000."""
+    URL-decoded sign is base64(HMAC-SHA256(key=secret, msg=f"{timestamp}\\n{secret}")); else errcode
+    310000."""
 
     async def handler(request: web.Request) -> web.Response:
         query = request.query  # URL-decoded, as the service reads it
@@ -189,7 +190,7 @@ def dingtalk_service(secret: str, token: str) -> Handler:
 
 
 def webhook_service(secret: str) -> Handler:
-    """A receiver of the generic webhook: X-Adpulse-Signature must be sha256=<hex HMAC-SHA256(secret, body)>."""
+    """The generic webhook's receiver: X-Adpulse-Signature must be sha256=<hex HMAC-SHA256(secret, body)>."""
 
     async def handler(request: web.Request) -> web.Response:
         body = await request.read()

@@ -66,7 +66,7 @@ def build(
     late_within: float = 0.02,
     late_beyond: float = 0.005,
 ) -> Dataset:
-    """``n`` records over ``[start_ms, start_ms + span_ms)`` with the given shares of bad, duplicate and late ones."""
+    """``n`` records over ``[start_ms, start_ms + span_ms)``, given shares of them bad, duplicate, late."""
     rng = random.Random(seed)
     names = [f"ch{c:02d}" for c in range(channels)]
     camps = {ch: [f"{ch}-camp{k}" for k in range(campaigns // channels)] for ch in names}

@@ -79,7 +79,7 @@ class WorkerProcess:
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5) -> object:
-    """Poll until ``condition()`` is truthy; fail with ``what`` after ``timeout_s`` (a bound, not a timing test)."""
+    """Poll until ``condition()`` is truthy; fail with ``what`` after ``timeout_s`` (a bound, not a timer)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()

@@ -108,8 +108,8 @@ def test_budget_lines(case: Case) -> None:
 def test_warning_says_who_approves_and_how() -> None:
     (warning,) = evaluate(DAY, 8_100)
     assert warning.summary == (
-        "douyin has spent 81 % of its daily budget (8,100 / 10,000 CNY); continuing needs approval from @owner: "
-        "`adpulse budget approve douyin --period day`"
+        "douyin has spent 81 % of its daily budget (8,100 / 10,000 CNY); "
+        "continuing needs approval from @owner: `adpulse budget approve douyin --period day`"
     )
     assert warning.threshold == 8_000 and warning.fingerprint == "budget:spend:douyin:-:day:2026-11-24:80"
     assert (

@@ -63,7 +63,9 @@ BUDGET: dict[str, Any] = {
     "threshold": 8000.0,
     "change_pct": None,
     "evidence": {"spent": 8200.0, "amount": 10000.0, "used_ratio": 0.82, "currency": "CNY", "period": "day"},
-    "summary": "douyin/spring has spent 82 % of its daily budget (8,200 / 10,000 CNY); continuing needs approval",
+    "summary": (
+        "douyin/spring has spent 82 % of its daily budget (8,200 / 10,000 CNY); continuing needs approval"
+    ),
     "runbook_url": "docs/runbook.md#budget",
 }
 ACTIONS = {"a1b2c3": {"ack": "https://adpulse.example/ack/t1", "snooze": "https://adpulse.example/snooze/t1"}}
@@ -631,7 +633,8 @@ def test_unlimited_rate_never_waits() -> None:
 
 def test_redact_hides_plain_and_url_encoded_forms() -> None:
     secret = "se cret/+="
-    text = f"a {secret} b {secret.replace(' ', '%20').replace('/', '%2F').replace('+', '%2B').replace('=', '%3D')} c"
+    encoded = secret.replace(" ", "%20").replace("/", "%2F").replace("+", "%2B").replace("=", "%3D")
+    text = f"a {secret} b {encoded} c"
     assert redact(text, [secret]) == "a *** b *** c"
     assert redact("nothing here", ["", "x" * 3]) == "nothing here"
 

@@ -6,6 +6,7 @@ per partition against the newest accepted ``ts``), so the generator's bookkeepin
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from datetime import datetime
@@ -301,7 +302,7 @@ def _per_phase(gen: TrafficGenerator, channel: str, bounds_s: list[float]) -> li
     phases = [Totals() for _ in bounds_s[:-1]]
     for (ch, _campaign, window), totals in gen.truth.minute_totals().items():
         offset_s = (window - T0) / 1000
-        for index, (lo, hi) in enumerate(zip(bounds_s, bounds_s[1:])):
+        for index, (lo, hi) in enumerate(itertools.pairwise(bounds_s)):
             if ch == channel and lo <= offset_s < hi:
                 phases[index].add(totals)
     return phases
