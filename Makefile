@@ -32,9 +32,10 @@ test-integration: $(STAMP)
 test-deploy: $(STAMP) tools  ## compose, Dockerfile, Prometheus rules, dashboards; a real Prometheus on loopback
 	$(BIN)/python -m pytest tests/deploy -q
 
-lint: $(STAMP)  ## ruff's rules and format check over the tree; CI runs it before the tests
+lint: $(STAMP)  ## ruff's rules, ruff's format check and mypy (config in pyproject.toml); CI runs it first
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(STAMP)  ## throughput of one worker against the raw aiokafka ceiling (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/throughput.py

@@ -40,7 +40,11 @@ async def read_alerts(settings: Settings, history: int) -> tuple[list[dict[str, 
     finally:
         await client.aclose()
     active.sort(
-        key=lambda a: (_SEVERITY_RANK.get(a.get("severity"), 3), a.get("fired_at") or "", a["fingerprint"])
+        key=lambda a: (
+            _SEVERITY_RANK.get(str(a.get("severity")), 3),
+            a.get("fired_at") or "",
+            a["fingerprint"],
+        )
     )
     return active, past
 

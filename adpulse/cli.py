@@ -133,7 +133,7 @@ def select_kpis(
             r["channel"],
             r["campaign"] != "-",
             r["campaign"],
-            order[r["window"]],
+            order[str(r["window"])],
             str(r["window_start"]),
         ),
     )

@@ -27,8 +27,9 @@ from adpulse.budget_cli import produce_setting
 from adpulse.render import kpi_rich_table
 from adpulse.router_cli import serve as serve_router
 from adpulse.settings import Settings, load_settings
-from adpulse.simulate import parse_scenario, simulate
+from adpulse.simulate import simulate
 from adpulse.stack import EmbeddedStack, StackError
+from adpulse.traffic import parse_scenario
 from streams.events import BudgetSetting
 from streams.keys import Keys
 

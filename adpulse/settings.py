@@ -8,7 +8,9 @@ adpulse is float seconds and the names say so (``grace_s``); milliseconds appear
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -203,18 +205,19 @@ class Settings(BaseSettings):
             return self.kafka_sasl_password_file.read_text().strip()
         return self.kafka_sasl_password
 
-    def kafka_ssl_context(self) -> object:
+    def kafka_ssl_context(self) -> ssl.SSLContext:
         """TLS to the brokers: the CA to trust and, for mutual TLS, the client certificate and key."""
         from aiokafka.helpers import create_ssl_context
 
         def text(path: Path | None) -> str | None:
             return str(path) if path else None
 
-        return create_ssl_context(
+        context: ssl.SSLContext = create_ssl_context(
             cafile=text(self.kafka_ssl_cafile),
             certfile=text(self.kafka_ssl_certfile),
             keyfile=text(self.kafka_ssl_keyfile),
         )
+        return context
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``ADPULSE_*`` environment variables, for child processes (worker, demo)."""
@@ -224,6 +227,6 @@ class Settings(BaseSettings):
         return env
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read the settings once (environment, optional file), with explicit overrides from the CLI."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

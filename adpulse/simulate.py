@@ -213,7 +213,10 @@ class BatchSender:
 
     async def _submit(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
         batch.close()
-        return await self._producer.send_batch(batch, self._topic_names[topic], partition=partition)
+        sent: asyncio.Future[Any] = await self._producer.send_batch(
+            batch, self._topic_names[topic], partition=partition
+        )
+        return sent
 
 
 async def topic_partitions(producer: AIOKafkaProducer, topic_names: dict[str, str]) -> dict[str, int]:

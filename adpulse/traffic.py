@@ -76,7 +76,8 @@ def partition_for(key: bytes, partitions: int) -> int:
     Chosen here rather than left to the client because the ground truth's lateness is per partition.
     (With 4 partitions, CRC32 would leave one of them without any of the six default channels.)
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def window_end_ms(ts_ms: int) -> int:

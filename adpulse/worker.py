@@ -76,7 +76,8 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
                 settings.max_channels,
                 registry=registry,
             )
-        return clients["evaluator"]
+        made: Evaluator = clients["evaluator"]
+        return made
 
     install(
         app,
@@ -118,7 +119,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         fetch_wait_ms=settings.fetch_wait_ms,
     )
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def fold_stage() -> None:
         stage = FoldStage(stage_config, redis(), calendar, metrics)
         try:
@@ -127,10 +128,9 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             raise
         except Exception:
             log.exception("fold stage crashed; stopping the worker so that it restarts from its checkpoints")
-            app._crash_reason = "fold stage crashed"  # noqa: SLF001 - read by the CLI for the exit code
             raise
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def budget_feed() -> None:
         await BudgetFeed(settings.kafka_client_options(), settings.topic("budgets"), budgets).run()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TableT
 
 from agents.evaluate import Evaluator
 from agents.metrics import PipelineMetrics
@@ -120,7 +121,7 @@ def install(
     holder: SnapshotHolder,
     metrics: PipelineMetrics,
     evaluator: Callable[[], Evaluator] | None = None,
-) -> faust.Table:
+) -> TableT[str, BucketValue]:
     """Register the bucket table, its agent and the snapshot timer on ``app``."""
     source = app.topic(
         config.partials_topic,
@@ -128,7 +129,7 @@ def install(
         value_serializer="raw",
         partitions=config.partitions,
     )
-    table = app.Table(
+    table: TableT[str, BucketValue] = app.Table(
         "buckets",
         default=None,
         partitions=config.partitions,
@@ -149,7 +150,7 @@ def install(
     highest: dict[int, float] = {}
 
     @app.agent(source, name="merge-partials")
-    async def merge_partials(stream: faust.StreamT) -> None:
+    async def merge_partials(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = orjson.loads(event.value)
             if "marks" in message:
@@ -177,7 +178,7 @@ def install(
                     del table[bucket_key(channel, window, start)]
                     index.discard(channel, window, start)
 
-    @app.timer(interval=config.tick_s, name="kpi-snapshot")
+    @app.timer(interval=config.tick_s, name="kpi-snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
         started = time.perf_counter()
         client = redis()

@@ -19,6 +19,7 @@ dedup set can be rebuilt (``rebuild_from``).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,10 +28,13 @@ from streams.windows import MINUTE_S, TOTAL, Calendar
 
 
 class SourceRecord(Protocol):
-    """What the fold needs of a Kafka record (aiokafka's ConsumerRecord has it)."""
+    """What the fold needs of a Kafka record, and the DLQ of a rejected one (aiokafka's ConsumerRecord)."""
 
+    topic: str
+    partition: int
     offset: int
     timestamp: int
+    key: bytes | None
     value: bytes | None
 
 
@@ -115,7 +119,7 @@ class PartitionFold:
 
     # -- restart -------------------------------------------------------------------------------
 
-    def rebuild(self, records: list[SourceRecord]) -> None:
+    def rebuild(self, records: Sequence[SourceRecord]) -> None:
         """Re-read ``[rebuild_from, checkpoint)`` to restore the dedup set the first run had there."""
         for record in records:
             decoded = decode(self.topic, record.value, self.config.currency, self.config.max_record_bytes)
@@ -133,7 +137,7 @@ class PartitionFold:
 
     # -- the hot path --------------------------------------------------------------------------
 
-    def process(self, records: list[SourceRecord]) -> FoldOutput:
+    def process(self, records: Sequence[SourceRecord]) -> FoldOutput:
         """Fold a batch of consecutive records of this partition."""
         out = FoldOutput()
         block_records = self.config.block_records

@@ -53,7 +53,7 @@ class FoldStageConfig:
         return f"{self.topic_prefix}{short}"
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
     def __init__(self, stage: FoldStage) -> None:
         self.stage = stage
 

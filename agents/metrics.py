@@ -106,7 +106,7 @@ class SnapshotCollector(Collector):
             key = (label.get(row.channel, "other"), row.window)
             merged[key] = row if key not in merged else merged[key].plus(row)
         for (channel, window), row in sorted(merged.items()):
-            for kpi, value in row.ratios().items():
-                if kpi in _RATIOS and value is not None:
-                    ratio.add_metric([channel, kpi, window], value)
+            for kpi, kpi_value in row.ratios().items():
+                if kpi in _RATIOS and kpi_value is not None:
+                    ratio.add_metric([channel, kpi, window], kpi_value)
         yield ratio

@@ -64,9 +64,10 @@ async def find_active(redis: Any, prefix: str, ref: str) -> dict[str, Any] | Non
     """The firing alert whose fingerprint or id is ``ref``."""
     raw = await redis.hget(Keys(prefix).active, ref)
     if raw is not None:
-        return orjson.loads(raw)
+        found: dict[str, Any] = orjson.loads(raw)
+        return found
     for value in (await redis.hgetall(Keys(prefix).active)).values():
-        alert = orjson.loads(value)
+        alert: dict[str, Any] = orjson.loads(value)
         if alert.get("id") == ref:
             return alert
     return None

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypedDict, get_args
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -253,6 +253,14 @@ def budget_judged(
     }
 
 
+class _Window(TypedDict):
+    """The period a budget finding is about, as :class:`Finding` fields."""
+
+    window: str
+    window_start: str
+    window_end: str | None
+
+
 def evaluate_budget(
     budget: Budget,
     spent_in_period: float,
@@ -276,7 +284,7 @@ def evaluate_budget(
     spendable = budget.spendable
     ratio = used_ratio(spent_in_period, budget)
     keys = _extra_keys(budget, start_s, zone, warn_ratio)
-    window = {
+    window: _Window = {
         "window": budget.period,
         "window_start": rfc3339(start_s, zone),
         "window_end": rfc3339(end_s, zone) if end_s is not None else None,

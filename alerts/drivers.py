@@ -9,8 +9,18 @@ with the largest shortfall are the ones to look at first.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict
 
 from alerts.kpi import RATIOS
+
+
+class Driver(TypedDict):
+    """One campaign's share of a drop, as it appears in the alert's ``evidence["campaigns"]``."""
+
+    campaign: str
+    shortfall: float
+    before: float
+    now: float | None
 
 
 def drivers(
@@ -18,10 +28,10 @@ def drivers(
     now: Mapping[str, Mapping[str, float]],
     before: Mapping[str, Mapping[str, float]],
     top: int = 3,
-) -> list[dict[str, float | str | None]]:
+) -> list[Driver]:
     """Up to ``top`` campaigns with the largest shortfall of ``metric``'s numerator, largest first."""
     numerator, denominator = RATIOS[metric]
-    rows = []
+    rows: list[Driver] = []
     for campaign, counts in now.items():
         base = before.get(campaign, {})
         if not base.get(denominator):
@@ -35,5 +45,5 @@ def drivers(
         rows.append(
             {"campaign": campaign, "shortfall": round(shortfall, 2), "before": ratio_before, "now": ratio_now}
         )
-    rows.sort(key=lambda row: (-float(row["shortfall"]), str(row["campaign"])))  # type: ignore[arg-type]
+    rows.sort(key=lambda row: (-row["shortfall"], row["campaign"]))
     return rows[:top]

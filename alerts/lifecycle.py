@@ -194,8 +194,8 @@ class AlertBook:
                 hits[fp] = finding
         alerts = []
         for fp in sorted(hits.keys() | values.keys()):
-            finding = hits.get(fp)
-            alert = self._hit(fp, finding, now) if finding is not None else self._ok(fp, values[fp], now)
+            hit = hits.get(fp)
+            alert = self._hit(fp, hit, now) if hit is not None else self._ok(fp, values[fp], now)
             if alert is not None:
                 alerts.append(alert)
         return alerts

@@ -74,7 +74,7 @@ def _ok_str(value: object, longest: int) -> bool:
 
 def _fast_money(value: object) -> int | None:
     kind = type(value)
-    if (kind is float and math.isfinite(value) or kind is int) and 0 <= value <= MAX_MONEY:  # type: ignore[operator]
+    if (kind is float and math.isfinite(value) or kind is int) and 0 <= value <= MAX_MONEY:  # type: ignore[arg-type, operator]
         return to_micros(value)  # type: ignore[arg-type]
     return None
 
@@ -90,7 +90,7 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
         type(event_id) is str
         and 0 < len(event_id) <= 128
         and type(ts) is int
-        and ts >= MIN_TS_MS  # type: ignore[operator]
+        and ts >= MIN_TS_MS
         and type(channel) is str
         and 0 < len(channel) <= 64
         and type(campaign) is str
@@ -103,11 +103,11 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
         slot = _CLICK_SLOT.get(kind) if type(kind) is str else None
         count = doc.get("count", 1)
         click_id = doc.get("click_id")
-        if slot is None or type(count) is not int or not 1 <= count <= _MAX_COUNT:  # type: ignore[operator]
+        if slot is None or type(count) is not int or not 1 <= count <= _MAX_COUNT:
             return None
         if click_id is not None and type(click_id) is not str:
             return None
-        contribution: Contribution = ((slot, count),)  # type: ignore[assignment]
+        contribution: Contribution = ((slot, count),)
     else:
         cur = doc.get("currency")
         if cur is not None and (type(cur) is not str or len(cur) != 3 or cur.upper() != currency):
@@ -135,7 +135,7 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
             contribution = ((SPEND, cost),)
         else:
             return None
-    return _accepted(Accepted, (event_id, ts, channel, campaign, contribution))  # type: ignore[return-value]
+    return _accepted(Accepted, (event_id, ts, channel, campaign, contribution))
 
 
 def _from_model(topic: str, doc: dict[str, object], currency: str) -> Accepted | Rejection:

@@ -10,4 +10,5 @@ from aiokafka.partitioner import murmur2
 @lru_cache(maxsize=65536)
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` among ``partitions``."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key.encode("utf-8"))
+    return (hashed & 0x7FFFFFFF) % partitions

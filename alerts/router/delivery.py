@@ -62,7 +62,8 @@ class RetryPolicy:
     def backoff_s(self, attempt: int, rng: Callable[[], float]) -> float:
         """The wait after failed attempt ``attempt`` (0 = the first): full jitter, rng() * the capped step."""
         # The exponent is capped so a large attempt number cannot overflow a float.
-        return rng() * min(self.max_s, self.base_s * 2 ** min(attempt, 64))
+        step: float = self.base_s * 2 ** min(attempt, 64)
+        return rng() * min(self.max_s, step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,7 +254,7 @@ def compose(n: Notification, locale: str | None = None) -> Message:
     words = _WORDS[key]
     sections = tuple(_section(alerts[i], n.actions, key) for i in shown)
     more = words["more"].format(count=len(alerts) - len(shown)) if len(alerts) > len(shown) else None
-    intro = ()
+    intro: tuple[str, ...] = ()
     if n.escalated_from:
         who = words["sep"].join(at_mention(o) for o in n.escalated_from)
         intro = (words["escalation"].format(value=who),)

@@ -26,7 +26,8 @@ def plan(alert: Mapping[str, Any], config: RoutesConfig) -> list[Plan]:
     ``continue: true``), else the default targets. A target named twice gets the alert once, with the
     owners of every route that named it. Owners come from the route, else from the alert (a budget's owner).
     """
-    alert_owner = (alert.get("owner"),) if alert.get("owner") else ()
+    owner = alert.get("owner")
+    alert_owner: tuple[str, ...] = (owner,) if owner else ()
     plans: dict[str, Plan] = {}
     matched = False
     for route in config.routes:

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -54,7 +54,7 @@ def _mac(key: bytes, payload: str) -> str:
 
 def sign(action: Action, key: bytes) -> str:
     """The token for ``action``."""
-    body = {
+    body: dict[str, object] = {
         "a": action.action,
         "fp": action.fingerprint,
         "id": action.alert_id,
@@ -112,18 +112,19 @@ class ActionLinks:
         """Links for a firing alert: ack and snooze; approve for a budget's warning. None when resolved."""
         if alert.get("status") != "firing" or not alert.get("fingerprint") or not alert.get("id"):
             return {}
-        common = {
-            "fingerprint": str(alert["fingerprint"]),
-            "alert_id": str(alert["id"]),
-            "fired_at": alert.get("fired_at"),
-            "expires_s": now_s + self.ttl_s,
-            "summary": str(alert.get("summary") or ""),
-            "snooze_s": self.snooze_s,
-        }
-        links = {name: self._url(Action(action=name, **common)) for name in ("ack", "snooze")}
+        ack = Action(
+            action="ack",
+            fingerprint=str(alert["fingerprint"]),
+            alert_id=str(alert["id"]),
+            fired_at=alert.get("fired_at"),
+            expires_s=now_s + self.ttl_s,
+            summary=str(alert.get("summary") or ""),
+            snooze_s=self.snooze_s,
+        )
+        links = {name: self._url(replace(ack, action=name)) for name in ("ack", "snooze")}
         budget = approvable_budget(alert)
         if budget:
-            links["approve"] = self._url(Action(action="approve", budget=budget, **common))
+            links["approve"] = self._url(replace(ack, action="approve", budget=budget))
         return links
 
     def _url(self, action: Action) -> str:

@@ -151,7 +151,7 @@ def exported_names(exposition: str) -> set[str]:
     labelled metric with no sample yet still counts: a histogram's ``_bucket``, ``_sum`` and ``_count``, a
     counter's or gauge's own name (``adpulse_events_total``)."""
     suffixes = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
-    names = set()
+    names: set[str] = set()
     for line in exposition.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(None, 3)

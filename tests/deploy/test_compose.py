@@ -112,9 +112,9 @@ def _braced(text: str, i: int, env: Mapping[str, str], warnings: list[str]) -> t
     empty_counts = operator.startswith(":")
     missing = value is None or (empty_counts and value == "")
     if operator.endswith("-"):
-        return (interpolate(argument, env, warnings) if missing else value), j
+        return (interpolate(argument, env, warnings) if missing or value is None else value), j
     if operator.endswith("?"):
-        if missing:
+        if missing or value is None:
             raise InterpolationError(
                 f"required variable {name} is missing a value: {interpolate(argument, env, warnings)}"
             )
@@ -455,7 +455,9 @@ def test_the_image_is_multi_stage_slim_and_runs_as_a_user(tmp_path: Path) -> Non
         for src in i.value[:-1]
     ]
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r"include = \[([^\]]*)\]", pyproject).group(1)
+    include = re.search(r"include = \[([^\]]*)\]", pyproject)
+    assert include is not None
+    packages = include.group(1)
     assert {p.strip(' "*') for p in packages.split(",")} <= set(copied)
     ignore = [
         line.strip()

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -30,21 +31,22 @@ PROVISIONING = DEPLOY / "grafana" / "provisioning"
 DATASOURCE_UID = "prometheus"
 
 
-def _datasource() -> dict:
+def _datasource() -> dict[str, Any]:
     (source,) = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert isinstance(source, dict)
     return source
 
 
-def _board(uid: str) -> dict:
+def _board(uid: str) -> dict[str, Any]:
     (board,) = [b for b in dashboards().values() if b["uid"] == uid]
     return board
 
 
-def _variables(board: dict) -> dict[str, dict]:
+def _variables(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in board["templating"]["list"]}
 
 
-def _values(board: dict) -> dict[str, str]:
+def _values(board: dict[str, Any]) -> dict[str, str]:
     """Each variable's default, as Grafana would substitute it (All = the variable's allValue)."""
     values = {}
     for name, variable in _variables(board).items():

@@ -91,7 +91,8 @@ class Prometheus:
         """Instant query now: the result vector (a parse or evaluation error raises)."""
         data = self.api("query", query=promql)
         assert data["resultType"] == "vector", data["resultType"]
-        return data["result"]
+        vector: list[dict[str, Any]] = data["result"]
+        return vector
 
     def ready(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log_tail()
@@ -126,6 +127,7 @@ def prometheus_config(ports: dict[str, int]) -> dict[str, Any]:
     for job in config["scrape_configs"]:
         job.pop("dns_sd_configs", None)
         job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
+    assert isinstance(config, dict)
     return config
 
 
@@ -386,7 +388,8 @@ def test_the_router_exports_what_the_pipeline_dashboard_and_rules_read(live: Liv
         assert router.poll() is None, (live.workdir / "router.log").read_text()[-3000:]
         try:
             with urllib.request.urlopen(metrics_url, timeout=2) as response:
-                return response.read().decode()
+                page: str = response.read().decode()
+                return page
         except OSError:
             return None
 

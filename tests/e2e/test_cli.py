@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -57,7 +58,7 @@ def adpulse(settings: Settings, *args: str, timeout: float = 120) -> subprocess.
     )
 
 
-def _closed_minutes(settings: Settings) -> dict[tuple[str, str, int], dict]:
+def _closed_minutes(settings: Settings) -> dict[tuple[str, str, int], dict[str, Any]]:
     result = adpulse(settings, "kpis", "--json", "--window", "1m", "--since", "-40m")
     assert result.returncode == 0, result.stderr
     rows = orjson.loads(result.stdout)
@@ -68,7 +69,7 @@ def _closed_minutes(settings: Settings) -> dict[tuple[str, str, int], dict]:
     }
 
 
-def _differences(truth: dict, got: dict[tuple[str, str, int], dict]) -> list[str]:
+def _differences(truth: dict[str, Any], got: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
     problems = []
     for cell in truth["minutes"]:
         row = got.get((cell["channel"], cell["campaign"], cell["window_start_ms"]))

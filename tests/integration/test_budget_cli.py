@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
@@ -51,7 +52,7 @@ async def _raw_records(settings: Settings) -> list[tuple[bytes | None, dict[str,
         tp = TopicPartition(settings.topic("budgets"), 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        records = []
+        records: list[tuple[bytes | None, Any]] = []
         while batch := (await consumer.getmany(tp, timeout_ms=1500)).get(tp):
             records.extend((r.key, orjson.loads(r.value)) for r in batch)
         return records

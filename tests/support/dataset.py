@@ -20,7 +20,8 @@ SLOTS = ("impressions", "clicks", "visits", "carts", "orders", "gmv", "spend")
 
 def partition_of(channel: str, partitions: int) -> int:
     """aiokafka's (and Java's) default partitioner for a channel key."""
-    return (murmur2(channel.encode()) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(channel.encode())
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 def micros(amount: str) -> int:

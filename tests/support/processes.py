@@ -40,7 +40,8 @@ class WorkerProcess:
         url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                return response.read().decode()
+                page: str = response.read().decode()
+                return page
         except OSError:
             return None
 

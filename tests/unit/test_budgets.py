@@ -30,8 +30,16 @@ from streams.windows import Calendar
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
-def at(*args: int, zone: ZoneInfo = SHANGHAI) -> float:
-    return datetime(*args, tzinfo=zone).timestamp()
+def at(
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    zone: ZoneInfo = SHANGHAI,
+) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp()
 
 
 NOW = at(2026, 11, 24, 14, 0)

@@ -20,6 +20,7 @@ from streams.codec import (
     SPEND,
     VISITS,
     Accepted,
+    Contribution,
     Rejection,
     _fast,
     _from_model,
@@ -156,7 +157,9 @@ ACCEPT = [
     [case[1:] for case in ACCEPT],
     ids=[case[0] for case in ACCEPT],
 )
-def test_accepts(topic: str, doc: dict[str, object], ts_ms: int, campaign: str, contribution: tuple) -> None:
+def test_accepts(
+    topic: str, doc: dict[str, object], ts_ms: int, campaign: str, contribution: Contribution
+) -> None:
     result = dec(topic, doc)
     assert result == Accepted(str(doc["event_id"]), ts_ms, str(doc["channel"]), campaign, contribution)
 

@@ -103,8 +103,8 @@ def fired_alerts(buckets: Buckets, first_minute: int, last_minute: int) -> list[
     # No threshold rules: a target missed is not a false alert; this judges the detectors and lifecycle.
     judge = Evaluator(
         EvaluationConfig(rules=RulesConfig(rules=())),
-        sink=None,
-        redis=None,  # type: ignore[arg-type]
+        sink=None,  # type: ignore[arg-type]
+        redis=None,
         redis_prefix="adpulse",
         calendar=Calendar(ZoneInfo("UTC")),
         budgets=BudgetBook(),

@@ -246,7 +246,7 @@ policies = st.builds(
 
 
 def step(book: AlertBook, now: datetime, round_: dict[str, object]) -> list[Alert]:
-    findings = [ctr_low(c, severity=v) for c, v in round_.items() if isinstance(v, str)]  # type: ignore[arg-type]
+    findings = [ctr_low(c, severity=v) for c, v in round_.items() if isinstance(v, str)]
     judged = {ctr_low(c).fingerprint: 0.03 for c, v in round_.items() if v == 0.0}
     return book.evaluate(findings, judged, now)
 

@@ -34,7 +34,7 @@ class SlowChannel:
 
 def _buffer(buffer_type: type[ProducerBuffer]) -> ProducerBuffer:
     buffer = buffer_type()
-    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
     return buffer
 
 

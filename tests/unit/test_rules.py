@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.rules import RulesConfig, ThresholdRule, default_rules, evaluate_thresholds, load_rules
+from alerts.rules import Match, RulesConfig, ThresholdRule, default_rules, evaluate_thresholds, load_rules
 
 BOUNDS = ("2026-11-24T10:00:00+08:00", "2026-11-24T11:00:00+08:00")
 
@@ -76,7 +76,7 @@ def test_roi_below_one_is_critical_and_says_pause() -> None:
 
 def test_only_configured_windows_channels_and_levels_are_judged() -> None:
     rule = ThresholdRule(
-        metric="ctr", below=0.02, windows=("1d",), match={"channel": ("wechat",)}, level="channel"
+        metric="ctr", below=0.02, windows=("1d",), match=Match(channel=("wechat",)), level="channel"
     )
     low = counts(impressions=100_000, clicks=100)
     assert evaluate_thresholds([rule], "wechat", None, "1h", low, BOUNDS) == ([], {})

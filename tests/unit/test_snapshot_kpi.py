@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agents.partials import BucketValue, merge
 from agents.snapshot import (
     KpiRow,
+    Lookup,
     build_rows,
     counts_of,
     global_watermark,
@@ -27,8 +28,8 @@ CAL = Calendar(SHANGHAI)
 COUNT_NAMES = ("impressions", "clicks", "visits", "carts", "orders", "gmv", "spend")
 
 
-def at(*args: int) -> int:
-    return int(datetime(*args, tzinfo=SHANGHAI).timestamp())
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=SHANGHAI).timestamp())
 
 
 def vec(**named: int) -> list[int]:
@@ -48,7 +49,7 @@ def bucket(rows: dict[str, list[int]], base: dict[str, list[int]] | None = None)
     return value
 
 
-def lookup_of(table: dict[tuple[str, str, int], BucketValue]):
+def lookup_of(table: dict[tuple[str, str, int], BucketValue]) -> Lookup:
     return lambda channel, window, start: table.get((channel, window, start))
 
 
@@ -367,7 +368,7 @@ def test_current_holds_the_watermark_and_last_is_the_newest_complete(
     for window in WINDOWS:
         current = keyed[("c", "-", window, "current")]
         last = keyed[("c", "-", window, "last")]
-        assert current.window_start <= wm < current.window_end
+        assert current.window_end is not None and current.window_start <= wm < current.window_end
         assert current.complete is False
         assert last.complete is True
         assert last.window_end == cal.end(window, last.window_start)
@@ -433,4 +434,5 @@ def test_global_watermark_properties(marks: list[tuple[float, float, bool]], lat
         assert got is not None
         assert got >= max(m for m, _, _ in marks)
         assert got >= NOW - IDLE
-        assert global_watermark(marks, NOW + later, IDLE) >= got  # never goes back while all are idle
+        again = global_watermark(marks, NOW + later, IDLE)
+        assert again is not None and again >= got  # never goes back while all are idle

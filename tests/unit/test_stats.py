@@ -162,6 +162,7 @@ def test_pooled_z_squared_is_the_uncorrected_chi_square(sample: tuple[int, int, 
     x1, n1, x2, n2 = sample
     z = pooled_z(x1, n1, x2, n2)
     assume(z is not None)
+    assert z is not None
     table = np.array([[x1, n1 - x1], [x2, n2 - x2]])
     chi2, _, _, _ = sp.chi2_contingency(table, correction=False)
     assert math.isclose(z * z, chi2, rel_tol=1e-7, abs_tol=1e-9)

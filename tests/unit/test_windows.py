@@ -27,12 +27,21 @@ ZONES = (
 )
 
 
-def utc(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp())
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp())
 
 
-def local(zone: ZoneInfo, *args: int, fold: int = 0) -> int:
-    return int(datetime(*args, tzinfo=zone, fold=fold).timestamp())
+def local(
+    zone: ZoneInfo,
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    fold: int = 0,
+) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=zone, fold=fold).timestamp())
 
 
 @cache
