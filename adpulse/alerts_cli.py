@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 import orjson
 
 from adpulse.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from alerts.acks import Ack
+    from alerts.payload import AlertJson
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
@@ -26,7 +30,7 @@ def redacted_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def read_alerts(settings: Settings, history: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def read_alerts(settings: Settings, history: int) -> tuple[list[AlertJson], list[AlertJson]]:
     """The active alerts (most severe, then oldest, first) and the last ``history`` stream entries."""
     import redis.asyncio as aioredis
 
@@ -41,7 +45,7 @@ async def read_alerts(settings: Settings, history: int) -> tuple[list[dict[str, 
         await client.aclose()
     active.sort(
         key=lambda a: (
-            _SEVERITY_RANK.get(str(a.get("severity")), 3),
+            _SEVERITY_RANK.get(a.get("severity", ""), 3),
             a.get("fired_at") or "",
             a["fingerprint"],
         )
@@ -161,7 +165,7 @@ def _duration_s(text: str) -> float:
     return int(text[:-1]) * units[text[-1]]
 
 
-async def _ack(settings: Settings, ref: str, by: str, snooze_s: float | None) -> tuple[dict[str, Any], Any]:
+async def _ack(settings: Settings, ref: str, by: str, snooze_s: float | None) -> tuple[AlertJson, Ack]:
     import time
 
     import redis.asyncio as aioredis
@@ -201,11 +205,11 @@ def _run_ack(ctx: click.Context, ref: str, by: str | None, snooze_s: float | Non
         raise click.ClickException(
             f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}"
         ) from exc
-    what = (
-        "acknowledged"
-        if snooze_s is None
-        else (f"snoozed until {datetime.fromtimestamp(ack.until, UTC).isoformat(timespec='minutes')}")
-    )
+    if snooze_s is None:
+        what = "acknowledged"
+    else:
+        assert ack.until is not None  # a snooze has an end
+        what = f"snoozed until {datetime.fromtimestamp(ack.until, UTC).isoformat(timespec='minutes')}"
     click.echo(
         f"{alert['fingerprint']} {what} by {ack.by}: no more repeats"
         + (" or escalation" if snooze_s is None else "")

@@ -30,8 +30,10 @@ from adpulse.settings import Settings, load_settings
 from adpulse.simulate import simulate
 from adpulse.stack import EmbeddedStack, StackError
 from adpulse.traffic import parse_scenario
+from alerts.payload import AlertJson
 from streams.events import BudgetSetting
 from streams.keys import Keys
+from streams.redis_client import AsyncRedis
 
 DEFAULT_SCENARIOS = (
     "ctr-drop:channel=douyin,at=8m,for=6m",
@@ -125,7 +127,7 @@ class _Worker:
         return sums
 
 
-async def _kpi_rows(client: Any, prefix: str) -> list[dict[str, Any]]:
+async def _kpi_rows(client: AsyncRedis, prefix: str) -> list[dict[str, Any]]:
     raw = await client.hgetall(Keys(prefix).kpis)
     rows = [orjson.loads(v) for v in raw.values()]
     picked = [
@@ -134,7 +136,7 @@ async def _kpi_rows(client: Any, prefix: str) -> list[dict[str, Any]]:
     return sorted(picked, key=lambda r: (r["channel"], r["which"] != "last"))
 
 
-def _alerts_text(active: list[dict[str, Any]], past: list[dict[str, Any]]) -> Text:
+def _alerts_text(active: list[AlertJson], past: list[AlertJson]) -> Text:
     text = Text()
     text.append(f"\nAlerts firing: {len(active)}\n", style="bold")
     for alert in active:
@@ -148,7 +150,9 @@ def _alerts_text(active: list[dict[str, Any]], past: list[dict[str, Any]]) -> Te
     return text
 
 
-async def _set_demo_budget(settings: Settings, client: Any, stop: asyncio.Event, console: Console) -> None:
+async def _set_demo_budget(
+    settings: Settings, client: AsyncRedis, stop: asyncio.Event, console: Console
+) -> None:
     """Once a minute of taobao spend is known, give taobao a day budget that runs out in a few minutes."""
     while not stop.is_set():
         raw = await client.hget(Keys(settings.redis_prefix).kpis, f"{BUDGET_CHANNEL}|-|1m|last")

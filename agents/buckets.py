@@ -31,6 +31,7 @@ from agents.snapshot import (
 )
 from streams.keys import Keys
 from streams.partitioning import partition_of
+from streams.redis_client import AsyncRedis
 from streams.windows import WINDOWS, Calendar
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def install(
     app: faust.App,
     config: BucketConfig,
     calendar: Calendar,
-    redis: Callable[[], Any],
+    redis: Callable[[], AsyncRedis],
     holder: SnapshotHolder,
     metrics: PipelineMetrics,
     evaluator: Callable[[], Evaluator] | None = None,
@@ -299,7 +300,12 @@ def _expired(
 
 
 async def _write_snapshot(
-    client: Any, prefix: str, rows: list[KpiRow], calendar: Calendar, holder: SnapshotHolder, watermark: float
+    client: AsyncRedis,
+    prefix: str,
+    rows: list[KpiRow],
+    calendar: Calendar,
+    holder: SnapshotHolder,
+    watermark: float,
 ) -> None:
     """One pipelined write per tick: every row as a hash field, stale fields of this worker removed."""
     keys = Keys(prefix)
@@ -321,7 +327,7 @@ def closed_key(prefix: str, window: str, day: str) -> str:
 
 
 async def _write_closed(
-    client: Any, prefix: str, rows: list[KpiRow], calendar: Calendar, retention_s: dict[str, float]
+    client: AsyncRedis, prefix: str, rows: list[KpiRow], calendar: Calendar, retention_s: dict[str, float]
 ) -> None:
     """Record closed windows once (re-recording after a restart overwrites with the same values)."""
     by_day: dict[tuple[str, str], dict[str, bytes]] = {}

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
@@ -47,6 +47,7 @@ from alerts.sinks.redis_sink import RedisAlertSink
 from streams.codec import N_SLOTS
 from streams.events import NO_CAMPAIGN
 from streams.keys import Keys
+from streams.redis_client import AsyncRedis, as_text
 from streams.windows import MINUTE_S, TOTAL, Calendar
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class Evaluator:
         self,
         config: EvaluationConfig,
         sink: RedisAlertSink,
-        redis: Any,
+        redis: AsyncRedis,
         redis_prefix: str,
         calendar: Calendar,
         budgets: BudgetBook,
@@ -223,7 +224,7 @@ class Evaluator:
             return
         state = await self.sink.load_state(channels=owned)
         self.book = AlertBook.from_state(state, self.config.policy)
-        self._judged = {k.decode(): int(v) for k, v in (await self.redis.hgetall(self._judged_key)).items()}
+        self._judged = {as_text(k): int(v) for k, v in (await self.redis.hgetall(self._judged_key)).items()}
         self._owned = owned.partitions
         log.info(
             "alerts: judging the channels of partitions %s, %d alerts firing",
@@ -337,7 +338,7 @@ class Evaluator:
         owned: Container[str],
         lookup: Lookup,
         index_starts: Callable[[str, str], set[int]],
-        approvals: Mapping[str, bytes | None],
+        approvals: Mapping[str, bytes | str | None],
         watermark_s: float,
     ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
         """Every budget of an owned channel against the spend of its current period."""
@@ -439,10 +440,10 @@ class Evaluator:
             return datetime.fromisoformat(finding.window_end).timestamp() + self.config.grace_s
         return evidence_s
 
-    async def approvals(self) -> dict[str, bytes | None]:
+    async def approvals(self) -> dict[str, bytes | str | None]:
         """Every recorded approval (few: one per budget and period)."""
         raw = await self.redis.hgetall(Keys(self.redis_prefix).approvals)
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+        return {as_text(k): v for k, v in raw.items()}
 
 
 def _judges(detector: object) -> list[tuple[str, str]]:
@@ -464,7 +465,7 @@ def _warm(baseline: list[Observation]) -> bool:
     return active * 2 >= len(baseline) and active > 0
 
 
-def _approval(raw: bytes | None) -> Approval | None:
+def _approval(raw: bytes | str | None) -> Approval | None:
     if raw is None:
         return None
     try:

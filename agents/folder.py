@@ -27,6 +27,7 @@ from agents.metrics import PipelineMetrics
 from streams.dlq import dlq_headers, dlq_value
 from streams.keys import Keys
 from streams.partitioning import partition_of
+from streams.redis_client import AsyncRedis
 from streams.topics import SOURCE_TOPICS
 from streams.windows import Calendar
 
@@ -68,7 +69,7 @@ class FoldStage:
     """Consumes the source topics of one worker's share of partitions and publishes partials."""
 
     def __init__(
-        self, config: FoldStageConfig, redis: Any, calendar: Calendar, metrics: PipelineMetrics
+        self, config: FoldStageConfig, redis: AsyncRedis, calendar: Calendar, metrics: PipelineMetrics
     ) -> None:
         self.config = config
         self.redis = redis

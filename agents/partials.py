@@ -13,12 +13,21 @@ should not, which is what makes the counts exact across crashes without broker t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from streams.codec import N_SLOTS
 
-BucketValue = dict[str, Any]
 Counts = list[int]
+#: ``[block, upto, {campaign: counts}]``: a list, as JSON gives it back from the changelog.
+Pending = list[Any]
+
+
+class BucketValue(TypedDict):
+    """One table entry (a plain dict at run time, for the changelog's JSON); the keys are short on purpose."""
+
+    b: dict[str, Counts]
+    p: dict[str, Pending]
+    f: dict[str, int]
 
 
 def empty() -> BucketValue:

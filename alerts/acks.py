@@ -17,7 +17,9 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from alerts.budgets import Approval, approval_field
+from alerts.payload import AlertJson
 from streams.keys import Keys
+from streams.redis_client import AsyncRedis, as_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,32 +51,32 @@ def _now_text(now_s: float) -> str:
     return datetime.fromtimestamp(now_s, UTC).isoformat(timespec="seconds")
 
 
-async def read_acks(redis: Any, prefix: str) -> dict[str, Ack]:
+async def read_acks(redis: AsyncRedis, prefix: str) -> dict[str, Ack]:
     """Every acknowledgement and snooze, by fingerprint (malformed entries left out)."""
     raw = await redis.hgetall(Keys(prefix).acks)
     acks = {}
     for field, value in raw.items():
         ack = Ack.from_json(value)
         if ack is not None:
-            acks[field.decode() if isinstance(field, bytes) else field] = ack
+            acks[as_text(field)] = ack
     return acks
 
 
-async def find_active(redis: Any, prefix: str, ref: str) -> dict[str, Any] | None:
+async def find_active(redis: AsyncRedis, prefix: str, ref: str) -> AlertJson | None:
     """The firing alert whose fingerprint or id is ``ref``."""
     raw = await redis.hget(Keys(prefix).active, ref)
     if raw is not None:
-        found: dict[str, Any] = orjson.loads(raw)
+        found: AlertJson = orjson.loads(raw)
         return found
     for value in (await redis.hgetall(Keys(prefix).active)).values():
-        alert: dict[str, Any] = orjson.loads(value)
+        alert: AlertJson = orjson.loads(value)
         if alert.get("id") == ref:
             return alert
     return None
 
 
 async def acknowledge(
-    redis: Any,
+    redis: AsyncRedis,
     prefix: str,
     fingerprint: str,
     fired_at: str | None,
@@ -89,7 +91,7 @@ async def acknowledge(
 
 
 async def approve(
-    redis: Any,
+    redis: AsyncRedis,
     prefix: str,
     budget: Mapping[str, Any],
     by: str,

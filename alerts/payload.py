@@ -8,13 +8,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
-from alerts.lifecycle import Alert
+from alerts.lifecycle import Alert, Change, Status
+from alerts.model import Kind, Severity
 
 # Ratios shown as percentages in human text.
 _PERCENT_METRICS = frozenset({"ctr", "cvr", "funnel_visit", "funnel_cart", "funnel_order"})
+
+
+class AlertJson(TypedDict):
+    """The alert JSON of CONTRACT.md §3 as :func:`build_alert` makes it: every key present, ``None`` where a
+    field does not apply. Times are RFC 3339 strings."""
+
+    id: str
+    fingerprint: str
+    status: Status
+    change: Change
+    kind: Kind
+    severity: Severity
+    metric: str
+    channel: str
+    campaign: str | None
+    region: str | None
+    window: str | None
+    window_start: str | None
+    window_end: str | None
+    value: float | None
+    baseline: float | None
+    threshold: float | None
+    change_pct: float | None
+    evidence: dict[str, Any]
+    summary: str
+    description: str
+    owner: str | None
+    runbook_url: str
+    dashboard_url: str | None
+    fired_at: str
+    resolved_at: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +110,7 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:,.2f}"
 
 
-def build_alert(alert: Alert, links: Links | None = None, owner: str | None = None) -> dict[str, Any]:
+def build_alert(alert: Alert, links: Links | None = None, owner: str | None = None) -> AlertJson:
     """The CONTRACT.md §3 alert JSON (a dict ready for orjson) of one lifecycle notification.
 
     ``owner`` (a chat handle) defaults to ``finding.evidence["owner"]`` when the detector put one there.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, NewType
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,9 +22,6 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-
-Channel = NewType("Channel", str)
-Campaign = NewType("Campaign", str)
 
 #: The campaign of an event that names none (and of channel-level aggregates).
 NO_CAMPAIGN = "-"

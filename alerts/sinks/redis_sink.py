@@ -10,13 +10,15 @@ never disagree after a crash.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import orjson
 
 from alerts.lifecycle import STATE_VERSION, StateDelta
+from alerts.payload import AlertJson
 from streams.keys import Keys
+from streams.redis_client import AsyncRedis, as_text
 
 # KEYS: stream, active hash, state hash, then one guard key per alert.
 # ARGV: guard ttl, stream maxlen, alert count, then (fingerprint, status, json) per alert,
@@ -55,7 +57,7 @@ class RedisAlertSink:
 
     def __init__(
         self,
-        client: Any,
+        client: AsyncRedis,
         prefix: str = "adpulse",
         *,
         maxlen: int = 10_000,
@@ -75,9 +77,7 @@ class RedisAlertSink:
         self.state_key = keys.alert_state
         self._ids_prefix = keys.alert_ids
 
-    async def publish(
-        self, alerts: Sequence[Mapping[str, Any]], state: StateDelta | None = None
-    ) -> list[bool]:
+    async def publish(self, alerts: Sequence[AlertJson], state: StateDelta | None = None) -> list[bool]:
         """Write alert payloads (and a lifecycle state delta) atomically, in one round trip.
 
         Returns, per alert, whether it was written now (``False``: the same ``id`` was written before).
@@ -103,15 +103,15 @@ class RedisAlertSink:
         written = await self._script(keys=keys, args=args)
         return [result != 0 for result in written]
 
-    async def load_active(self) -> dict[str, dict[str, Any]]:
+    async def load_active(self) -> dict[str, AlertJson]:
         """Every alert firing now: fingerprint → alert JSON."""
         raw = await self._client.hgetall(self.active_key)
-        return {_text(fp): orjson.loads(body) for fp, body in raw.items()}
+        return {as_text(fp): orjson.loads(body) for fp, body in raw.items()}
 
-    async def history(self, count: int) -> list[dict[str, Any]]:
+    async def history(self, count: int) -> list[AlertJson]:
         """The last ``count`` alert state changes from the stream, newest first."""
-        entries = await self._client.xrevrange(self.stream_key, count=count)
-        return [orjson.loads(fields.get(b"alert") or fields["alert"]) for _, fields in entries]
+        entries = await self._client.xrevrange(self.stream_key, count=count) or []
+        return [orjson.loads(fields.get(b"alert") or fields["alert"]) for _, fields in entries if fields]
 
     async def load_state(self, channels: Container[str] | None = None) -> dict[str, Any]:
         """The saved lifecycle state, for ``AlertBook.from_state``; only ``channels``' entries if given.
@@ -124,13 +124,9 @@ class RedisAlertSink:
         for fp, body in raw.items():
             entry = orjson.loads(body)
             if channels is None or entry["finding"]["channel"] in channels:
-                entries[_text(fp)] = entry
+                entries[as_text(fp)] = entry
         return {"version": STATE_VERSION, "entries": entries}
 
     async def save_state(self, state: StateDelta) -> None:
         """Write a lifecycle state delta alone (``publish`` does it with the alerts when there are some)."""
         await self.publish([], state)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

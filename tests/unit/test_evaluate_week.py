@@ -104,7 +104,7 @@ def fired_alerts(buckets: Buckets, first_minute: int, last_minute: int) -> list[
     judge = Evaluator(
         EvaluationConfig(rules=RulesConfig(rules=())),
         sink=None,  # type: ignore[arg-type]
-        redis=None,
+        redis=None,  # type: ignore[arg-type]
         redis_prefix="adpulse",
         calendar=Calendar(ZoneInfo("UTC")),
         budgets=BudgetBook(),

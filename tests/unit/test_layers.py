@@ -30,6 +30,7 @@ PURE = (
     "streams.dlq",
     "streams.events",
     "streams.keys",
+    "streams.redis_client",
     "streams.topics",
     "streams.windows",
     "agents.fold",

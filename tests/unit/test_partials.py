@@ -35,8 +35,9 @@ def test_empty() -> None:
 
 def test_first_partial_is_pending() -> None:
     value = merge(None, "clicks/0", 3, 310, A)
-    assert value == {"b": {}, "p": {"clicks/0": [3, 310, A]}, "f": {}}
-    assert totals(value) == A
+    pending: BucketValue = {"b": {}, "p": {"clicks/0": [3, 310, A]}, "f": {}}
+    assert value == pending
+    assert value is not None and totals(value) == A
 
 
 def test_same_partial_twice_is_the_same_as_once() -> None:

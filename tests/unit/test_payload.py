@@ -13,7 +13,7 @@ import pytest
 
 from alerts.lifecycle import AlertBook, Policy
 from alerts.model import Finding, Kind
-from alerts.payload import Links, build_alert, format_value
+from alerts.payload import AlertJson, Links, build_alert, format_value
 
 T0 = datetime(2026, 11, 24, 2, 5, tzinfo=UTC)
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"
@@ -65,7 +65,7 @@ def ctr_drop(campaign: str | None = None, **changes: object) -> Finding:
     return Finding(**fields)  # type: ignore[arg-type]
 
 
-def fired(finding: Finding) -> dict[str, object]:
+def fired(finding: Finding) -> AlertJson:
     [alert] = AlertBook().evaluate([finding], [], T0)
     return build_alert(
         alert,
@@ -78,6 +78,7 @@ def fired(finding: Finding) -> dict[str, object]:
 def test_firing_payload_has_every_contract_field() -> None:
     payload = fired(ctr_drop())
     assert payload.keys() >= CONTRACT_FIELDS
+    assert payload.keys() == AlertJson.__required_keys__  # the type says what the JSON holds
     assert payload["status"] == "firing" and payload["change"] == "fired"
     assert payload["fingerprint"] == "anomaly:ctr:douyin:-"
     assert payload["campaign"] is None and payload["region"] == "east"
