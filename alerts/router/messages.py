@@ -5,15 +5,24 @@ bold, links and mentions, so the text is first composed into a ``Message`` (word
 out in a ``Dialect``; ``alerts.router.targets`` uses the same pieces to build cards and blocks with
 buttons. Alert dicts may be partial or carry wrong types (they come from Redis, written by any version of
 the worker): every field is read defensively and a missing one is simply left out.
+
+Text that trackers control (channel, campaign, region, unknown metric and kind names, summaries,
+descriptions, currency, period) is made inert while composing, whatever the target: no line breaks or bidi
+controls, and no URL a client could turn into a link (``://`` and the dots of host names are broken with
+look-alikes, so it reads the same). Each markup then escapes what starts a tag, mention or link in it
+(``markdown_escape``; Slack's own escaping in ``alerts.router.targets``). Only links the router builds
+(dashboard, runbook, action links) are links.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from alerts.payload import format_value
 
@@ -237,7 +246,49 @@ def at_mention(owner: str) -> str:
     return f"@{handle(owner)}"
 
 
-MARKDOWN = Dialect(bold=lambda s: f"**{s}**", link=lambda label, url: f"[{label}]({url})", mention=at_mention)
+# Line breaks, other control characters and bidi overrides: a name could forge lines or reverse what is shown.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+# A dot between a letter or digit and a letter: the dots of host names (``evil.com``, ``www.x.cn``), which
+# clients link by themselves; the dots of numbers (``2.30``) stay.
+_HOST_DOT = re.compile(r"(?<=[^\W_])\.(?=[^\W\d_])")
+# What starts markup in Feishu lark_md, DingTalk and WeCom markdown: a tag or mention (``<at id=all>``,
+# ``<@user>``, ``<font>``, ``<https://…>``: "<" right before a non-space), the end of a link label
+# (``](``, ``][``, ``]:``), and an entity a renderer might decode into one (``&lt;``).
+_TAG_OPEN = re.compile(r"<(?=\S)")
+_LABEL_END = re.compile(r"\](?=[(\[:])")
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
+def inert(text: str) -> str:
+    """Tracker-controlled text made safe to show in any chat: one line, no URL a client would link.
+
+    ``://`` gets a zero-width space and host-name dots become "․" (U+2024), so the text reads the same.
+    """
+    text = _UNPRINTABLE.sub(" ", text).replace("://", ":\u200b//")
+    return _HOST_DOT.sub("\u2024", text)
+
+
+def markdown_escape(text: str) -> str:
+    """Text with nothing that starts a tag, mention or link in chat markdown, by look-alike characters.
+
+    The services' escape syntaxes differ and are poorly documented (DingTalk has none), so ``<`` before a
+    non-space, ``]`` before ``(``/``[``/``:`` and ``&`` of an entity become their full-width forms.
+    """
+    text = _ENTITY.sub("＆", text)
+    return _LABEL_END.sub("］", _TAG_OPEN.sub("＜", text))
+
+
+def link_url(url: str) -> str:
+    """A URL percent-encoded where markup would end it (``(``, ``)``, ``<``, ``>``, ``|``, spaces)."""
+    return quote(url, safe="/:?#[]@!$&'*+,;=%~")
+
+
+MARKDOWN = Dialect(
+    bold=lambda s: f"**{s}**",
+    link=lambda label, url: f"[{label}]({link_url(url)})",
+    mention=at_mention,
+    escape=markdown_escape,
+)
 PLAIN = Dialect(bold=str, link=lambda label, url: f"{label}: {url}", mention=at_mention)
 
 
@@ -319,6 +370,12 @@ def _text(alert: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+def _shown(alert: Mapping[str, Any], key: str) -> str | None:
+    """A text field as it may be shown: tracker-controlled, so made inert."""
+    value = _text(alert, key)
+    return inert(value) if value is not None else None
+
+
 def _number(mapping: Mapping[str, Any], key: str) -> float | None:
     value = mapping.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -356,20 +413,20 @@ def _value(alert: Mapping[str, Any], number: float | None, locale: str) -> str:
 
 def _kind(alert: Mapping[str, Any], locale: str) -> str:
     kind = _text(alert, "kind") or ""
-    return _WORDS[locale][kind] if kind in _KINDS else kind
+    return _WORDS[locale][kind] if kind in _KINDS else inert(kind)
 
 
 def _metric_name(alert: Mapping[str, Any], locale: str) -> str:
     metric = _metric(alert)
-    return _METRICS[locale].get(metric, metric)
+    return _METRICS[locale].get(metric) or inert(metric)
 
 
 def _where(alerts: Sequence[Mapping[str, Any]]) -> str:
     """``channel/campaign`` of one alert; the channels of a group (one, by construction)."""
     if len(alerts) == 1:
-        channel, campaign = _text(alerts[0], "channel"), _text(alerts[0], "campaign")
+        channel, campaign = _shown(alerts[0], "channel"), _shown(alerts[0], "campaign")
         return f"{channel}/{campaign}" if channel and campaign and campaign != "-" else channel or ""
-    return ", ".join(dict.fromkeys(c for a in alerts if (c := _text(a, "channel"))))
+    return ", ".join(dict.fromkeys(c for a in alerts if (c := _shown(a, "channel"))))
 
 
 def _pct(ratio: float) -> int | None:
@@ -495,7 +552,7 @@ def _section(alert: Mapping[str, Any], actions: Mapping[str, Mapping[str, str]],
             headline += _paren(f"{change_pct:+.1f} %", locale)
 
     lines = [
-        s for s in [_text(alert, "summary"), _status_line(alert, locale), _place_line(alert, locale)] if s
+        s for s in [_shown(alert, "summary"), _status_line(alert, locale), _place_line(alert, locale)] if s
     ]
     reference = [
         words[key].format(value=_value(alert, number, locale))
@@ -509,11 +566,11 @@ def _section(alert: Mapping[str, Any], actions: Mapping[str, Mapping[str, str]],
         lines.append(_capital(" · ".join(reference)))
     window = window_text(_text(alert, "window_start"), _text(alert, "window_end"))
     if window:
-        span = _text(alert, "window")
+        span = _shown(alert, "window")
         lines.append(words["window"].format(value=window) + (_paren(span, locale) if span else ""))
     if proof := _evidence_line(alert, locale):
         lines.append(proof)
-    if description := _text(alert, "description"):
+    if description := _shown(alert, "description"):
         if len(description) > MAX_DESCRIPTION_CHARS:
             description = description[: MAX_DESCRIPTION_CHARS - 1].rstrip() + "…"
         lines.append(description)
@@ -560,7 +617,7 @@ def _place_line(alert: Mapping[str, Any], locale: str) -> str | None:
     parts = [
         words[key].format(value=value)
         for key in ("channel", "campaign", "region")
-        if (value := _text(alert, key)) and value != "-"
+        if (value := _shown(alert, key)) and value != "-"
     ]
     return _capital(" · ".join(parts)) if parts else None
 
@@ -573,8 +630,8 @@ def _evidence_line(alert: Mapping[str, Any], locale: str) -> str | None:
     ]
     used, amount = _number(evidence, "used_ratio"), _number(evidence, "amount")
     if used is not None and amount is not None and _pct(used) is not None:
-        currency = _text(evidence, "currency")
-        period = _text(evidence, "period")
+        currency = _shown(evidence, "currency")
+        period = _shown(evidence, "period")
         spent = " ".join(filter(None, [_count(amount), currency])) + (f" / {period}" if period else "")
         parts.append(_WORDS[locale]["budget_used"].format(pct=_pct(used), amount=spent))
     p_value = _number(evidence, "p_value")

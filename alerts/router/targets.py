@@ -36,6 +36,7 @@ from alerts.router.messages import (
     body,
     compose,
     handle,
+    link_url,
     owners_line,
     section_text,
 )
@@ -224,7 +225,7 @@ def _feishu(spec: TargetSpec, message: Message, n: Notification, now_s: float) -
     dialect = _dialect(_feishu_mention)
     elements: list[dict[str, Any]] = []
     if message.intro:
-        elements.append(_feishu_text("\n".join(message.intro)))
+        elements.append(_feishu_text("\n".join(dialect.escape(line) for line in message.intro)))
     for i, section in enumerate(message.sections):
         if i:
             elements.append({"tag": "hr"})
@@ -233,7 +234,7 @@ def _feishu(spec: TargetSpec, message: Message, n: Notification, now_s: float) -
         if buttons:
             elements.append({"tag": "action", "actions": buttons})
     if message.more:
-        elements.append(_feishu_text(message.more))
+        elements.append(_feishu_text(dialect.escape(message.more)))
     mention = owners_line(message, dialect)
     if mention:
         elements.append(_feishu_text(mention))
@@ -278,7 +279,7 @@ def _feishu_button(link: Link) -> dict[str, Any]:
 def _dingtalk(spec: TargetSpec, message: Message, n: Notification, now_s: float) -> HttpRequest:
     # DingTalk markdown needs a blank line for a line break; "@<mobile>" in the text makes the mention ring.
     dialect = replace(MARKDOWN, line_break="\n\n")
-    text = f"#### {message.title}\n\n{body(message, dialect)}"
+    text = f"#### {dialect.escape(message.title)}\n\n{body(message, dialect)}"
     owners = [handle(o) for o in message.owners]
     payload = {
         "msgtype": "markdown",
@@ -306,7 +307,7 @@ def _wecom_mention(owner: str) -> str:
 
 def _wecom(spec: TargetSpec, message: Message, n: Notification, now_s: float) -> HttpRequest:
     dialect = _dialect(_wecom_mention)
-    title = f'<font color="{_WECOM_COLOUR[message.tone]}">**{message.title}**</font>'
+    title = f'<font color="{_WECOM_COLOUR[message.tone]}">**{dialect.escape(message.title)}**</font>'
     mention = owners_line(message, dialect)
     tail = f"\n\n{mention}" if mention else ""
     # The mentions go last but must survive the cut, so the body is cut to leave room for them.
@@ -350,7 +351,7 @@ def _slack_mention(owner: str) -> str:
 
 SLACK = Dialect(
     bold=lambda s: f"*{s}*",
-    link=lambda label, url: f"<{url}|{label}>",
+    link=lambda label, url: f"<{link_url(url)}|{label}>",
     mention=_slack_mention,
     escape=slack_escape,
 )
@@ -375,7 +376,12 @@ def _slack(spec: TargetSpec, message: Message, n: Notification, now_s: float) ->
     mention = owners_line(message, SLACK)
     notes = [slack_escape(s) for s in (message.more,) if s] + ([mention] if mention else [])
     if notes:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": line} for line in notes]})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": line, "verbatim": True} for line in notes],
+            }
+        )
     # The top-level text is what notifications and old clients show; mentions there make them ring.
     fallback = "\n".join([slack_escape(message.title), *([mention] if mention else [])])
     payload = {"text": fallback, "blocks": blocks}
@@ -383,7 +389,9 @@ def _slack(spec: TargetSpec, message: Message, n: Notification, now_s: float) ->
 
 
 def _slack_section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate_chars(text, SLACK_SECTION_CHARS)}}
+    # verbatim: Slack links no URL and parses no mention by itself; the explicit <@U…> of owners still work.
+    text_object = {"type": "mrkdwn", "text": truncate_chars(text, SLACK_SECTION_CHARS), "verbatim": True}
+    return {"type": "section", "text": text_object}
 
 
 def _slack_button(link: Link) -> dict[str, Any]:
