@@ -6,12 +6,11 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import orjson
 
-from adpulse.settings import Settings, load_settings
+from adpulse.settings import Settings, load_settings, redacted_url
 
 if TYPE_CHECKING:
     from alerts.acks import Ack
@@ -19,15 +18,6 @@ if TYPE_CHECKING:
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-
-
-def redacted_url(url: str) -> str:
-    """The Redis URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def read_alerts(settings: Settings, history: int) -> tuple[list[AlertJson], list[AlertJson]]:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from adpulse.settings import Settings, load_settings
+from adpulse.settings import Settings, load_settings, redacted_url
 from alerts.budgets import (
     PERIODS,
     Approval,
@@ -155,7 +155,7 @@ def _apply(book: BudgetBook, key: bytes | None, value: bytes | None) -> str | No
 
 def _missing_topic(settings: Settings) -> str:
     return (
-        f"topic {settings.topic('budgets')} does not exist on {settings.kafka_bootstrap}; "
+        f"topic {settings.topic('budgets')} does not exist on {redacted_url(settings.kafka_bootstrap)}; "
         "`adpulse stack up` creates the topics (on your own cluster: a compacted topic with 1 partition)"
     )
 
@@ -167,7 +167,7 @@ def _run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(str(exc)) from None
     except KafkaError as exc:
         raise click.ClickException(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); {_KAFKA_HINT}"
+            f"cannot reach Kafka at {redacted_url(settings.kafka_bootstrap)} ({exc}); {_KAFKA_HINT}"
         ) from None
 
 
@@ -181,7 +181,9 @@ def _redis(settings: Settings) -> Any:
 
 
 def _redis_failed(settings: Settings, exc: Exception) -> click.ClickException:
-    return click.ClickException(f"cannot reach Redis at {settings.redis_url} ({exc}); {_REDIS_HINT}")
+    return click.ClickException(
+        f"cannot reach Redis at {redacted_url(settings.redis_url)} ({exc}); {_REDIS_HINT}"
+    )
 
 
 def read_approvals(settings: Settings) -> dict[str, Approval]:

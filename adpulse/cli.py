@@ -12,7 +12,7 @@ import orjson
 from pydantic import ValidationError
 
 from adpulse import __version__
-from adpulse.settings import Settings, load_settings
+from adpulse.settings import Settings, load_settings, redacted_url
 from streams.keys import Keys
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -171,7 +171,7 @@ def kpis(
         rows = asyncio.run(_read_kpis(settings, since_at))
     except (OSError, RedisError) as exc:
         raise click.ClickException(
-            f"cannot reach Redis at {settings.redis_url}: {exc}; is the stack up?"
+            f"cannot reach Redis at {redacted_url(settings.redis_url)}: {exc}; is the stack up?"
         ) from exc
     rows = select_kpis(rows, window, channel, campaign, since_at)
     if as_json:

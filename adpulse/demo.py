@@ -26,7 +26,7 @@ from adpulse.alerts_cli import read_alerts
 from adpulse.budget_cli import produce_setting
 from adpulse.render import kpi_rich_table
 from adpulse.router_cli import serve as serve_router
-from adpulse.settings import Settings, load_settings
+from adpulse.settings import Settings, load_settings, redacted_url
 from adpulse.simulate import simulate
 from adpulse.stack import EmbeddedStack, StackError
 from adpulse.traffic import parse_scenario
@@ -365,7 +365,7 @@ def demo_cli(
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     console.print(
-        f"stack: broker {settings.kafka_bootstrap}, redis {settings.redis_url}"
+        f"stack: broker {redacted_url(settings.kafka_bootstrap)}, redis {redacted_url(settings.redis_url)}"
         f" ({'started' if status.started else 'already running'})"
     )
     worker = _Worker(settings, settings.home / "demo" / "worker.log")

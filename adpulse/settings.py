@@ -8,7 +8,9 @@ adpulse is float seconds and the names say so (``grace_s``); milliseconds appear
 from __future__ import annotations
 
 import os
+import re
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,6 +20,30 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.windows import known_time_zone
+
+# ``user:PASSWORD@rest`` after the scheme: the password runs to the last "@", so one with an unencoded "@",
+# "#" or "/" in it is still hidden whole.
+_USERINFO = re.compile(r"^(?P<user>[^:/@?#]*):(?P<password>.*)@(?P<rest>[^@]*)$")
+# Query parameters that carry a credential (redis-py passes ``?password=`` on to the connection).
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&#]*(?:pass|secret|token|auth)[^=&#]*=)[^&#]*")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be printed or logged: any password replaced by ``***``.
+
+    Covers ``scheme://user:PASSWORD@host``, ``?password=`` (and other secret-named parameters), and
+    comma-separated ``user:PASSWORD@host:port`` lists such as a Kafka bootstrap. Every message that shows
+    ``ADPULSE_REDIS_URL`` or ``ADPULSE_KAFKA_BOOTSTRAP`` goes through this.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    shown = []
+    for item in [rest] if sep else rest.split(","):
+        if match := _USERINFO.match(item):
+            item = f"{match['user']}:***@{match['rest']}"
+        shown.append(_SECRET_PARAM.sub(r"\1***", item))
+    return scheme + sep + ",".join(shown)
 
 
 class Settings(BaseSettings):
@@ -153,7 +179,8 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(
-                f"ADPULSE_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}"
+                "ADPULSE_REDIS_URL must start with redis://, rediss:// or unix://, "
+                f"got {redacted_url(value)!r}"
             )
         return value
 
@@ -163,8 +190,15 @@ class Settings(BaseSettings):
         for server in value.split(","):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"ADPULSE_KAFKA_BOOTSTRAP entries must be host:port, got {server!r}")
+                raise ValueError(
+                    f"ADPULSE_KAFKA_BOOTSTRAP entries must be host:port, got {redacted_url(server.strip())!r}"
+                )
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A Settings printed in a traceback or a debug line shows the Redis URL without its password.
+        for name, value in super().__repr_args__():
+            yield name, redacted_url(value) if name in ("redis_url", "kafka_bootstrap") else value
 
     def token_key(self) -> bytes | None:
         """The key that signs action links: ``router_token_key``, else the content of its file, else None."""

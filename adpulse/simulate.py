@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from adpulse.settings import Settings, load_settings
+from adpulse.settings import Settings, load_settings, redacted_url
 from adpulse.traffic import (
     DEFAULT_CHANNELS,
     TOPICS,
@@ -598,7 +598,7 @@ def simulate_cli(
         raise click.UsageError(str(exc)) from None
     except KafkaConnectionError as exc:
         hint = "is the broker up (`adpulse stack up`), and ADPULSE_KAFKA_BOOTSTRAP right?"
-        message = f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); {hint}"
+        message = f"cannot reach Kafka at {redacted_url(settings.kafka_bootstrap)} ({exc}); {hint}"
         raise click.ClickException(message) from None
     if truth_path is not None:
         report.write_truth(truth_path)

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from procstat import cpu_seconds, load_average, machine, machine_markdown
 from throughput import Started, code_version, free_port
 
-from adpulse.settings import Settings
+from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
 
 HERE = Path(__file__).resolve().parent
@@ -566,8 +566,8 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
     status = embedded.up(timeout_s=30.0)
     try:
         print(
-            f"[{config.label}] broker {settings.kafka_bootstrap} (pid {status.broker.pid}), "
-            f"redis {settings.redis_url}, work dir {run_dir}"
+            f"[{config.label}] broker {redacted_url(settings.kafka_bootstrap)} (pid {status.broker.pid}), "
+            f"redis {redacted_url(settings.redis_url)}, work dir {run_dir}"
         )
         probes: dict[int, list[float]] = {}
         for wait_ms in args.probe_wait_ms if args.fetch_probe else ():

@@ -53,7 +53,7 @@ from procstat import (
 )
 from workload import CHECKED, MICROS, Expected, Record, generate
 
-from adpulse.settings import Settings
+from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
 
 HERE = Path(__file__).resolve().parent
@@ -855,7 +855,10 @@ def main(argv: list[str] | None = None) -> int:
     profile = None
     try:
         with stack(args, workdir, started) as st:
-            print(f"broker {st.bootstrap} (pid {st.broker_pid}), redis {st.redis_url}, work dir {workdir}")
+            print(
+                f"broker {redacted_url(st.bootstrap)} (pid {st.broker_pid}), "
+                f"redis {redacted_url(st.redis_url)}, work dir {workdir}"
+            )
             plan = [(i, False) for i in range(1, args.rounds + 1)] + ([(0, True)] if args.profile else [])
             for index, profiled in plan:
                 tag = f"{run_id}-{'p' if profiled else f'r{index}'}"

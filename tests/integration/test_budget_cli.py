@@ -213,9 +213,10 @@ def test_unreachable_broker_is_a_clear_error(settings: Settings) -> None:
 
 def test_unreachable_redis_is_a_clear_error(settings: Settings) -> None:
     run(settings, "set", "douyin", "100")
-    down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    down = settings.model_copy(update={"redis_url": f"redis://:canary-pw-7f@127.0.0.1:{free_port()}/0"})
     result = CliRunner().invoke(budget_cli, ["approve", "douyin"], obj=down)
     assert result.exit_code == 1 and "cannot reach Redis" in result.output
+    assert "canary-pw-7f" not in result.output and "redis://:***@127.0.0.1:" in result.output
 
 
 def test_missing_topic_is_a_clear_error(settings: Settings) -> None:

@@ -1,15 +1,22 @@
-"""Kafka security settings: SASL password from a file, mutual-TLS files, replication of created topics."""
+"""Security settings: SASL password from a file, mutual-TLS files, replication of created topics, and no
+password in any printed Redis URL or Kafka bootstrap."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
 
-from adpulse.settings import Settings
+from adpulse.cli import cli
+from adpulse.settings import Settings, redacted_url
+from adpulse.stack import free_port
 from streams.app import make_app
 
 
@@ -79,3 +86,98 @@ def test_replication_factor_reaches_faust(tmp_path: Path) -> None:
         replication_factor=3,
     )
     assert app.conf.topic_replication_factor == 3
+
+
+# -- passwords in printed URLs -----------------------------------------------------------------------------
+
+CANARY = "canary-pw-5521"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        (f"redis://:{CANARY}@redis:6379/0", "redis://:***@redis:6379/0"),
+        (
+            f"rediss://adpulse:{CANARY}@r.internal:6380/0?ssl_ca_certs=/ca.pem",
+            "rediss://adpulse:***@r.internal:6380/0?ssl_ca_certs=/ca.pem",
+        ),
+        (f"redis://:p@ss#{CANARY}@redis:6379/0", "redis://:***@redis:6379/0"),
+        (f"unix://:{CANARY}@/run/redis.sock?db=0", "unix://:***@/run/redis.sock?db=0"),
+        (f"redis://redis:6379/0?password={CANARY}&db=1", "redis://redis:6379/0?password=***&db=1"),
+        ("redis://user@redis:6379/0", "redis://user@redis:6379/0"),
+        ("b1:9093,b2:9093", "b1:9093,b2:9093"),
+        (f"user:{CANARY}@b1:9093,b2:9093", "user:***@b1:9093,b2:9093"),
+    ],
+)
+def test_redacted_url_hides_every_password(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+
+
+def test_settings_repr_and_validation_errors_hide_the_redis_password() -> None:
+    settings = Settings(redis_url=f"redis://:{CANARY}@redis:6379/0", _env_file=None)
+    assert CANARY not in repr(settings) and "redis://:***@redis:6379/0" in repr(settings)
+    with pytest.raises(ValidationError) as caught:
+        Settings(redis_url=f"http://:{CANARY}@redis:6379/0", _env_file=None)
+    assert all(CANARY not in error["msg"] for error in caught.value.errors())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["kpis"], ["alerts"], ["alerts", "ack", "anomaly/ctr/douyin/-"]],
+)
+def test_cli_errors_show_the_redis_url_without_its_password(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ADPULSE_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.setenv("ADPULSE_REDIS_URL", f"redis://:{CANARY}@127.0.0.1:{free_port()}/0")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "cannot reach Redis" in result.output, result.output
+    assert CANARY not in result.output and ":***@127.0.0.1" in result.output
+
+
+def test_a_bad_redis_url_is_refused_without_showing_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ADPULSE_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.setenv("ADPULSE_REDIS_URL", f"http://:{CANARY}@127.0.0.1:6379/0")
+    result = CliRunner().invoke(cli, ["kpis"])
+    assert result.exit_code == 2 and "ADPULSE_REDIS_URL" in result.output
+    assert CANARY not in result.output
+
+
+_SHOWN_ADDRESSES = frozenset({"redis_url", "kafka_bootstrap", "bootstrap"})
+_OUTPUT_CALLS = frozenset(
+    {"print", "echo", "debug", "info", "warning", "error", "exception", "critical", "secho"}
+)
+
+
+def _raw_addresses(tree: ast.AST) -> Iterator[int]:
+    """Lines where a Redis URL or Kafka bootstrap goes into a message as it is (not through redacted_url)."""
+    for node in ast.walk(tree):
+        shown: list[ast.expr] = []
+        # An f-string with words in it is a message; "tcp://{bootstrap}" builds an address.
+        words = any(isinstance(v, ast.Constant) and " " in str(v.value) for v in getattr(node, "values", []))
+        if isinstance(node, ast.JoinedStr) and words:
+            shown = [v.value for v in node.values if isinstance(v, ast.FormattedValue)]
+        elif isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in _OUTPUT_CALLS:
+                shown = list(node.args)
+        for value in shown:
+            if (
+                isinstance(value, ast.Attribute | ast.Name)
+                and (getattr(value, "attr", None) or getattr(value, "id", None)) in _SHOWN_ADDRESSES
+            ):
+                yield value.lineno
+
+
+def test_no_message_in_the_tree_shows_a_raw_redis_url_or_bootstrap() -> None:
+    root = Path(__file__).resolve().parents[2]
+    found = [
+        f"{path.relative_to(root)}:{line}"
+        for folder in ("adpulse", "agents", "alerts", "streams", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        for line in _raw_addresses(ast.parse(path.read_text(), str(path)))
+    ]
+    assert not found, f"pass these through adpulse.settings.redacted_url: {found}"
