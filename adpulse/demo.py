@@ -31,6 +31,7 @@ from adpulse.simulate import simulate
 from adpulse.stack import EmbeddedStack, StackError
 from adpulse.traffic import parse_scenario
 from alerts.payload import AlertJson
+from alerts.router.tokens import WeakKeyError
 from streams.events import BudgetSetting
 from streams.keys import Keys
 from streams.redis_client import AsyncRedis
@@ -279,7 +280,7 @@ async def _run(
     router_settings = settings.model_copy(
         update={
             "router_port": 0,
-            "router_token_key": settings.router_token_key or secrets.token_hex(16),
+            "router_token_key": settings.router_token_key or secrets.token_hex(32),
             "router_name": "demo",
         }
     )
@@ -351,6 +352,10 @@ def demo_cli(
     """
     ctx = click.get_current_context()
     settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    try:
+        settings.token_key()  # a weak key is refused now, not when the demo's router starts
+    except WeakKeyError as exc:
+        raise click.UsageError(str(exc)) from None
     settings = settings.model_copy(
         update={k: v for k, v in DEMO_DEFAULTS.items() if f"ADPULSE_{k.upper()}" not in os.environ}
     )

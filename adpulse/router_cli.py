@@ -159,8 +159,13 @@ def router_cli(settings: Settings, config_path: Path | None, check: bool) -> Non
       adpulse router --config deploy/routes.example.yml --check
       FEISHU_DOUYIN_URL=... adpulse router --config routes.yml
     """
+    from alerts.router.tokens import WeakKeyError
+
     config = load_config(settings, config_path)
-    key = settings.token_key()
+    try:
+        key = settings.token_key()
+    except WeakKeyError as exc:
+        raise click.UsageError(str(exc)) from None
     install_redaction(config.secrets() + ([key.decode()] if key else []))
     if check:
         click.echo(

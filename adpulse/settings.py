@@ -201,12 +201,19 @@ class Settings(BaseSettings):
             yield name, redacted_url(value) if name in ("redis_url", "kafka_bootstrap") else value
 
     def token_key(self) -> bytes | None:
-        """The key that signs action links: ``router_token_key``, else the content of its file, else None."""
+        """The key that signs action links: ``router_token_key``, else the content of its file, else None.
+
+        Raises ``alerts.router.tokens.WeakKeyError`` (a ValueError) for a placeholder or weak key, saying
+        how to make a good one.
+        """
+        from alerts.router.tokens import check_key
+
         if self.router_token_key:
-            return self.router_token_key.encode()
+            return check_key(self.router_token_key.encode())
         if self.router_token_key_file is not None:
             text = self.router_token_key_file.read_text().strip()
-            return text.encode() if text else None
+            source = f"the key in ADPULSE_ROUTER_TOKEN_KEY_FILE ({self.router_token_key_file})"
+            return check_key(text.encode(), source) if text else None
         return None
 
     def topic(self, name: str) -> str:

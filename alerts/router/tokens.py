@@ -19,10 +19,49 @@ import orjson
 
 ACTIONS = ("ack", "snooze", "approve")
 _SNOOZE_S = 3600.0
+#: The shortest token key accepted, in bytes: ``openssl rand -hex 32`` gives 64.
+MIN_KEY_BYTES = 32
+MAKE_KEY = "openssl rand -hex 32  (or: python -c 'import secrets; print(secrets.token_hex(32))')"
+# Values people leave in place of a key: refused whatever their length.
+_PLACEHOLDERS = ("changeme", "change-me", "change_me", "replaceme", "replace-me", "placeholder", "example")
+_WORDS = frozenset({"secret", "test", "password", "token", "key", "default", "admin", "adpulse", "router"})
 
 
 class TokenError(ValueError):
     """The token is malformed, forged or expired; the message says which."""
+
+
+class WeakKeyError(ValueError):
+    """The token key is a placeholder or too weak to sign links; the message says why and how to make one."""
+
+
+def key_weakness(key: bytes) -> str | None:
+    """Why ``key`` is too weak to sign action links (never quoting it), or None when it will do.
+
+    Refused: a placeholder (``change-me``, ``secret``, ``test``…), fewer than ``MIN_KEY_BYTES`` bytes, one
+    pattern repeated (``aaaa…``, ``abab…``), or fewer than 8 different characters.
+    """
+    text = key.strip().lower()
+    if text.decode(errors="replace") in _WORDS or any(p.encode() in text for p in _PLACEHOLDERS):
+        return "it is a placeholder"
+    if len(key) < MIN_KEY_BYTES:
+        return f"it is too short ({len(key)} bytes; at least {MIN_KEY_BYTES})"
+    if (key + key).find(key, 1) < len(key):
+        return "it is one pattern repeated"
+    if len(set(key)) < 8:
+        return f"it has only {len(set(key))} different characters"
+    return None
+
+
+def check_key(key: bytes, source: str = "ADPULSE_ROUTER_TOKEN_KEY") -> bytes:
+    """``key`` if it is strong enough to sign action links, else WeakKeyError naming ``source``."""
+    weakness = key_weakness(key)
+    if weakness is not None:
+        raise WeakKeyError(
+            f"{source} is refused: {weakness}. Anyone who guesses it can acknowledge, snooze and approve "
+            f"budgets from forged links. Make one with: {MAKE_KEY}"
+        )
+    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -349,7 +350,7 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings()
-    key = "router-token-key-for-tests"
+    key = secrets.token_hex(32)
     with Receiver() as receiver:
         config = tmp_path / "routes.yml"
         config.write_text(
@@ -434,7 +435,7 @@ def test_bad_entries_are_dead_lettered_and_the_router_goes_on(
             routes_file(tmp_path, receiver),
             tmp_path / "router.log",
             "r1",
-            ADPULSE_ROUTER_TOKEN_KEY="k" * 32,
+            ADPULSE_ROUTER_TOKEN_KEY=secrets.token_hex(32),
         ).start()
         try:
             client = redis.Redis.from_url(settings.redis_url)
@@ -475,7 +476,7 @@ def test_approve_link_records_the_approval_where_the_worker_reads_it(
     from alerts.budgets import Approval, approval_field
 
     settings = make_settings()
-    key = "router-token-key-for-approvals"
+    key = secrets.token_hex(32)
     with Receiver() as receiver:
         router = RouterProcess(
             settings,

@@ -4,6 +4,7 @@ password in any printed Redis URL or Kafka bootstrap."""
 from __future__ import annotations
 
 import ast
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from adpulse.cli import cli
 from adpulse.settings import Settings, redacted_url
 from adpulse.stack import free_port
+from alerts.router.tokens import WeakKeyError
 from streams.app import make_app
 
 
@@ -181,3 +183,57 @@ def test_no_message_in_the_tree_shows_a_raw_redis_url_or_bootstrap() -> None:
         for line in _raw_addresses(ast.parse(path.read_text(), str(path)))
     ]
     assert not found, f"pass these through adpulse.settings.redacted_url: {found}"
+
+
+# -- the router's token key --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("change-me", "placeholder"),
+        ("CHANGEME", "placeholder"),
+        ("secret", "placeholder"),
+        ("test", "placeholder"),
+        ("change-me-" + "3f9c2a7e51d84b06a9e1c7f25b8d4e03", "placeholder"),
+        ("s3cr3t-but-short", "too short (16 bytes; at least 32)"),
+        ("k" * 64, "one pattern repeated"),
+        ("ab12" * 16, "one pattern repeated"),
+        ("011010011001011010010110011010010110", "only 2 different characters"),
+    ],
+)
+def test_a_weak_or_placeholder_token_key_is_refused_with_the_command_to_make_one(key: str, why: str) -> None:
+    with pytest.raises(WeakKeyError) as caught:
+        Settings(router_token_key=key, _env_file=None).token_key()
+    message = str(caught.value)
+    assert why in message and "openssl rand -hex 32" in message and "secrets.token_hex(32)" in message
+    assert len(key) < 10 or key not in message, "the message never repeats the key"
+
+
+@pytest.mark.parametrize("key", [secrets.token_hex(32), secrets.token_hex(16), secrets.token_urlsafe(32)])
+def test_a_random_token_key_is_accepted(key: str, tmp_path: Path) -> None:
+    assert Settings(router_token_key=key, _env_file=None).token_key() == key.encode()
+    path = tmp_path / "key"
+    path.write_text(key + "\n")
+    assert Settings(router_token_key_file=path, _env_file=None).token_key() == key.encode()
+
+
+def test_a_weak_key_in_the_key_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("change-me\n")
+    with pytest.raises(WeakKeyError, match="ADPULSE_ROUTER_TOKEN_KEY_FILE"):
+        Settings(router_token_key_file=path, _env_file=None).token_key()
+
+
+@pytest.mark.parametrize("command", [["router", "--check"], ["demo", "--duration", "1"]])
+def test_router_and_demo_refuse_a_placeholder_key_before_starting(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ADPULSE_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.setenv("ADPULSE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ADPULSE_ROUTER_TOKEN_KEY", "change-me")
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 2, result.output
+    assert "ADPULSE_ROUTER_TOKEN_KEY is refused: it is a placeholder" in result.output
+    assert "openssl rand -hex 32" in result.output
+    assert not (tmp_path / "home").exists(), "nothing was started"
