@@ -1,7 +1,9 @@
 """The routes file (CONTRACT.md §6): targets, routes and the router's policies, validated. Pure.
 
-``${NAME}`` anywhere in the file is replaced from the environment before parsing, so webhook URLs and signing
-secrets stay out of the file. A missing variable is an error that names the variable, never a value.
+``${NAME}`` in a target's ``url`` or ``secret`` is replaced from the environment, so webhook URLs and signing
+secrets stay out of the file. Nowhere else: a routes file that could pull any variable into any field (an
+owner, a match, a locale) could also put one into a chat message. ``${NAME}`` elsewhere, and a missing
+variable, are errors naming the field and the variable, never a value.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from alerts.router.targets import TARGET_TYPES, TargetSpec
 from streams.windows import known_time_zone
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: The fields of a target where ``${NAME}`` is expanded: the ones that carry a credential.
+SECRET_FIELDS = ("url", "secret")
 _NEEDS_URL = frozenset(TARGET_TYPES) - {"console"}
 SEVERITIES = ("info", "warning", "critical")
 KINDS = ("budget", "threshold", "anomaly", "data_health")
@@ -138,11 +142,12 @@ class RoutesConfig(_Strict):
         return [v for t in self.targets.values() for v in (t.url, t.secret) if v]
 
 
-def substitute(text: str, env: Mapping[str, str]) -> str:
-    """``${NAME}`` replaced from ``env``; RoutesError naming every missing variable."""
+def substitute(text: str, env: Mapping[str, str], where: str = "the routes file") -> str:
+    """``${NAME}`` replaced from ``env``; RoutesError naming every missing variable (and ``where``)."""
     missing = sorted({name for name in _VARIABLE.findall(text) if name not in env})
     if missing:
-        raise RoutesError(f"the routes file uses {', '.join(missing)}, not set in the environment")
+        names = ", ".join(f"${{{name}}}" for name in missing)
+        raise RoutesError(f"{where} uses {names}, not set in the environment")
     return _VARIABLE.sub(lambda m: env[m.group(1)], text)
 
 
@@ -159,14 +164,17 @@ def parse_routes(
     if not isinstance(raw, dict):
         raise RoutesError(f"{source} must be a mapping with targets:, routes:, default_targets:")
     # Substitute inside the parsed values, so a secret with YAML syntax in it stays a plain string.
+    problems: list[str] = []
+    resolved = _substituted(raw, os.environ if env is None else env, (), problems)
+    if problems:
+        raise RoutesError(f"{source}: {'; '.join(problems)}")
     try:
-        resolved = _substituted(raw, os.environ if env is None else env)
         return RoutesConfig.model_validate(resolved)
     except ValidationError as exc:
-        problems = "; ".join(
+        reasons = "; ".join(
             f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()
         )
-        raise RoutesError(f"{source}: {problems}") from None
+        raise RoutesError(f"{source}: {reasons}") from None
 
 
 def load_routes(path: Path, env: Mapping[str, str] | None = None) -> RoutesConfig:
@@ -185,11 +193,31 @@ def console_routes() -> RoutesConfig:
     )
 
 
-def _substituted(value: Any, env: Mapping[str, str]) -> Any:
+def _substituted(value: Any, env: Mapping[str, str], path: tuple[object, ...], problems: list[str]) -> Any:
+    """``value`` with ``${NAME}`` expanded where ``path`` is a target's secret field; what is wrong goes to
+    ``problems``."""
     if isinstance(value, str):
-        return substitute(value, env)
+        if not _VARIABLE.search(value):
+            return value
+        where = ".".join(str(p) for p in path) or "(top)"
+        if not _expands(path):
+            problems.append(
+                f"{where}: ${{NAME}} is read from the environment only in a target's "
+                f"{' or '.join(SECRET_FIELDS)}; write this value in the file"
+            )
+            return value
+        try:
+            return substitute(value, env, where)
+        except RoutesError as exc:
+            problems.append(str(exc))
+            return value
     if isinstance(value, list):
-        return [_substituted(v, env) for v in value]
+        return [_substituted(v, env, (*path, i), problems) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _substituted(v, env) for k, v in value.items()}
+        return {k: _substituted(v, env, (*path, k), problems) for k, v in value.items()}
     return value
+
+
+def _expands(path: tuple[object, ...]) -> bool:
+    """Whether ``path`` is ``targets.<name>.url`` or ``targets.<name>.secret``."""
+    return len(path) == 3 and path[0] == "targets" and path[2] in SECRET_FIELDS

@@ -260,3 +260,38 @@ def test_log_redaction_covers_messages_arguments_and_tracebacks(caplog: pytest.L
         and "canary" not in (record.exc_text or "")
         and "***" in (record.exc_text or "")
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("targets: {a: {type: console, locale: '${LOCALE}'}}\n", "targets.a.locale"),
+        (
+            "targets: {a: {type: console}}\nroutes: [{owners: ['${ONCALL}'], targets: [a]}]\n",
+            "routes.0.owners.0",
+        ),
+        (
+            "targets: {a: {type: console}}\nroutes: [{match: {channel: ['${CH}']}, targets: [a]}]\n",
+            "routes.0.match",
+        ),
+        ("targets: {a: {type: console}}\ndefault_owners: ['${HOME}']\n", "default_owners.0"),
+    ],
+)
+def test_variables_are_expanded_only_in_a_targets_url_and_secret(text: str, where: str) -> None:
+    env = {"LOCALE": "canary-en", "ONCALL": "@canary-boss", "CH": "canary-ch", "HOME": "/canary-home"}
+    with pytest.raises(RoutesError) as caught:
+        parse_routes(text, env)
+    message = str(caught.value)
+    assert where in message and "only in a target's url or secret" in message
+    assert not any(value in message for value in env.values()), "no value is shown"
+
+
+def test_every_missing_variable_is_named_with_its_field() -> None:
+    text = "targets: {a: {type: webhook, url: 'https://h/${HOOK_PATH}', secret: '${HOOK_SECRET}'}}\n"
+    with pytest.raises(RoutesError) as caught:
+        parse_routes(text, {})
+    message = str(caught.value)
+    assert "targets.a.url uses ${HOOK_PATH}" in message and "targets.a.secret uses ${HOOK_SECRET}" in message
+    assert "not set in the environment" in message
+    config = parse_routes(text, {"HOOK_PATH": "p/canary-77", "HOOK_SECRET": "s-canary-77"})
+    assert config.spec("a").url == "https://h/p/canary-77" and config.spec("a").secret == "s-canary-77"
