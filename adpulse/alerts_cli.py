@@ -222,5 +222,8 @@ def ack_cli(ctx: click.Context, ref: str, by: str | None) -> None:
 @click.option("--by", help="Who snoozes (default: your user name).")
 @click.pass_context
 def snooze_cli(ctx: click.Context, ref: str, duration: str, by: str | None) -> None:
-    """Snooze the firing alert REF (fingerprint or id): no repeats until the time is up."""
+    """Snooze the firing alert REF (fingerprint or id): no repeats until the time is up.
+
+    The snooze holds for this episode of the alert: if it resolves and fires again, it pages again.
+    """
     _run_ack(ctx, ref, by, _duration_s(duration))

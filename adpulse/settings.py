@@ -160,7 +160,9 @@ class Settings(BaseSettings):
     router_group_wait_s: float = Field(
         0.1, ge=0, description="after an alert arrives, wait this long for more of the same channel to group"
     )
-    router_token_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long action links stay valid")
+    router_token_ttl_s: float = Field(
+        86400.0, gt=0, le=7 * 86400.0, description="how long action links stay valid (at most 7 days)"
+    )
 
     log_level: str = Field("INFO")
 

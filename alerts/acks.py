@@ -2,8 +2,11 @@
 router (no escalation, no repeats) and every worker (no repeats).
 
 ``<prefix>:alerts:acks`` is a hash: fingerprint → JSON ``{by, at, fired_at, until}``. An acknowledgement
-holds for the episode that fired at ``fired_at``; a snooze (``until`` set) mutes the fingerprint until then,
-whatever the episode. Approvals go where ``adpulse budget approve`` puts them (:mod:`alerts.budgets`).
+holds for the episode that fired at ``fired_at``; a snooze (``until`` set) holds for that episode too, until
+then. An episode is an alert's ``fired_at``, exactly: once the alert resolves and fires again (a later
+``fired_at``), the new episode pages, repeats and escalates again, whatever was acknowledged or snoozed
+before. So an old link, or a snooze meant for a blip an hour ago, never hides a new problem. Approvals go
+where ``adpulse budget approve`` puts them (:mod:`alerts.budgets`).
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ class Ack:
             return None
 
     def mutes(self, alert: Mapping[str, Any], now_s: float) -> bool:
-        """Whether this ack or snooze silences repeats and escalation of ``alert`` now."""
-        if self.until is not None:
-            return now_s < self.until
-        return self.fired_at is not None and self.fired_at == alert.get("fired_at")
+        """Whether this ack or snooze silences repeats and escalation of ``alert`` now: only for the
+        episode it was given for (the same ``fired_at``), and a snooze only until ``until``."""
+        same_episode = self.fired_at is not None and self.fired_at == alert.get("fired_at")
+        return same_episode and (self.until is None or now_s < self.until)
 
 
 def _now_text(now_s: float) -> str:

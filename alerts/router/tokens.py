@@ -2,7 +2,9 @@
 
 A token is ``<payload>.<mac>``: the payload is base64url JSON naming the action and the alert; the mac is
 HMAC-SHA256 of the payload under the router's token key. Anyone holding the link can act on that one alert
-until it expires, as with the buttons of any chat-ops tool; nothing else can be done with it.
+until it expires, as with the buttons of any chat-ops tool; nothing else can be done with it. Links live a
+day by default (``DEFAULT_TTL_S``, at most ``MAX_TTL_S``), and a snooze asked by a link is at most
+``MAX_SNOOZE_S`` and holds for the episode the link was sent for only (:mod:`alerts.acks`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ import orjson
 
 ACTIONS = ("ack", "snooze", "approve")
 _SNOOZE_S = 3600.0
+#: How long an action link works unless ADPULSE_ROUTER_TOKEN_TTL_S says otherwise: last night's message still
+#: works in the morning, and every repeat of a firing alert carries fresh links.
+DEFAULT_TTL_S = 86400.0
+#: The longest any link lives, whatever the setting.
+MAX_TTL_S = 7 * 86400.0
+#: The longest snooze a link can ask for; a longer one is `adpulse alerts snooze --for`, by name.
+MAX_SNOOZE_S = 4 * 3600.0
 #: The shortest token key accepted, in bytes: ``openssl rand -hex 32`` gives 64.
 MIN_KEY_BYTES = 32
 MAKE_KEY = "openssl rand -hex 32  (or: python -c 'import secrets; print(secrets.token_hex(32))')"
@@ -124,13 +133,16 @@ def verify(token: str, key: bytes, now_s: float) -> Action:
             fired_at=body.get("fa"),
             expires_s=float(body["exp"]),
             summary=body.get("s", ""),
-            snooze_s=float(body.get("sn", _SNOOZE_S)),
+            # Bounded here, where the token is trusted: no link mutes for longer, whoever signed it.
+            snooze_s=min(float(body.get("sn", _SNOOZE_S)), MAX_SNOOZE_S),
             budget=body.get("b") or {},
         )
     except (ValueError, KeyError, TypeError):
         raise TokenError("this link is not valid (its content is malformed)") from None
     if action.action not in ACTIONS:
         raise TokenError(f"unknown action {action.action!r}")
+    if not action.snooze_s > 0 or action.expires_s - now_s > MAX_TTL_S:
+        raise TokenError("this link is not valid (it asks for more than any adpulse link may)")
     if action.expires_s < now_s:
         raise TokenError(
             "this link has expired; use `adpulse alerts ack` or `adpulse budget approve` instead"
@@ -144,8 +156,18 @@ class ActionLinks:
 
     key: bytes
     base_url: str
-    ttl_s: float = 7 * 86400.0
+    ttl_s: float = DEFAULT_TTL_S
     snooze_s: float = _SNOOZE_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ttl_s <= MAX_TTL_S:
+            raise ValueError(
+                f"action links live more than 0 s and at most {MAX_TTL_S:.0f} s, not {self.ttl_s}"
+            )
+        if not 0 < self.snooze_s <= MAX_SNOOZE_S:
+            raise ValueError(
+                f"a link snoozes more than 0 s and at most {MAX_SNOOZE_S:.0f} s, not {self.snooze_s}"
+            )
 
     def for_alert(self, alert: Mapping[str, Any], now_s: float) -> dict[str, str]:
         """Links for a firing alert: ack and snooze; approve for a budget's warning. None when resolved."""

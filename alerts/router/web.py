@@ -1,7 +1,9 @@
 """The router's HTTP endpoint: ``/metrics``, ``/healthz`` and the action links of chat messages.
 
 ``GET /a/<token>`` shows what the link will do and a button; ``POST /a/<token>`` does it. Chat apps fetch
-links to preview them, so a GET never acts.
+links to preview them, so a GET never acts. An acknowledge or snooze link acts on the episode it was sent
+for only: once that episode is over (resolved, or fired again since) the link says so and changes nothing,
+so an old message cannot overwrite what someone decided about the current episode.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from alerts.acks import acknowledge, approve
+from alerts.acks import acknowledge, approve, find_active
 from alerts.router.tokens import Action, TokenError, verify
 
 log = logging.getLogger("adpulse.router")
 
 _VERBS = {
-    "ack": ("Acknowledge", "acknowledged: no more repeats or escalation for this alert"),
-    "snooze": ("Snooze", "snoozed: no repeats until {until}"),
+    "ack": ("Acknowledge", "acknowledged: no more repeats or escalation of this episode"),
+    "snooze": ("Snooze", "snoozed: no repeats of this episode until {until}; if it fires again, it pages"),
     "approve": ("Approve the budget past 80 %", "approved: spending may go on this period"),
 }
 
@@ -54,9 +56,25 @@ def make_app(
         except TokenError as exc:
             raise web.HTTPForbidden(text=str(exc)) from None
 
+    async def episode_over(action: Action) -> str | None:
+        """Why an ack or snooze link no longer applies (its episode is over), or None."""
+        if action.action == "approve":
+            return None
+        current = await find_active(redis, prefix, action.fingerprint)
+        if current is None:
+            return "this alert is no longer firing: nothing to do"
+        if current.get("fired_at") != action.fired_at:
+            return (
+                f"this alert resolved and fired again (at {current.get('fired_at')}) after this link was "
+                "sent; it was for the earlier episode, so nothing changed: use the newer message's links"
+            )
+        return None
+
     async def show(request: web.Request) -> web.Response:
         action = action_of(request)
         verb, _ = _VERBS[action.action]
+        if over := await episode_over(action):
+            return _page(verb, f"<h1>{html.escape(verb)}</h1><p>{html.escape(over)}</p>", status=410)
         body = (
             f"<h1>{html.escape(verb)}</h1><p>{html.escape(action.summary)}</p>"
             f"<p><code>{html.escape(action.fingerprint)}</code></p>"
@@ -70,6 +88,8 @@ def make_app(
         form = await request.post()
         by = " ".join(str(form.get("by") or "").split())[:64] or "chat link"  # one line: no forged log lines
         now = clock()
+        if over := await episode_over(action):
+            return _page("Nothing changed", f"<h1>Nothing changed</h1><p>{html.escape(over)}</p>", status=410)
         if action.action == "approve":
             approval, new = await approve(redis, prefix, action.budget, by, now, zone, note="via chat link")
             done = "approved" if new else f"already approved by {approval.by} at {approval.at}"
@@ -96,9 +116,10 @@ def make_app(
     return app
 
 
-def _page(title: str, body: str) -> web.Response:
+def _page(title: str, body: str, status: int = 200) -> web.Response:
     return web.Response(
         text=f"<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
         f"<title>adpulse · {html.escape(title)}</title><body style='font-family:sans-serif'>{body}</body>",
         content_type="text/html",
+        status=status,
     )

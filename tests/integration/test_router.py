@@ -402,6 +402,69 @@ def test_acknowledge_link_stops_escalation_and_the_unacknowledged_one_escalates(
             router.stop()
 
 
+def _post(url: str, by: str) -> tuple[int, str]:
+    """POST an action link as the page's form does: (status, page)."""
+    request = urllib.request.Request(url, data=urllib.parse.urlencode({"by": by}).encode())  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_snooze_link_mutes_its_own_episode_only_and_an_old_link_changes_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    key = secrets.token_hex(32)
+    with Receiver() as receiver:
+        config = tmp_path / "routes.yml"
+        config.write_text(
+            "targets:\n"
+            f"  team: {{type: webhook, url: '{receiver.url('/team')}', secret: '${{ROUTE_SECRET}}'}}\n"
+            f"  boss: {{type: webhook, url: '{receiver.url('/boss')}', secret: '${{ROUTE_SECRET}}'}}\n"
+            "routes:\n"
+            "  - match: {severity: critical}\n"
+            "    targets: [team]\n"
+            "    escalate: {after_s: 3, owners: ['@boss'], targets: [boss]}\n"
+        )
+        router = RouterProcess(
+            settings, config, tmp_path / "router.log", "r1", ADPULSE_ROUTER_TOKEN_KEY=key
+        ).start()
+        base = f"http://127.0.0.1:{router.port}"
+        client = redis.Redis.from_url(settings.redis_url)
+        acks = f"{settings.redis_prefix}:alerts:acks"
+        try:
+            first = alert(1, "douyin", severity="critical")
+            first_links = ActionLinks(key.encode(), base).for_alert(first, time.time())
+            write_alerts(settings, [first], active=True)
+            wait_for(lambda: ("/team", "alert-00001") in receiver.received(), 30, "the first episode")
+            status, page = _post(first_links["snooze"], "@zhang.wei")
+            assert status == 200 and "snoozed" in page, page
+            # It resolves and fires again a while later: a new episode, which pages and escalates again.
+            second = {**alert(2, "douyin", severity="critical"), "fingerprint": first["fingerprint"]}
+            second["fired_at"] = "2026-11-24T11:40:00+08:00"
+            write_alerts(settings, [second], active=True)
+            wait_for(lambda: ("/boss", "alert-00002") in receiver.received(), 30, "the new episode escalated")
+            assert ("/team", "alert-00002") in receiver.received()
+            # The new episode is acknowledged; the old message's snooze link must not undo that.
+            second_links = ActionLinks(key.encode(), base).for_alert(second, time.time())
+            assert _post(second_links["ack"], "@li.na")[0] == 200
+            acked = client.hget(acks, first["fingerprint"])
+            status, page = _post(first_links["snooze"], "@late.reader")
+            assert status == 410 and "fired again" in page and "nothing changed" in page, page
+            assert client.hget(acks, first["fingerprint"]) == acked
+            assert (
+                orjson.loads(acked)["fired_at"] == second["fired_at"] and orjson.loads(acked)["until"] is None
+            )
+            with pytest.raises(urllib.error.HTTPError) as shown:
+                urllib.request.urlopen(first_links["ack"], timeout=5)  # noqa: S310
+            assert shown.value.code == 410
+        finally:
+            client.close()
+            router.stop()
+
+
 def test_a_redis_outage_pauses_the_router_which_resumes_without_loss(tmp_path: Path) -> None:
     alerts = [alert(i) for i in range(60)]
     with own_stack(tmp_path / "home") as (settings, stack), Receiver(delay_s=0.02) as receiver:

@@ -9,9 +9,20 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from adpulse.router_cli import RedactingFilter
+from alerts.acks import Ack
 from alerts.router.config import RoutesError, parse_routes
 from alerts.router.routing import grouped, needs_escalation, plan, quiet_until
-from alerts.router.tokens import ActionLinks, TokenError, approvable_budget, sign, verify
+from alerts.router.tokens import (
+    DEFAULT_TTL_S,
+    MAX_SNOOZE_S,
+    MAX_TTL_S,
+    Action,
+    ActionLinks,
+    TokenError,
+    approvable_budget,
+    sign,
+    verify,
+)
 
 ROUTES = """
 targets:
@@ -232,8 +243,6 @@ def test_budget_warnings_get_an_approve_link_and_resolved_alerts_none() -> None:
 
 
 def test_a_forged_action_name_is_refused() -> None:
-    from alerts.router.tokens import Action
-
     with pytest.raises(TokenError, match="unknown action"):
         verify(sign(Action("delete", "fp", "id", None, 100.0), KEY), KEY, now_s=0.0)
 
@@ -295,3 +304,49 @@ def test_every_missing_variable_is_named_with_its_field() -> None:
     assert "not set in the environment" in message
     config = parse_routes(text, {"HOOK_PATH": "p/canary-77", "HOOK_SECRET": "s-canary-77"})
     assert config.spec("a").url == "https://h/p/canary-77" and config.spec("a").secret == "s-canary-77"
+
+
+def test_action_links_live_a_day_by_default_and_never_more_than_a_week() -> None:
+    assert DEFAULT_TTL_S == 86400.0
+    links = ActionLinks(KEY, "http://r").for_alert(alert(), now_s=1000.0)
+    token = links["snooze"].rsplit("/a/", 1)[1]
+    assert verify(token, KEY, now_s=1000.0 + DEFAULT_TTL_S).action == "snooze"
+    with pytest.raises(TokenError, match="expired"):
+        verify(token, KEY, now_s=1001.0 + DEFAULT_TTL_S)
+    with pytest.raises(ValueError, match="at most"):
+        ActionLinks(KEY, "http://r", ttl_s=MAX_TTL_S + 1)
+    # A token claiming a longer life (another router's setting, an old link) is refused, not honoured.
+    lasting = sign(Action("ack", "fp", "id", None, expires_s=2 * MAX_TTL_S), KEY)
+    with pytest.raises(TokenError, match="more than any adpulse link"):
+        verify(lasting, KEY, now_s=0.0)
+
+
+def test_a_snooze_from_a_link_is_bounded() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        ActionLinks(KEY, "http://r", snooze_s=MAX_SNOOZE_S + 1)
+    week = sign(Action("snooze", "fp", "id", "t0", expires_s=100.0, snooze_s=7 * 86400.0), KEY)
+    assert verify(week, KEY, now_s=0.0).snooze_s == MAX_SNOOZE_S
+    for nothing in (0.0, -60.0):
+        with pytest.raises(TokenError, match="not valid"):
+            verify(sign(Action("snooze", "fp", "id", "t0", expires_s=100.0, snooze_s=nothing), KEY), KEY, 0.0)
+
+
+FIRST, SECOND = "2026-11-24T10:10:03+08:00", "2026-11-24T11:40:00+08:00"
+
+
+@pytest.mark.parametrize(
+    ("ack", "fired_at", "now_s", "muted"),
+    [
+        (Ack("@a", "t", FIRST), FIRST, 0.0, True),
+        (Ack("@a", "t", FIRST), SECOND, 0.0, False),  # a new episode pages again
+        (Ack("@a", "t", FIRST, until=3600.0), FIRST, 3599.0, True),
+        (Ack("@a", "t", FIRST, until=3600.0), FIRST, 3600.0, False),  # the snooze is over
+        (Ack("@a", "t", FIRST, until=3600.0), SECOND, 60.0, False),  # a snooze does not mute a new episode
+        (Ack("@a", "t", None, until=3600.0), SECOND, 60.0, False),  # nor one of an unknown episode
+        (Ack("@a", "t", None), None, 0.0, False),
+    ],
+)
+def test_an_ack_or_snooze_holds_for_its_own_episode_only(
+    ack: Ack, fired_at: str | None, now_s: float, muted: bool
+) -> None:
+    assert ack.mutes(alert(fired_at=fired_at, change="repeat"), now_s) is muted
