@@ -286,7 +286,7 @@ def link_url(url: str) -> str:
 MARKDOWN = Dialect(
     bold=lambda s: f"**{s}**",
     link=lambda label, url: f"[{label}]({link_url(url)})",
-    mention=at_mention,
+    mention=lambda owner: markdown_escape(at_mention(owner)),
     escape=markdown_escape,
 )
 PLAIN = Dialect(bold=str, link=lambda label, url: f"{label}: {url}", mention=at_mention)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,6 +10,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from alerts.router.config import Escalation, QuietHours, RoutesConfig
+
+# A budget's owner comes with the data (the budgets topic), not from the routes file: it may name one
+# person by a plain handle, id or email, never everyone, and nothing that could become markup of its own.
+_PLAIN_OWNER = re.compile(r"@?[\w.\-]{1,64}|[\w.%+\-]{1,64}@[\w\-]{1,63}(\.[\w\-]{1,63})+")
+_EVERYONE = frozenset({"all", "here", "channel", "everyone"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +32,7 @@ def plan(alert: Mapping[str, Any], config: RoutesConfig) -> list[Plan]:
     ``continue: true``), else the default targets. A target named twice gets the alert once, with the
     owners of every route that named it. Owners come from the route, else from the alert (a budget's owner).
     """
-    owner = alert.get("owner")
-    alert_owner: tuple[str, ...] = (owner,) if owner else ()
+    alert_owner = data_owner(alert)
     plans: dict[str, Plan] = {}
     matched = False
     for route in config.routes:
@@ -44,6 +49,14 @@ def plan(alert: Mapping[str, Any], config: RoutesConfig) -> list[Plan]:
         for target in config.default_targets:
             _add(plans, Plan(target, owners))
     return list(plans.values())
+
+
+def data_owner(alert: Mapping[str, Any]) -> tuple[str, ...]:
+    """The alert's own ``owner`` (a budget's), when it is one plain handle: else nobody."""
+    owner = alert.get("owner")
+    if not isinstance(owner, str) or not _PLAIN_OWNER.fullmatch(owner.strip()):
+        return ()
+    return () if owner.strip().lstrip("@").lower() in _EVERYONE else (owner.strip(),)
 
 
 def _add(plans: dict[str, Plan], new: Plan) -> None:

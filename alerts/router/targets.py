@@ -37,6 +37,7 @@ from alerts.router.messages import (
     compose,
     handle,
     link_url,
+    markdown_escape,
     owners_line,
     section_text,
 )
@@ -256,11 +257,11 @@ def _feishu(spec: TargetSpec, message: Message, n: Notification, now_s: float) -
 def _feishu_mention(owner: str) -> str:
     """Feishu card markdown mentions: ``<at id=ou_…>`` for open ids, ``<at email=…>`` for emails."""
     who = handle(owner)
-    if who == "all" or who.startswith(("ou_", "on_")):
+    if who == "all" or re.fullmatch(r"o[un]_[A-Za-z0-9]+", who):
         return f"<at id={who}></at>"
-    if re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", who):
+    if re.fullmatch(r"[\w.%+\-]+@[\w\-]+(\.[\w\-]+)+", who):
         return f"<at email={who}></at>"
-    return at_mention(owner)
+    return markdown_escape(at_mention(owner))
 
 
 def _feishu_text(content: str) -> dict[str, Any]:
@@ -302,7 +303,9 @@ def _dingtalk(spec: TargetSpec, message: Message, n: Notification, now_s: float)
 def _wecom_mention(owner: str) -> str:
     """WeCom markdown mentions a member by userid as ``<@userid>``; a mobile number cannot be mentioned."""
     who = handle(owner)
-    return at_mention(owner) if who.isdigit() else f"<@{who}>"
+    if who.isdigit() or not re.fullmatch(r"[\w.\-@]+", who):
+        return markdown_escape(at_mention(owner))
+    return f"<@{who}>"
 
 
 def _wecom(spec: TargetSpec, message: Message, n: Notification, now_s: float) -> HttpRequest:

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alerts.router.config import parse_routes
 from alerts.router.messages import Notification, inert, markdown_escape, render
+from alerts.router.routing import plan
 from alerts.router.targets import TargetSpec, build_request
 from tests.support.alerts import ALERT
 
@@ -172,3 +174,34 @@ def test_no_name_makes_markup_in_any_target(channel: str, campaign: str, summary
     alert = {**HOSTILE, "channel": channel or "c", "campaign": campaign, "summary": summary}
     texts, buttons = markup_of(kind, (alert,), "en")
     assert_inert(kind, texts, buttons)
+
+
+@pytest.mark.parametrize(
+    ("owner", "owners"),
+    [
+        ("@li.na", ("@li.na",)),
+        ("13800000000", ("13800000000",)),
+        ("li.na@corp.example", ("li.na@corp.example",)),
+        ("@all", ()),
+        ("here", ()),
+        ("<at id=all></at>", ()),
+        ("ou_x></at><at id=all", ()),
+        ("@li.na <!channel>", ()),
+        (["@li.na"], ()),
+    ],
+)
+def test_a_budget_owner_from_the_data_is_one_plain_handle_or_nobody(
+    owner: object, owners: tuple[str, ...]
+) -> None:
+    config = parse_routes("targets: {t: {type: console}}\ndefault_targets: [t]\n", {})
+    assert plan({**ALERT, "owner": owner}, config)[0].owners == owners
+
+
+@pytest.mark.parametrize("kind", ["feishu", "dingtalk", "wecom"])
+def test_an_owner_that_is_no_handle_is_shown_as_text_not_markup(kind: str) -> None:
+    n = Notification((ALERT,), owners=("x<at id=all></at>", "y[a](https://evil.example)"), locale="en")
+    body = orjson.loads(build_request(spec(kind, "en"), n, NOW_S).body)
+    body.pop("at", None)  # DingTalk's list of whom to ring: ids, not shown
+    shown = "\n".join(strings(body))
+    assert "<at id=all" not in shown and "](https://evil" not in shown
+    assert "at id=all" in shown
