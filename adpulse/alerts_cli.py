@@ -10,14 +10,16 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from adpulse.settings import Settings, load_settings, redacted_url
+from adpulse.cli_context import CONTEXT, settings_of
+from adpulse.settings import Settings, redacted_url
+from alerts.model import most_severe_first
+from alerts.wording import ago_text
 
 if TYPE_CHECKING:
     from alerts.acks import Ack
     from alerts.payload import AlertJson
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
-_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
 async def read_alerts(settings: Settings, history: int) -> tuple[list[AlertJson], list[AlertJson]]:
@@ -34,11 +36,7 @@ async def read_alerts(settings: Settings, history: int) -> tuple[list[AlertJson]
     finally:
         await client.aclose()
     active.sort(
-        key=lambda a: (
-            _SEVERITY_RANK.get(a.get("severity", ""), 3),
-            a.get("fired_at") or "",
-            a["fingerprint"],
-        )
+        key=lambda a: (most_severe_first(a.get("severity")), a.get("fired_at") or "", a["fingerprint"])
     )
     return active, past
 
@@ -46,11 +44,7 @@ async def read_alerts(settings: Settings, history: int) -> tuple[list[AlertJson]
 def _since(fired_at: str | None, now: datetime) -> str:
     if not fired_at:
         return "—"
-    age_s = max(0, int((now - datetime.fromisoformat(fired_at)).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if age_s >= size:
-            return f"{age_s // size}{unit} ago"
-    return f"{age_s}s ago"
+    return ago_text((now - datetime.fromisoformat(fired_at)).total_seconds())
 
 
 def _where(alert: Mapping[str, Any]) -> str:
@@ -87,7 +81,7 @@ def _table(rows: Sequence[Mapping[str, Any]], title: str, now: datetime, history
 @click.group(
     "alerts",
     invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    context_settings=CONTEXT,
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a JSON array of the alert objects (CONTRACT.md §3)."
@@ -119,7 +113,7 @@ def alerts_cli(ctx: click.Context, as_json: bool, show_all: bool, last: int) -> 
         return
     from redis.exceptions import RedisError
 
-    settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    settings = settings_of(ctx)
     try:
         active, past = asyncio.run(read_alerts(settings, last if show_all else 0))
     except (OSError, RedisError) as exc:
@@ -188,7 +182,7 @@ def _run_ack(ctx: click.Context, ref: str, by: str | None, snooze_s: float | Non
 
     from redis.exceptions import RedisError
 
-    settings = ctx.find_object(Settings) or load_settings()
+    settings = settings_of(ctx)
     try:
         alert, ack = asyncio.run(_ack(settings, ref, by or getpass.getuser(), snooze_s))
     except (OSError, RedisError) as exc:
@@ -207,7 +201,7 @@ def _run_ack(ctx: click.Context, ref: str, by: str | None, snooze_s: float | Non
     )
 
 
-@alerts_cli.command("ack", context_settings={"help_option_names": ["-h", "--help"]})
+@alerts_cli.command("ack", context_settings=CONTEXT)
 @click.argument("ref")
 @click.option("--by", help="Who acknowledges (default: your user name).")
 @click.pass_context
@@ -216,7 +210,7 @@ def ack_cli(ctx: click.Context, ref: str, by: str | None) -> None:
     _run_ack(ctx, ref, by, None)
 
 
-@alerts_cli.command("snooze", context_settings={"help_option_names": ["-h", "--help"]})
+@alerts_cli.command("snooze", context_settings=CONTEXT)
 @click.argument("ref")
 @click.option("--for", "duration", default="1h", show_default=True, help="How long: 30m, 2h, 1d.")
 @click.option("--by", help="Who snoozes (default: your user name).")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import orjson
 
-from adpulse.settings import Settings, load_settings
+from adpulse.cli_context import settings_of
 from alerts.backtest import (
     BacktestResult,
     RollingZScore,
@@ -98,8 +98,7 @@ def backtest_cli(
     name: str | None,
 ) -> None:
     """Replay events (JSONL) or a KPI series (CSV timestamp,value) through the detectors; print the alerts."""
-    ctx = click.get_current_context()
-    settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    settings = settings_of(click.get_current_context())
     zone = settings.zone
     try:
         parse_window(window)

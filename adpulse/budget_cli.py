@@ -21,7 +21,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from adpulse.settings import Settings, load_settings, redacted_url
+from adpulse.cli_context import CONTEXT, settings_of
+from adpulse.settings import Settings, redacted_url
 from alerts.budgets import (
     PERIODS,
     Approval,
@@ -31,13 +32,12 @@ from alerts.budgets import (
     approval_field,
     period_bounds,
     period_start_label,
-    rfc3339,
     topic_key,
 )
-from streams.events import BudgetSetting
+from alerts.wording import money_text, rfc3339
+from streams.events import BudgetSetting, validation_problems
 from streams.keys import Keys
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 #: The wall clock; a module attribute so that tests can fix "now".
 clock: Callable[[], float] = time.time
 T = TypeVar("T")
@@ -229,19 +229,6 @@ def record_approval(
 # ---------------------------------------------------------------------------------------------- commands
 
 
-def _settings(ctx: click.Context) -> Settings:
-    settings = ctx.find_object(Settings)
-    if settings is not None:
-        return settings
-    try:
-        return load_settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"ADPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise click.UsageError(f"invalid configuration: {problems}") from None
-
-
 def _parse_amount(text: str, currency: str) -> float:
     try:
         amount = float(text.replace("_", "").replace(",", ""))
@@ -257,14 +244,10 @@ def _parse_amount(text: str, currency: str) -> float:
     return amount
 
 
-def _money(value: float) -> str:
-    return f"{value:,.0f}" if value == round(value) else f"{value:,.2f}"
-
-
 def _describe(budget: Budget, currency: str) -> str:
-    what = f"{budget.period} budget of {budget.label}: {_money(budget.amount)} {currency}"
+    what = f"{budget.period} budget of {budget.label}: {money_text(budget.amount)} {currency}"
     if budget.reserve_pct:
-        what += f" ({_money(budget.spendable)} spendable, {budget.reserve_pct:g} % reserve)"
+        what += f" ({money_text(budget.spendable)} spendable, {budget.reserve_pct:g} % reserve)"
     return what + (f", owner {budget.owner}" if budget.owner else "")
 
 
@@ -332,7 +315,7 @@ def set_budget(
       adpulse budget set douyin 2000 --campaign spring-sale --period total
       adpulse budget set douyin --delete
     """
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if delete and amount is not None:
         raise click.UsageError("give either AMOUNT or --delete, not both")
     if not delete and amount is None:
@@ -347,8 +330,7 @@ def set_budget(
             reserve_pct=reserve_pct,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'budget'}: {e['msg']}" for e in exc.errors())
-        raise click.UsageError(f"invalid budget: {problems}") from None
+        raise click.UsageError(f"invalid budget: {validation_problems(exc, whole='budget')}") from None
 
     book, _ = _run_kafka(settings, read_budgets(settings))
     current = book.get(channel, campaign, period)
@@ -391,7 +373,7 @@ def list_budgets(ctx: click.Context, as_json: bool) -> None:
     """
     from redis.exceptions import RedisError
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     book, skipped = _run_kafka(settings, read_budgets(settings))
     for problem in skipped:
         click.echo(f"skipped a malformed record on {settings.topic('budgets')}, {problem}", err=True)
@@ -455,9 +437,9 @@ def _print_table(rows: list[dict[str, Any]], currency: str) -> None:
                 row["channel"],
                 row["campaign"] or "-",
                 row["period"],
-                _money(row["amount"]),
+                money_text(row["amount"]),
                 f"{row['reserve_pct']:g} %" if row["reserve_pct"] else "-",
-                _money(row["spendable"]),
+                money_text(row["spendable"]),
                 row["owner"] or "-",
                 approved,
             ]
@@ -498,7 +480,7 @@ def approve(
     """
     from redis.exceptions import RedisError
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     book, _ = _run_kafka(settings, read_budgets(settings))
     budget = book.get(channel, campaign, period)
     if budget is None:

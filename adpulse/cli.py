@@ -9,13 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import orjson
-from pydantic import ValidationError
 
 from adpulse import __version__
-from adpulse.settings import Settings, load_settings, redacted_url
+from adpulse.cli_context import CONTEXT, read_settings
+from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 @click.group(context_settings=CONTEXT)
@@ -38,13 +36,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
       adpulse simulate --rate 500  # traffic
       adpulse kpis                 # current KPIs
     """
-    try:
-        settings = load_settings(log_level=log_level.upper() if log_level else None)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"ADPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        raise click.UsageError(f"invalid configuration: {problems}") from exc
+    settings = read_settings(log_level=log_level.upper() if log_level else None)
     ctx.obj = settings
     logging.basicConfig(
         level=settings.log_level.upper(),

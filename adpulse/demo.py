@@ -24,9 +24,10 @@ from rich.text import Text
 
 from adpulse.alerts_cli import read_alerts
 from adpulse.budget_cli import produce_setting
+from adpulse.cli_context import settings_of
 from adpulse.render import kpi_rich_table
 from adpulse.router_cli import serve as serve_router
-from adpulse.settings import Settings, load_settings, redacted_url
+from adpulse.settings import Settings, redacted_url
 from adpulse.simulate import simulate
 from adpulse.stack import EmbeddedStack, StackError
 from adpulse.traffic import parse_scenario
@@ -350,8 +351,7 @@ def demo_cli(
     --webhook URL if given); Ctrl-C stops everything the demo started. Logs go to
     ADPULSE_HOME/demo/.
     """
-    ctx = click.get_current_context()
-    settings: Settings = ctx.obj if isinstance(ctx.obj, Settings) else load_settings()
+    settings = settings_of(click.get_current_context())
     try:
         settings.token_key()  # a weak key is refused now, not when the demo's router starts
     except WeakKeyError as exc:

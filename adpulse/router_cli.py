@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
+from adpulse.cli_context import CONTEXT
 from adpulse.settings import Settings
 
 log = logging.getLogger("adpulse.router")
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 class RedactingFilter(logging.Filter):

@@ -33,7 +33,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from adpulse.settings import Settings, load_settings, redacted_url
+from adpulse.cli_context import settings_of
+from adpulse.settings import Settings, redacted_url
 from adpulse.traffic import (
     DEFAULT_CHANNELS,
     TOPICS,
@@ -574,8 +575,7 @@ def simulate_cli(
     quiet: bool,
 ) -> None:
     """Send realistic tracker traffic (impressions, clicks, visits, carts, orders, spend) to the topics."""
-    ctx = click.get_current_context()
-    settings: Settings = ctx.obj if ctx.obj is not None else load_settings()
+    settings = settings_of(click.get_current_context())
     try:
         start_at = parse_start(start, settings.zone) if start is not None else None
     except ValueError as exc:

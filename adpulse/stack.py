@@ -51,7 +51,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from adpulse.settings import Settings, load_settings
+from adpulse.cli_context import settings_of
+from adpulse.settings import Settings
 from streams.keys import Keys
 from streams.topics import topic_specs
 
@@ -668,12 +669,6 @@ async def _ensure_topics(settings: Settings, timeout_s: float) -> list[str]:
 # --- command line ------------------------------------------------------------------------------------------
 
 
-def _settings() -> Settings:
-    ctx = click.get_current_context()
-    settings = ctx.find_object(Settings)
-    return settings if settings is not None else load_settings()
-
-
 def _state(component: ComponentStatus) -> Text:
     if component.healthy and component.running:
         return Text("healthy", style="green")
@@ -740,7 +735,7 @@ def up_command(timeout_s: float) -> None:
     Safe to repeat: what already runs is left as it is. Exits non-zero when something is unhealthy.
     """
     try:
-        status = EmbeddedStack(_settings()).up(timeout_s=timeout_s)
+        status = EmbeddedStack(settings_of(click.get_current_context())).up(timeout_s=timeout_s)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     console = Console(highlight=False)
@@ -766,7 +761,7 @@ def down_command(timeout_s: float) -> None:
     ours; other programs on the same ports are left alone. The broker's topics and events are lost; Redis
     data stays in ADPULSE_HOME/stack/redis.
     """
-    stopped = EmbeddedStack(_settings()).down(timeout_s=timeout_s)
+    stopped = EmbeddedStack(settings_of(click.get_current_context())).down(timeout_s=timeout_s)
     for name, pid in stopped.items():
         click.echo(f"stopped {name} (pid {pid})")
     if not stopped:
@@ -781,7 +776,7 @@ def status_command(as_json: bool) -> None:
     Whether the broker and Redis run and answer, where they log, and which adpulse topics exist.
     Exits 0 when both answer and every topic exists, 1 otherwise.
     """
-    status = EmbeddedStack(_settings()).status()
+    status = EmbeddedStack(settings_of(click.get_current_context())).status()
     if as_json:
         click.echo(json.dumps(status.to_dict(), indent=2))
     else:

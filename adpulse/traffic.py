@@ -21,12 +21,14 @@ import random
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
 import orjson
 from aiokafka.partitioner import murmur2
+
+from alerts.wording import rfc3339_utc_ms
 
 #: Topics the generator writes to (short names; the settings add the prefix).
 TOPICS: tuple[str, ...] = ("clicks", "orders", "spend")
@@ -538,8 +540,8 @@ class GroundTruth:
         return {
             "version": 1,
             **self.meta,
-            "start": _rfc3339(self.start_ms),
-            "end": _rfc3339(self.end_ms),
+            "start": rfc3339_utc_ms(self.start_ms) if self.start_ms is not None else None,
+            "end": rfc3339_utc_ms(self.end_ms) if self.end_ms is not None else None,
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
             "sent": self.sent,
@@ -563,7 +565,7 @@ class GroundTruth:
                 {
                     "channel": ch,
                     "campaign": cp,
-                    "window_start": _rfc3339(w),
+                    "window_start": rfc3339_utc_ms(w),
                     "window_start_ms": w,
                     **t.to_dict(),
                 }
@@ -574,12 +576,6 @@ class GroundTruth:
     def to_json(self) -> bytes:
         """:meth:`to_dict` as indented JSON bytes."""
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
-
-
-def _rfc3339(ts_ms: int | None) -> str | None:
-    if ts_ms is None:
-        return None
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ------------------------------------------------------------------------------------------ random helpers

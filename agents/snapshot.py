@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from agents.partials import BucketValue, totals
 from alerts.kpi import kpis
+from alerts.wording import rfc3339
 from streams.codec import MONEY_SLOTS, N_SLOTS, SLOT_NAMES
 from streams.events import MICROS, NO_CAMPAIGN
 from streams.windows import TOTAL, WINDOWS, Calendar
@@ -71,16 +71,12 @@ class KpiRow:
             "campaign": self.campaign,
             "window": self.window,
             "which": self.which,
-            "window_start": _rfc3339(self.window_start, zone),
-            "window_end": _rfc3339(self.window_end, zone) if self.window_end is not None else None,
+            "window_start": rfc3339(self.window_start, zone),
+            "window_end": rfc3339(self.window_end, zone) if self.window_end is not None else None,
             "complete": self.complete,
             **{name: value for name, value in self.counts.items()},
             **self.ratios(),
         }
-
-
-def _rfc3339(epoch_s: int, zone: ZoneInfo) -> str:
-    return datetime.fromtimestamp(epoch_s, zone).isoformat()
 
 
 def _rows_for(

@@ -21,6 +21,7 @@ import orjson
 
 from alerts.budgets import Approval, approval_field
 from alerts.payload import AlertJson
+from alerts.wording import rfc3339
 from streams.keys import Keys
 from streams.redis_client import AsyncRedis, as_text
 
@@ -48,10 +49,6 @@ class Ack:
         episode it was given for (the same ``fired_at``), and a snooze only until ``until``."""
         same_episode = self.fired_at is not None and self.fired_at == alert.get("fired_at")
         return same_episode and (self.until is None or now_s < self.until)
-
-
-def _now_text(now_s: float) -> str:
-    return datetime.fromtimestamp(now_s, UTC).isoformat(timespec="seconds")
 
 
 async def read_acks(redis: AsyncRedis, prefix: str) -> dict[str, Ack]:
@@ -88,7 +85,7 @@ async def acknowledge(
     snooze_s: float | None = None,
 ) -> Ack:
     """Record an acknowledgement (or, with ``snooze_s``, a snooze) of the episode ``fired_at``."""
-    ack = Ack(by=by, at=_now_text(now_s), fired_at=fired_at, until=now_s + snooze_s if snooze_s else None)
+    ack = Ack(by=by, at=rfc3339(now_s, UTC), fired_at=fired_at, until=now_s + snooze_s if snooze_s else None)
     await redis.hset(Keys(prefix).acks, fingerprint, ack.to_json())
     return ack
 
@@ -105,7 +102,7 @@ async def approve(
     """Approve a budget's period past its 80 % line, as ``adpulse budget approve`` does: (in force, new?)."""
     start_s = int(datetime.fromisoformat(str(budget["period_start"])).timestamp())
     field = approval_field(str(budget["channel"]), budget.get("campaign"), budget["period"], start_s, zone)
-    approval = Approval(by=by, at=_now_text(now_s), note=note)
+    approval = Approval(by=by, at=rfc3339(now_s, UTC), note=note)
     key = Keys(prefix).approvals
     created = bool(await redis.hsetnx(key, field, approval.to_json()))
     if created:

@@ -29,10 +29,11 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from alerts.detectors import DAY_S, Detectors, Observation, Subject
+from alerts.detectors import Detectors, Observation, Subject
 from alerts.kpi import RATIOS, ratio
 from alerts.model import Finding
 from alerts.stats import MAD_TO_SIGMA, median
+from alerts.wording import DAY_S, rfc3339
 from streams.codec import MONEY_SLOTS, SLOT_NAMES, Accepted, decode
 from streams.events import MICROS
 from streams.windows import Calendar
@@ -306,7 +307,7 @@ def backtest_events(
         for index, row in enumerate(rows):
             history = rows[max(0, index + 1 - lookback) : index + 1]
             findings = [f for f in detectors.run(history, subject) if not metrics or f.metric in metrics]
-            episodes.step(_rfc3339(row.start_s, zone), row.start_s, findings)
+            episodes.step(rfc3339(row.start_s, zone), row.start_s, findings)
             judged += 1
         alerts.extend(episodes.alerts)
     alerts.sort(key=lambda a: (a.ts_s, a.finding.channel, a.finding.fingerprint))
@@ -316,10 +317,10 @@ def backtest_events(
 def kpi_series(rows: Sequence[Observation], metric: str, zone: tzinfo) -> list[SeriesPoint]:
     """One KPI of a channel's windows as a series (``None`` where its denominator is 0)."""
     if metric == "spend":
-        return [SeriesPoint(o.start_s, o.get("spend"), _rfc3339(o.start_s, zone)) for o in rows]
+        return [SeriesPoint(o.start_s, o.get("spend"), rfc3339(o.start_s, zone)) for o in rows]
     numerator, denominator = RATIOS[metric]
     return [
-        SeriesPoint(o.start_s, ratio(o.get(numerator), o.get(denominator)), _rfc3339(o.start_s, zone))
+        SeriesPoint(o.start_s, ratio(o.get(numerator), o.get(denominator)), rfc3339(o.start_s, zone))
         for o in rows
     ]
 
@@ -627,13 +628,9 @@ def _series_finding(
         description=description,
         evidence={"method": detector.name, **flag.evidence},
         window=window,
-        window_start=_rfc3339(point.ts_s, zone),
-        window_end=_rfc3339(point.ts_s + step, zone),
+        window_start=rfc3339(point.ts_s, zone),
+        window_end=rfc3339(point.ts_s + step, zone),
     )
-
-
-def _rfc3339(epoch_s: int, zone: tzinfo) -> str:
-    return datetime.fromtimestamp(epoch_s, zone).isoformat()
 
 
 # -- files ----------------------------------------------------------------------------------------------

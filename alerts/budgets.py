@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from alerts.model import Finding, Fingerprint, fingerprint
+from alerts.wording import money_text, rfc3339, time_left_text
 from streams.events import NO_CAMPAIGN, BudgetSetting
 from streams.windows import Calendar
 
@@ -132,11 +133,6 @@ def period_bounds(period: Period, now_s: float, zone: ZoneInfo) -> tuple[int, in
     raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
 
 
-def rfc3339(ts_s: float, zone: ZoneInfo) -> str:
-    """``ts_s`` as RFC 3339 in ``zone``, to the second (``2026-11-24T18:40:00+08:00``)."""
-    return datetime.fromtimestamp(int(ts_s), zone).isoformat(timespec="seconds")
-
-
 def period_start_label(start_s: int, zone: ZoneInfo) -> str:
     """The local date a period starts on (``2026-11-24``; ``2026-11-01`` for November): its identity."""
     return datetime.fromtimestamp(start_s, zone).date().isoformat()
@@ -193,23 +189,9 @@ def approve_command(budget: Budget) -> str:
     return shlex.join(words)
 
 
-def _money(value: float) -> str:
-    return f"{round(value):,}" if abs(value - round(value)) < 0.005 else f"{value:,.2f}"
-
-
 def _percent(ratio: float) -> int:
     # Floor: "100 %" must never appear on a budget that is not yet spent.
     return math.floor(ratio * 100 + 1e-6)
-
-
-def _duration(seconds: float) -> str:
-    minutes = max(int(seconds // 60), 0)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{hours / 24:.1f} days"
 
 
 def _extra_keys(
@@ -305,18 +287,18 @@ def evaluate_budget(
 
     what = f"its {_ADJECTIVE[budget.period]} budget"
     budget_name = (
-        f"{_money(spendable)} {currency} spendable {_ADJECTIVE[budget.period]} budget of {budget.label}"
+        f"{money_text(spendable)} {currency} spendable {_ADJECTIVE[budget.period]} budget of {budget.label}"
     )
     if end_s is None:
-        spent_line = f"Spent {_money(spent_in_period)} {currency} of the {budget_name}."
+        spent_line = f"Spent {money_text(spent_in_period)} {currency} of the {budget_name}."
     else:
         spent_line = (
-            f"Spent {_money(spent_in_period)} {currency} of the {budget_name} since {window['window_start']} "
-            f"({_PERIOD_END[budget.period]} {window['window_end']})."
+            f"Spent {money_text(spent_in_period)} {currency} of the {budget_name} "
+            f"since {window['window_start']} ({_PERIOD_END[budget.period]} {window['window_end']})."
         )
     reserve_line = (
-        f"The budget is {_money(budget.amount)} {currency}; {budget.reserve_pct:g} % of it "
-        f"({_money(budget.reserve)} {currency}) is an emergency reserve, not planned against."
+        f"The budget is {money_text(budget.amount)} {currency}; {budget.reserve_pct:g} % of it "
+        f"({money_text(budget.reserve)} {currency}) is an emergency reserve, not planned against."
         if budget.reserve_pct
         else ""
     )
@@ -325,7 +307,7 @@ def evaluate_budget(
         if approval is not None
         else ""
     )
-    amounts = f"({_money(spent_in_period)} / {_money(spendable)} {currency})"
+    amounts = f"({money_text(spent_in_period)} / {money_text(spendable)} {currency})"
     findings: list[Finding] = []
 
     if ratio >= warn_ratio - _EPS and approval is None:
@@ -370,7 +352,7 @@ def evaluate_budget(
         elif left > 0:
             reserve_advice = (
                 f"Spending now eats into the {budget.reserve_pct:g} % emergency reserve: "
-                f"{_money(left)} of its {_money(budget.reserve)} {currency} are left."
+                f"{money_text(left)} of its {money_text(budget.reserve)} {currency} are left."
             )
         else:
             reserve_advice = f"The {budget.reserve_pct:g} % emergency reserve is used up too."
@@ -428,8 +410,8 @@ def evaluate_budget(
                     threshold=CRITICAL_RATIO,
                     summary=(
                         f"{budget.label} will run out of {what} at {runs_out}, "
-                        f"{_duration(end_s - runs_out_s)} before {_PERIOD_END[budget.period]}, at "
-                        f"{_money(spend_rate_per_s * 3600)} {currency}/h"
+                        f"{time_left_text(end_s - runs_out_s)} before {_PERIOD_END[budget.period]}, at "
+                        f"{money_text(spend_rate_per_s * 3600)} {currency}/h"
                     ),
                     description="\n".join(
                         filter(
@@ -437,8 +419,8 @@ def evaluate_budget(
                             [
                                 spent_line,
                                 (
-                                    f"{_money(remaining)} {currency} is left; at the current "
-                                    f"{_money(spend_rate_per_s * 3600)} {currency}/h it is gone at "
+                                    f"{money_text(remaining)} {currency} is left; at the current "
+                                    f"{money_text(spend_rate_per_s * 3600)} {currency}/h it is gone at "
                                     f"{runs_out}, and by the end of the period spend would reach "
                                     f"{_percent(projected)} % of the "
                                     "spendable budget."

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 from typing import Final, Literal, Protocol
 
 from alerts.model import SEVERITY_ORDER, Finding, Severity
@@ -38,8 +38,8 @@ from alerts.stats import (
     two_proportion_test,
     wilson_interval,
 )
+from alerts.wording import DAY_S, duration_text, p_text, percent_text, rfc3339, span_text, volume_text
 
-DAY_S: Final = 86_400
 #: Counts that only the click tracker produces (the ``clicks`` topic).
 CLICK_TRACKER_COUNTS: Final = ("impressions", "clicks", "visits", "carts")
 #: Ratio metrics RatioDrop can watch: name -> (numerator, denominator, label).
@@ -128,65 +128,8 @@ def baseline_of(history: Sequence[Observation], recent: int, seasonal_days: int)
     return Baseline(recent_windows, seasonal)
 
 
-# -- wording --------------------------------------------------------------------------------------------
-
-
-def span_text(seconds: float) -> str:
-    """'10 min', 'hour', '3 h', 'day' — the words after 'in the last'."""
-    seconds = round(seconds)
-    if seconds == 3600:
-        return "hour"
-    if seconds == DAY_S:
-        return "day"
-    if seconds % DAY_S == 0:
-        return f"{seconds // DAY_S} days"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    if seconds >= 60:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
-
-
-def duration_text(seconds: float) -> str:
-    """'45 min', '3 h', '2 d' — the words after 'for'."""
-    seconds = round(seconds)
-    if seconds >= DAY_S and seconds % DAY_S == 0:
-        return f"{seconds // DAY_S} d"
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    if seconds >= 60:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
-
-
-def volume_text(value: float) -> str:
-    """38k, 1.2M, 840 — volumes as people say them."""
-    if value >= 999_500:
-        return f"{value / 1e6:.1f}M"
-    if value >= 9_995:
-        return f"{value / 1e3:.0f}k"
-    if value >= 1_000:
-        return f"{value / 1e3:.1f}k"
-    return f"{value:.0f}"
-
-
 def _confidence_text(confidence: float) -> str:
     return f"{confidence * 100:g} %"
-
-
-def percent_text(value: float) -> str:
-    return f"{value * 100:.2f} %"
-
-
-def p_text(p_value: float) -> str:
-    for bound in (0.0001, 0.001, 0.01):
-        if p_value < bound:
-            return f"p < {bound:g}"
-    return f"p = {p_value:.3f}"
-
-
-def _rfc3339(epoch_s: int, zone: tzinfo) -> str:
-    return datetime.fromtimestamp(epoch_s, zone).isoformat()
 
 
 def _whole(value: float) -> int:
@@ -204,8 +147,8 @@ def _finding(subject: Subject, current: Observation, **fields: object) -> Findin
         channel=subject.channel,
         campaign=subject.campaign,
         window=subject.window,
-        window_start=_rfc3339(current.start_s, subject.zone),
-        window_end=_rfc3339(current.end_s, subject.zone),
+        window_start=rfc3339(current.start_s, subject.zone),
+        window_end=rfc3339(current.end_s, subject.zone),
         **fields,  # type: ignore[arg-type]
     )
 
@@ -685,7 +628,7 @@ class DropToZero:
             summary += f" ({' and '.join(still)} still arrive)"
         description = (
             f"No impression, click, visit or cart events from {where} since "
-            f"{_rfc3339(history[first_silent].start_s, subject.zone)}; about {expected:.0f} were expected "
+            f"{rfc3339(history[first_silent].start_s, subject.zone)}; about {expected:.0f} were expected "
             f"in the last {span_text(current.duration_s)}.\n"
             "Check the tracker (SDK release, tag manager, CDN or collector errors, the Kafka producer's "
             "logs) before the campaign: "
@@ -710,7 +653,7 @@ class DropToZero:
                 "events": 0,
                 "expected_events": expected,
                 "silent_s": silent_s,
-                "silent_since": _rfc3339(history[first_silent].start_s, subject.zone),
+                "silent_since": rfc3339(history[first_silent].start_s, subject.zone),
                 "orders": current.get("orders"),
                 "spend": current.get("spend"),
                 "p_value": math.exp(-expected),

@@ -12,6 +12,11 @@ Severity = Literal["info", "warning", "critical"]
 SEVERITY_ORDER: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
 
+def most_severe_first(severity: object) -> int:
+    """Sort key: critical, then warning, then info, then anything that is not a severity."""
+    return -SEVERITY_ORDER.get(str(severity), -1)
+
+
 def fingerprint(kind: str, metric: str, channel: str, campaign: str | None, *extra: str) -> Fingerprint:
     """Stable identity of a condition: kind + metric + channel + campaign (+ e.g. the budget period)."""
     return Fingerprint(":".join([kind, metric, channel, campaign or "-", *extra]))

@@ -13,9 +13,7 @@ from urllib.parse import urlencode
 
 from alerts.lifecycle import Alert, Change, Status
 from alerts.model import Kind, Severity
-
-# Ratios shown as percentages in human text.
-_PERCENT_METRICS = frozenset({"ctr", "cvr", "funnel_visit", "funnel_cart", "funnel_order"})
+from alerts.wording import format_value
 
 
 class AlertJson(TypedDict):
@@ -97,17 +95,6 @@ def dashboard_url(
         ("to", str(int((end + pad).timestamp() * 1000))),
     ]
     return f"{links.grafana_url.rstrip('/')}{links.dashboard_path}?{urlencode(params)}"
-
-
-def format_value(metric: str, value: float | None) -> str:
-    """A KPI value as people read it: CTR 1.23 %, ROI 0.84, spend 12,345.00."""
-    if value is None:
-        return "no data"
-    if metric in _PERCENT_METRICS:
-        return f"{value * 100:.2f} %"
-    if float(value).is_integer() and abs(value) >= 100:
-        return f"{int(value):,}"
-    return f"{value:,.2f}"
 
 
 def build_alert(alert: Alert, links: Links | None = None, owner: str | None = None) -> AlertJson:

@@ -27,10 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from alerts.kpi import RATIOS, kpis
 from alerts.model import Finding, Fingerprint, Severity, fingerprint
+from alerts.wording import format_value
+from streams.events import validation_problems
 
 Metric = Literal["ctr", "cvr", "roi", "aov", "cpc", "cpa"]
 _LABEL = {"ctr": "CTR", "cvr": "CVR", "roi": "ROI", "aov": "AOV", "cpc": "CPC", "cpa": "CPA"}
-_PERCENT = {"ctr", "cvr"}
 _ADVICE = {
     "ctr": "Check creatives and placements (fatigue, a new audience, a broken landing link) and the tracker.",
     "cvr": "Check the landing page, stock and prices, the checkout, and whether the traffic mix changed.",
@@ -124,12 +125,7 @@ def load_rules(path: Path | None) -> RulesConfig:
     except yaml.YAMLError as exc:
         raise ValueError(f"rules file {path} is not valid YAML: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"rules file {path}: {problems}") from exc
-
-
-def _fmt(metric: str, value: float) -> str:
-    return f"{value * 100:.2f} %" if metric in _PERCENT else f"{value:,.2f}"
+        raise ValueError(f"rules file {path}: {validation_problems(exc, whole='')}") from exc
 
 
 def evaluate_thresholds(
@@ -174,8 +170,8 @@ def evaluate_thresholds(
                 campaign=campaign,
                 value=value,
                 threshold=rule.threshold,
-                summary=f"{label} of {who} is {_fmt(rule.metric, value)}, {relation} the target "
-                f"{_fmt(rule.metric, rule.threshold)} (last {window})",
+                summary=f"{label} of {who} is {format_value(rule.metric, value)}, {relation} the target "
+                f"{format_value(rule.metric, rule.threshold)} (last {window})",
                 description=f"{label} = {numerator} / {denominator} = {counts[numerator]:,.2f} / "
                 f"{counts[denominator]:,.2f} in the window {window_bounds[0]} – {window_bounds[1]}. "
                 + _ADVICE[rule.metric],

@@ -26,6 +26,7 @@ from streams.events import (
     ClickEvent,
     OrderEvent,
     SpendEvent,
+    validation_problems,
 )
 
 # Slots of the counter vector every window bucket holds.
@@ -142,7 +143,7 @@ def _from_model(topic: str, doc: dict[str, object], currency: str) -> Accepted |
     try:
         event = MODELS[topic].model_validate(doc, context={"currency": currency})
     except ValidationError as exc:
-        return Rejection("invalid", _describe(exc))
+        return Rejection("invalid", validation_problems(exc, most=3))
     if isinstance(event, ClickEvent):
         contribution: Contribution = ((_CLICK_SLOT[event.type], event.count),)
     elif isinstance(event, OrderEvent):
@@ -154,14 +155,6 @@ def _from_model(topic: str, doc: dict[str, object], currency: str) -> Accepted |
     else:  # pragma: no cover - MODELS only holds the three
         raise TypeError(type(event))
     return Accepted(event.event_id, event.ts, event.channel, event.campaign, contribution)
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False)[:3]:
-        where = ".".join(str(p) for p in error["loc"]) or "record"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
 
 
 def decode(topic: str, value: bytes | None, currency: str, max_bytes: int) -> Accepted | Rejection:

@@ -8,6 +8,7 @@ always comes from one place and reads the same.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationError,
     ValidationInfo,
     field_validator,
 )
@@ -134,6 +136,22 @@ class BudgetSetting(BaseModel):
     amount: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
     owner: StrictStr | None = None
     reserve_pct: Annotated[float, Field(ge=0, le=50)] = 0.0
+
+
+def validation_problems(
+    exc: ValidationError,
+    *,
+    whole: str = "record",
+    most: int | None = None,
+    spell: Callable[[tuple[int | str, ...]], str] | None = None,
+) -> str:
+    """A validation error as one line, ``field.sub: message; ...``, for a DLQ reason, a log or a CLI error.
+
+    ``whole`` names a problem of the whole input (it has no field); ``most`` keeps the first problems only;
+    ``spell`` writes a field's location another way (``ADPULSE_REDIS_URL`` for a setting).
+    """
+    where = spell or (lambda loc: ".".join(map(str, loc)))
+    return "; ".join(f"{where(e['loc']) or whole}: {e['msg']}" for e in exc.errors(include_url=False)[:most])
 
 
 #: The model for each source topic's short name.

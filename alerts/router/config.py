@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alerts.router.targets import TARGET_TYPES, TargetSpec
+from streams.events import validation_problems
 from streams.windows import known_time_zone
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -171,10 +172,7 @@ def parse_routes(
     try:
         return RoutesConfig.model_validate(resolved)
     except ValidationError as exc:
-        reasons = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()
-        )
-        raise RoutesError(f"{source}: {reasons}") from None
+        raise RoutesError(f"{source}: {validation_problems(exc, whole='(top)')}") from None
 
 
 def load_routes(path: Path, env: Mapping[str, str] | None = None) -> RoutesConfig:

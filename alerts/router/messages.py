@@ -24,7 +24,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from alerts.payload import format_value
+from alerts.model import SEVERITY_ORDER, most_severe_first
+from alerts.wording import format_value, p_text
 
 # A burst bigger than this is cut (most severe kept), so a message stays readable and within the services'
 # size limits (Slack allows 50 blocks, Feishu about 20 KB per request).
@@ -32,7 +33,6 @@ MAX_SECTIONS = 10
 # A description longer than this is cut: the runbook and the dashboard carry the rest.
 MAX_DESCRIPTION_CHARS = 600
 
-_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 _EMOJI = {"critical": "🔴", "warning": "🟠", "info": "🔵", "resolved": "✅"}
 _KINDS = frozenset({"budget", "threshold", "anomaly", "data_health"})
 _CHANGES = frozenset({"fired", "escalated", "repeat"})  # "resolved" is said by the status itself
@@ -398,7 +398,7 @@ def _metric(alert: Mapping[str, Any]) -> str:
 
 def _severity(alert: Mapping[str, Any]) -> str:
     severity = _text(alert, "severity")
-    return severity if severity in _SEVERITY_RANK else "info"
+    return severity if severity in SEVERITY_ORDER else "info"
 
 
 def _resolved(alert: Mapping[str, Any]) -> bool:
@@ -439,11 +439,6 @@ def _count(number: float) -> str:
     return f"{int(number):,}" if number.is_integer() else f"{number:,.2f}"
 
 
-def p_text(p_value: float) -> str:
-    """A p-value as people read it: ``p < 0.001`` when tiny, else ``p = 0.023``."""
-    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
-
-
 def _clock(stamp: str) -> datetime | None:
     try:
         return datetime.fromisoformat(stamp)
@@ -472,7 +467,7 @@ def _most_severe(alerts: Sequence[Mapping[str, Any]], limit: int) -> list[int]:
         return list(range(len(alerts)))
 
     def rank(i: int) -> tuple[int, int, int]:
-        return (_resolved(alerts[i]), _SEVERITY_RANK[_severity(alerts[i])], -i)
+        return (_resolved(alerts[i]), most_severe_first(_severity(alerts[i])), -i)
 
     return sorted(sorted(range(len(alerts)), key=rank)[:limit])
 
@@ -481,7 +476,7 @@ def _tone(alerts: Sequence[Mapping[str, Any]]) -> str:
     firing = [a for a in alerts if not _resolved(a)]
     if not firing:
         return "resolved"
-    return min((_severity(a) for a in firing), key=_SEVERITY_RANK.__getitem__)
+    return min((_severity(a) for a in firing), key=most_severe_first)
 
 
 def _title(alerts: Sequence[Mapping[str, Any]], locale: str) -> str:

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.detectors import (
-    DAY_S,
     Detectors,
     DropToZero,
     Observation,
@@ -23,12 +22,9 @@ from alerts.detectors import (
     SpendSurge,
     Subject,
     baseline_of,
-    duration_text,
-    p_text,
-    span_text,
-    volume_text,
 )
 from alerts.model import Finding
+from alerts.wording import DAY_S, duration_text, p_text, span_text, volume_text
 
 HOUR = 3600
 DOUYIN = Subject("douyin", None, "1h", UTC)

@@ -46,6 +46,7 @@ PURE = (
     "alerts.payload",
     "alerts.rules",
     "alerts.stats",
+    "alerts.wording",
     "alerts.router.config",
     "alerts.router.messages",
     "alerts.router.routing",

@@ -13,7 +13,8 @@ import pytest
 
 from alerts.lifecycle import AlertBook, Policy
 from alerts.model import Finding, Kind
-from alerts.payload import AlertJson, Links, build_alert, format_value
+from alerts.payload import AlertJson, Links, build_alert
+from alerts.wording import format_value
 
 T0 = datetime(2026, 11, 24, 2, 5, tzinfo=UTC)
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.router.delivery import RateLimiter, RetryPolicy, classify, redact, retry_after_s
-from alerts.router.messages import MAX_SECTIONS, Notification, p_text, render, window_text
+from alerts.router.messages import MAX_SECTIONS, Notification, render, window_text
 from alerts.router.targets import (
     TARGET_TYPES,
     WECOM_MAX_BYTES,
@@ -36,6 +36,7 @@ from alerts.router.targets import (
     truncate_utf8,
     with_query,
 )
+from alerts.wording import p_text
 from tests.support.alerts import ALERT
 
 NOW_S = 1_795_999_800.0
@@ -182,7 +183,7 @@ def test_an_escalation_says_who_did_not_react(locale: str, line: str) -> None:
 
 @pytest.mark.parametrize(
     ("p_value", "text"),
-    [(1e-9, "p < 0.001"), (0.0009, "p < 0.001"), (0.001, "p = 0.001"), (0.0234, "p = 0.023")],
+    [(1e-9, "p < 0.0001"), (0.0009, "p < 0.001"), (0.001, "p < 0.01"), (0.0234, "p = 0.023")],
 )
 def test_p_text(p_value: float, text: str) -> None:
     assert p_text(p_value) == text
