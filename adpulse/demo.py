@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from rich.text import Text
 from adpulse.alerts_cli import read_alerts
 from adpulse.budget_cli import produce_setting
 from adpulse.cli_context import settings_of
+from adpulse.metrics_page import metric_samples, read_metrics, sums_by
 from adpulse.render import kpi_rich_table
 from adpulse.router_cli import serve as serve_router
 from adpulse.settings import Settings, redacted_url
@@ -113,19 +113,14 @@ class _Worker:
             self.proc.wait(timeout=5)
 
     def metrics(self) -> dict[str, float]:
-        url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                text = response.read().decode()
-        except OSError:
+        """Events counted per outcome, and ``dlq``: the records sent to the DLQ (empty while not serving)."""
+        text = read_metrics(f"http://{self.settings.web_host}:{self.settings.web_port}/metrics", timeout_s=1)
+        if text is None:
             return {}
-        sums: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("adpulse_events_total{"):
-                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-                sums[outcome] = sums.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
-            elif line.startswith("adpulse_dlq_records_total{"):
-                sums["dlq"] = sums.get("dlq", 0.0) + float(line.rsplit(" ", 1)[1])
+        sums = sums_by(text, "adpulse_events_total", "outcome")
+        dlq = [value for _, value in metric_samples(text, "adpulse_dlq_records_total")]
+        if dlq:
+            sums["dlq"] = sum(dlq)
         return sums
 
 

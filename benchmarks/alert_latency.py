@@ -31,7 +31,6 @@ import contextlib
 import math
 import os
 import random
-import shlex
 import shutil
 import signal
 import statistics
@@ -39,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,14 +51,20 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from procstat import cpu_seconds, load_average, machine, machine_markdown
-from throughput import Started, code_version, free_port
+from harness import (
+    REPO,
+    Started,
+    command_and_machine,
+    free_ports,
+    percentile,
+    section_head,
+    write_markdown,
+)
+from procstat import cpu_seconds
 
+from adpulse.metrics_page import label, metric_samples, metric_sum, read_metrics
 from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 TARGET_P95_S = 1.0
 BEGIN = "<!-- benchmarks/alert_latency.py: begin (generated; rerun the script to refresh) -->"
@@ -70,37 +74,9 @@ END = "<!-- benchmarks/alert_latency.py: end -->"
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def percentile(values: list[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default): rank p·(n−1) of the sorted values."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = p * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def metrics_text(port: int) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return None
-
-
-def metric_values(text: str | None, name: str) -> list[tuple[str, float]]:
-    """(labels, value) of every sample of ``name`` (exact name, with or without labels)."""
-    out = []
-    for line in (text or "").splitlines():
-        if line.startswith((name + "{", name + " ")):
-            labels, _, value = line.rpartition(" ")
-            out.append((labels, float(value)))
-    return out
-
-
-def metric_sum(text: str | None, name: str) -> float:
-    return sum(v for _, v in metric_values(text, name))
+def worker_metrics(port: int) -> str | None:
+    """The worker's /metrics page, or None while it is not serving."""
+    return read_metrics(f"http://127.0.0.1:{port}/metrics")
 
 
 @dataclass
@@ -334,11 +310,8 @@ async def measure(
         )
     deadline = time.monotonic() + 60
     while True:
-        text = await asyncio.to_thread(metrics_text, worker_port)
-        judged = {
-            labels.split('channel="', 1)[1].split('"', 1)[0]
-            for labels, _ in metric_values(text, "adpulse_budget_used_ratio")
-        }
+        text = await asyncio.to_thread(worker_metrics, worker_port)
+        judged = {label(labels, "channel") for labels, _ in metric_samples(text, "adpulse_budget_used_ratio")}
         if set(channels) <= judged:
             break
         if time.monotonic() > deadline:
@@ -363,14 +336,14 @@ async def measure(
 
     async def poll_lag() -> None:
         while not stop.is_set():
-            text = await asyncio.to_thread(metrics_text, worker_port)
-            lag = metric_values(text, "adpulse_event_time_lag_seconds")
+            text = await asyncio.to_thread(worker_metrics, worker_port)
+            lag = list(metric_samples(text, "adpulse_event_time_lag_seconds"))
             if lag:
                 lag_samples.append(lag[0][1])
             await asyncio.sleep(1.0)
 
     lagger = asyncio.create_task(poll_lag())
-    text0 = await asyncio.to_thread(metrics_text, worker_port)
+    text0 = await asyncio.to_thread(worker_metrics, worker_port)
     events0, t_start, cpu0 = (
         metric_sum(text0, "adpulse_events_total"),
         time.time(),
@@ -411,7 +384,7 @@ async def measure(
         window_stop.set()
         if window_task is not None and not window_task.done():
             window_task.cancel()
-        text1 = await asyncio.to_thread(metrics_text, worker_port)
+        text1 = await asyncio.to_thread(worker_metrics, worker_port)
         events1, t_end, cpu1 = (
             metric_sum(text1, "adpulse_events_total"),
             time.time(),
@@ -442,12 +415,8 @@ async def measure(
     partial, changelog = await first_stamps(settings, channels, since_ms)
     for s in samples:
         s.partial_s, s.changelog_s = partial.get(s.channel), changelog.get(s.channel)
-    ticks = (
-        metric_values(text1, "adpulse_snapshot_seconds_sum"),
-        metric_values(text1, "adpulse_snapshot_seconds_count"),
-    )
-    tick_sum = sum(v for _, v in ticks[0])
-    tick_n = int(sum(v for _, v in ticks[1]))
+    tick_sum = metric_sum(text1, "adpulse_snapshot_seconds_sum")
+    tick_n = int(metric_sum(text1, "adpulse_snapshot_seconds_count"))
     wall = t_end - t_start
     return (events1 - events0) / wall, (cpu1 - cpu0) / wall, (tick_sum / tick_n if tick_n else None), tick_n
 
@@ -524,9 +493,7 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
     """A fresh embedded stack, one worker, live traffic; the measurements; everything stopped again."""
     from adpulse.stack import EmbeddedStack
 
-    kafka_port = free_port()
-    redis_port = next(p for p in iter(free_port, None) if p != kafka_port)
-    worker_port = next(p for p in iter(free_port, None) if p not in (kafka_port, redis_port))
+    kafka_port, redis_port, worker_port = free_ports(3)
     run_dir = workdir / (
         f"tick{config.tick_s:g}-flush{config.flush_s:g}"
         + (f"-fetchwait{config.fetch_wait_ms}" if config.fetch_wait_ms else "")
@@ -589,7 +556,7 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
                 start_new_session=True,
             )
         )
-        while metrics_text(worker_port) is None:
+        while worker_metrics(worker_port) is None:
             if worker.poll() is not None:
                 raise RuntimeError(
                     f"the worker exited with {worker.returncode}; see {run_dir / 'worker.log'}"
@@ -622,7 +589,7 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
             )
         )
         # The worker is useful once it has joined its groups and counts the live traffic.
-        while metric_sum(metrics_text(worker_port), "adpulse_events_total") <= 0:
+        while metric_sum(worker_metrics(worker_port), "adpulse_events_total") <= 0:
             for proc, name in ((worker, "worker"), (traffic, "simulate")):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}; see {run_dir}/{name}.log")
@@ -720,17 +687,7 @@ def print_run(r: RunResult) -> None:
 
 def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: argparse.Namespace) -> str:
     lines = [
-        BEGIN,
-        "## Alert latency",
-        "",
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *machine_markdown(info),
-        "",
+        *section_head(BEGIN, "Alert latency", command, info),
         (
             "Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, "
             f"and live background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 "
@@ -842,19 +799,6 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace a script's section of ``path`` (between ``begin`` and ``end``, or append it at the end),
-    keeping everything else."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -955,9 +899,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/alert_latency.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    info = {**machine(), "load": load_average(), "code": code_version()}
-    print(f"machine: {info}")
+    command, info = command_and_machine("alert_latency.py", argv)
     workdir = Path(tempfile.mkdtemp(prefix="adpulse-latency-"))
     started = Started()
     runs: list[RunResult] = []
@@ -988,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"work dir kept: {workdir}")
     if not args.no_write and runs:
-        write_markdown(args.output, markdown(runs, info, command, args))
+        write_markdown(args.output, markdown(runs, info, command, args), BEGIN, END)
         print(f"wrote {args.output}")
     return 0 if runs and all(not r.problems for r in runs) else 1
 

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import os
 import random
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,15 +34,19 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alert_latency import percentile, write_markdown
-from procstat import cpu_seconds, load_average, machine, machine_markdown
-from throughput import Started, code_version, free_port
+from harness import (
+    REPO,
+    Started,
+    command_and_machine,
+    free_ports,
+    percentile,
+    section_head,
+    write_markdown,
+)
+from procstat import cpu_seconds
 
 from adpulse.settings import Settings
 from streams.keys import Keys
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 TARGET_P95_S = 0.5
 SECRET = "router-latency-benchmark-secret"
@@ -125,8 +128,7 @@ async def measure(
 def one_run(args: argparse.Namespace, group_wait_s: float, workdir: Path, started: Started) -> dict[str, Any]:
     from adpulse.stack import EmbeddedStack
 
-    kafka_port, redis_port = free_port(), free_port()
-    hook_port, router_port = free_port(), free_port()
+    kafka_port, redis_port, hook_port, router_port = free_ports(4)
     run_dir = workdir / f"wait{group_wait_s:g}"
     run_dir.mkdir(parents=True)
     settings = Settings(
@@ -188,17 +190,7 @@ def one_run(args: argparse.Namespace, group_wait_s: float, workdir: Path, starte
 
 def markdown(runs: list[dict[str, Any]], info: dict[str, str], command: str, args: argparse.Namespace) -> str:
     lines = [
-        BEGIN,
-        "## Router latency",
-        "",
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *machine_markdown(info),
-        "",
+        *section_head(BEGIN, "Router latency", command, info),
         (
             "Per run: a fresh embedded stack (its valkey only), ONE `python -m adpulse router` with a "
             "routes file sending every alert to a signed generic webhook served by the benchmark on "
@@ -252,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     waits = args.waits or [Settings().router_group_wait_s, 0.0]
-    info = {**machine(), "load": load_average(), "code": code_version()}
-    print(f"machine: {info}")
+    command, info = command_and_machine("router_latency.py", argv)
     started = Started()
     runs = []
     with tempfile.TemporaryDirectory(prefix="adpulse-router-latency-") as tmp:
@@ -268,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             started.stop_all()
-    command = "python benchmarks/router_latency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if not args.no_write:
-        write_markdown(args.output, markdown(runs, info, command.strip(), args), BEGIN, END)
+        write_markdown(args.output, markdown(runs, info, command, args), BEGIN, END)
         print(f"wrote {args.output}")
     return 0 if all(r["delivered"] == r["alerts"] for r in runs) else 1
 

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -26,12 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +38,27 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyspy_report
+from harness import (
+    HERE,
+    REPO,
+    Started,
+    command_and_machine,
+    free_port,
+    free_ports,
+    section_head,
+    write_markdown,
+)
 from procstat import (
     cpu_seconds,
-    load_average,
-    machine,
     machine_busy_seconds,
-    machine_markdown,
     run_delay_seconds,
     status_kb,
 )
 from workload import CHECKED, MICROS, Expected, Record, generate
 
+from adpulse.metrics_page import read_metrics, sums_by
 from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 SOURCES = ("clicks", "orders", "spend")
 WORKER_CODE = (
@@ -88,40 +89,6 @@ FOCUS = (
 
 
 @dataclass
-class Started:
-    """Processes this run started, stopped (by pid) at exit whatever happens."""
-
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def add(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(reversed(self.procs)):
-            self.stop(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
 class Stack:
     """Broker and Redis addresses, and the broker's pid when this run started it (for its CPU time)."""
 
@@ -136,8 +103,7 @@ def stack(args: argparse.Namespace, workdir: Path, started: Started) -> Iterator
     if args.bootstrap and args.redis_url:
         yield Stack(args.bootstrap, args.redis_url, args.broker_pid)
         return
-    kafka_port = free_port()
-    redis_port = next(p for p in iter(free_port, None) if p != kafka_port)
+    kafka_port, redis_port = free_ports(2)
     settings = Settings(
         kafka_bootstrap=args.bootstrap or f"127.0.0.1:{kafka_port}",
         redis_url=args.redis_url or f"redis://127.0.0.1:{redis_port}/0",
@@ -333,20 +299,10 @@ def totals_mismatch(expected: Expected, got: dict[str, dict[str, float]]) -> lis
 # --------------------------------------------------------------------------------------------- the worker
 
 
-def scrape(port: int) -> dict[str, float] | None:
+def outcomes_counted(port: int) -> dict[str, float] | None:
     """Outcome -> count summed over topics from the worker's /metrics, or None while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            body = response.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-    outcomes: dict[str, float] = {}
-    for line in body.splitlines():
-        if line.startswith("adpulse_events_total{"):
-            labels, _, value = line.rpartition(" ")
-            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
-            outcomes[outcome] = outcomes.get(outcome, 0.0) + float(value)
-    return outcomes
+    text = read_metrics(f"http://127.0.0.1:{port}/metrics")
+    return None if text is None else sums_by(text, "adpulse_events_total", "outcome")
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +389,7 @@ def run_worker(
                     f"the worker exited with {proc.returncode}; last lines of {log_path}:\n"
                     + "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
                 )
-            got = scrape(port)
+            got = outcomes_counted(port)
             now = time.perf_counter()
             if got is not None:
                 outcomes = got
@@ -648,17 +604,13 @@ def markdown(
     m = Summary.of(rounds)
     o = expected.outcomes
     lines = [
-        BEGIN,
-        "## Throughput of one worker",
-        "",
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        *machine_markdown(info, ' (the machine is shared: see "other processes")'),
-        "",
+        *section_head(
+            BEGIN,
+            "Throughput of one worker",
+            command,
+            info,
+            ' (the machine is shared: see "other processes")',
+        ),
         f"Workload per round: {n:,} records preloaded into fresh `clicks`/`orders`/`spend` topics "
         f"({args.partitions} partitions each) on the embedded Tansu broker: {expected.by_topic['clicks']:,} "
         f"clicks-topic, {expected.by_topic['orders']:,} orders, {expected.by_topic['spend']:,} spend; 10 "
@@ -765,35 +717,7 @@ def limits(rounds: list[Round], profile: pyspy_report.Profile) -> list[str]:
     return out
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace the generated section of ``path`` (or append it), keeping everything else."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 # --------------------------------------------------------------------------------------------- main
-
-
-def code_version() -> str:
-    """The commit under test, and whether the worker's packages had uncommitted changes."""
-
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = [
-        line
-        for line in git("status", "--porcelain", "--", "adpulse", "agents", "streams", "alerts").splitlines()
-        if line
-    ]
-    return f"{commit}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -841,9 +765,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    info = {**machine(), "load": load_average(), "code": code_version()}
-    print(f"machine: {info}")
+    command, info = command_and_machine("throughput.py", argv)
     workdir = Path(tempfile.mkdtemp(prefix="adpulse-bench-"))
     started = Started()
     run_id = uuid.uuid4().hex[:6]
@@ -900,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(
             args.output,
             markdown(rounds, info, command, args.events, args, expected, profile_md, profile_run, profile),
+            BEGIN,
+            END,
         )
         print(f"wrote {args.output}")
     return 0 if all(r.worker.exact for r in rounds) and (profile_run is None or profile_run.exact) else 1

@@ -25,6 +25,7 @@ import orjson
 import pytest
 import yaml
 
+from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
 from adpulse.stack import ensure_topics, free_port, running_stack
 from tests.deploy.queries import (
@@ -39,7 +40,7 @@ from tests.deploy.queries import (
     recorded_names,
     rule_queries,
 )
-from tests.support.processes import WorkerProcess, metric_sum, wait_for
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.integration]
 

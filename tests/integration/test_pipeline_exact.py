@@ -17,10 +17,11 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
 from adpulse.stack import free_port
 from tests.support.dataset import SLOTS, Dataset, build
-from tests.support.processes import WorkerProcess, metric_sum, wait_for
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,13 @@ import orjson
 import pytest
 import redis
 
+from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
 from adpulse.stack import free_port
 from alerts.router.tokens import ActionLinks
 from streams.keys import Keys
 from tests.conftest import own_stack
-from tests.support.processes import metric_sum, wait_for
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from adpulse.metrics_page import read_metrics
 from adpulse.settings import Settings
 
 
@@ -37,13 +37,7 @@ class WorkerProcess:
 
     def metrics(self) -> str | None:
         """The worker's /metrics page, or None while it is not serving."""
-        url = f"http://{self.settings.web_host}:{self.settings.web_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                page: str = response.read().decode()
-                return page
-        except OSError:
-            return None
+        return read_metrics(f"http://{self.settings.web_host}:{self.settings.web_port}/metrics")
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         """Wait until /metrics answers; fail at once (with the log) if the process exits instead."""
@@ -88,16 +82,3 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, inter
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def metric_sum(text: str | None, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0 when absent)."""
-    if not text:
-        return 0.0
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{key}="{value}"' in line for key, value in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
