@@ -1,10 +1,9 @@
 """``adpulse budget set / list / approve``: budgets on the compacted budgets topic, approvals in Redis.
 
 Budgets travel as :class:`streams.events.BudgetSetting` JSON on ``adpulse.budgets``, keyed ``channel`` or
-``channel/campaign`` (CONTRACT.md §1); workers keep the last value per budget
-(:class:`alerts.budgets.BudgetBook`).
-Approvals are per period, in the Redis hash ``<prefix>:budgets:approvals``
-(field :func:`alerts.budgets.approval_field`, value :class:`alerts.budgets.Approval` JSON).
+``channel/campaign`` (CONTRACT.md §1); the workers and these commands read the topic into the same
+:class:`alerts.budgets.BudgetBook`. Approvals are per period, in the Redis hash
+``<prefix>:budgets:approvals``, written and read by :mod:`alerts.acks` as the router's chat links do.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from pydantic import ValidationError
 
 from adpulse.cli_context import CONTEXT, settings_of
 from adpulse.settings import Settings, redacted_url
+from alerts.acks import approve as approve_budget
+from alerts.acks import read_approvals
 from alerts.budgets import (
     PERIODS,
     Approval,
@@ -36,7 +37,7 @@ from alerts.budgets import (
 )
 from alerts.wording import money_text, rfc3339
 from streams.events import BudgetSetting, validation_problems
-from streams.keys import Keys
+from streams.redis_client import AsyncRedis
 
 #: The wall clock; a module attribute so that tests can fix "now".
 clock: Callable[[], float] = time.time
@@ -121,7 +122,7 @@ async def read_budgets(
             fetched = await consumer.getmany(*partitions, timeout_ms=200, max_records=1000)
             for records in fetched.values():
                 for record in records:
-                    problem = _apply(book, record.key, record.value)
+                    problem = book.apply_record(record.key, record.value)
                     if problem:
                         skipped.append(f"partition {record.partition} offset {record.offset}: {problem}")
             now = time.monotonic()
@@ -137,20 +138,6 @@ async def read_budgets(
                 )
     finally:
         await consumer.stop()
-
-
-def _apply(book: BudgetBook, key: bytes | None, value: bytes | None) -> str | None:
-    """Apply one record to ``book``; returns why it was skipped, if it was."""
-    if value is None:
-        if key is None:
-            return "a tombstone without a key"
-        book.remove_key(key.decode("utf-8", "replace"))
-        return None
-    try:
-        book.apply(BudgetSetting.model_validate_json(value))
-    except ValidationError as exc:
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
-    return None
 
 
 def _missing_topic(settings: Settings) -> str:
@@ -174,56 +161,24 @@ def _run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
 # ------------------------------------------------------------------------------------------------ Redis
 
 
-def _redis(settings: Settings) -> Any:
-    import redis
+def _run_redis(settings: Settings, work: Callable[[AsyncRedis], Coroutine[Any, Any, T]]) -> T:
+    """``work(client)`` on a Redis client of its own; an unreachable Redis is a CLI error with a hint."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
 
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
-
-
-def _redis_failed(settings: Settings, exc: Exception) -> click.ClickException:
-    return click.ClickException(
-        f"cannot reach Redis at {redacted_url(settings.redis_url)} ({exc}); {_REDIS_HINT}"
-    )
-
-
-def read_approvals(settings: Settings) -> dict[str, Approval]:
-    """Every recorded approval, by field; a malformed entry is left out."""
-    client = _redis(settings)
-    try:
-        raw = client.hgetall(Keys(settings.redis_prefix).approvals)
-    finally:
-        client.close()
-    approvals: dict[str, Approval] = {}
-    for field, value in raw.items():
+    async def run() -> T:
+        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
         try:
-            approvals[field.decode()] = Approval.from_json(value)
-        except ValueError:
-            continue
-    return approvals
+            return await work(client)
+        finally:
+            await client.aclose()
 
-
-def record_approval(
-    settings: Settings, budget: Budget, approval: Approval, now_s: float
-) -> tuple[Approval, bool]:
-    """Record ``approval`` for ``budget``'s current period unless one exists: (the approval in force, new?).
-
-    ``HSETNX``: approving twice is harmless, and the first approver stays on record. Approvals of earlier
-    periods of the same budget are removed, so that the hash stays as small as the set of budgets.
-    """
-    start_s, _ = period_bounds(budget.period, now_s, settings.zone)
-    field = approval_field(budget.channel, budget.campaign, budget.period, start_s, settings.zone)
-    key = Keys(settings.redis_prefix).approvals
-    client = _redis(settings)
     try:
-        created = bool(client.hsetnx(key, field, approval.to_json()))
-        current = approval if created else Approval.from_json(client.hget(key, field))
-        same_budget = field.rsplit("|", 1)[0] + "|"
-        stale = [f for f in client.hkeys(key) if f.decode().startswith(same_budget) and f.decode() != field]
-        if stale:
-            client.hdel(key, *stale)
-    finally:
-        client.close()
-    return current, created
+        return asyncio.run(run())
+    except (OSError, RedisError) as exc:
+        raise click.ClickException(
+            f"cannot reach Redis at {redacted_url(settings.redis_url)} ({exc}); {_REDIS_HINT}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -371,16 +326,13 @@ def list_budgets(ctx: click.Context, as_json: bool) -> None:
       adpulse budget list
       adpulse budget list --json | jq '.[] | select(.approval == null)'
     """
-    from redis.exceptions import RedisError
-
     settings = settings_of(ctx)
     book, skipped = _run_kafka(settings, read_budgets(settings))
     for problem in skipped:
         click.echo(f"skipped a malformed record on {settings.topic('budgets')}, {problem}", err=True)
-    try:
-        approvals = read_approvals(settings) if len(book) else {}
-    except (OSError, RedisError) as exc:
-        raise _redis_failed(settings, exc) from None
+    approvals: dict[str, Approval] = {}
+    if len(book):
+        approvals = _run_redis(settings, lambda client: read_approvals(client, settings.redis_prefix))
     rows = [_row(budget, approvals, settings, clock()) for budget in book]
     if as_json:
         click.echo(orjson.dumps(rows).decode())
@@ -478,8 +430,6 @@ def approve(
       adpulse budget approve taobao --period month
       adpulse budget approve douyin --campaign spring-sale --period total
     """
-    from redis.exceptions import RedisError
-
     settings = settings_of(ctx)
     book, _ = _run_kafka(settings, read_budgets(settings))
     budget = book.get(channel, campaign, period)
@@ -491,14 +441,22 @@ def approve(
             "see `adpulse budget list`"
         )
     now_s = clock()
-    approver = by or _login_name()
-    try:
-        current, created = record_approval(
-            settings, budget, Approval(by=approver, at=rfc3339(now_s, settings.zone), note=note), now_s
-        )
-    except (OSError, RedisError) as exc:
-        raise _redis_failed(settings, exc) from None
     start_s, _ = period_bounds(period, now_s, settings.zone)
+    current, created = _run_redis(
+        settings,
+        lambda client: approve_budget(
+            client,
+            settings.redis_prefix,
+            channel=budget.channel,
+            campaign=budget.campaign,
+            period=budget.period,
+            period_start_s=start_s,
+            by=by or _login_name(),
+            note=note,
+            now_s=now_s,
+            zone=settings.zone,
+        ),
+    )
     span = (
         "in total"
         if period == "total"

@@ -11,10 +11,8 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import ValidationError
 
 from alerts.budgets import BudgetBook
-from streams.events import BudgetSetting
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +48,7 @@ class BudgetFeed:
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """One record of the budgets topic."""
-        if value is None:
-            if key is not None:
-                self.book.remove_key(key.decode("utf-8", "replace"))
-            return
-        try:
-            setting = BudgetSetting.model_validate_json(value)
-        except ValidationError as exc:
+        problem = self.book.apply_record(key, value)
+        if problem is not None:
             self.invalid += 1
-            log.warning("budgets: skipping an invalid budget record %r: %s", value[:200], exc.errors()[:2])
-            return
-        self.book.apply(setting)
+            log.warning("budgets: skipping an invalid budget record %r: %s", (value or b"")[:200], problem)

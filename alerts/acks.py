@@ -1,25 +1,27 @@
 """Acknowledgements, snoozes and approvals in Redis: written by the action links and the CLI, read by every
-router (no escalation, no repeats) and every worker (no repeats).
+router (no escalation, no repeats) and every worker (no repeats, no 80 % warning once approved).
 
 ``<prefix>:alerts:acks`` is a hash: fingerprint → JSON ``{by, at, fired_at, until}``. An acknowledgement
 holds for the episode that fired at ``fired_at``; a snooze (``until`` set) holds for that episode too, until
 then. An episode is an alert's ``fired_at``, exactly: once the alert resolves and fires again (a later
 ``fired_at``), the new episode pages, repeats and escalates again, whatever was acknowledged or snoozed
-before. So an old link, or a snooze meant for a blip an hour ago, never hides a new problem. Approvals go
-where ``adpulse budget approve`` puts them (:mod:`alerts.budgets`).
+before. So an old link, or a snooze meant for a blip an hour ago, never hides a new problem.
+``<prefix>:budgets:approvals`` is a hash: :func:`alerts.budgets.approval_field` →
+:class:`alerts.budgets.Approval` JSON, one per budget and period; ``adpulse budget approve`` and the chat
+links both write it with :func:`approve`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from alerts.budgets import Approval, approval_field
+from alerts.budgets import Approval, Period, approval_field
 from alerts.payload import AlertJson
 from alerts.wording import rfc3339
 from streams.keys import Keys
@@ -90,22 +92,54 @@ async def acknowledge(
     return ack
 
 
+async def read_approvals(redis: AsyncRedis, prefix: str) -> dict[str, Approval]:
+    """Every recorded approval, by field (malformed entries left out)."""
+    approvals = {}
+    for field, value in (await redis.hgetall(Keys(prefix).approvals)).items():
+        try:
+            approvals[as_text(field)] = Approval.from_json(value)
+        except ValueError:
+            continue
+    return approvals
+
+
 async def approve(
     redis: AsyncRedis,
     prefix: str,
-    budget: Mapping[str, Any],
+    *,
+    channel: str,
+    campaign: str | None,
+    period: Period,
+    period_start_s: int,
     by: str,
+    note: str | None,
     now_s: float,
     zone: ZoneInfo,
-    note: str | None,
 ) -> tuple[Approval, bool]:
-    """Approve a budget's period past its 80 % line, as ``adpulse budget approve`` does: (in force, new?)."""
-    start_s = int(datetime.fromisoformat(str(budget["period_start"])).timestamp())
-    field = approval_field(str(budget["channel"]), budget.get("campaign"), budget["period"], start_s, zone)
-    approval = Approval(by=by, at=rfc3339(now_s, UTC), note=note)
+    """Approve a budget going past its 80 % line for the period starting at ``period_start_s``, unless
+    someone already did: (the approval in force, new?).
+
+    ``HSETNX``: approving twice is harmless and the first approver stays on record (a malformed record is
+    replaced). Approvals of the budget's earlier periods are removed, so the hash stays as small as the set
+    of budgets; a late click on an old period's link never removes the current period's approval.
+    """
+    field = approval_field(channel, campaign, period, period_start_s, zone)
     key = Keys(prefix).approvals
+    approval = Approval(by=by, at=rfc3339(now_s, zone), note=note)
     created = bool(await redis.hsetnx(key, field, approval.to_json()))
-    if created:
-        return approval, True
-    current = await redis.hget(key, field)
-    return (Approval.from_json(current) if current else approval), False
+    current = approval
+    if not created:
+        try:
+            current = Approval.from_json(await redis.hget(key, field) or b"")
+        except ValueError:
+            await redis.hset(key, field, approval.to_json())
+            created = True
+    budget, _, label = field.rpartition("|")
+    earlier = [
+        name
+        for name in map(as_text, await redis.hkeys(key))
+        if name.rpartition("|")[0] == budget and name.rpartition("|")[2] < label
+    ]
+    if earlier:
+        await redis.hdel(key, *earlier)
+    return current, created

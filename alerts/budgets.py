@@ -32,10 +32,11 @@ from typing import Any, Final, Literal, TypedDict, get_args
 from zoneinfo import ZoneInfo
 
 import orjson
+from pydantic import ValidationError
 
 from alerts.model import Finding, Fingerprint, fingerprint
 from alerts.wording import money_text, rfc3339, time_left_text
-from streams.events import NO_CAMPAIGN, BudgetSetting
+from streams.events import NO_CAMPAIGN, BudgetSetting, validation_problems
 from streams.windows import Calendar
 
 Period = Literal["day", "month", "total"]
@@ -442,12 +443,27 @@ def evaluate_budget(
 class BudgetBook:
     """The budgets in force, as the compacted budgets topic says: one per (channel, campaign, period).
 
-    Apply the topic's records in offset order: the last value for a budget wins, ``amount=None`` deletes it,
-    and a Kafka tombstone (a key with no value) deletes every budget under that key.
+    Apply the topic's records in offset order (:meth:`apply_record`): the last value for a budget wins,
+    ``amount=None`` deletes it, and a Kafka tombstone (a key with no value) deletes every budget under that
+    key. The workers' feed (:mod:`agents.budget_feed`) and ``adpulse budget`` read the topic into one.
     """
 
     def __init__(self, budgets: Iterable[Budget] = ()) -> None:
         self._budgets: dict[BudgetKey, Budget] = {budget.key: budget for budget in budgets}
+
+    def apply_record(self, key: bytes | None, value: bytes | None) -> str | None:
+        """Apply one record of the budgets topic; returns why it was skipped, if it was (else None)."""
+        if value is None:
+            if key is None:
+                return "a tombstone without a key"
+            self.remove_key(key.decode("utf-8", "replace"))
+            return None
+        try:
+            setting = BudgetSetting.model_validate_json(value)
+        except ValidationError as exc:
+            return validation_problems(exc)
+        self.apply(setting)
+        return None
 
     def apply(self, setting: BudgetSetting) -> Budget | None:
         """Apply one setting; returns the budget now in force for its key (None after a deletion)."""

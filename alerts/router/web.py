@@ -12,6 +12,7 @@ import html
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -91,7 +92,19 @@ def make_app(
         if over := await episode_over(action):
             return _page("Nothing changed", f"<h1>Nothing changed</h1><p>{html.escape(over)}</p>", status=410)
         if action.action == "approve":
-            approval, new = await approve(redis, prefix, action.budget, by, now, zone, note="via chat link")
+            budget = action.budget
+            approval, new = await approve(
+                redis,
+                prefix,
+                channel=str(budget["channel"]),
+                campaign=budget.get("campaign"),
+                period=budget["period"],
+                period_start_s=int(datetime.fromisoformat(str(budget["period_start"])).timestamp()),
+                by=by,
+                note="via chat link",
+                now_s=now,
+                zone=zone,
+            )
             done = "approved" if new else f"already approved by {approval.by} at {approval.at}"
         else:
             snooze = action.snooze_s if action.action == "snooze" else None

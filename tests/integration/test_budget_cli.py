@@ -164,6 +164,46 @@ def test_an_approval_holds_for_its_period_only(settings: Settings, monkeypatch: 
     assert fields == [b"douyin|-|day|2026-11-25"]
 
 
+def test_a_late_approval_of_an_earlier_period_keeps_the_current_one(settings: Settings) -> None:
+    """The chat link of yesterday's warning, clicked today, records yesterday's approval and prunes nothing
+    newer: the CLI and the router approve through the same function."""
+    import redis.asyncio as aioredis
+
+    from alerts.acks import approve
+
+    run(settings, "set", "douyin", "10000")
+    assert run(settings, "approve", "douyin", "--by", "@zhang.wei").exit_code == 0
+    yesterday = int(datetime(2026, 11, 23, tzinfo=SHANGHAI).timestamp())
+
+    async def late_link() -> tuple[Approval, bool]:
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            return await approve(
+                client,
+                settings.redis_prefix,
+                channel="douyin",
+                campaign=None,
+                period="day",
+                period_start_s=yesterday,
+                by="@li.na",
+                note="via chat link",
+                now_s=NOW_S,
+                zone=SHANGHAI,
+            )
+        finally:
+            await client.aclose()
+
+    approval, created = asyncio.run(late_link())
+    assert created and approval == Approval(by="@li.na", at="2026-11-24T14:00:00+08:00", note="via chat link")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        fields = sorted(client.hkeys(Keys(settings.redis_prefix).approvals))
+    finally:
+        client.close()
+    assert fields == [b"douyin|-|day|2026-11-23", b"douyin|-|day|2026-11-24"]
+    assert listed(settings)[0]["approval"]["by"] == "@zhang.wei"  # type: ignore[index]
+
+
 def test_campaign_approval_and_missing_budget(settings: Settings) -> None:
     run(settings, "set", "douyin", "2000", "--campaign", "spring-sale", "--period", "total")
     missing = run(settings, "approve", "douyin", "--campaign", "spring-sale")

@@ -363,6 +363,36 @@ def test_book_tombstone_removes_the_key() -> None:
     assert book.under_key("douyin", None) == [book.get("douyin", None, "day")]
 
 
+def test_book_applies_topic_records_and_says_why_it_skips_one() -> None:
+    """The one reader of budgets-topic records, shared by the workers' feed and ``adpulse budget``."""
+    book = BudgetBook()
+    assert book.apply_record(b"douyin", b'{"channel": "douyin", "period": "day", "amount": 10}') is None
+    assert (
+        book.apply_record(
+            b"douyin/s1", b'{"channel": "douyin", "campaign": "s1", "period": "total", "amount": 5}'
+        )
+        is None
+    )
+    assert [b.key for b in book] == [("douyin", None, "day"), ("douyin", "s1", "total")]
+    assert (book.apply_record(b"douyin", b"not json") or "").startswith("record: Invalid JSON")
+    assert book.apply_record(b"douyin", b'{"channel": "douyin", "period": "week", "amount": 1}') == (
+        "period: Input should be 'day', 'month' or 'total'"
+    )
+    assert book.apply_record(None, None) == "a tombstone without a key"
+    assert book.apply_record(b"douyin/s1", None) is None  # a tombstone: every budget under the key goes
+    assert [b.key for b in book] == [("douyin", None, "day")]
+
+
+def test_the_workers_feed_counts_and_skips_what_the_book_refuses() -> None:
+    from agents.budget_feed import BudgetFeed
+
+    feed = BudgetFeed({}, "adpulse.budgets", BudgetBook())
+    feed.apply(b"douyin", b'{"channel": "douyin", "period": "day", "amount": 10}')
+    feed.apply(b"douyin", b"not json")
+    feed.apply(None, None)
+    assert feed.invalid == 2 and [b.key for b in feed.book] == [("douyin", None, "day")]
+
+
 # --------------------------------------------------------------------------------- with the alert lifecycle
 
 
