@@ -30,7 +30,7 @@ from adpulse.router_cli import serve as serve_router
 from adpulse.settings import Settings, redacted_url
 from adpulse.simulate import simulate
 from adpulse.stack import EmbeddedStack, StackError
-from adpulse.traffic import parse_scenario
+from adpulse.traffic.scenarios import parse_scenario
 from alerts.payload import AlertJson
 from alerts.router.tokens import WeakKeyError
 from streams.events import BudgetSetting

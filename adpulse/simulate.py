@@ -35,16 +35,10 @@ from rich.table import Table
 
 from adpulse.cli_context import settings_of
 from adpulse.settings import Settings, redacted_url
-from adpulse.traffic import (
-    DEFAULT_CHANNELS,
-    TOPICS,
-    GroundTruth,
-    Record,
-    Scenario,
-    TrafficGenerator,
-    parse_duration_s,
-    parse_scenario,
-)
+from adpulse.traffic.generator import Record, TrafficGenerator
+from adpulse.traffic.profiles import DEFAULT_CHANNELS
+from adpulse.traffic.scenarios import Scenario, parse_duration_s, parse_scenario
+from adpulse.traffic.truth import TOPICS, GroundTruth
 
 #: Records generated per step when running faster than real time: bounds memory and keeps the display live.
 _RECORDS_PER_STEP = 20_000

@@ -33,15 +33,10 @@ from adpulse.simulate import (
     simulate,
     simulate_cli,
 )
-from adpulse.traffic import (
-    DEFAULT_CHANNELS,
-    BadRecords,
-    CtrDrop,
-    Duplicates,
-    LateEvents,
-    Totals,
-    partition_for,
-)
+from adpulse.traffic.generator import partition_for
+from adpulse.traffic.profiles import DEFAULT_CHANNELS
+from adpulse.traffic.scenarios import BadRecords, CtrDrop, Duplicates, LateEvents
+from adpulse.traffic.truth import Totals
 
 TOPICS = ("clicks", "orders", "spend")
 _FUNNEL_FIELDS = {"impression": "impressions", "click": "clicks", "visit": "visits", "cart": "carts"}

@@ -18,22 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adpulse.traffic import (
-    DEFAULT_CHANNELS,
+from adpulse.traffic.generator import Record, TrafficGenerator, partition_for
+from adpulse.traffic.profiles import DEFAULT_CHANNELS, daily_curve
+from adpulse.traffic.scenarios import (
     BadRecords,
     CtrDrop,
     Duplicates,
     LateEvents,
-    Record,
-    SpendSurge,
-    Totals,
+    SpendSurgeScenario,
     TrackerOutage,
-    TrafficGenerator,
-    daily_curve,
     parse_duration_s,
     parse_scenario,
-    partition_for,
 )
+from adpulse.traffic.truth import Totals
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 #: 2024-06-18 02:00:00 UTC (10:00 in Shanghai), on a minute boundary.
@@ -322,7 +319,7 @@ def test_ctr_drop_cuts_one_channels_ctr_and_recovers() -> None:
 
 
 def test_spend_surge_triples_spend_per_click() -> None:
-    gen = TrafficGenerator(22, daily_curve=False, scenarios=[SpendSurge(channel="taobao", at_s=120)])
+    gen = TrafficGenerator(22, daily_curve=False, scenarios=[SpendSurgeScenario(channel="taobao", at_s=120)])
     generate(gen, 4 * 60, 500)
     before, during = _per_phase(gen, "taobao", [0, 120, 240])
     assert (during.spend / during.clicks) / (before.spend / before.clicks) == pytest.approx(3.0, rel=0.1)
@@ -405,7 +402,7 @@ def test_ground_truth_equals_a_recount_of_what_was_sent(
         LateEvents(fraction=fraction),
         Duplicates(fraction=fraction),
         CtrDrop(at_s=30),
-        SpendSurge(at_s=40),
+        SpendSurgeScenario(at_s=40),
         *([TrackerOutage(at_s=20, for_s=40)] if outage else []),
     ]
     gen = TrafficGenerator(seed, scenarios=scenarios, grace_s=grace_s, partitions=partitions)
@@ -446,7 +443,9 @@ def test_parse_scenario_reads_names_and_parameters() -> None:
 
 
 def test_scenarios_bind_to_the_runs_channels() -> None:
-    gen = TrafficGenerator(1, channels=["a", "b", "c"], scenarios=[CtrDrop(), SpendSurge(), TrackerOutage()])
+    gen = TrafficGenerator(
+        1, channels=["a", "b", "c"], scenarios=[CtrDrop(), SpendSurgeScenario(), TrackerOutage()]
+    )
     assert [s.channel for s in gen.scenarios] == ["a", "b", "c"]  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="not simulated"):
         TrafficGenerator(1, channels=["a"], scenarios=[CtrDrop(channel="douyin")])
