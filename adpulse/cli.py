@@ -184,7 +184,7 @@ def _register_optional() -> None:
     from adpulse.demo import demo_cli
     from adpulse.router_cli import router_cli
     from adpulse.simulate import simulate_cli
-    from adpulse.stack import stack_cli
+    from adpulse.stack_cli import stack_cli
 
     for command in (stack_cli, simulate_cli, demo_cli, alerts_cli, budget_cli, backtest_cli, router_cli):
         cli.add_command(command)

@@ -1,9 +1,9 @@
 """The embedded stack: a Kafka-compatible broker (Tansu) and a Redis-compatible server (Valkey) on loopback.
 
-``adpulse stack up`` starts both as detached processes serving on the ports named by
-``ADPULSE_KAFKA_BOOTSTRAP`` and ``ADPULSE_REDIS_URL``, and creates every adpulse topic. Pid files and logs
-live under ``ADPULSE_HOME/stack/``, so several stacks run side by side with different homes and ports, and
-``down`` stops only processes it can prove are its own (pid, kernel start time and command line).
+``adpulse stack up`` (:mod:`adpulse.stack_cli`) starts both as detached processes serving on the ports
+named by ``ADPULSE_KAFKA_BOOTSTRAP`` and ``ADPULSE_REDIS_URL``, and creates every adpulse topic. Pid files
+and logs live under ``ADPULSE_HOME/stack/``, so several stacks run side by side with different homes and
+ports, and ``down`` stops only processes it can prove are its own (pid, kernel start time and command line).
 
 What to know about the broker (measured against Tansu 0.6 in memory mode):
 
@@ -42,16 +42,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import click
 import redis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError, for_code
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from adpulse.cli_context import settings_of
 from adpulse.settings import Settings
 from streams.keys import Keys
 from streams.topics import topic_specs
@@ -664,122 +659,3 @@ async def _ensure_topics(settings: Settings, timeout_s: float) -> list[str]:
             raise StackError(f"could not create topic {topic}: {for_code(code).__name__}")
         created.append(topic)
     return created
-
-
-# --- command line ------------------------------------------------------------------------------------------
-
-
-def _state(component: ComponentStatus) -> Text:
-    if component.healthy and component.running:
-        return Text("healthy", style="green")
-    if component.healthy:
-        return Text("answering, not started by adpulse", style="yellow")
-    if component.running:
-        return Text("running, not answering", style="red")
-    return Text("stopped", style="red")
-
-
-def _render(status: StackStatus, console: Console) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("", "address", "state", "pid", "log"):
-        table.add_column(column)
-    for component in (status.broker, status.redis):
-        table.add_row(
-            component.name,
-            component.address,
-            _state(component),
-            str(component.pid or "-"),
-            str(component.log_path),
-        )
-    console.print(table)
-    for component in (status.broker, status.redis):
-        if component.detail:
-            console.print(Text(f"{component.name}: {component.detail}", style="dim"))
-    present = ", ".join(f"{name} ({count})" for name, count in status.topics.items())
-    console.print(Text(f"topics (partitions): {present or 'none'}"))
-    if status.missing_topics:
-        console.print(
-            Text(
-                f"missing topics: {', '.join(status.missing_topics)} (`adpulse stack up` creates them)",
-                style="red",
-            )
-        )
-    for note in status.notes:
-        console.print(Text(f"note: {note}", style="dim"))
-
-
-@click.group("stack")
-def stack_cli() -> None:
-    """Run the embedded broker (Tansu, Kafka-compatible) and Redis-compatible server (Valkey) on loopback.
-
-    They serve on the ports named by ADPULSE_KAFKA_BOOTSTRAP and ADPULSE_REDIS_URL, and keep pid files and
-    logs under ADPULSE_HOME/stack, so stacks with different homes and ports run side by side. The broker
-    keeps everything in memory: stopping it loses all topics and events. Redis keeps an append-only file
-    and survives restarts.
-    """
-
-
-@stack_cli.command("up")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=float,
-    default=20.0,
-    show_default=True,
-    help="Seconds to wait for both servers to answer.",
-)
-def up_command(timeout_s: float) -> None:
-    """Start the broker and Redis, create the topics.
-
-    Starts only what is not running yet, waits until both answer, then creates the missing adpulse topics.
-    Safe to repeat: what already runs is left as it is. Exits non-zero when something is unhealthy.
-    """
-    try:
-        status = EmbeddedStack(settings_of(click.get_current_context())).up(timeout_s=timeout_s)
-    except StackError as exc:
-        raise click.ClickException(str(exc)) from exc
-    console = Console(highlight=False)
-    console.print(f"started: {', '.join(status.started)}" if status.started else "already running")
-    _render(status, console)
-    if not status.healthy:
-        click.get_current_context().exit(1)
-
-
-@stack_cli.command("down")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=float,
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait after SIGTERM before SIGKILL.",
-)
-def down_command(timeout_s: float) -> None:
-    """Stop what `adpulse stack up` started.
-
-    Only the broker and Redis processes recorded under ADPULSE_HOME/stack, and only while they are still
-    ours; other programs on the same ports are left alone. The broker's topics and events are lost; Redis
-    data stays in ADPULSE_HOME/stack/redis.
-    """
-    stopped = EmbeddedStack(settings_of(click.get_current_context())).down(timeout_s=timeout_s)
-    for name, pid in stopped.items():
-        click.echo(f"stopped {name} (pid {pid})")
-    if not stopped:
-        click.echo("nothing to stop")
-
-
-@stack_cli.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def status_command(as_json: bool) -> None:
-    """Show health, pids, logs and topics.
-
-    Whether the broker and Redis run and answer, where they log, and which adpulse topics exist.
-    Exits 0 when both answer and every topic exists, 1 otherwise.
-    """
-    status = EmbeddedStack(settings_of(click.get_current_context())).status()
-    if as_json:
-        click.echo(json.dumps(status.to_dict(), indent=2))
-    else:
-        _render(status, Console(highlight=False))
-    if not status.healthy:
-        click.get_current_context().exit(1)

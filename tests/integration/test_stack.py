@@ -25,9 +25,9 @@ from adpulse.stack import (
     ensure_topics,
     redis_binary,
     running_stack,
-    stack_cli,
     tansu_binary,
 )
+from adpulse.stack_cli import stack_cli
 from streams.topics import topic_specs
 
 
