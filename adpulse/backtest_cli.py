@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import tzinfo
 from pathlib import Path
+from typing import Literal
 
 import click
 import orjson
@@ -11,19 +13,15 @@ import orjson
 from adpulse.cli_context import settings_of
 from alerts.backtest import (
     BacktestResult,
-    RollingZScore,
-    SeasonalShift,
-    SeriesDetector,
     backtest_event_series,
     backtest_events,
     backtest_series,
     fold_events,
-    iter_lines,
     parse_window,
     read_series_csv,
-    sniff_format,
 )
 from alerts.detectors import Detectors, DropToZero, RatioDrop, RoiDrop, SpendSurge
+from alerts.series import RollingZScore, SeasonalShift, SeriesDetector
 from streams.windows import Calendar
 
 EVENT_METRICS = ("ctr", "cvr", "roi", "spend", "events")
@@ -165,3 +163,19 @@ def _print(result: BacktestResult, as_json: bool, zone: tzinfo) -> None:
                 f"{alert.timestamp}  {f.severity:<8} {f.kind}/{f.metric} {f.channel}: {f.summary}{held}"
             )
     click.echo(result.summary(zone), err=as_json)
+
+
+def sniff_format(path: Path) -> Literal["events", "series"]:
+    """``events`` for JSONL (first non-empty line is a JSON object), ``series`` for a CSV."""
+    with path.open("rb") as handle:
+        for raw in handle:
+            line = raw.strip()
+            if line:
+                return "events" if line.startswith(b"{") else "series"
+    raise ValueError(f"{path} is empty")
+
+
+def iter_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a file as bytes, without loading it whole."""
+    with path.open("rb") as handle:
+        yield from handle

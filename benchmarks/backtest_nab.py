@@ -26,13 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Imported after the path set-up, so that the script runs from a checkout without installing.
-from alerts.backtest import (
-    RollingZScore,
-    SeasonalShift,
-    SeriesDetector,
-    backtest_series,
-    read_series_csv,
-)
+from alerts.backtest import backtest_series, read_series_csv
+from alerts.series import RollingZScore, SeasonalShift, SeriesDetector
 
 SERIES = ("exchange-2", "exchange-3", "exchange-4")
 

@@ -15,22 +15,17 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adpulse.backtest_cli import backtest_cli
+from adpulse.backtest_cli import backtest_cli, sniff_format
 from adpulse.settings import Settings
 from alerts.backtest import (
-    RollingZScore,
-    SeasonalShift,
-    SeriesDetector,
-    SeriesFlag,
-    SeriesPoint,
     backtest_events,
     backtest_series,
     fold_events,
     parse_window,
     read_series_csv,
-    sniff_format,
 )
 from alerts.detectors import Detectors
+from alerts.series import RollingZScore, SeasonalShift, SeriesDetector, SeriesFlag, SeriesPoint
 from streams.windows import Calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

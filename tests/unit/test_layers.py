@@ -50,6 +50,7 @@ PURE = (
     "alerts.model",
     "alerts.payload",
     "alerts.rules",
+    "alerts.series",
     "alerts.stats",
     "alerts.wording",
     "alerts.router.config",
