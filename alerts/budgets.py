@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from pydantic import ValidationError
 
-from alerts.model import Finding, Fingerprint, fingerprint
+from alerts.model import Finding, Fingerprint, Severity, fingerprint
 from alerts.wording import money_text, rfc3339, time_left_text
 from streams.events import NO_CAMPAIGN, BudgetSetting, validation_problems
 from streams.windows import Calendar
@@ -264,180 +264,236 @@ def evaluate_budget(
     judged): a fingerprint it no longer returns is OK now.
     """
     start_s, end_s = period_bounds(budget.period, now_s, zone)
-    spendable = budget.spendable
-    ratio = used_ratio(spent_in_period, budget)
-    keys = _extra_keys(budget, start_s, zone, warn_ratio)
-    window: _Window = {
-        "window": budget.period,
-        "window_start": rfc3339(start_s, zone),
-        "window_end": rfc3339(end_s, zone) if end_s is not None else None,
-    }
-    evidence: dict[str, Any] = {
-        "spent": spent_in_period,
-        "amount": budget.amount,
-        "spendable": spendable,
-        "reserve_pct": budget.reserve_pct,
-        "used_ratio": ratio,
-        "spend_rate_per_h": spend_rate_per_s * 3600,
-        "currency": currency,
-        "period": budget.period,
-        "owner": budget.owner,
-    }
-    if approval is not None:
-        evidence.update(approved_by=approval.by, approved_at=approval.at, approval_note=approval.note)
-
-    what = f"its {_ADJECTIVE[budget.period]} budget"
-    budget_name = (
-        f"{money_text(spendable)} {currency} spendable {_ADJECTIVE[budget.period]} budget of {budget.label}"
+    period = _Period(
+        budget,
+        spent_in_period,
+        start_s,
+        end_s,
+        approval,
+        zone,
+        currency,
+        _extra_keys(budget, start_s, zone, warn_ratio),
+        spend_rate_per_s,
     )
-    if end_s is None:
-        spent_line = f"Spent {money_text(spent_in_period)} {currency} of the {budget_name}."
-    else:
-        spent_line = (
-            f"Spent {money_text(spent_in_period)} {currency} of the {budget_name} "
-            f"since {window['window_start']} ({_PERIOD_END[budget.period]} {window['window_end']})."
-        )
-    reserve_line = (
-        f"The budget is {money_text(budget.amount)} {currency}; {budget.reserve_pct:g} % of it "
-        f"({money_text(budget.reserve)} {currency}) is an emergency reserve, not planned against."
-        if budget.reserve_pct
-        else ""
-    )
-    approved_line = (
-        f"Approved by {approval.by} at {approval.at}" + (f" ({approval.note})." if approval.note else ".")
-        if approval is not None
-        else ""
-    )
-    amounts = f"({money_text(spent_in_period)} / {money_text(spendable)} {currency})"
     findings: list[Finding] = []
-
-    if ratio >= warn_ratio - _EPS and approval is None:
-        line = round(warn_ratio * 100)
-        who = f" from {budget.owner}" if budget.owner else ""
-        command = approve_command(budget)
-        no_owner = " The budget names no owner to ask: set one with `adpulse budget set ... --owner @handle`."
-        findings.append(
-            Finding(
-                kind="budget",
-                metric="spend",
-                severity="warning",
-                channel=budget.channel,
-                campaign=budget.campaign,
-                value=spent_in_period,
-                threshold=spendable * warn_ratio,
-                summary=(
-                    f"{budget.label} has spent {_percent(ratio)} % of {what} {amounts}; "
-                    f"continuing needs approval{who}: `{command}`"
-                ),
-                description="\n".join(
-                    filter(
-                        None,
-                        [
-                            spent_line,
-                            reserve_line,
-                            f"Spending past {line} % needs approval{who}: `{command}`."
-                            + ("" if budget.owner else no_owner),
-                        ],
-                    )
-                ),
-                evidence=evidence,
-                extra_key=keys["warning"],
-                **window,
-            )
-        )
-
-    if ratio >= CRITICAL_RATIO - _EPS:
-        left = budget.amount - spent_in_period
-        if not budget.reserve_pct:
-            reserve_advice = "There is no emergency reserve."
-        elif left > 0:
-            reserve_advice = (
-                f"Spending now eats into the {budget.reserve_pct:g} % emergency reserve: "
-                f"{money_text(left)} of its {money_text(budget.reserve)} {currency} are left."
-            )
-        else:
-            reserve_advice = f"The {budget.reserve_pct:g} % emergency reserve is used up too."
-        raise_command = shlex.join(
-            ["adpulse", "budget", "set", budget.channel, "NEW_AMOUNT"]
-            + (["--campaign", budget.campaign] if budget.campaign else [])
-            + ["--period", budget.period]
-        )
-        findings.append(
-            Finding(
-                kind="budget",
-                metric="spend",
-                severity="critical",
-                channel=budget.channel,
-                campaign=budget.campaign,
-                value=spent_in_period,
-                threshold=spendable,
-                summary=(
-                    f"{budget.label} has spent {_percent(ratio)} % of {what} {amounts}: the budget is used up"
-                ),
-                description="\n".join(
-                    filter(
-                        None,
-                        [
-                            spent_line,
-                            reserve_advice,
-                            (
-                                f"Pause the {'campaign' if budget.campaign else 'channel'} "
-                                f"or raise the budget (e.g. `{raise_command}`)."
-                            ),
-                            approved_line,
-                        ],
-                    )
-                ),
-                evidence=evidence,
-                extra_key=keys["critical"],
-                **window,
-            )
-        )
-
-    remaining = spendable - spent_in_period
-    if end_s is not None and ratio < CRITICAL_RATIO - _EPS and spend_rate_per_s > 0:
-        runs_out_s = now_s + remaining / spend_rate_per_s
-        if runs_out_s < end_s:
-            runs_out = rfc3339(runs_out_s, zone)
-            projected = (spent_in_period + spend_rate_per_s * (end_s - now_s)) / spendable
-            findings.append(
-                Finding(
-                    kind="budget",
-                    metric="spend_pacing",
-                    severity="warning",
-                    channel=budget.channel,
-                    campaign=budget.campaign,
-                    value=projected,
-                    threshold=CRITICAL_RATIO,
-                    summary=(
-                        f"{budget.label} will run out of {what} at {runs_out}, "
-                        f"{time_left_text(end_s - runs_out_s)} before {_PERIOD_END[budget.period]}, at "
-                        f"{money_text(spend_rate_per_s * 3600)} {currency}/h"
-                    ),
-                    description="\n".join(
-                        filter(
-                            None,
-                            [
-                                spent_line,
-                                (
-                                    f"{money_text(remaining)} {currency} is left; at the current "
-                                    f"{money_text(spend_rate_per_s * 3600)} {currency}/h it is gone at "
-                                    f"{runs_out}, and by the end of the period spend would reach "
-                                    f"{_percent(projected)} % of the "
-                                    "spendable budget."
-                                ),
-                                reserve_line,
-                                "Lower bids or pace delivery, or raise the budget if the traffic pays off.",
-                                approved_line,
-                            ],
-                        )
-                    ),
-                    evidence={**evidence, "projected_run_out_at": runs_out, "projected_ratio": projected},
-                    extra_key=keys["pacing"],
-                    **window,
-                )
-            )
+    if period.ratio >= warn_ratio - _EPS and approval is None:
+        findings.append(_warning(period, warn_ratio))
+    if period.ratio >= CRITICAL_RATIO - _EPS:
+        findings.append(_critical(period))
+    elif end_s is not None and spend_rate_per_s > 0:
+        pacing = _pacing(period, now_s, end_s)
+        if pacing is not None:
+            findings.append(pacing)
     return findings
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    """One budget in the period being judged: what its findings share, numbers and sentences."""
+
+    budget: Budget
+    spent: float
+    start_s: int
+    end_s: int | None
+    approval: Approval | None
+    zone: ZoneInfo
+    currency: str
+    keys: dict[str, tuple[str, ...]]
+    rate_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return used_ratio(self.spent, self.budget)
+
+    @property
+    def window(self) -> _Window:
+        return {
+            "window": self.budget.period,
+            "window_start": rfc3339(self.start_s, self.zone),
+            "window_end": rfc3339(self.end_s, self.zone) if self.end_s is not None else None,
+        }
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        budget, approval = self.budget, self.approval
+        evidence: dict[str, Any] = {
+            "spent": self.spent,
+            "amount": budget.amount,
+            "spendable": budget.spendable,
+            "reserve_pct": budget.reserve_pct,
+            "used_ratio": self.ratio,
+            "spend_rate_per_h": self.rate_per_s * 3600,
+            "currency": self.currency,
+            "period": budget.period,
+            "owner": budget.owner,
+        }
+        if approval is not None:
+            evidence.update(approved_by=approval.by, approved_at=approval.at, approval_note=approval.note)
+        return evidence
+
+    def money(self, amount: float) -> str:
+        return f"{money_text(amount)} {self.currency}"
+
+    @property
+    def what(self) -> str:
+        return f"its {_ADJECTIVE[self.budget.period]} budget"
+
+    @property
+    def amounts(self) -> str:
+        return f"({money_text(self.spent)} / {self.money(self.budget.spendable)})"
+
+    @property
+    def spent_line(self) -> str:
+        budget = self.budget
+        name = (
+            f"{self.money(budget.spendable)} spendable {_ADJECTIVE[budget.period]} budget of {budget.label}"
+        )
+        if self.end_s is None:
+            return f"Spent {self.money(self.spent)} of the {name}."
+        window = self.window
+        return (
+            f"Spent {self.money(self.spent)} of the {name} since {window['window_start']} "
+            f"({_PERIOD_END[budget.period]} {window['window_end']})."
+        )
+
+    @property
+    def reserve_line(self) -> str:
+        budget = self.budget
+        if not budget.reserve_pct:
+            return ""
+        return (
+            f"The budget is {self.money(budget.amount)}; {budget.reserve_pct:g} % of it "
+            f"({self.money(budget.reserve)}) is an emergency reserve, not planned against."
+        )
+
+    @property
+    def approved_line(self) -> str:
+        approval = self.approval
+        if approval is None:
+            return ""
+        return f"Approved by {approval.by} at {approval.at}" + (
+            f" ({approval.note})." if approval.note else "."
+        )
+
+    def finding(
+        self,
+        metric: str,
+        severity: Severity,
+        value: float,
+        threshold: float,
+        summary: str,
+        lines: Iterable[str],
+        key: str,
+        evidence: dict[str, Any] | None = None,
+    ) -> Finding:
+        """A finding about this budget; ``lines`` make the description (empty ones left out)."""
+        return Finding(
+            kind="budget",
+            metric=metric,
+            severity=severity,
+            channel=self.budget.channel,
+            campaign=self.budget.campaign,
+            value=value,
+            threshold=threshold,
+            summary=summary,
+            description="\n".join(filter(None, lines)),
+            evidence=self.evidence if evidence is None else evidence,
+            extra_key=self.keys[key],
+            **self.window,
+        )
+
+
+def _warning(period: _Period, warn_ratio: float) -> Finding:
+    """The 80 % line: continuing needs approval, from whom, and the command that gives it."""
+    budget = period.budget
+    who = f" from {budget.owner}" if budget.owner else ""
+    command = approve_command(budget)
+    no_owner = " The budget names no owner to ask: set one with `adpulse budget set ... --owner @handle`."
+    return period.finding(
+        "spend",
+        "warning",
+        period.spent,
+        budget.spendable * warn_ratio,
+        (
+            f"{budget.label} has spent {_percent(period.ratio)} % of {period.what} {period.amounts}; "
+            f"continuing needs approval{who}: `{command}`"
+        ),
+        [
+            period.spent_line,
+            period.reserve_line,
+            f"Spending past {round(warn_ratio * 100)} % needs approval{who}: `{command}`."
+            + ("" if budget.owner else no_owner),
+        ],
+        "warning",
+    )
+
+
+def _critical(period: _Period) -> Finding:
+    """The 100 % line, approved or not: what is left of the reserve, and how to pause or raise."""
+    budget = period.budget
+    left = budget.amount - period.spent
+    if not budget.reserve_pct:
+        reserve_advice = "There is no emergency reserve."
+    elif left > 0:
+        reserve_advice = (
+            f"Spending now eats into the {budget.reserve_pct:g} % emergency reserve: "
+            f"{money_text(left)} of its {period.money(budget.reserve)} are left."
+        )
+    else:
+        reserve_advice = f"The {budget.reserve_pct:g} % emergency reserve is used up too."
+    raise_command = shlex.join(
+        ["adpulse", "budget", "set", budget.channel, "NEW_AMOUNT"]
+        + (["--campaign", budget.campaign] if budget.campaign else [])
+        + ["--period", budget.period]
+    )
+    pause = (
+        f"Pause the {'campaign' if budget.campaign else 'channel'} or raise the budget "
+        f"(e.g. `{raise_command}`)."
+    )
+    return period.finding(
+        "spend",
+        "critical",
+        period.spent,
+        budget.spendable,
+        f"{budget.label} has spent {_percent(period.ratio)} % of {period.what} {period.amounts}: "
+        "the budget is used up",
+        [period.spent_line, reserve_advice, pause, period.approved_line],
+        "critical",
+    )
+
+
+def _pacing(period: _Period, now_s: float, end_s: int) -> Finding | None:
+    """The budget runs out before its period ends at the current spend rate; None if it does not."""
+    budget, rate_per_s = period.budget, period.rate_per_s
+    remaining = budget.spendable - period.spent
+    runs_out_s = now_s + remaining / rate_per_s
+    if runs_out_s >= end_s:
+        return None
+    runs_out = rfc3339(runs_out_s, period.zone)
+    projected = (period.spent + rate_per_s * (end_s - now_s)) / budget.spendable
+    per_hour = f"{period.money(rate_per_s * 3600)}/h"
+    return period.finding(
+        "spend_pacing",
+        "warning",
+        projected,
+        CRITICAL_RATIO,
+        (
+            f"{budget.label} will run out of {period.what} at {runs_out}, "
+            f"{time_left_text(end_s - runs_out_s)} before {_PERIOD_END[budget.period]}, at {per_hour}"
+        ),
+        [
+            period.spent_line,
+            (
+                f"{period.money(remaining)} is left; at the current {per_hour} it is gone at {runs_out}, and "
+                f"by the end of the period spend would reach {_percent(projected)} % of the spendable budget."
+            ),
+            period.reserve_line,
+            "Lower bids or pace delivery, or raise the budget if the traffic pays off.",
+            period.approved_line,
+        ],
+        "pacing",
+        evidence={**period.evidence, "projected_run_out_at": runs_out, "projected_ratio": projected},
+    )
 
 
 class BudgetBook:
