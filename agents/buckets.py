@@ -18,6 +18,7 @@ import faust
 import orjson
 from faust.types import TableT
 
+from agents.closing import WindowCloser
 from agents.evaluate import Evaluator
 from agents.metrics import PipelineMetrics
 from agents.partials import BucketValue, merge
@@ -25,9 +26,6 @@ from agents.snapshot import (
     KpiRow,
     build_rows,
     closed_rows,
-    global_watermark,
-    last_complete_start,
-    newly_closed,
 )
 from streams.keys import Keys
 from streams.partitioning import partition_of
@@ -137,28 +135,21 @@ def install(
         key_type=str,
     )
     index = BucketIndex()
+    closer = WindowCloser(calendar, config.grace_s, config.idle_partition_s, config.stale_mark_s)
     expired_at: dict[str, float] = {}
-    # (channel, window) -> start of the newest bucket already recorded as closed (this worker's view).
-    emitted: dict[tuple[str, str], int] = {}
-    # Keys written since the last tick: a closed window that changes is recorded again.
-    touched: set[str] = set()
 
     def lookup(channel: str, window: str, start: int) -> BucketValue | None:
         return table.get(bucket_key(channel, window, start))
-
-    # partials partition -> source partition -> (watermark_s, last active wall time, caught up, sent at).
-    marks: dict[int, dict[str, tuple[float, float, bool, float]]] = {}
-    highest: dict[int, float] = {}
 
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = orjson.loads(event.value)
             if "marks" in message:
-                # Everything the fold stage flushed before these marks is merged by now.
-                held = marks.setdefault(event.message.partition, {})
                 for src, (watermark_ms, active_at, caught_up) in message["marks"].items():
-                    held[src] = (watermark_ms / 1000, active_at, caught_up, message["at"])
+                    closer.mark(
+                        event.message.partition, src, watermark_ms / 1000, active_at, caught_up, message["at"]
+                    )
                 continue
             channel = event.key.decode("utf-8")
             src, block, upto = message["src"], message["blk"], message["upto"]
@@ -171,7 +162,7 @@ def install(
                 if merged is not None:
                     table[key] = merged
                     index.add(channel, window, start)
-                    touched.add(key)
+                    closer.touched(channel, window, start)
             now = time.time()
             if now - expired_at.get(channel, 0.0) > 60.0:
                 expired_at[channel] = now
@@ -191,27 +182,7 @@ def install(
             config.partitions,
         )
         now = time.time()
-        # Each owned partials partition has its own event time: the marks that reached it. Silence is
-        # judged as of when a mark was sent (the agent may read it late), and a mark not renewed for a
-        # while (its fold stage died or stalls) is no proof of silence: it holds time back.
-        watermarks = {
-            p: w
-            for p in owned.partitions
-            if (
-                w := global_watermark(
-                    (
-                        (mark, seen + (now - sent), caught_up and now - sent < config.stale_mark_s)
-                        for mark, seen, caught_up, sent in marks.get(p, {}).values()
-                    ),
-                    now,
-                    config.idle_partition_s,
-                )
-            )
-            is not None
-        }
-        # Event time never goes back: a closed window stays closed (late data only revises its record).
-        for p, w in watermarks.items():
-            watermarks[p] = highest[p] = max(w, highest.get(p, w))
+        watermarks = closer.watermarks(owned.partitions)
         if not watermarks:
             return
         by_partition: dict[int, set[str]] = {}
@@ -219,7 +190,6 @@ def install(
             p = partition_of(channel, config.partitions)
             if p in watermarks:
                 by_partition.setdefault(p, set()).add(channel)
-        channels = set().union(*by_partition.values()) if by_partition else set()
         watermark_of = {c: watermarks[p] for p, cs in by_partition.items() for c in cs}
         watermark = min(watermarks.values())
         rows = [
@@ -227,21 +197,10 @@ def install(
             for p, cs in sorted(by_partition.items())
             for row in build_rows(cs, lookup, calendar, watermarks[p], config.grace_s)
         ]
-        revised: dict[tuple[str, str], set[int]] = {}
-        for key in touched:
-            channel, window, start = key.split(SEP)
-            revised.setdefault((channel, window), set()).add(int(start))
-        touched.clear()
         closed: list[KpiRow] = []
-        for channel in channels:
-            for window in WINDOWS:
-                done = emitted.get((channel, window))
-                last = last_complete_start(calendar, window, watermark_of[channel], config.grace_s)
-                todo = set(newly_closed(calendar, window, index.starts(channel, window), done, last))
-                if done is not None:
-                    todo.update(s for s in revised.get((channel, window), ()) if s <= done)
-                closed.extend(closed_rows(channel, window, sorted(todo), lookup, calendar))
-                emitted[(channel, window)] = max(last, done if done is not None else last)
+        for channel, window, todo in closer.due(watermark_of, index.starts):
+            closed.extend(closed_rows(channel, window, todo, lookup, calendar))
+            closer.recorded(channel, window)
         await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
         if closed:
             await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)
@@ -250,7 +209,7 @@ def install(
                 await _judge(evaluator(), owned, closed, lookup, index, watermark, now)
             except Exception:
                 # Judge these windows again next tick: recompute what closed, reload progress from Redis.
-                emitted.clear()
+                closer.forget()
                 evaluator().invalidate()
                 raise
         holder.rows = rows

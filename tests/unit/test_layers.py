@@ -33,6 +33,7 @@ PURE = (
     "streams.redis_client",
     "streams.topics",
     "streams.windows",
+    "agents.closing",
     "agents.fold",
     "agents.partials",
     "agents.snapshot",

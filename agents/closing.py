@@ -1,0 +1,113 @@
+"""When windows close: event time per partials partition, and which buckets to record as closed. Pure.
+
+The bucket agent hands in what it reads and merges (the fold stages' watermark marks, the bucket keys it
+writes); the snapshot timer asks, once per tick, for the event time of the partitions it owns and for the
+windows that closed since its last tick. The clock is injected, so a unit test can step through ticks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from agents.snapshot import global_watermark, last_complete_start, newly_closed
+from streams.windows import WINDOWS, Calendar
+
+
+class WindowCloser:
+    """Event time from the marks, and the closed windows of each channel, as this worker sees them.
+
+    - Each partials partition has its own event time: the marks that reached it. Silence is judged as of
+      when a mark was sent (the agent may read it late), and a mark not renewed for ``stale_mark_s`` (its
+      fold stage died or stalls) is no proof of silence: it holds time back.
+    - Event time never goes back: a closed window stays closed (late data only revises its record).
+    - A window closes when the channel's event time passes its end plus ``grace_s``; a closed window whose
+      bucket is written again is recorded again.
+    """
+
+    def __init__(
+        self,
+        calendar: Calendar,
+        grace_s: float,
+        idle_partition_s: float,
+        stale_mark_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.calendar = calendar
+        self.grace_s = grace_s
+        self.idle_partition_s = idle_partition_s
+        self.stale_mark_s = stale_mark_s
+        self.clock = clock
+        # partials partition -> source partition -> (watermark_s, last active wall time, caught up, sent at).
+        self._marks: dict[int, dict[str, tuple[float, float, bool, float]]] = {}
+        self._highest: dict[int, float] = {}
+        # (channel, window) -> start of the newest bucket already recorded as closed.
+        self._emitted: dict[tuple[str, str], int] = {}
+        # Buckets written since the last tick: a closed window that changes is recorded again.
+        self._touched: set[tuple[str, str, int]] = set()
+        self._pending: dict[tuple[str, str], int] = {}
+
+    def mark(
+        self, partition: int, src: str, watermark_s: float, active_at: float, caught_up: bool, sent_at: float
+    ) -> None:
+        """A fold stage's mark for source partition ``src``, read on partials ``partition``: everything it
+        flushed before the mark is merged by now."""
+        self._marks.setdefault(partition, {})[src] = (watermark_s, active_at, caught_up, sent_at)
+
+    def touched(self, channel: str, window: str, start: int) -> None:
+        """A bucket was written (merged into)."""
+        self._touched.add((channel, window, start))
+
+    def watermarks(self, partitions: Iterable[int]) -> dict[int, float]:
+        """The event time of each of ``partitions`` that has one now (never lower than it was)."""
+        now = self.clock()
+        watermarks = {
+            p: w
+            for p in partitions
+            if (
+                w := global_watermark(
+                    (
+                        (mark, seen + (now - sent), caught_up and now - sent < self.stale_mark_s)
+                        for mark, seen, caught_up, sent in self._marks.get(p, {}).values()
+                    ),
+                    now,
+                    self.idle_partition_s,
+                )
+            )
+            is not None
+        }
+        for p, w in watermarks.items():
+            watermarks[p] = self._highest[p] = max(w, self._highest.get(p, w))
+        return watermarks
+
+    def due(
+        self, watermark_of: Mapping[str, float], starts: Callable[[str, str], Iterable[int]]
+    ) -> Iterator[tuple[str, str, list[int]]]:
+        """``(channel, window, bucket starts)`` to record as closed now, for the channels of
+        ``watermark_of`` (channel → its event time): the buckets closed since the last tick, and earlier
+        closed ones written since. ``starts(channel, window)`` gives the buckets that hold data.
+
+        Call :meth:`recorded` once a window's buckets are recorded; until then they stay due. Buckets
+        written to channels not asked about are forgotten, as the tick that asks is the one that counts.
+        """
+        revised: dict[tuple[str, str], set[int]] = {}
+        for channel, window, start in self._touched:
+            revised.setdefault((channel, window), set()).add(start)
+        self._touched.clear()
+        for channel, watermark in watermark_of.items():
+            for window in WINDOWS:
+                done = self._emitted.get((channel, window))
+                last = last_complete_start(self.calendar, window, watermark, self.grace_s)
+                todo = set(newly_closed(self.calendar, window, starts(channel, window), done, last))
+                if done is not None:
+                    todo.update(s for s in revised.get((channel, window), ()) if s <= done)
+                self._pending[(channel, window)] = max(last, done if done is not None else last)
+                yield channel, window, sorted(todo)
+
+    def recorded(self, channel: str, window: str) -> None:
+        """The buckets :meth:`due` gave for ``(channel, window)`` are recorded: they are closed now."""
+        self._emitted[(channel, window)] = self._pending.pop((channel, window))
+
+    def forget(self) -> None:
+        """Recompute what closed from scratch next tick (the windows judged may not be what was recorded)."""
+        self._emitted.clear()

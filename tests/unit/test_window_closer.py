@@ -1,0 +1,119 @@
+"""agents.closing.WindowCloser: event time from the marks, and which windows close, tick by tick."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from zoneinfo import ZoneInfo
+
+from agents.closing import WindowCloser
+from streams.windows import Calendar
+
+UTC = ZoneInfo("UTC")
+T0 = 1_700_000_040  # a minute boundary (2023-11-14T22:14:00Z)
+GRACE_S, IDLE_S, STALE_S = 10.0, 30.0, 10.0
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def closer(clock: Clock) -> WindowCloser:
+    return WindowCloser(Calendar(UTC), GRACE_S, IDLE_S, STALE_S, clock=clock)
+
+
+def minutes_due(
+    wc: WindowCloser, watermark_of: dict[str, float], data: dict[str, set[int]], record: bool = True
+) -> dict[str, list[int]]:
+    """The 1-minute buckets due per channel this tick (every window recorded, as the snapshot timer does)."""
+
+    def starts(channel: str, window: str) -> Iterable[int]:
+        return data.get(channel, set()) if window == "1m" else ()
+
+    due: dict[str, list[int]] = {}
+    for channel, window, todo in wc.due(watermark_of, starts):
+        if window == "1m":
+            due[channel] = todo
+        if record:
+            wc.recorded(channel, window)
+    return due
+
+
+def test_a_partition_without_marks_has_no_event_time() -> None:
+    wc = closer(Clock(T0))
+    wc.mark(0, "clicks-0", T0 - 5, T0 - 1, False, T0 - 1)
+    assert wc.watermarks([0, 1]) == {0: T0 - 5}
+
+
+def test_the_slowest_source_holds_event_time_back_until_it_is_idle() -> None:
+    clock = Clock(T0)
+    wc = closer(clock)
+    wc.mark(0, "clicks-0", T0 - 5, T0, True, T0)  # caught up, just read
+    wc.mark(0, "orders-0", T0 - 100, T0, True, T0)  # caught up, but silent for less than IDLE_S
+    assert wc.watermarks([0]) == {0: T0 - 100}
+    # Renewed marks say both are still caught up and silent: after IDLE_S nothing is in flight, and event
+    # time follows the wall clock (minus IDLE_S) so that a quiet channel's windows close.
+    clock.now = T0 + 40
+    wc.mark(0, "clicks-0", T0 - 5, T0, True, T0 + 40)
+    wc.mark(0, "orders-0", T0 - 100, T0, True, T0 + 40)
+    assert wc.watermarks([0]) == {0: T0 + 40 - IDLE_S}
+
+
+def test_a_mark_not_renewed_is_no_proof_of_silence() -> None:
+    clock = Clock(T0)
+    wc = closer(clock)
+    wc.mark(0, "clicks-0", T0 - 100, T0 - 60, True, T0)
+    clock.now = T0 + 40  # 40 s after it was sent, more than STALE_S: its fold stage may be stuck
+    assert wc.watermarks([0]) == {0: T0 - 100}
+
+
+def test_event_time_never_goes_back() -> None:
+    wc = closer(Clock(T0))
+    wc.mark(0, "clicks-0", T0 - 5, T0, False, T0)
+    assert wc.watermarks([0]) == {0: T0 - 5}
+    wc.mark(0, "clicks-0", T0 - 50, T0, False, T0)  # a restarted fold stage reports an older mark
+    assert wc.watermarks([0]) == {0: T0 - 5}
+
+
+def test_a_window_closes_once_its_end_plus_the_grace_has_passed() -> None:
+    wc = closer(Clock(T0))
+    data = {"douyin": {T0 - 120, T0 - 60}}
+    # The minute [T0-60, T0) ends at T0; with GRACE_S it closes at T0 + 10.
+    assert minutes_due(wc, {"douyin": T0 + 9}, data) == {"douyin": [T0 - 120]}
+    assert minutes_due(wc, {"douyin": T0 + 9}, data) == {"douyin": []}
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": [T0 - 60]}
+
+
+def test_silent_minutes_after_the_last_recorded_one_close_as_zeros_but_history_is_not_invented() -> None:
+    wc = closer(Clock(T0))
+    data = {"douyin": {T0 - 600}}
+    assert minutes_due(wc, {"douyin": T0 - 500}, data) == {"douyin": [T0 - 600]}  # nothing before it
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {
+        "douyin": [T0 - 540, T0 - 480, T0 - 420, T0 - 360, T0 - 300, T0 - 240, T0 - 180, T0 - 120, T0 - 60]
+    }
+
+
+def test_a_closed_window_written_again_is_recorded_again() -> None:
+    wc = closer(Clock(T0))
+    data = {"douyin": {T0 - 120}, "taobao": {T0 - 120}}
+    minutes_due(wc, {"douyin": T0 + 10, "taobao": T0 + 10}, data)
+    wc.touched("douyin", "1m", T0 - 120)  # late data within the grace of another partition
+    wc.touched("douyin", "1m", T0 + 60)  # an open window: not closed yet, nothing to record
+    assert minutes_due(wc, {"douyin": T0 + 10, "taobao": T0 + 10}, data) == {
+        "douyin": [T0 - 120],
+        "taobao": [],
+    }
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": []}
+
+
+def test_a_window_not_recorded_is_due_again_and_forget_starts_over() -> None:
+    wc = closer(Clock(T0))
+    data = {"douyin": {T0 - 120, T0 - 60}}
+    assert minutes_due(wc, {"douyin": T0 + 10}, data, record=False) == {"douyin": [T0 - 120, T0 - 60]}
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": [T0 - 120, T0 - 60]}
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": []}
+    wc.forget()  # judging failed: what closed is computed afresh, from the buckets that hold data
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": [T0 - 120, T0 - 60]}
