@@ -6,20 +6,35 @@ Exactly-once without broker transactions (DESIGN.md, "local-global aggregation")
 is cut into fixed blocks of ``block_records`` offsets. A partial says "block k of partition p
 contributes these absolute totals to channel c" — never an increment — so a re-send after a crash
 overwrites instead of adding. The stage checkpoints only at block starts, after every partial of
-the earlier blocks is acknowledged; the table folds a block into its base once a later block of the
-same partition arrives and ignores older blocks from then on (``agents.partials``).
+the earlier blocks is acknowledged, and sends nothing of a block before its checkpoint is written;
+the table folds a block into its base once a later block of the same partition arrives and ignores
+older blocks from then on (``agents.partials``).
 
-Replays must decide every record exactly as the first run did, so every decision depends only on
-the partition's own records: the watermark advances with ``min(event ts, record timestamp)`` (a
-tracker cannot push event time past the moment it sent the record), deduplicated ids are evicted
-only at block boundaries, and a checkpoint carries the watermark and the offset from which the
-dedup set can be rebuilt (``rebuild_from``).
+Event time and clocks. A record's event time ``ts`` and its Kafka CreateTime are the tracker's; the
+tracker's clock can be wrong. So the watermark advances with ``min(ts, bound)``, where ``bound`` is a
+time the tracker cannot push forward: the broker's LogAppendTime where the topic stamps it, else the
+worker's receive time of the fetch (``received_ms``, read once per batch), lowered to the CreateTime
+when that is earlier (a tracker can only hold its own events back). An event more than
+``max_future_skew_s`` past its bound is rejected as ``future``. A host whose clock runs fast therefore
+only gets its own events rejected, never other trackers' events judged late.
+
+Replays must decide every record exactly as the first run did, because a replayed block may be
+merged with keys the first run published. Everything but the receive time is in the log (event
+time, CreateTime, LogAppendTime, offsets) or in the checkpoint (the watermark, the offset from which
+the dedup set is rebuilt, ``rebuild_from``). The receive time differs on a replay, and it can only be
+later (the worker's clock is trusted). A record whose ``min(ts, CreateTime)`` is at or below the
+receive time is decided the same way under any later receive time (its bound never binds); only a
+record ahead of the receive time ("ahead": a fast clock) would be decided differently. The fold
+reports every batch holding such a record as a ``ClockStep`` (its offsets and receive time), the
+stage persists the steps before it publishes anything computed from them, and a replay or dedup
+rebuild judges those offsets with the recorded time instead of its own. So nothing is counted twice
+or lost: a replay publishes exactly what the first run would have published.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +50,19 @@ class SourceRecord(Protocol):
     offset: int
     timestamp: int
     key: bytes | None
+    timestamp_type: int
     value: bytes | None
+
+
+#: ``timestamp_type`` of a record the broker stamped on append (topic config message.timestamp.type).
+LOG_APPEND_TIME = 1
+#: The "receive time" of a batch whose bound is every record's own LogAppendTime (or a dedup rebuild of
+#: records no step covers): later than any timestamp, so only the record's own timestamp bounds it.
+NO_CLOCK = 1 << 62
+#: Blocks of a new incarnation of a topic partition are numbered this far past the last checkpointed
+#: block of the old one: the table may have seen blocks past the checkpoint that Redis lost, and no
+#: partition closes a million blocks (ten million records at least) in the second Redis can lose.
+BASE_GAP = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +78,26 @@ class FoldConfig:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Where a partition can resume: a block start, its watermark and the dedup rebuild point."""
+    """Where a partition can resume: a block start, its watermark and the dedup rebuild point.
+
+    ``base`` is the block number of offset 0: 0 for a partition's first incarnation, higher after the
+    topic was recreated (``resume_point``), so that the table takes the new offsets' blocks as newer.
+    """
 
     offset: int
     watermark_ms: int
     rebuild_from: int
+    base: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStep:
+    """Records ``first``..``last`` were judged with receive time ``received_ms``, and one of them was
+    ahead of it: a replay or a dedup rebuild must judge them with the same time."""
+
+    first: int
+    last: int
+    received_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +122,8 @@ class FoldOutput:
     partials: list[Partial] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     rejects: list[tuple[SourceRecord, Rejection]] = field(default_factory=list)
+    #: To persist before anything of this output (or of later flushes) is published.
+    steps: list[ClockStep] = field(default_factory=list)
 
 
 OUTCOMES = ("accepted", "invalid", "late", "duplicate")
@@ -95,6 +139,7 @@ class PartitionFold:
         config: FoldConfig,
         calendar: Calendar,
         checkpoint: Checkpoint,
+        steps: Sequence[ClockStep] = (),
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -103,9 +148,13 @@ class PartitionFold:
         self.calendar = calendar
         self._grace_ms = int(config.grace_s * 1000)
         self._skew_ms = int(config.max_future_skew_s * 1000)
+        self.base = checkpoint.base
         self.block = checkpoint.offset // config.block_records
         self.watermark_ms = checkpoint.watermark_ms
         self.position = checkpoint.offset
+        # The first run's receive times for the offsets it judged by them (from the rebuild point on).
+        self._steps = sorted(steps, key=lambda step: step.first)
+        self._replay_steps = deque(step for step in self._steps if step.last >= checkpoint.offset)
         # channel -> (campaign, minute) -> counts, for the current block only.
         self._acc: dict[str, dict[tuple[str, int], list[int]]] = {}
         # channel -> minutes changed since the last flush (only their roll-ups are re-sent).
@@ -119,27 +168,73 @@ class PartitionFold:
 
     # -- restart -------------------------------------------------------------------------------
 
-    def rebuild(self, records: Sequence[SourceRecord]) -> None:
-        """Re-read ``[rebuild_from, checkpoint)`` to restore the dedup set the first run had there."""
+    def rebuild(self, records: Iterable[SourceRecord]) -> None:
+        """Re-read ``[rebuild_from, checkpoint)`` to restore the dedup set the first run had there.
+
+        Call it with consecutive batches of that range (streamed, never all at once), then
+        ``finish_rebuild``. A record is remembered when the first run remembered it: valid and not
+        ``future`` under the first run's bound (a recorded step's receive time, else none was binding).
+        """
+        cursor = _StepCursor(self._steps)
+        skew_ms = self._skew_ms
         for record in records:
             decoded = decode(self.topic, record.value, self.config.currency, self.config.max_record_bytes)
-            if (
-                isinstance(decoded, Accepted)
-                and not self._from_future(decoded.ts_ms, record.timestamp)
-                and decoded.event_id not in self._seen
-            ):
-                self._remember(decoded.event_id, decoded.ts_ms, record.offset)
-        self._evict()
+            if not isinstance(decoded, Accepted) or decoded.event_id in self._seen:
+                continue
+            clock = NO_CLOCK if record.timestamp_type == LOG_APPEND_TIME else cursor.clock(record.offset)
+            sent = record.timestamp
+            if decoded.ts_ms > (sent if 0 < sent < clock else clock) + skew_ms:
+                continue
+            self._remember(decoded.event_id, decoded.ts_ms, record.offset)
 
-    def _from_future(self, ts: int, sent: int) -> bool:
-        """The same test ``process`` applies: an event time too far past the record's send time."""
-        return sent > 0 and ts > sent + self._skew_ms
+    def finish_rebuild(self) -> None:
+        """The rebuild range is read: forget what the first run had forgotten at the checkpoint."""
+        self._evict()
+        self._steps = []
 
     # -- the hot path --------------------------------------------------------------------------
 
-    def process(self, records: Sequence[SourceRecord]) -> FoldOutput:
-        """Fold a batch of consecutive records of this partition."""
+    def process(self, records: Sequence[SourceRecord], received_ms: int) -> FoldOutput:
+        """Fold a batch of consecutive records of this partition, fetched at ``received_ms`` (epoch ms of
+        the worker's clock, read once per batch)."""
         out = FoldOutput()
+        if not records:
+            return out
+        steps = self._replay_steps
+        while steps and steps[0].last < self.position:
+            steps.popleft()
+        log_append = records[0].timestamp_type == LOG_APPEND_TIME
+        if (steps and steps[0].first <= records[-1].offset) or log_append != (
+            records[-1].timestamp_type == LOG_APPEND_TIME
+        ):
+            # A replay over offsets the first run judged by its own clock, or a topic switching its
+            # timestamp type: fold the runs of records that share a clock one after the other.
+            for segment, clock, recorded in self._segments(records, received_ms):
+                self._fold(segment, clock, out, record_steps=not recorded)
+        else:
+            self._fold(records, NO_CLOCK if log_append else received_ms, out, record_steps=not log_append)
+        return out
+
+    def _segments(
+        self, records: Sequence[SourceRecord], received_ms: int
+    ) -> Iterator[tuple[Sequence[SourceRecord], int, bool]]:
+        """Runs of consecutive records with the same clock: (records, clock, clock already recorded)."""
+        cursor = _StepCursor(self._replay_steps)
+        begin, current = 0, None
+        for i, record in enumerate(records):
+            if record.timestamp_type == LOG_APPEND_TIME:
+                key = (NO_CLOCK, True)
+            else:
+                clock = cursor.clock(record.offset)
+                key = (received_ms, False) if clock == NO_CLOCK else (clock, True)
+            if key != current:
+                if current is not None:
+                    yield records[begin:i], *current
+                begin, current = i, key
+        if current is not None:
+            yield records[begin:], *current
+
+    def _fold(self, records: Sequence[SourceRecord], clock: int, out: FoldOutput, record_steps: bool) -> None:
         block_records = self.config.block_records
         block_end = (self.block + 1) * block_records
         currency = self.config.currency
@@ -153,6 +248,8 @@ class PartitionFold:
         dirty = self._dirty
         outcomes = self.outcomes
         topic = self.topic
+        start = self.position
+        ahead = False
         accepted = 0
         for record in records:
             offset = record.offset
@@ -170,10 +267,18 @@ class PartitionFold:
                 continue
             event_id, ts, channel, campaign, contribution = decoded  # type: ignore[misc]
             sent = record.timestamp
-            if sent > 0 and ts > sent + skew_ms:  # _from_future, inlined on the hot path
-                outcomes["invalid"] += 1
-                out.rejects.append((record, _future(ts, sent, skew_ms)))
-                continue
+            # The tracker's CreateTime can only lower its own bound, never raise it past the clock.
+            bound = sent if 0 < sent < clock else clock
+            if ts > bound:
+                if bound == clock:
+                    ahead = True  # judged by this batch's clock: a replay must judge it by the same
+                if ts > bound + skew_ms:
+                    outcomes["invalid"] += 1
+                    out.rejects.append((record, _future(ts, bound, skew_ms)))
+                    continue
+                capped = bound
+            else:
+                capped = ts
             if event_id in seen:
                 outcomes["duplicate"] += 1
                 continue
@@ -191,8 +296,8 @@ class PartitionFold:
                 continue
             if ts < watermark:
                 self.late_within_grace += 1
-            elif (ts if sent <= 0 or ts < sent else sent) > watermark:
-                self.watermark_ms = ts if sent <= 0 or ts < sent else sent
+            elif capped > watermark:
+                self.watermark_ms = capped
             cells = acc.get(channel)
             if cells is None:
                 cells = acc[channel] = {}
@@ -207,7 +312,9 @@ class PartitionFold:
             minutes.add(minute)
             accepted += 1
         outcomes["accepted"] += accepted
-        return out
+        if ahead and record_steps:
+            first = next(record.offset for record in records if record.offset >= start)
+            out.steps.append(ClockStep(first, self.position - 1, clock))
 
     def flush(self) -> list[Partial]:
         """Partials of every channel changed since the last flush: the absolute block totals of the
@@ -224,7 +331,7 @@ class PartitionFold:
         self.block = next_block
         self._acc = {}
         offset = next_block * self.config.block_records
-        out.checkpoints.append(Checkpoint(offset, self.watermark_ms, self._rebuild_from(offset)))
+        out.checkpoints.append(Checkpoint(offset, self.watermark_ms, self._rebuild_from(offset), self.base))
 
     def _partial(self, channel: str, dirty_minutes: set[int]) -> Partial:
         rows: dict[tuple[str, int, str], list[int]] = {}
@@ -252,7 +359,7 @@ class PartitionFold:
         return Partial(
             channel=channel,
             src=self.src,
-            block=self.block,
+            block=self.base + self.block,
             upto=self.position - 1,
             rows=[[window, start, campaign, *counts] for (window, start, campaign), counts in rows.items()],
         )
@@ -284,11 +391,70 @@ class PartitionFold:
         return len(self._seen)
 
 
-def _future(ts: int, sent: int, skew_ms: int) -> Rejection:
+class _StepCursor:
+    """The recorded receive time of ascending offsets (``NO_CLOCK`` where no step covers one)."""
+
+    def __init__(self, steps: Iterable[ClockStep]) -> None:
+        self._steps = iter(steps)
+        self._step: ClockStep | None = next(self._steps, None)
+
+    def clock(self, offset: int) -> int:
+        step = self._step
+        while step is not None and step.last < offset:
+            step = self._step = next(self._steps, None)
+        return step.received_ms if step is not None and step.first <= offset else NO_CLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a source partition resumes (``resume_point``), and why if not at its saved checkpoint."""
+
+    checkpoint: Checkpoint
+    #: None, or: ``behind`` (the committed offset is past the checkpoint), ``no_checkpoint`` (Redis has
+    #: none but Kafka has a commit), ``recreated`` (the saved position is past the log end), ``expired``
+    #: (records past the saved position were deleted before they were read).
+    problem: str | None = None
+    #: Whether the recorded clock steps still describe this log (else they must be dropped).
+    keep_steps: bool = True
+
+
+def resume_point(
+    saved: Checkpoint | None, committed: int | None, log_start: int, log_end: int, block_records: int
+) -> Resume:
+    """Decide where a source partition resumes, from its checkpoint in Redis, its committed offset in Kafka
+    and the bounds of its log now.
+
+    The Redis checkpoint wins over a committed offset ahead of it (Redis lost its last writes after the
+    commit): resuming at the commit would start with no watermark and no dedup set, so duplicates across
+    it would count twice; the blocks in between are replayed and ignored by the table. A checkpoint past
+    the log end means the topic was recreated (or truncated): the partition starts over at its log start
+    with fresh state, its blocks numbered past the old ones so that the table counts them. A checkpoint
+    before the log start means retention deleted records before they were read: they are lost.
+    """
+    if saved is None:
+        if not committed:
+            return Resume(Checkpoint(log_start, 0, log_start), keep_steps=False)
+        if committed > log_end:
+            fresh = Checkpoint(log_start, 0, log_start, committed // block_records + BASE_GAP)
+            return Resume(fresh, "recreated", keep_steps=False)
+        if committed < log_start:
+            return Resume(Checkpoint(log_start, 0, log_start), "expired", keep_steps=False)
+        return Resume(Checkpoint(committed, 0, committed), "no_checkpoint", keep_steps=False)
+    if saved.offset > log_end:
+        base = saved.base + saved.offset // block_records + BASE_GAP
+        return Resume(Checkpoint(log_start, 0, log_start, base), "recreated", keep_steps=False)
+    if saved.offset < log_start:
+        return Resume(Checkpoint(log_start, saved.watermark_ms, log_start, saved.base), "expired")
+    if committed is not None and committed > saved.offset:
+        return Resume(saved, "behind")
+    return Resume(saved)
+
+
+def _future(ts: int, bound: int, skew_ms: int) -> Rejection:
     return Rejection(
         "future",
-        f"ts is {(ts - sent) / 1000:.0f} s after the record was sent; the limit is {skew_ms / 1000:.0f} s "
-        "(ADPULSE_MAX_FUTURE_SKEW_S); is the tracker's clock or time unit wrong?",
+        f"ts is {(ts - bound) / 1000:.0f} s ahead of when the record was sent or received; the limit is "
+        f"{skew_ms / 1000:.0f} s (ADPULSE_MAX_FUTURE_SKEW_S); is the tracker's clock or time unit wrong?",
     )
 
 

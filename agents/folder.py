@@ -1,29 +1,48 @@
 """The fold stage's I/O: a bare aiokafka consumer group over the source topics (DESIGN.md, "Speed").
 
-Per fetch: decode, deduplicate and fold in ``agents.fold`` (no Faust, no per-event I/O), then
-publish partials to the internal topic (one message per channel and flush), rejects to the DLQ and
-metrics once per batch. Checkpoints (block start, watermark, dedup rebuild point) go to Redis and the
-block start is committed to Kafka only after every message of the earlier blocks is acknowledged.
-After each flush, every partition's watermark follows the partials down every partials partition.
+Per fetch: read the worker's clock once (the receive time that bounds event time, ``agents.fold``),
+decode, deduplicate and fold (no Faust, no per-event I/O), persist the clock steps of the fetch if it
+held records ahead of that clock, then publish partials to the internal topic (one message per channel
+and flush), rejects to the DLQ and metrics once per batch. Publishing keeps the order of
+``agents.outbox``: a checkpoint (block start, watermark, dedup rebuild point) goes to Redis, and the
+block start is committed to Kafka, only after every message before it is acknowledged; nothing after
+it is sent before it is written; a failed send makes the partition replay from its last checkpoint.
+After each flush, every partition's delivered watermark follows the partials down every partials
+partition.
+
 The Redis checkpoint is the source of truth at restart, because the embedded broker does not keep
-commit metadata; the Kafka commit keeps consumer-lag tooling meaningful.
+commit metadata; the Kafka commit keeps consumer-lag tooling meaningful. A newly assigned partition
+is paused while its dedup set is rebuilt in the background (read up to the checkpoint, which lies
+within the log seen at assignment), so a long rebuild holds up neither the rebalance nor the other
+partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from agents.fold import Checkpoint, FoldConfig, FoldOutput, Partial, PartitionFold
+from agents.fold import (
+    Checkpoint,
+    ClockStep,
+    FoldConfig,
+    FoldOutput,
+    Partial,
+    PartitionFold,
+    Resume,
+    resume_point,
+)
 from agents.metrics import PipelineMetrics
+from agents.outbox import Batch, Lane
 from streams.dlq import dlq_headers, dlq_value
 from streams.keys import Keys
 from streams.partitioning import partition_of
@@ -34,6 +53,9 @@ from streams.windows import Calendar
 log = logging.getLogger(__name__)
 #: A partition counts as caught up only if a fetch response for it arrived this recently.
 CAUGHT_UP_POLL_MS = 2000
+#: Rounds of "wait for acknowledgements, write checkpoints, send what they held back" when giving up
+#: partitions (a round per block boundary still queued; more only if sends keep failing).
+DRAIN_ROUNDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +71,30 @@ class FoldStageConfig:
     flush_interval_s: float
     fetch_max_records: int
     fetch_wait_ms: int = 100
+    #: How long the producer tries to deliver a message before its send fails (aiokafka's default).
+    producer_timeout_ms: int = 40_000
 
     def topic(self, short: str) -> str:
         return f"{self.topic_prefix}{short}"
+
+
+class _Message(NamedTuple):
+    topic: str
+    value: bytes
+    key: bytes | None
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(eq=False)
+class _Partition:
+    """One assigned source partition: its fold, its output lane and what its metrics reported."""
+
+    fold: PartitionFold
+    lane: Lane[_Message]
+    reported: dict[str, int]
+    ready: bool = False
+    rebuild: asyncio.Task[None] | None = None
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
@@ -66,31 +109,44 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
 
 
 class FoldStage:
-    """Consumes the source topics of one worker's share of partitions and publishes partials."""
+    """Consumes the source topics of one worker's share of partitions and publishes partials.
+
+    ``clock`` is the worker's wall clock (epoch seconds), read once per fetch.
+    """
 
     def __init__(
-        self, config: FoldStageConfig, redis: AsyncRedis, calendar: Calendar, metrics: PipelineMetrics
+        self,
+        config: FoldStageConfig,
+        redis: AsyncRedis,
+        calendar: Calendar,
+        metrics: PipelineMetrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.redis = redis
         self.calendar = calendar
         self.metrics = metrics
-        self.folds: dict[TopicPartition, PartitionFold] = {}
+        self.parts: dict[TopicPartition, _Partition] = {}
+        self._clock = clock
+        self._clock_ms = 0
         self._short = {config.topic(short): short for short in SOURCE_TOPICS}
-        self._pending: dict[TopicPartition, deque[tuple[Checkpoint, list[asyncio.Future[Any]]]]] = {}
-        self._inflight: dict[TopicPartition, list[asyncio.Future[Any]]] = {}
         self._last_seen: dict[TopicPartition, float] = {}
-        self._reported: dict[TopicPartition, dict[str, int]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._checkpoint_key = Keys(config.redis_prefix).fold_checkpoints
+        self._keys = Keys(config.redis_prefix)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Consume until cancelled."""
         cfg = self.config
-        self._producer = AIOKafkaProducer(**cfg.kafka, linger_ms=5, acks="all", max_batch_size=256 * 1024)
+        self._producer = AIOKafkaProducer(
+            **cfg.kafka,
+            linger_ms=5,
+            acks="all",
+            max_batch_size=256 * 1024,
+            request_timeout_ms=cfg.producer_timeout_ms,
+        )
         self._consumer = AIOKafkaConsumer(
             **cfg.kafka,
             group_id=cfg.group_id,
@@ -115,10 +171,8 @@ class FoldStage:
 
     async def _shutdown(self) -> None:
         try:
-            if self.folds and self._producer is not None:
-                await self._flush_all()
-                await self._producer.flush()
-                await self._settle()
+            if self.parts and self._producer is not None:
+                await self._give_up(set(self.parts))
         except Exception:
             log.exception("fold stage: final flush failed; the next owner replays from the last checkpoint")
         if self._consumer is not None:
@@ -131,234 +185,455 @@ class FoldStage:
         last_flush = time.monotonic()
         while True:
             batches = await self._consumer.getmany(timeout_ms=100, max_records=self.config.fetch_max_records)
+            if batches:
+                await self._fold(batches)
             now = time.monotonic()
-            for tp, records in batches.items():
-                fold = self.folds.get(tp)
-                if fold is None or not records:
-                    continue
-                self._last_seen[tp] = time.time()
-                out = fold.process(records)
-                await self._emit(tp, fold, out)
             if now - last_flush >= self.config.flush_interval_s:
                 last_flush = now
                 await self._flush_all()
                 await self._publish_marks()
             await self._settle()
 
+    async def _fold(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        # The trusted clock: read once per fetch, and never backwards within this process.
+        self._clock_ms = received_ms = max(self._clock_ms, int(self._clock() * 1000))
+        outputs: list[tuple[TopicPartition, _Partition, FoldOutput]] = []
+        for tp, records in batches.items():
+            part = self.parts.get(tp)
+            if part is None or not part.ready or not records:
+                continue  # not ours, or paused for its rebuild: it is fetched again from its checkpoint
+            self._last_seen[tp] = time.time()
+            outputs.append((tp, part, part.fold.process(records, received_ms)))
+        steps = [(part, out.steps) for _, part, out in outputs if out.steps]
+        if steps:
+            # Before anything decided by this clock is published: a replay must decide the same way.
+            await self._save_steps(steps)
+        for tp, part, out in outputs:
+            self._emit(part, out)
+            await self._pump(part)
+            self._count(tp, part)
+
     # -- assignment ----------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Resume each new partition from its checkpoint, rebuilding the dedup set first."""
-        for tp in sorted(assigned):
-            if tp in self.folds:
-                continue
-            checkpoint = await self._load_checkpoint(tp)
-            fold = PartitionFold(
-                self._short[tp.topic], tp.partition, self.config.fold, self.calendar, checkpoint
-            )
-            if checkpoint.rebuild_from < checkpoint.offset:
-                fold.rebuild(await self._read_range(tp, checkpoint.rebuild_from, checkpoint.offset))
-            self.folds[tp] = fold
-            self._pending[tp] = deque()
-            self._inflight[tp] = []
-            self._last_seen.setdefault(tp, time.time())
-            self._reported[tp] = dict(fold.outcomes)
-            assert self._consumer is not None
-            self._consumer.seek(tp, checkpoint.offset)
-            log.info(
-                "fold: %s resumes at offset %d (watermark %d ms, dedup rebuilt from %d)",
-                fold.src,
-                checkpoint.offset,
-                checkpoint.watermark_ms,
-                checkpoint.rebuild_from,
-            )
+        """Resume each new partition from its checkpoint; it is fetched once its dedup set is rebuilt."""
+        new = sorted(tp for tp in assigned if tp not in self.parts)
+        if not new:
+            return
+        assert self._consumer is not None
+        self._consumer.pause(*new)  # each until its dedup set is rebuilt
+        bounds = await self._log_bounds(new)
+        for tp in new:
+            await self._start(tp, bounds[tp])
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Publish what was folded and forget the partitions; their next owner replays from the checkpoint."""
-        for tp in revoked:
-            fold = self.folds.get(tp)
-            if fold is None:
-                continue
-            await self._send_partials(tp, fold.flush())
-        if self._producer is not None:
-            await self._producer.flush()
-        await self._settle()
-        for tp in revoked:
-            self.folds.pop(tp, None)
-            self._pending.pop(tp, None)
-            self._inflight.pop(tp, None)
-            self._reported.pop(tp, None)
+        await self._give_up(revoked)
 
-    async def _load_checkpoint(self, tp: TopicPartition) -> Checkpoint:
-        src = f"{self._short[tp.topic]}/{tp.partition}"
-        raw = await self.redis.hget(self._checkpoint_key, src)
+    async def _give_up(self, tps: set[TopicPartition]) -> None:
+        parts = {tp: part for tp, part in self.parts.items() if tp in tps}
+        for part in parts.values():
+            if part.rebuild is not None:
+                part.rebuild.cancel()
+            if part.ready:
+                self._put_flush(part)
+                await self._pump(part)
+        producer = self._producer
+        for _ in range(DRAIN_ROUNDS if producer is not None else 0):
+            if all(part.lane.idle or part.lane.failed is not None for part in parts.values()):
+                break
+            assert producer is not None
+            await producer.flush()
+            await self._settle(restart=False)
+        for tp, part in parts.items():
+            if part.lane.failed is not None:
+                log.error("fold: a send for %s failed (%s); its next owner replays it", tp, part.lane.failed)
+            if self.parts.get(tp) is part:
+                del self.parts[tp]
+            _forget(part)
+
+    async def _log_bounds(self, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """Log start and end offset of each partition (two requests for all of them)."""
         assert self._consumer is not None
-        committed = await self._consumer.committed(tp)
-        if raw is not None:
-            saved = orjson.loads(raw)
-            checkpoint = Checkpoint(saved["offset"], saved["watermark_ms"], saved["rebuild_from"])
-            if committed is None or checkpoint.offset >= committed:
-                return checkpoint
+        starts = await self._consumer.beginning_offsets(tps)
+        ends = await self._consumer.end_offsets(tps)
+        return {tp: (starts[tp], ends[tp]) for tp in tps}
+
+    async def _start(self, tp: TopicPartition, bounds: tuple[int, int]) -> None:
+        """Resume ``tp`` (paused) where ``resume_point`` says, with ``bounds`` its log start and end now."""
+        consumer = self._consumer
+        assert consumer is not None
+        short = self._short[tp.topic]
+        src = f"{short}/{tp.partition}"
+        saved = await self._saved(src)
+        committed = await consumer.committed(tp)
+        log_start, log_end = bounds
+        if (saved.offset if saved is not None else committed or 0) > log_end:
+            # Not yet proof of a new log: the embedded broker reports the start of its last record batch.
+            log_end = await fetched_log_end(self.config.kafka, tp, log_end)
+        resume = resume_point(saved, committed, log_start, log_end, self.config.fold.block_records)
+        self._report(tp, src, saved, resume, log_start, log_end)
+        checkpoint = resume.checkpoint
+        clock_key = self._keys.fold_clock(src)
+        steps: list[ClockStep] = []
+        if not resume.keep_steps:
+            await self.redis.delete(clock_key)  # they describe records of another log
+        else:
+            steps = [
+                _step(member)
+                for member in await self.redis.zrangebyscore(clock_key, checkpoint.rebuild_from, "+inf")
+            ]
+        if resume.problem == "recreated":
+            # Before the first partial of the new blocks, so that a restart finds them numbered the same.
+            await self.redis.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint))
+            with contextlib.suppress(Exception):  # advisory, as every commit: the old one is past the log
+                await consumer.commit({tp: OffsetAndMetadata(checkpoint.offset, "")})
+        fold = PartitionFold(short, tp.partition, self.config.fold, self.calendar, checkpoint, steps)
+        part = _Partition(fold, Lane((checkpoint.watermark_ms, checkpoint.offset)), dict(fold.outcomes))
+        self.parts[tp] = part
+        self._last_seen.setdefault(tp, time.time())
+        consumer.seek(tp, checkpoint.offset)
+        start = max(checkpoint.rebuild_from, log_start)
+        log.info(
+            "fold: %s resumes at offset %d (watermark %d ms, dedup set rebuilt from offset %d first)",
+            src,
+            checkpoint.offset,
+            checkpoint.watermark_ms,
+            start,
+        )
+        if start < checkpoint.offset:
+            part.rebuild = asyncio.create_task(self._rebuild(tp, part, start, checkpoint.offset))
+        else:
+            self._ready(tp, part)
+
+    def _report(
+        self,
+        tp: TopicPartition,
+        src: str,
+        saved: Checkpoint | None,
+        resume: Resume,
+        log_start: int,
+        log_end: int,
+    ) -> None:
+        """Say what ``resume_point`` found wrong with the saved position, loudly when records are lost."""
+        checkpoint = resume.checkpoint
+        where = f"{tp.topic} partition {tp.partition}"
+        if resume.problem == "behind":
             log.warning(
-                "fold: %s: checkpoint %d is behind the committed offset %d", src, checkpoint.offset, committed
+                "fold: %s: the Redis checkpoint (offset %d) is behind the committed offset (Redis lost its "
+                "last writes?): resuming from the checkpoint, its later blocks are replayed",
+                where,
+                checkpoint.offset,
             )
-        if committed:
+        elif resume.problem == "no_checkpoint":
             log.warning(
                 "fold: %s has no checkpoint in Redis but a committed offset %d: resuming there with an "
                 "empty dedup set and watermark (was Redis reset?)",
-                src,
-                committed,
+                where,
+                checkpoint.offset,
             )
-            return Checkpoint(committed, 0, committed)
-        return Checkpoint(0, 0, 0)
+        elif resume.problem in ("recreated", "expired"):
+            saved_offset = saved.offset if saved is not None else checkpoint.offset
+            if resume.problem == "recreated":
+                what = (
+                    f"the saved position {saved_offset} is past the end of the log ({log_end}): the topic "
+                    "was recreated or truncated. Starting the partition over from its beginning"
+                )
+            else:
+                what = (
+                    f"records {saved_offset}..{log_start - 1} were deleted (retention) before they were read "
+                    f"and are not counted. Resuming at the log start"
+                )
+            log.error("fold: %s (%s): %s, offset %d", where, src, what, checkpoint.offset)
+            self.metrics.source_resets.labels(self._short[tp.topic], resume.problem).inc()
+        if resume.problem != "expired" and checkpoint.rebuild_from < log_start < checkpoint.offset:
+            log.warning(
+                "fold: %s: records %d..%d of the dedup horizon were deleted (retention): duplicates of them "
+                "may count twice",
+                where,
+                checkpoint.rebuild_from,
+                log_start - 1,
+            )
 
-    async def _read_range(self, tp: TopicPartition, start: int, end: int) -> list[Any]:
-        """Records ``[start, end)`` of one partition, read by a throwaway consumer outside the group."""
-        reader = AIOKafkaConsumer(**self.config.kafka, enable_auto_commit=False, group_id=None)
-        await reader.start()
-        records: list[Any] = []
-        try:
-            reader.assign([tp])
-            reader.seek(tp, start)
-            while True:
-                batch = await reader.getmany(tp, timeout_ms=1000, max_records=10_000)
-                got = batch.get(tp, [])
-                if not got:
-                    break
-                records.extend(r for r in got if r.offset < end)
-                if got[-1].offset >= end - 1:
-                    break
-        finally:
-            await reader.stop()
-        return records
+    async def _rebuild(self, tp: TopicPartition, part: _Partition, start: int, end: int) -> None:
+        """Read records ``[start, end)`` of ``tp`` into the fold's dedup set, then let ``tp`` be fetched.
+
+        Re-reading after an error is harmless: the dedup set takes every record once.
+        """
+        began = time.monotonic()
+        while True:
+            try:
+                read = await read_range(self.config.kafka, tp, start, end, part.fold.rebuild)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fold: rebuilding the dedup set of %s failed; trying again", part.fold.src)
+                await asyncio.sleep(1.0)
+        part.fold.finish_rebuild()
+        log.info(
+            "fold: %s dedup set rebuilt from %d records in %.1f s",
+            part.fold.src,
+            read,
+            time.monotonic() - began,
+        )
+        if self.parts.get(tp) is part:
+            self._ready(tp, part)
+
+    def _ready(self, tp: TopicPartition, part: _Partition) -> None:
+        part.ready = True
+        part.rebuild = None
+        assert self._consumer is not None
+        self._consumer.resume(tp)
+
+    async def _restart_partition(self, tp: TopicPartition, error: BaseException) -> None:
+        log.error("fold: a send for %s failed (%s); replaying it from its last checkpoint", tp, error)
+        part = self.parts.pop(tp, None)
+        if part is not None:
+            if part.rebuild is not None:
+                part.rebuild.cancel()
+            _forget(part)
+        assert self._consumer is not None
+        self._consumer.pause(tp)
+        await self._start(tp, (await self._log_bounds([tp]))[tp])
+
+    # -- Redis ---------------------------------------------------------------------------------
+
+    async def _saved(self, src: str) -> Checkpoint | None:
+        raw = await self.redis.hget(self._keys.fold_checkpoints, src)
+        if raw is None:
+            return None
+        saved = orjson.loads(raw)
+        return Checkpoint(saved["offset"], saved["watermark_ms"], saved["rebuild_from"], saved.get("base", 0))
+
+    async def _save_steps(self, steps: list[tuple[_Partition, list[ClockStep]]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for part, new in steps:
+            members = {f"{step.first}:{step.last}:{step.received_ms}": step.last for step in new}
+            pipe.zadd(self._keys.fold_clock(part.fold.src), members)
+        await pipe.execute()
 
     # -- output --------------------------------------------------------------------------------
 
-    async def _emit(self, tp: TopicPartition, fold: PartitionFold, out: FoldOutput) -> None:
-        # Partials and checkpoints come out in order; a checkpoint waits for every send before it.
-        producer = self._producer
-        assert producer is not None
-        inflight = self._inflight[tp]
-        partials = iter(out.partials)
-        for reject_record, rejection in out.rejects:
-            future = await producer.send(
-                self.config.topic("dlq"),
-                dlq_value(reject_record, rejection),
-                key=reject_record.key,
-                headers=dlq_headers(rejection),
+    def _emit(self, part: _Partition, out: FoldOutput) -> None:
+        """Queue a fold output in order: rejects and the partials of each closed block, its checkpoint."""
+        fold = part.fold
+        messages: list[_Message] = []
+        for record, rejection in out.rejects:
+            value = dlq_value(record, rejection)
+            messages.append(
+                _Message(self.config.topic("dlq"), value, record.key, None, dlq_headers(rejection))
             )
-            inflight.append(future)
             self.metrics.dlq.labels(fold.topic, rejection.reason).inc()
-        if out.checkpoints:
-            # Partials of a closed block were produced before its checkpoint: send them all first.
-            await self._send_partials(tp, list(partials))
-            for checkpoint in out.checkpoints:
-                self._pending[tp].append((checkpoint, list(inflight)))
-            inflight.clear()
-        else:
-            await self._send_partials(tp, list(partials))
-        self._count(tp, fold)
+        partials = out.partials
+        for checkpoint in out.checkpoints:
+            block = checkpoint.base + checkpoint.offset // self.config.fold.block_records
+            closed = [partial for partial in partials if partial.block < block]
+            partials = [partial for partial in partials if partial.block >= block]
+            part.lane.put(Batch([*messages, *map(self._partial_message, closed)]))
+            part.lane.put(checkpoint)
+            messages = []
+        if messages or partials:
+            part.lane.put(Batch([*messages, *map(self._partial_message, partials)]))
 
-    async def _send_partials(self, tp: TopicPartition, partials: list[Partial]) -> None:
+    def _partial_message(self, partial: Partial) -> _Message:
+        value = orjson.dumps(
+            {"src": partial.src, "blk": partial.block, "upto": partial.upto, "rows": partial.rows}
+        )
+        channel = partial.channel
+        return _Message(
+            self.config.topic("partials"),
+            value,
+            channel.encode(),
+            partition_of(channel, self.config.partials_partitions),
+        )
+
+    def _put_flush(self, part: _Partition) -> None:
+        """Queue the partials of everything folded so far, marked with the watermark they carry."""
+        fold = part.fold
+        messages = [self._partial_message(partial) for partial in fold.flush()]
+        part.lane.put(Batch(messages, mark=(fold.watermark_ms, fold.position)))
+
+    async def _pump(self, part: _Partition) -> None:
+        """Send what the lane lets go now."""
         producer = self._producer
         assert producer is not None
-        topic = self.config.topic("partials")
-        n = self.config.partials_partitions
-        inflight = self._inflight.get(tp)
-        for partial in partials:
-            value = orjson.dumps(
-                {"src": partial.src, "blk": partial.block, "upto": partial.upto, "rows": partial.rows}
-            )
-            future = await producer.send(
-                topic, value, key=partial.channel.encode(), partition=partition_of(partial.channel, n)
-            )
-            if inflight is not None:
-                inflight.append(future)
-        if partials:
-            self.metrics.partials.inc(len(partials))
+        partials_topic = self.config.topic("partials")
+        for batch in part.lane.sendable():
+            deliveries = []
+            for message in batch.messages:
+                deliveries.append(
+                    await producer.send(
+                        message.topic,
+                        message.value,
+                        key=message.key,
+                        partition=message.partition,
+                        headers=message.headers,
+                    )
+                )
+            part.lane.sent(batch, deliveries)
+            sent = sum(message.topic == partials_topic for message in batch.messages)
+            if sent:
+                self.metrics.partials.inc(sent)
 
     async def _flush_all(self) -> None:
-        for tp, fold in list(self.folds.items()):
-            await self._send_partials(tp, fold.flush())
+        for part in list(self.parts.values()):
+            if part.ready:
+                self._put_flush(part)
+                await self._pump(part)
 
-    def _count(self, tp: TopicPartition, fold: PartitionFold) -> None:
-        before = self._reported[tp]
+    def _count(self, tp: TopicPartition, part: _Partition) -> None:
+        fold, before = part.fold, part.reported
         for outcome, total in fold.outcomes.items():
             if total != before[outcome]:
                 self.metrics.events.labels(fold.topic, outcome).inc(total - before[outcome])
         late = fold.late_within_grace - before.get("late_within_grace", 0)
         if late:
             self.metrics.late_within_grace.labels(fold.topic).inc(late)
-        self._reported[tp] = {**fold.outcomes, "late_within_grace": fold.late_within_grace}
+        part.reported = {**fold.outcomes, "late_within_grace": fold.late_within_grace}
 
-    async def _settle(self) -> None:
-        """Checkpoint every partition up to the newest block start whose earlier sends are all acked."""
-        ready: dict[TopicPartition, Checkpoint] = {}
-        for tp, queue in self._pending.items():
-            while queue and all(f.done() for f in queue[0][1]):
-                checkpoint, futures = queue.popleft()
-                failed = next((f.exception() for f in futures if f.exception() is not None), None)
-                if failed is not None:
-                    await self._restart_partition(tp, failed)
-                    break
-                ready[tp] = checkpoint
-        if not ready:
+    async def _settle(self, restart: bool = True) -> None:
+        """Write the checkpoints whose earlier sends are all acknowledged, then send what they held back.
+
+        A failed send replays its partition from the last written checkpoint (``restart``), or, while
+        the partition is being given up, leaves that to its next owner.
+        """
+        due: dict[TopicPartition, tuple[_Partition, Checkpoint]] = {}
+        for tp, part in list(self.parts.items()):
+            error = part.lane.retire()
+            if error is not None:
+                if restart:
+                    await self._restart_partition(tp, error)
+                continue
+            checkpoint = part.lane.checkpoint_due()
+            if checkpoint is not None:
+                due[tp] = (part, checkpoint)
+        if not due:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for tp, checkpoint in ready.items():
-            src = f"{self._short[tp.topic]}/{tp.partition}"
-            pipe.hset(
-                self._checkpoint_key,
-                src,
-                orjson.dumps(
-                    {
-                        "offset": checkpoint.offset,
-                        "watermark_ms": checkpoint.watermark_ms,
-                        "rebuild_from": checkpoint.rebuild_from,
-                        "at": time.time(),
-                    }
-                ),
-            )
+        for part, checkpoint in due.values():
+            src = part.fold.src
+            pipe.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint))
+            # After the checkpoint, so that Redis cannot keep the trim but lose the checkpoint.
+            pipe.zremrangebyscore(self._keys.fold_clock(src), "-inf", f"({checkpoint.rebuild_from}")
         await pipe.execute()
+        for tp, (part, checkpoint) in due.items():
+            if self.parts.get(tp) is part:  # not given up or restarted meanwhile
+                part.lane.checkpoint_written(checkpoint)
+                await self._pump(part)
         assert self._consumer is not None
         try:
-            await self._consumer.commit({tp: OffsetAndMetadata(c.offset, "") for tp, c in ready.items()})
+            await self._consumer.commit(
+                {tp: OffsetAndMetadata(checkpoint.offset, "") for tp, (_, checkpoint) in due.items()}
+            )
         except Exception as exc:  # noqa: BLE001 - the Redis checkpoint already holds; the commit is advisory
             log.warning("fold: offset commit failed (%s); the Redis checkpoint stands", exc)
 
-    async def _restart_partition(self, tp: TopicPartition, error: BaseException) -> None:
-        log.error("fold: a send for %s failed (%s); replaying it from its last checkpoint", tp, error)
-        self.folds.pop(tp, None)
-        self._pending[tp].clear()
-        self._inflight[tp] = []
-        await self.on_assigned({tp})
-
     async def _publish_marks(self) -> None:
-        """Send every partition's watermark to every partials partition, after this flush's partials.
+        """Send every partition's delivered watermark to every partials partition, after the partials.
 
         The Faust agent reads them in order with the partials, so when it has a mark it has merged
-        everything the mark covers: windows never close ahead of their data. Every assigned partition is
-        listed, also before its first record: one not read yet must hold event time back (a backlog is
-        not silence).
+        everything the mark covers: windows never close ahead of their data. A mark covers only what is
+        acknowledged (a lost partial must not close its windows), so it trails the flush by a round
+        trip. Every assigned partition is listed, also before its first record: one not read yet must
+        hold event time back (a backlog is not silence).
         """
-        if not self.folds:
+        if not self.parts:
             return
         assert self._consumer is not None and self._producer is not None
         marks = {}
         now_ms = time.time() * 1000
-        for tp, fold in self.folds.items():
+        for tp, part in self.parts.items():
+            watermark_ms, position = part.lane.delivered_mark
             highwater = self._consumer.highwater(tp)
             polled = self._consumer.last_poll_timestamp(tp)
             # Caught up only on fresh news: a highwater from a fetch long ago says nothing about now.
             caught_up = (
-                highwater is not None
-                and fold.position >= highwater
+                part.ready
+                and highwater is not None
+                and position >= highwater
                 and polled is not None
                 and now_ms - polled < CAUGHT_UP_POLL_MS
             )
-            marks[fold.src] = [fold.watermark_ms, self._last_seen.get(tp, 0.0), caught_up]
+            marks[part.fold.src] = [watermark_ms, self._last_seen.get(tp, 0.0), caught_up]
         value = orjson.dumps({"marks": marks, "at": time.time()})
         topic = self.config.topic("partials")
         for partition in range(self.config.partials_partitions):
-            await self._producer.send(topic, value, partition=partition)
-        self.metrics.dedup_ids.set(sum(fold.dedup_size for fold in self.folds.values()))
+            # A mark that fails is only late: the next flush sends the next one.
+            (await self._producer.send(topic, value, partition=partition)).add_done_callback(_swallow)
+        self.metrics.dedup_ids.set(sum(part.fold.dedup_size for part in self.parts.values()))
+
+
+async def read_range(
+    kafka: dict[str, Any], tp: TopicPartition, start: int, end: int, sink: Callable[[list[Any]], None]
+) -> int:
+    """Hand records ``[start, end)`` of ``tp`` to ``sink`` batch by batch; return how many.
+
+    Reads until its position reaches ``end`` however slowly the broker answers (an empty fetch is no
+    end), with a consumer of its own outside the group. ``end`` must lie within the log.
+    """
+    reader = AIOKafkaConsumer(**kafka, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest")
+    read = 0
+    try:
+        await reader.start()
+        reader.assign([tp])
+        reader.seek(tp, start)
+        while await reader.position(tp) < end:
+            batch = await reader.getmany(tp, timeout_ms=1000, max_records=10_000)
+            records = [record for record in batch.get(tp, ()) if record.offset < end]
+            if records:
+                sink(records)
+                read += len(records)
+    finally:
+        await reader.stop()
+    return read
+
+
+async def fetched_log_end(kafka: dict[str, Any], tp: TopicPartition, listed: int) -> int:
+    """The end of ``tp``'s log as a fetch reports it (its high watermark), ``listed`` if that is further.
+
+    Tansu answers ListOffsets(latest) with the first offset of the last record batch plus one, short of
+    the end by the batch's size; its fetch responses carry the true high watermark.
+    """
+    reader = AIOKafkaConsumer(**kafka, enable_auto_commit=False, group_id=None, auto_offset_reset="latest")
+    try:
+        await reader.start()
+        reader.assign([tp])
+        reader.seek(tp, max(listed - 1, 0))
+        batch = await reader.getmany(tp, timeout_ms=5_000)
+        ends = [
+            listed,
+            int(reader.highwater(tp) or 0),
+            *(int(record.offset) + 1 for record in batch.get(tp, ())),
+        ]
+    finally:
+        await reader.stop()
+    return max(ends)
+
+
+def _forget(part: _Partition) -> None:
+    """Drop a partition's sends still under way: their outcome no longer matters (only their logging)."""
+    for delivery in part.lane.outstanding():
+        delivery.add_done_callback(_swallow)  # type: ignore[attr-defined]
+
+
+def _swallow(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _checkpoint_json(checkpoint: Checkpoint) -> bytes:
+    return orjson.dumps(
+        {
+            "offset": checkpoint.offset,
+            "watermark_ms": checkpoint.watermark_ms,
+            "rebuild_from": checkpoint.rebuild_from,
+            "base": checkpoint.base,
+            "at": time.time(),
+        }
+    )
+
+
+def _step(member: bytes | str) -> ClockStep:
+    first, last, received_ms = (member.decode() if isinstance(member, bytes) else member).split(":")
+    return ClockStep(int(first), int(last), int(received_ms))

@@ -48,6 +48,13 @@ class PipelineMetrics:
         self.partials = Counter(
             "adpulse_partials", "Partial aggregates published by the fold stage", registry=registry
         )
+        self.source_resets = Counter(
+            "adpulse_source_resets",
+            "Source partitions the fold stage could not resume at its checkpoint, by reason (recreated: the "
+            "checkpoint is past the log end; expired: records past it were deleted before they were read)",
+            ["topic", "reason"],
+            registry=registry,
+        )
         self.snapshot_seconds = Histogram(
             "adpulse_snapshot_seconds",
             "Time to compute and write one KPI snapshot",

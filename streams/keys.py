@@ -68,6 +68,10 @@ class Keys:
     def fold_checkpoints(self) -> str:
         return f"{self.prefix}:fold:checkpoints"
 
+    def fold_clock(self, src: str) -> str:
+        """Sorted set of one source partition's clock steps (``first:last:received_ms``, score ``last``)."""
+        return f"{self.prefix}:fold:clock:{src}"
+
     @property
     def approvals(self) -> str:
         return f"{self.prefix}:budgets:approvals"
