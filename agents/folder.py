@@ -288,6 +288,8 @@ class FoldStage:
             await self.redis.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint))
             with contextlib.suppress(Exception):  # advisory, as every commit: the old one is past the log
                 await consumer.commit({tp: OffsetAndMetadata(checkpoint.offset, "")})
+        if tp not in consumer.assignment():
+            return  # revoked while this ran (a restart after a failed send): its next owner resumes it
         fold = PartitionFold(short, tp.partition, self.config.fold, self.calendar, checkpoint, steps)
         part = _Partition(fold, Lane((checkpoint.watermark_ms, checkpoint.offset)), dict(fold.outcomes))
         self.parts[tp] = part
@@ -394,8 +396,9 @@ class FoldStage:
                 part.rebuild.cancel()
             _forget(part)
         assert self._consumer is not None
-        self._consumer.pause(tp)
-        await self._start(tp, (await self._log_bounds([tp]))[tp])
+        if tp in self._consumer.assignment():  # else its next owner replays it
+            self._consumer.pause(tp)
+            await self._start(tp, (await self._log_bounds([tp]))[tp])
 
     # -- Redis ---------------------------------------------------------------------------------
 
