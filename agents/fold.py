@@ -59,6 +59,8 @@ LOG_APPEND_TIME = 1
 #: The "receive time" of a batch whose bound is every record's own LogAppendTime (or a dedup rebuild of
 #: records no step covers): later than any timestamp, so only the record's own timestamp bounds it.
 NO_CLOCK = 1 << 62
+#: At most this many event ids ahead of the watermark travel in a checkpoint (see ``_rebuild_point``).
+CARRY_MAX = 1_000
 #: Blocks of a new incarnation of a topic partition are numbered this far past the last checkpointed
 #: block of the old one: the table may have seen blocks past the checkpoint that Redis lost, and no
 #: partition closes a million blocks (ten million records at least) in the second Redis can lose.
@@ -82,12 +84,15 @@ class Checkpoint:
 
     ``base`` is the block number of offset 0: 0 for a partition's first incarnation, higher after the
     topic was recreated (``resume_point``), so that the table takes the new offsets' blocks as newer.
+    ``ahead`` holds the dedup set's minutes past the watermark that the rebuild does not re-read:
+    ``(minute, first offset, event ids)``.
     """
 
     offset: int
     watermark_ms: int
     rebuild_from: int
     base: int = 0
+    ahead: tuple[tuple[int, int, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,9 @@ class PartitionFold:
         self._seen: dict[str, int] = {}
         self._seen_by_minute: defaultdict[int, list[str]] = defaultdict(list)
         self._first_offset_by_minute: dict[int, int] = {}
+        for minute, first, event_ids in checkpoint.ahead:
+            for event_id in event_ids:
+                self._remember_minute(event_id, minute, first)
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.late_within_grace = 0
 
@@ -331,7 +339,8 @@ class PartitionFold:
         self.block = next_block
         self._acc = {}
         offset = next_block * self.config.block_records
-        out.checkpoints.append(Checkpoint(offset, self.watermark_ms, self._rebuild_from(offset), self.base))
+        rebuild_from, ahead = self._rebuild_point(offset)
+        out.checkpoints.append(Checkpoint(offset, self.watermark_ms, rebuild_from, self.base, ahead))
 
     def _partial(self, channel: str, dirty_minutes: set[int]) -> Partial:
         rows: dict[tuple[str, int, str], list[int]] = {}
@@ -382,8 +391,27 @@ class PartitionFold:
                     del self._seen[event_id]
             self._first_offset_by_minute.pop(minute, None)
 
-    def _rebuild_from(self, offset: int) -> int:
-        return min(self._first_offset_by_minute.values(), default=offset)
+    def _rebuild_point(self, offset: int) -> tuple[int, tuple[tuple[int, int, tuple[str, ...]], ...]]:
+        """Where a dedup rebuild starts re-reading for a checkpoint at ``offset``, and the ids it takes from
+        the checkpoint instead.
+
+        The set holds each id until its minute closes. Minutes past the watermark hold only events ahead
+        of their bound (up to ``max_future_skew_s``): one such event would pin the rebuild that far back
+        in the log. A few of them travel in the checkpoint; many (a whole host whose clock runs fast) are
+        re-read.
+        """
+        first = self._first_offset_by_minute
+        ahead = sorted(minute for minute in first if minute * 1000 > self.watermark_ms)
+        if not ahead or sum(len(self._seen_by_minute[minute]) for minute in ahead) > CARRY_MAX:
+            return min(first.values(), default=offset), ()
+        seen = self._seen
+        carried = tuple(
+            (minute, first[minute], tuple(i for i in self._seen_by_minute[minute] if seen.get(i) == minute))
+            for minute in ahead
+        )
+        return min(
+            (o for minute, o in first.items() if minute * 1000 <= self.watermark_ms), default=offset
+        ), carried
 
     @property
     def dedup_size(self) -> int:

@@ -407,7 +407,10 @@ class FoldStage:
         if raw is None:
             return None
         saved = orjson.loads(raw)
-        return Checkpoint(saved["offset"], saved["watermark_ms"], saved["rebuild_from"], saved.get("base", 0))
+        ahead = tuple((minute, first, tuple(ids)) for minute, first, ids in saved.get("ahead", ()))
+        return Checkpoint(
+            saved["offset"], saved["watermark_ms"], saved["rebuild_from"], saved.get("base", 0), ahead
+        )
 
     async def _save_steps(self, steps: list[tuple[_Partition, list[ClockStep]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -632,6 +635,7 @@ def _checkpoint_json(checkpoint: Checkpoint) -> bytes:
             "watermark_ms": checkpoint.watermark_ms,
             "rebuild_from": checkpoint.rebuild_from,
             "base": checkpoint.base,
+            "ahead": checkpoint.ahead,
             "at": time.time(),
         }
     )

@@ -251,6 +251,36 @@ async def _fast_clock_replay(settings: Settings) -> None:
     assert await partial_totals(settings) == recount(settings, counted)
 
 
+def test_an_event_far_ahead_travels_in_the_checkpoint(make_settings, caplog) -> None:
+    """One event 50 minutes ahead no longer makes every restart re-read the records since it, and its
+    duplicate after the restart still counts once."""
+    caplog.set_level(logging.INFO, logger="agents.folder")
+    registry = CollectorRegistry()
+    asyncio.run(_far_ahead(make_settings(partitions=1, block_records=10, grace_s=60.0), registry))
+    assert registry.get_sample_value("adpulse_events_total", {"topic": "clicks", "outcome": "duplicate"}) == 1
+    assert (
+        "fold: clicks/0 resumes at offset 30 (watermark 1700000330000 ms, dedup set rebuilt from offset 18"
+        in caplog.text
+    )
+
+
+async def _far_ahead(settings: Settings, registry: CollectorRegistry) -> None:
+    ahead = click("ahead", T0 + 50 * 60_000)
+    values = [click(f"e{i}", T0 + i * 10_000) for i in range(3)] + [ahead]
+    values += [click(f"e{i}", T0 + i * 10_000) for i in range(4, 35)]
+    created = [T0 + i * 10_000 for i in range(35)]  # "ahead" was sent at T0 + 30 s: its CreateTime bounds it
+    clock = Clock(T0 + 400_000)
+    await produce(settings, values, created)
+    stage = new_stage(settings, clock)
+    async with running(stage):
+        await wait_until(settled(stage, 35), "35 records folded")
+    restarted = new_stage(settings, clock, registry)
+    async with running(restarted):
+        await produce(settings, [ahead], [T0 + 350_000])
+        await wait_until(settled(restarted, 36), "the restart folded the duplicate")
+    assert await partial_totals(settings) == recount(settings, values)
+
+
 # -- checkpoints: behind the commit, topics recreated ---------------------------------------------
 
 

@@ -370,6 +370,34 @@ def test_a_record_stamped_in_2100_is_future_and_moves_nothing() -> None:
     assert out.checkpoints[-1].rebuild_from == 4
 
 
+def test_one_event_far_ahead_does_not_pin_the_dedup_rebuild() -> None:
+    """An event 50 minutes ahead stays in the dedup set until its minute closes; it travels in the
+    checkpoint, so a restart re-reads only the grace horizon, not the 50 minutes of records since."""
+    cfg = config(block=10, grace_s=60, skew_s=3600)
+    ahead = click(3, "ahead", T0 + 50 * 60_000, sent=T0 + 3_000)
+    records = [click(i, f"e{i}", T0 + i * 3_000) for i in range(3)] + [ahead]
+    records += [click(i, f"e{i}", T0 + i * 3_000) for i in range(4, 100)]
+    records.append(Rec(100, T0 + 300_000, ahead.value))  # the same event again, after the checkpoints
+    whole = fold(cfg)
+    checkpoints = whole.process(records, NOW).checkpoints
+    assert whole.outcomes == {"accepted": 100, "invalid": 0, "late": 0, "duplicate": 1}
+    last = checkpoints[-1]
+    assert last.rebuild_from > 3 and last.ahead == ((T0 // 1000 + 50 * 60, 3, ("ahead",)),)
+    restarted = fold(cfg, last)
+    restarted.rebuild(records[last.rebuild_from : last.offset])
+    restarted.finish_rebuild()
+    restarted.process(records[last.offset :], NOW)
+    assert restarted.outcomes["duplicate"] == 1 and restarted.dedup_size == whole.dedup_size
+
+
+def test_many_events_ahead_are_reread_rather_than_carried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agents.fold.CARRY_MAX", 2)
+    records = [click(i, f"ahead{i}", T0 + 50 * 60_000, sent=T0) for i in range(3)]
+    records += [click(i, f"e{i}", T0 + i * 3_000) for i in range(3, 100)]
+    checkpoints = fold(config(block=10)).process(records, NOW).checkpoints
+    assert checkpoints[-1].rebuild_from == 0 and checkpoints[-1].ahead == ()
+
+
 def test_a_log_append_time_topic_is_bounded_by_the_broker_not_the_worker() -> None:
     f = fold(config(skew_s=3600))
     broker = T0 + 60_000
