@@ -101,6 +101,7 @@ async def running(stage: FoldStage) -> AsyncIterator[asyncio.Task[None]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        assert isinstance(stage.redis, aioredis.Redis)
         await stage.redis.aclose()
 
 
@@ -205,7 +206,9 @@ def recount(settings: Settings, values: list[bytes]) -> Totals:
 # -- event time: a replay judges a fast clock as the first run did --------------------------------
 
 
-def test_a_replay_after_a_crash_judges_a_fast_clock_as_the_first_run(make_settings) -> None:
+def test_a_replay_after_a_crash_judges_a_fast_clock_as_the_first_run(
+    make_settings: Callable[..., Settings],
+) -> None:
     """The first run judges a fast tracker's records by the time it received them, and dies; the replay
     runs ten minutes later. The clock steps the first run persisted make it decide the same."""
     asyncio.run(
@@ -251,7 +254,9 @@ async def _fast_clock_replay(settings: Settings) -> None:
     assert await partial_totals(settings) == recount(settings, counted)
 
 
-def test_an_event_far_ahead_travels_in_the_checkpoint(make_settings, caplog) -> None:
+def test_an_event_far_ahead_travels_in_the_checkpoint(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     """One event 50 minutes ahead no longer makes every restart re-read the records since it, and its
     duplicate after the restart still counts once."""
     caplog.set_level(logging.INFO, logger="agents.folder")
@@ -284,7 +289,9 @@ async def _far_ahead(settings: Settings, registry: CollectorRegistry) -> None:
 # -- checkpoints: behind the commit, topics recreated ---------------------------------------------
 
 
-def test_a_checkpoint_behind_the_commit_resumes_from_the_checkpoint(make_settings, caplog) -> None:
+def test_a_checkpoint_behind_the_commit_resumes_from_the_checkpoint(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis lost its last writes after the offset commit: resuming at the commit (no dedup set there)
     would count duplicates across it twice."""
     caplog.set_level(logging.INFO, logger="agents.folder")
@@ -306,7 +313,7 @@ async def _checkpoint_behind(settings: Settings, registry: CollectorRegistry) ->
     async with running(stage):
         await wait_until(settled(stage, 15), "the first 15 records folded")
         older = await redis.hget(key, "clicks/0")
-        assert orjson.loads(older)["offset"] == 10
+        assert older is not None and orjson.loads(older)["offset"] == 10
         await produce(settings, values[15:])
         await wait_until(settled(stage, 24), "24 records folded")
         tp = TopicPartition(settings.topic("clicks"), 0)
@@ -326,10 +333,12 @@ async def _checkpoint_behind(settings: Settings, registry: CollectorRegistry) ->
 
 
 async def _equals(value: Any, expected: object) -> bool:
-    return await value == expected
+    return bool(await value == expected)
 
 
-def test_a_recreated_topic_is_counted_from_its_start_and_said_loudly(make_settings, caplog) -> None:
+def test_a_recreated_topic_is_counted_from_its_start_and_said_loudly(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     """Before, the records of the new topic below the saved position were skipped, uncounted."""
     caplog.set_level(logging.INFO, logger="agents.folder")
     registry = CollectorRegistry()
@@ -368,7 +377,9 @@ async def _recreated(settings: Settings, registry: CollectorRegistry) -> None:
     assert await partial_totals(settings) == recount(settings, old + new)
 
 
-def test_a_checkpoint_in_the_last_record_batch_is_no_recreated_topic(make_settings, caplog) -> None:
+def test_a_checkpoint_in_the_last_record_batch_is_no_recreated_topic(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
     """The embedded broker lists the end of a log as the start of its last record batch plus one: a
     checkpoint inside that batch lies within the log all the same."""
     caplog.set_level(logging.INFO, logger="agents.folder")

@@ -35,6 +35,7 @@ PURE = (
     "streams.windows",
     "agents.closing",
     "agents.fold",
+    "agents.outbox",
     "agents.partials",
     "agents.snapshot",
     "adpulse.traffic.malformed",
