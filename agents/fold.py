@@ -28,7 +28,10 @@ record ahead of the receive time ("ahead": a fast clock) would be decided differ
 reports every batch holding such a record as a ``ClockStep`` (its offsets and receive time), the
 stage persists the steps before it publishes anything computed from them, and a replay or dedup
 rebuild judges those offsets with the recorded time instead of its own. So nothing is counted twice
-or lost: a replay publishes exactly what the first run would have published.
+or lost: a replay publishes exactly what the first run would have published. (Two assumptions: the
+workers' clocks do not run behind each other by more than a fetch's delay, and Redis keeps what it
+acknowledged. A Redis that loses its last second loses the steps with the checkpoints: records of a fast
+clock in that second may then be judged again, by a later time.)
 """
 
 from __future__ import annotations
