@@ -9,10 +9,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,chat,test]'
+	$(BIN)/pip install --quiet -e '.[embedded,chat,report,test]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install adpulse with the embedded stack and test tools
+install: $(STAMP)  ## create .venv and install adpulse with the embedded stack, report charts and test tools
 
 tools:  ## promtool, prometheus and amtool for the deploy tests (apt-get installs them if missing)
 	bash deploy/setup-tools.sh

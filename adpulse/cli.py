@@ -182,11 +182,21 @@ def _register_optional() -> None:
     from adpulse.backtest_cli import backtest_cli
     from adpulse.budget_cli import budget_cli
     from adpulse.demo import demo_cli
+    from adpulse.report_cli import report_cli
     from adpulse.router_cli import router_cli
     from adpulse.simulate import simulate_cli
     from adpulse.stack_cli import stack_cli
 
-    for command in (stack_cli, simulate_cli, demo_cli, alerts_cli, budget_cli, backtest_cli, router_cli):
+    for command in (
+        stack_cli,
+        simulate_cli,
+        demo_cli,
+        alerts_cli,
+        budget_cli,
+        backtest_cli,
+        router_cli,
+        report_cli,
+    ):
         cli.add_command(command)
 
 

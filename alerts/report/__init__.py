@@ -1,0 +1,1 @@
+"""Reports people read: the daily cross-channel sheet, the weekly review against targets, their charts."""
