@@ -37,8 +37,9 @@ class Counts:
     def from_row(cls, row: Mapping[str, object]) -> Counts:
         """The counts of a KPI row as ``adpulse kpis --json`` prints it (money in currency units).
 
-        The row's money is the pipeline's micro-units divided by a million; multiplying back and rounding
-        recovers the integer exactly. A count a row lacks (an older worker's) is 0.
+        The row's money is the pipeline's micro-units divided by a million (a JSON float); multiplying back
+        and rounding recovers the integer exactly up to a billion currency units per window. A count a row
+        lacks (an older worker's) is 0.
         """
         values: dict[str, int] = {}
         for f in fields(cls):
