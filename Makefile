@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install adpulse with the embedded stack, report charts and test tools
 
-tools:  ## promtool, prometheus and amtool for the deploy tests (apt-get installs them if missing)
+tools:  ## promtool, prometheus, amtool (deploy tests) and chromium (report tests); apt-get installs them if missing
 	bash deploy/setup-tools.sh
 
 demo: $(STAMP)  ## the embedded stack, a worker, simulated traffic and a live view (Ctrl-C stops it all)

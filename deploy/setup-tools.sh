@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The real tools the deploy tests run: promtool and prometheus (Debian package `prometheus`), amtool
-# (`prometheus-alertmanager`). Quick when they are on PATH; otherwise installs them with apt-get, without
-# starting the services the packages ship (we run our own instances on loopback ports).
+# (`prometheus-alertmanager`), and the headless browser the report tests render HTML in (`chromium`). Quick
+# when they are on PATH; otherwise installs them with apt-get, without starting the services the packages
+# ship (we run our own instances on loopback ports).
 set -euo pipefail
 
-TOOLS=(promtool prometheus amtool)
-PACKAGES=(prometheus prometheus-alertmanager)
+TOOLS=(promtool prometheus amtool chromium)
+PACKAGES=(prometheus prometheus-alertmanager chromium)
 
 missing() {
   local tool
@@ -19,7 +20,7 @@ if [ -z "$(missing)" ]; then
 fi
 
 hint="install them yourself (Debian/Ubuntu: apt-get install --no-install-recommends ${PACKAGES[*]}; \
-elsewhere: the Prometheus 2.x and Alertmanager release archives) and put them on PATH"
+elsewhere: the Prometheus 2.x and Alertmanager release archives, and a Chromium) and put them on PATH"
 
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "deploy/setup-tools.sh: missing $(missing | tr '\n' ' ')and no apt-get here: $hint" >&2

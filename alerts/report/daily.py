@@ -160,8 +160,9 @@ def _footnotes(data: DayData, rows: Sequence[SheetRow], zone: ZoneInfo, currency
     clicks_for_visits = [r.channel for r in rows if r.visits_are_clicks]
     if clicks_for_visits:
         notes.append(
-            f"¹ Visits: {', '.join(clicks_for_visits)} send no landing-page visit events, so their clicks "
-            "are shown (and counted in the total) instead."
+            f"¹ Visits: no landing-page visit events came from {', '.join(clicks_for_visits)}, so "
+            f"{'its' if len(clicks_for_visits) == 1 else 'their'} clicks are shown (and counted in the "
+            "total) instead."
         )
     notes.append(
         f"Money in {currency}, rounded half up to the cent from exact sums. ROI = GMV / channel cost (the "

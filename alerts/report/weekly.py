@@ -26,6 +26,8 @@ from alerts.report.model import FUNNEL_STAGES, MICROS, Counts, Targets, money_te
 TOTAL = "total"
 #: Below this many users entering a stage (this week), its rate is too noisy to call a loss.
 MIN_STAGE_VOLUME = 100
+#: A stage whose conversion fell less than this, relatively, is stable (noise, not a loss).
+MIN_STAGE_DROP = 0.05
 #: Pacing within ±10 % of the calendar is "on pace".
 PACE_BAND = 0.1
 _STAGE_ADVICE = {
@@ -293,10 +295,11 @@ def _funnel_loss(channels: Sequence[ChannelWeek], overall: ChannelWeek) -> str |
                 worst = (change, c.channel, stage, old, rate)
     if worst is not None:
         change, channel, stage, old, rate = worst
-        return (
-            f"Funnel: the largest loss is {channel}'s {stage} stage, {old * 100:.2f} % → {rate * 100:.2f} % "
-            f"({signed(change * 100, 1, ' %')}) week on week: {_STAGE_ADVICE[stage]}."
-        )
+        fall = signed(change * 100, 1, " %")
+        moved = f"{channel}'s {stage} stage, {old * 100:.2f} % → {rate * 100:.2f} % ({fall})"
+        if change > -MIN_STAGE_DROP:
+            return f"Funnel: stable week on week; the largest fall is {moved}."
+        return f"Funnel: the largest loss is {moved} week on week: {_STAGE_ADVICE[stage]}."
     everyone = overall.counts.funnel()
     gap: tuple[float, str, str, float, float] | None = None
     for c in channels:

@@ -159,7 +159,10 @@ def test_a_channel_without_visit_events_shows_its_clicks_with_a_footnote() -> No
     assert baidu.visits == 321 and baidu.visits_are_clicks
     assert render.sheet_cells(baidu)[2] == "321¹"
     assert sheet.total.visits == 321 + 200 and sheet.total.visits_are_clicks
-    assert any(n.startswith("¹ Visits: baidu") for n in sheet.footnotes)
+    assert (
+        "¹ Visits: no landing-page visit events came from baidu, so its clicks are shown"
+        in sheet.footnotes[0]
+    )
     assert render.daily_json(sheet)["rows"][0]["visits_from"] in ("clicks", "visits")
 
 
@@ -538,3 +541,13 @@ def test_charts_are_pngs_and_the_html_embeds_them() -> None:
     assert orjson.loads(orjson.dumps(render.weekly_json(review)))["channels"][0]["budgets"][0][
         "used"
     ] == pytest.approx(3 * 1200.05 / 6000)
+
+
+def test_a_small_fall_of_a_funnel_stage_is_called_stable() -> None:
+    this = _week(2, a=counts(visits=196))
+    before = {d - timedelta(days=7): data for d, data in _week(2, a=counts(visits=200)).items()}
+    review = build_weekly(date(2026, 11, 23), this, before, [], SH, "CNY")
+    assert review.recommendations[-1] == (
+        "Funnel: stable week on week; the largest fall is a's click → visit stage, 80.00 % → 78.40 % "
+        "(\u22122.0 %)."
+    )
