@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,8 @@ async def serve(settings: Settings, config: Any, stop: asyncio.Event, console: A
     from prometheus_client import CollectorRegistry
 
     from alerts.router.delivery import Deliverer
+    from alerts.router.digest import DigestScheduler, ReportSource, report_routes
+    from alerts.router.digest_cards import ReportLinks
     from alerts.router.metrics import RouterMetrics
     from alerts.router.service import Router
     from alerts.router.tokens import ActionLinks
@@ -73,6 +78,9 @@ async def serve(settings: Settings, config: Any, stop: asyncio.Event, console: A
     metrics = RouterMetrics(registry)
     client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
     key = settings.token_key()
+    reports = ReportSource(
+        client, settings.redis_prefix, settings.zone, settings.currency, BudgetCache(settings).budgets
+    )
     async with aiohttp.ClientSession() as session:
         router_ref: dict[str, Any] = {}
         app = make_app(
@@ -82,6 +90,7 @@ async def serve(settings: Settings, config: Any, stop: asyncio.Event, console: A
             key,
             settings.zone,
             ready=lambda: "router" in router_ref and router_ref["router"].ready.is_set(),
+            routes=report_routes(reports, key),
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -105,6 +114,17 @@ async def serve(settings: Settings, config: Any, stop: asyncio.Event, console: A
             links=links,
         )
         router_ref["router"] = router
+        digests = DigestScheduler(
+            config,
+            reports,
+            Deliverer(session, console=console),
+            ReportLinks(key, public_url(settings, port)) if key else None,
+        )
+        if config.digests and key is None:
+            log.warning(
+                "router: no ADPULSE_ROUTER_TOKEN_KEY: digests carry no link to the report or its chart"
+            )
+        posting = asyncio.create_task(digests.run(stop)) if config.digests else None
         log.info(
             "router %s: targets %s; /metrics on http://%s:%d",
             router.name,
@@ -115,8 +135,39 @@ async def serve(settings: Settings, config: Any, stop: asyncio.Event, console: A
         try:
             await router.run(stop)
         finally:
+            if posting is not None:
+                posting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await posting
             await runner.cleanup()
             await client.aclose()
+
+
+class BudgetCache:
+    """The budgets for report pages and digests, read from the budgets topic at most every ``max_age_s``;
+    when the broker cannot be reached, the last ones read (reports go on without budget lines at worst)."""
+
+    def __init__(self, settings: Settings, max_age_s: float = 300.0) -> None:
+        self.settings = settings
+        self.max_age_s = max_age_s
+        self._budgets: list[Any] = []
+        self._read_at = -math.inf
+
+    async def budgets(self) -> list[Any]:
+        from aiokafka.errors import KafkaError
+
+        from adpulse.budget_cli import BudgetError, read_budgets
+
+        if time.monotonic() - self._read_at < self.max_age_s:
+            return self._budgets
+        try:
+            book, _ = await read_budgets(self.settings, quiet_s=0.5, timeout_s=10.0)
+        except (BudgetError, KafkaError, OSError, TimeoutError) as exc:
+            log.warning("router: reports without fresh budgets: %s", exc)
+        else:
+            self._budgets = list(book)
+        self._read_at = time.monotonic()
+        return self._budgets
 
 
 def load_config(settings: Settings, path: Path | None) -> Any:

@@ -87,3 +87,11 @@ class Keys:
 
     def sent(self, target: str, delivery_key: str) -> str:
         return f"{self.prefix}:router:sent:{target}:{delivery_key}"
+
+    def digest_sent(self, report: str, period: str, target: str) -> str:
+        """Set once a digest (``daily`` of ``2026-11-24``, ``weekly`` of ``2026-W48``) reached ``target``."""
+        return f"{self.prefix}:router:digest:{report}:{period}:sent:{target}"
+
+    def digest_lease(self, report: str, period: str) -> str:
+        """Held (``SET NX EX``) by the router posting a digest, so two routers do not post it together."""
+        return f"{self.prefix}:router:digest:{report}:{period}:lease"

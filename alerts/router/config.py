@@ -104,11 +104,42 @@ class Route(_Strict):
     quiet_hours: QuietHours | None = None
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class Digest(_Strict):
+    """A report posted to ``targets`` every day at ``at`` (local time, ``ADPULSE_TZ``): the daily sheet of the
+    day before, or (``report: weekly``) the weekly review on the weekday ``day``.
+
+    (Not ``on:``: YAML 1.1 reads that key as ``true``.)
+    """
+
+    report: Literal["daily", "weekly"] = "daily"
+    at: clock_time
+    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = "friday"
+    targets: list[str] = Field(min_length=1)
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _clock(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 09:30 as the base-60 number 570: take it for the time it was written as.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value < 24 * 60:
+                raise ValueError(f'{value} is not a time of day: write it quoted, e.g. at: "09:30"')
+            return clock_time(value // 60, value % 60)
+        return value
+
+    def due_on(self, weekday: int) -> bool:
+        """Whether the digest is posted on ``weekday`` (Monday = 0)."""
+        return self.report == "daily" or WEEKDAYS.index(self.day) == weekday
+
+
 class RoutesConfig(_Strict):
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     default_targets: list[str] = Field(default_factory=list)
     default_owners: list[str] = Field(default_factory=list)
+    digests: list[Digest] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _known_targets(self) -> RoutesConfig:
@@ -117,6 +148,8 @@ class RoutesConfig(_Strict):
             named += [(f"routes[{i}].targets", t) for t in route.targets]
             if route.escalate is not None:
                 named += [(f"routes[{i}].escalate.targets", t) for t in route.escalate.targets]
+        for i, digest in enumerate(self.digests):
+            named += [(f"digests[{i}].targets", t) for t in digest.targets]
         unknown = [f"{where}: {name!r}" for where, name in named if name not in self.targets]
         if unknown:
             raise ValueError(

@@ -30,6 +30,7 @@ from yarl import URL
 
 from alerts.router.messages import Notification, render
 from alerts.router.targets import (
+    HttpRequest,
     TargetSpec,
     apprise_urls,
     build_request,
@@ -214,7 +215,7 @@ class Deliverer:
         if spec.type == "apprise":
             return await self._apprise(spec, n)
         parts = split_for(spec, n)
-        results = [await self._send(spec, part) for part in parts]
+        results = [await self._send(spec, _builder(spec, part)) for part in parts]
         failed = [(part, r) for part, r in zip(parts, results, strict=True) if r.outcome == "failed"]
         attempts, retries = sum(r.attempts for r in results), sum(r.retries for r in results)
         if not failed:
@@ -230,14 +231,27 @@ class Deliverer:
             self._limiters[spec.name] = RateLimiter(rate_per_minute(spec), sleep=self._sleep)
         return self._limiters[spec.name]
 
-    async def _send(self, spec: TargetSpec, part: Notification) -> Delivery:
+    async def deliver_text(self, spec: TargetSpec, title: str, text: str) -> Delivery:
+        """Print ``title`` and ``text`` (console), or send them through apprise: the targets without a
+        request of their own (a digest uses it; HTTP targets take :meth:`deliver_request`)."""
+        if spec.type == "console":
+            print(f"{title}\n{text}\n", file=self._console or sys.stdout, flush=True)
+            return Delivery("sent", 1, 0, None, None)
+        return await self._apprise_text(spec, title, text)
+
+    async def deliver_request(self, spec: TargetSpec, build: Callable[[float], HttpRequest]) -> Delivery:
+        """Send the request ``build(now_s)`` makes (built, so signed, afresh for every attempt), with the same
+        retries, rate limit and redaction as an alert's."""
+        return await self._send(spec, build)
+
+    async def _send(self, spec: TargetSpec, build: Callable[[float], HttpRequest]) -> Delivery:
         secrets = spec.secrets()
         attempts = 0
         while True:
             await self._limiter(spec).acquire()
             try:
                 # Built after the rate limiter's wait, so the signed timestamp is as fresh as can be.
-                request = build_request(spec, part, self._clock())
+                request = build(self._clock())
             except (ValueError, TypeError) as exc:  # no url, or an alert orjson cannot write
                 return self._failed(spec, attempts, None, f"cannot build the request: {exc}")
             attempts += 1
@@ -307,6 +321,10 @@ class Deliverer:
         return Delivery("sent", 1, 0, None, None)
 
     async def _apprise(self, spec: TargetSpec, n: Notification) -> Delivery:
+        rendered = render(replace(n, locale=spec.locale))
+        return await self._apprise_text(spec, rendered.title, rendered.text)
+
+    async def _apprise_text(self, spec: TargetSpec, title: str, text: str) -> Delivery:
         try:
             apprise = require_apprise()
         except RuntimeError as exc:
@@ -319,12 +337,11 @@ class Deliverer:
         for i, url in enumerate(urls, 1):
             if not notifier.add(url):
                 return self._failed(spec, 0, None, f"apprise URL #{i} is not valid: check its scheme")
-        rendered = render(replace(n, locale=spec.locale))
         attempts = 0
         while True:
             attempts += 1
             try:
-                ok = await asyncio.to_thread(notifier.notify, body=rendered.text, title=rendered.title)
+                ok = await asyncio.to_thread(notifier.notify, body=text, title=title)
             except Exception as exc:  # noqa: BLE001 - any apprise plugin may raise anything: a failed send
                 ok, reason = False, f"apprise raised {type(exc).__name__}: {exc}"
             else:
@@ -337,6 +354,10 @@ class Deliverer:
             delay = self._policy.backoff_s(attempts - 1, self._rng)
             log.warning("target %s: %s; retrying in %.1f s", spec.name, redact(reason, spec.secrets()), delay)
             await self._sleep(delay)
+
+
+def _builder(spec: TargetSpec, part: Notification) -> Callable[[float], HttpRequest]:
+    return lambda now_s: build_request(spec, part, now_s)
 
 
 async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,8 +39,10 @@ def make_app(
     zone: ZoneInfo,
     ready: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.time,
+    routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
-    """The aiohttp application; action links answer 404 when no token key is configured."""
+    """The aiohttp application; action links answer 404 when no token key is configured. ``routes`` are
+    served too (the report pages of :mod:`alerts.router.digest`)."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -124,6 +126,7 @@ def make_app(
             web.get("/healthz", healthz),
             web.get("/a/{token}", show),
             web.post("/a/{token}", act),
+            *routes,
         ]
     )
     return app
