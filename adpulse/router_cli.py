@@ -221,7 +221,8 @@ def router_cli(settings: Settings, config_path: Path | None, check: bool) -> Non
     if check:
         click.echo(
             f"ok: {len(config.targets)} target(s), {len(config.routes)} route(s), "
-            f"default targets: {', '.join(config.default_targets) or 'none'}"
+            f"default targets: {', '.join(config.default_targets) or 'none'}; "
+            f"{len(config.digests)} digest(s)"
         )
         return
 

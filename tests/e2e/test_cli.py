@@ -164,6 +164,9 @@ def test_help_is_there_for_every_command() -> None:
         ["alerts"],
         ["alerts", "ack"],
         ["alerts", "snooze"],
+        ["report"],
+        ["report", "daily"],
+        ["report", "weekly"],
     ):
         result = subprocess.run(
             [sys.executable, "-m", "adpulse", *command, "--help"],
