@@ -49,7 +49,11 @@ class DayData:
 
 @dataclass(frozen=True, slots=True)
 class SheetRow:
-    """One line of the sheet. ``visits`` is the visit count shown (clicks where ``visits_are_clicks``)."""
+    """One line of the sheet. ``visits`` is the visit count shown (clicks where ``visits_are_clicks``).
+
+    ``notes`` has one line per alert episode of the day, the channel's own and its campaigns' (each starting
+    with the campaign's name); the sheet's cell, ``note``, spells out the channel's and counts the campaigns'.
+    """
 
     day: date
     channel: str
@@ -57,10 +61,14 @@ class SheetRow:
     visits: int
     visits_are_clicks: bool
     notes: tuple[str, ...] = ()
+    campaign_notes: int = 0
 
     @property
     def note(self) -> str:
-        return "; ".join(self.notes)
+        own = list(self.notes[: len(self.notes) - self.campaign_notes])
+        if self.campaign_notes:
+            own.append(f"+{self.campaign_notes} campaign alert(s)")
+        return "; ".join(own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +100,13 @@ def day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
     return start, datetime(following.year, following.month, following.day, tzinfo=zone)
 
 
-def sheet_row(day: date, channel: str, counts: Counts, notes: tuple[str, ...] = ()) -> SheetRow:
+def sheet_row(
+    day: date, channel: str, counts: Counts, notes: tuple[str, ...] = (), campaign_notes: tuple[str, ...] = ()
+) -> SheetRow:
     """One channel's row: visits fall back to clicks where no visit event came at all."""
     fallback = counts.visits == 0 and counts.clicks > 0
-    return SheetRow(day, channel, counts, counts.clicks if fallback else counts.visits, fallback, notes)
+    shown = counts.clicks if fallback else counts.visits
+    return SheetRow(day, channel, counts, shown, fallback, (*notes, *campaign_notes), len(campaign_notes))
 
 
 def build_daily(
@@ -114,13 +125,18 @@ def build_daily(
     lo, hi = day_bounds(data.day, zone)
     todays = tuple(e for e in alerts if e.overlaps(lo, hi))
     notes: dict[str, list[str]] = {}
+    campaigns: dict[str, list[str]] = {}
     for episode in todays:
-        notes.setdefault(episode.channel, []).append(note(episode, zone, data.day, approvals))
+        kept = campaigns if episode.campaign else notes
+        kept.setdefault(episode.channel, []).append(note(episode, zone, data.day, approvals))
     channels = dict(data.channels)
-    for channel in notes:
+    for channel in (*notes, *campaigns):
         channels.setdefault(channel, Counts())
     rows = sorted(
-        (sheet_row(data.day, ch, counts, tuple(notes.get(ch, ()))) for ch, counts in channels.items()),
+        (
+            sheet_row(data.day, ch, counts, tuple(notes.get(ch, ())), tuple(campaigns.get(ch, ())))
+            for ch, counts in channels.items()
+        ),
         key=lambda r: (-r.counts.gmv_micros, r.channel),
     )
     summed = total(r.counts for r in rows)

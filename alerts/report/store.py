@@ -24,10 +24,14 @@ from streams.events import NO_CAMPAIGN
 from streams.keys import Keys
 from streams.redis_client import AsyncRedis, as_text
 
+#: The alerts stream is capped near 10,000 entries (``RedisAlertSink``): this many means it may be trimmed.
+NEAR_CAP = 9_000
+
 
 @dataclass(frozen=True, slots=True)
 class AlertHistory:
-    """The alerts stream, oldest first, and the time of its oldest entry (older ones were trimmed)."""
+    """The alerts stream, oldest first, and the time of its oldest entry if the stream is at its cap (so
+    older entries may have been trimmed); None when it holds everything ever written."""
 
     alerts: list[Mapping[str, Any]]
     oldest: datetime | None
@@ -83,21 +87,31 @@ async def read_snapshot(redis: AsyncRedis, prefix: str) -> tuple[list[dict[str, 
     return [r for r in rows if r.get("campaign") == NO_CAMPAIGN], watermark
 
 
+Snapshot = tuple[list[dict[str, Any]], datetime | None]
+
+
 async def read_day(
-    redis: AsyncRedis, prefix: str, day: date, zone: ZoneInfo, *, hours: bool = True
+    redis: AsyncRedis,
+    prefix: str,
+    day: date,
+    zone: ZoneInfo,
+    *,
+    hours: bool = True,
+    snapshot: Snapshot | None = None,
 ) -> DayData:
     """Every channel's counts of one local day (and its hours, for charts).
 
     Closed windows first; a channel whose day is still open comes from the live snapshot, and then the day
     is marked incomplete. A channel recorded by several workers over time (a rebalance) has one row per day:
-    the fields of the hash are per channel and window start.
+    the fields of the hash are per channel and window start. ``snapshot`` (:func:`read_snapshot`) saves
+    reading it again when several days are read at once.
     """
     closed = await _closed(redis, prefix, "1d", day, zone)
     channels = {str(row["channel"]): Counts.from_row(row) for row in closed}
-    snapshot, watermark = await read_snapshot(redis, prefix)
+    live, watermark = snapshot if snapshot is not None else await read_snapshot(redis, prefix)
     live_days = [
         row
-        for row in snapshot
+        for row in live
         if row.get("window") == "1d"
         and row.get("which") in ("current", "last")
         and _local_date(row.get("window_start"), zone) == day
@@ -113,7 +127,7 @@ async def read_day(
         seen = {(str(r["channel"]), str(r["window_start"])) for r in hourly}
         hourly += [
             row
-            for row in snapshot
+            for row in live
             if row.get("window") == "1h"
             and _local_date(row.get("window_start"), zone) == day
             and (str(row.get("channel")), str(row.get("window_start"))) not in seen
@@ -143,7 +157,7 @@ async def read_alerts(redis: AsyncRedis, prefix: str) -> AlertHistory:
         alert = _loads(raw) if raw is not None else None
         if isinstance(alert, dict):
             alerts.append(alert)
-    return AlertHistory(alerts, oldest)
+    return AlertHistory(alerts, oldest if len(entries) >= NEAR_CAP else None)
 
 
 async def read_approvals(redis: AsyncRedis, prefix: str) -> dict[str, Approval]:
@@ -202,9 +216,12 @@ async def load_weekly(
 ) -> WeeklyReview:
     """The review of the ISO week starting ``monday`` (its days over by ``today``) from what Redis holds."""
     covered = covered_days(monday, today)
-    days = {d: await read_day(redis, prefix, d, zone) for d in covered}
+    snapshot = await read_snapshot(redis, prefix)
+    days = {d: await read_day(redis, prefix, d, zone, snapshot=snapshot) for d in covered}
     before = {
-        d - timedelta(days=7): await read_day(redis, prefix, d - timedelta(days=7), zone, hours=False)
+        d - timedelta(days=7): await read_day(
+            redis, prefix, d - timedelta(days=7), zone, hours=False, snapshot=snapshot
+        )
         for d in covered
     }
     before = {d: data for d, data in before.items() if data.channels}
@@ -212,7 +229,7 @@ async def load_weekly(
     if covered and any(b.period == "month" for b in budgets):
         day = covered[-1].replace(day=1)
         while day <= covered[-1]:
-            data = days.get(day) or await read_day(redis, prefix, day, zone, hours=False)
+            data = days.get(day) or await read_day(redis, prefix, day, zone, hours=False, snapshot=snapshot)
             for channel, counts in data.channels.items():
                 month_spend[channel] = month_spend.get(channel, 0) + counts.spend_micros
             day += timedelta(days=1)

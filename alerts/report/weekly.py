@@ -205,7 +205,7 @@ def build_weekly(
         channels=tuple(channels),
         total=total_week,
         episodes=week_alerts,
-        alert_notes=tuple(_alert_line(e, zone, approvals) for e in week_alerts),
+        alert_notes=_alert_lines(week_alerts, zone, approvals),
         recommendations=tuple(recommendations(channels, total_week, targets, currency)),
         footnotes=_footnotes(covered, before, currency, zone),
         daily=dict(days),
@@ -218,6 +218,23 @@ def _sum_days(days: Iterable[DayData]) -> dict[str, Counts]:
         for channel, counts in data.channels.items():
             summed[channel] = summed.get(channel, Counts()) + counts
     return summed
+
+
+def _alert_lines(
+    week_alerts: Sequence[Episode], zone: ZoneInfo, approvals: Mapping[str, Approval] | None
+) -> tuple[str, ...]:
+    """A line per channel-level episode; the campaigns' episodes counted in one line, with their median time
+    to resolve (a busy week has dozens)."""
+    lines = [_alert_line(e, zone, approvals) for e in week_alerts if e.campaign is None]
+    campaign = [e for e in week_alerts if e.campaign is not None]
+    if campaign:
+        times = sorted(s for e in campaign if (s := e.resolve_s) is not None)
+        median = f", median time to resolve {duration_text(times[len(times) // 2])}" if times else ""
+        lines.append(
+            f"{len(campaign)} campaign-level alert(s), {len(campaign) - len(times)} still firing{median} "
+            "(`adpulse alerts --all` lists them)"
+        )
+    return tuple(lines)
 
 
 def _alert_line(episode: Episode, zone: ZoneInfo, approvals: Mapping[str, Approval] | None) -> str:

@@ -61,6 +61,7 @@ PURE = (
     "alerts.report.render",
     "alerts.report.weekly",
     "alerts.router.config",
+    "alerts.router.digest_cards",
     "alerts.router.messages",
     "alerts.router.routing",
     "alerts.router.targets",

@@ -551,3 +551,21 @@ def test_a_small_fall_of_a_funnel_stage_is_called_stable() -> None:
         "Funnel: stable week on week; the largest fall is a's click → visit stage, 80.00 % → 78.40 % "
         "(\u22122.0 %)."
     )
+
+
+def test_campaign_alerts_are_counted_in_the_cell_and_listed_in_the_notes() -> None:
+    spring = alert(fingerprint="anomaly:ctr:douyin:spring-sale", campaign="spring-sale")
+    summer = alert(
+        fingerprint="anomaly:ctr:douyin:summer", campaign="summer", fired_at="2026-11-24T06:30:00+00:00"
+    )
+    sheet = build_daily(DayData(DAY, {}), episodes([*CTR_DROP, spring, summer]), SH, "CNY")
+    [row] = sheet.rows
+    assert row.note == "CTR \u221252 % 14:10–15:00, resolved 15:20; +2 campaign alert(s)"
+    assert row.notes[1:] == (
+        "spring-sale: CTR \u221252 % 14:10–14:20, still firing",
+        "summer: CTR \u221252 % 14:10–14:20, still firing",
+    )
+    review = build_weekly(date(2026, 11, 23), _week(2), {}, episodes([*CTR_DROP, spring, summer]), SH, "CNY")
+    assert review.alert_notes[-1] == (
+        "2 campaign-level alert(s), 2 still firing (`adpulse alerts --all` lists them)"
+    )
