@@ -59,9 +59,15 @@ def _png(fig: Any) -> bytes:
     return out.getvalue()
 
 
+def _spans(episodes: Sequence[Episode]) -> list[Episode]:
+    """The alerts a KPI chart shades: a channel's anomalies and tracker outages. Threshold alerts show as
+    the line below the dashed target already; campaigns' alerts (dozens a busy day) would bury the lines."""
+    return [e for e in episodes if e.kind in ("anomaly", "data_health") and e.campaign is None]
+
+
 def _shade(ax: Axes, spans: Sequence[Episode], colour: Mapping[str, str], lo: datetime, hi: datetime) -> None:
     """Shade each alert's span (clipped to the chart's range) in its channel's colour, named at the top."""
-    for episode in spans:
+    for episode in _spans(spans):
         start = max(episode.start or episode.fired_at, lo)
         end = min(episode.end or episode.resolved_at or hi, hi)
         if episode.resolved_at is not None and episode.kind != "budget":
@@ -149,7 +155,7 @@ def daily_kpi_chart(sheet: DailySheet, targets: Targets | None = None) -> bytes:
             if xs:
                 ax.plot(xs, ys, marker="o", ms=3, lw=1.5, color=colour[channel], label=channel)
         _target(ax, _target_value(targets, metric), f"target {targets.text(metric)}")
-        _shade(ax, [e for e in sheet.episodes if e.kind != "budget"], colour, lo, hi)
+        _shade(ax, sheet.episodes, colour, lo, hi)
         ax.set_xlim(lo, hi)
         ax.set_title(f"{_TITLES[metric]} per hour, {sheet.day.isoformat()}", fontsize=10, loc="left")
         ax.xaxis.set_major_formatter(_formatter("%H:%M", sheet.zone))
@@ -221,7 +227,7 @@ def weekly_kpi_chart(review: WeeklyReview) -> bytes:
                 ax.plot(xs, ys, marker="o", ms=3, lw=1.5, color=colour[channel], label=channel)
         _target(ax, _target_value(review.targets, metric), f"target {review.targets.text(metric)}")
         if days:
-            _shade(ax, [e for e in review.episodes if e.kind != "budget"], colour, lo, hi)
+            _shade(ax, review.episodes, colour, lo, hi)
             ax.set_xlim(lo, hi)
         ax.set_title(_TITLES[metric], fontsize=10, loc="left")
         ax.set_xticks([_x(day_bounds(d, review.zone)[0] + timedelta(hours=12)) for d in days])
@@ -283,7 +289,7 @@ def daily_charts(sheet: DailySheet, targets: Targets | None = None) -> dict[str,
     return {
         "kpis": (
             daily_kpi_chart(sheet, targets),
-            "CTR and ROI per hour by channel; dashed: targets; shaded: alerts",
+            "CTR and ROI per hour by channel; dashed: targets; shaded: anomalies and tracker outages",
         ),
         "spend": (
             daily_spend_chart(sheet),
@@ -299,10 +305,10 @@ def weekly_charts(review: WeeklyReview) -> dict[str, tuple[bytes, str]]:
     return {
         "kpis": (
             weekly_kpi_chart(review),
-            "CTR, CVR, AOV and ROI per day by channel; dashed: targets; shaded: alerts",
+            "CTR, CVR, AOV and ROI per day by channel; dashed: targets; shaded: anomalies and outages",
         ),
         "spend": (
             weekly_spend_chart(review),
-            "Spend this week (bar) against what the budgets allowed (outline)",
+            "Share of each budget used (bar) and what the calendar allows by now (tick)",
         ),
     }

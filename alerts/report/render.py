@@ -304,7 +304,7 @@ h1{font-size:1.35rem;margin:0 0 4px}h2{font-size:1.1rem;margin:24px 0 8px}
 table{width:100%;border-collapse:collapse;background:#fff;border:1px solid var(--line)}
 th,td{padding:6px 8px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top}
 th{background:#eef2f6;font-weight:600}
-td.l,th.l{text-align:left}tr.total td{font-weight:700;background:#f8fafc}
+td.l,th.l{text-align:left}tr.total td{font-weight:700;background:#f8fafc}td.d{white-space:nowrap}
 .bad{color:var(--bad)}.good{color:var(--good)}
 figure{margin:12px 0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px}
 figure img{width:100%;height:auto;display:block}figcaption{color:var(--muted);font-size:.85rem}
