@@ -19,10 +19,10 @@ from typing import Any
 import click
 import orjson
 
+from adpulse.cli_context import CONTEXT
 from adpulse.settings import Settings, redacted_url
 from alerts.budgets import Budget
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 FORMATS = ("table", "csv", "json", "html", "xlsx")
 #: The wall clock; a module attribute so that tests can fix "now".
 clock: Callable[[], float] = time.time

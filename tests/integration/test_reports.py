@@ -30,7 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from adpulse.settings import Settings
 from adpulse.simulate import simulate
 from adpulse.stack import free_port
-from adpulse.traffic import DEFAULT_CHANNELS, CtrDrop, GroundTruth
+from adpulse.traffic.profiles import DEFAULT_CHANNELS
+from adpulse.traffic.scenarios import CtrDrop
+from adpulse.traffic.truth import GroundTruth
 from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
