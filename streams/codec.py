@@ -19,10 +19,12 @@ from pydantic import ValidationError
 from streams.events import (
     CLICK_TYPES,
     MAX_MONEY,
+    MAX_TS_MS,
     MICROS,
     MIN_TS_MS,
     MODELS,
     NO_CAMPAIGN,
+    OVERFLOW_CAMPAIGN,
     ClickEvent,
     OrderEvent,
     SpendEvent,
@@ -45,7 +47,12 @@ Contribution = tuple[tuple[int, int], ...]
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a record was not counted. ``reason`` is a stable code; ``detail`` is for humans."""
+    """Why a record was not counted. ``reason`` is a stable code; ``detail`` is for humans.
+
+    Codes: ``not_json``, ``invalid`` (a field's type or value, ``ts`` outside 2000-2100 included),
+    ``bad_name`` (a channel or campaign breaking ``streams.events.NAME_RULE``), ``oversized``; the fold
+    adds ``future``, ``late`` and ``error`` (handling the record raised; the detail names the exception).
+    """
 
     reason: str
     detail: str
@@ -91,11 +98,21 @@ def _fast(topic: str, doc: dict[str, object], currency: str) -> Accepted | None:
         type(event_id) is str
         and 0 < len(event_id) <= 128
         and type(ts) is int
-        and ts >= MIN_TS_MS
+        and MIN_TS_MS <= ts <= MAX_TS_MS
         and type(channel) is str
         and 0 < len(channel) <= 64
+        # The common good name (streams.events.name_problem decides the rest, on the model's path).
+        and channel.isprintable()
+        and "|" not in channel
+        and "/" not in channel
+        and ":" not in channel
         and type(campaign) is str
         and 0 < len(campaign) <= 128
+        and campaign.isprintable()
+        and "|" not in campaign
+        and "/" not in campaign
+        and ":" not in campaign
+        and campaign != OVERFLOW_CAMPAIGN
         and (region is None or (type(region) is str and len(region) <= 64))
     ):
         return None
@@ -143,7 +160,8 @@ def _from_model(topic: str, doc: dict[str, object], currency: str) -> Accepted |
     try:
         event = MODELS[topic].model_validate(doc, context={"currency": currency})
     except ValidationError as exc:
-        return Rejection("invalid", validation_problems(exc, most=3))
+        bad_name = any(error["type"] == "bad_name" for error in exc.errors(include_url=False))
+        return Rejection("bad_name" if bad_name else "invalid", validation_problems(exc, most=3))
     if isinstance(event, ClickEvent):
         contribution: Contribution = ((_CLICK_SLOT[event.type], event.count),)
     elif isinstance(event, OrderEvent):

@@ -8,11 +8,13 @@ always comes from one place and reads the same.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,19 +26,82 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 #: The campaign of an event that names none (and of channel-level aggregates).
 NO_CAMPAIGN = "-"
 #: Epoch milliseconds before 2000-01-01: almost always a seconds value sent by mistake.
 MIN_TS_MS = 946_684_800_000
+#: Epoch milliseconds after 2100-01-01: almost always microseconds or nanoseconds sent by mistake.
+MAX_TS_MS = 4_102_444_800_000
 #: Money is kept in integer micro-units so that sums are exact and order-independent.
 MICROS = 1_000_000
 #: No single order or cost is larger than this (a trillion currency units): anything above is junk.
 MAX_MONEY = 10**12
 CLICK_TYPES: tuple[str, ...] = ("impression", "click", "visit", "cart")
+#: The campaign under which a channel's campaigns beyond ``ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL`` are counted.
+OVERFLOW_CAMPAIGN: Final = "(other)"
+
+NAME_RULE: Final = (
+    "A channel is 1-64 and a campaign 1-128 Unicode characters. Names may not contain control characters "
+    "(U+0000-U+001F, U+007F-U+009F; U+001F separates the worker's table keys), format characters "
+    "(Unicode category Cf: zero-width and bidirectional controls such as U+200B or U+202E), surrogates, "
+    "line or paragraph separators (U+2028, U+2029), nor the separators adpulse joins names with: '|' "
+    "(Redis fields), '/' (budget keys) and ':' (alert fingerprints). The campaign "
+    f"{OVERFLOW_CAMPAIGN!r} is reserved. Names are taken as sent: nothing is trimmed or normalised."
+)
+"""The rule every channel and campaign name must follow (``name_problem`` applies it), in one place.
+
+Why: names are joined into keys (``channel\\x1fwindow\\x1fstart`` in the worker's table,
+``channel|campaign|...`` in Redis, ``channel/campaign`` on the budgets topic, ``kind:metric:channel:campaign``
+in alert fingerprints), become Prometheus label values and are shown in chat messages; a name holding a
+separator or an invisible character would split wrongly, collide with another name or display as
+something else. A record breaking the rule goes to the DLQ as ``bad_name``.
+"""
+
+_SEPARATORS: Final = "|/:"
+_BAD_CATEGORIES: Final = {
+    "Cc": "a control character",
+    "Cf": "a format character",
+    "Cs": "a surrogate",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` breaks ``NAME_RULE`` (its length aside), or ``None`` if it is a good name."""
+    # str.isprintable is False for every category the rule forbids (and for a few it allows, such as
+    # U+3000): the common name is settled in C, the rest character by character.
+    if value.isprintable() and "|" not in value and "/" not in value and ":" not in value:
+        return None
+    for char in value:
+        if char in _SEPARATORS:
+            return f"contains {char!r}, a separator adpulse joins names with"
+        kind = _BAD_CATEGORIES.get(unicodedata.category(char))
+        if kind is not None:
+            return f"contains U+{ord(char):04X} ({kind})"
+    return None
+
+
+def _good_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:
+        raise PydanticCustomError(
+            "bad_name", "{problem} (see 'Names' in docs/operations.md)", {"problem": problem}
+        )
+    return value
+
+
+def _good_campaign(value: str) -> str:
+    if value == OVERFLOW_CAMPAIGN:
+        raise PydanticCustomError(
+            "bad_name", "{campaign} is reserved for the campaigns beyond the cap", {"campaign": value}
+        )
+    return _good_name(value)
 
 
 def _parse_ts(value: object) -> int:
@@ -47,6 +112,10 @@ def _parse_ts(value: object) -> int:
         if value < MIN_TS_MS:
             raise ValueError(
                 f"ts {value} is before 2000-01-01 in epoch milliseconds; was it sent in seconds?"
+            )
+        if value > MAX_TS_MS:
+            raise ValueError(
+                f"ts {value} is after 2100-01-01 in epoch milliseconds; was it sent in microseconds?"
             )
         return value
     if isinstance(value, str):
@@ -76,6 +145,8 @@ def _money(value: object) -> float | int:
 
 EpochMs = Annotated[int, BeforeValidator(_parse_ts)]
 Money = Annotated[float | int, BeforeValidator(_money)]
+ChannelName = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_good_name)]
+CampaignName = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(_good_campaign)]
 
 
 class Event(BaseModel):
@@ -85,8 +156,8 @@ class Event(BaseModel):
 
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
     ts: EpochMs
-    channel: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    campaign: Annotated[StrictStr, Field(min_length=1, max_length=128)] = NO_CAMPAIGN
+    channel: ChannelName
+    campaign: CampaignName = NO_CAMPAIGN
     region: Annotated[StrictStr, Field(max_length=64)] | None = None
 
 
@@ -130,8 +201,8 @@ class BudgetSetting(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    channel: Annotated[StrictStr, Field(min_length=1, max_length=64)]
-    campaign: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    channel: ChannelName
+    campaign: CampaignName | None = None
     period: Literal["day", "month", "total"]
     amount: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
     owner: StrictStr | None = None

@@ -27,7 +27,16 @@ from streams.codec import (
     decode,
     to_micros,
 )
-from streams.events import MIN_TS_MS, MODELS, NO_CAMPAIGN
+from streams.events import (
+    MAX_TS_MS,
+    MIN_TS_MS,
+    MODELS,
+    NAME_RULE,
+    NO_CAMPAIGN,
+    OVERFLOW_CAMPAIGN,
+    BudgetSetting,
+    name_problem,
+)
 
 CUR = "CNY"
 MAX = 64 * 1024
@@ -314,6 +323,95 @@ def test_rejects_invalid_field(topic: str, doc: dict[str, object], field: str) -
     assert field in result.detail
 
 
+# -- names and times every later use can take ---------------------------------------------------
+
+BAD_NAMES = [
+    ("U+001F, the table key separator", "dou\x1fyin"),
+    ("NUL", "dou\x00yin"),
+    ("newline", "dou\nyin"),
+    ("tab", "dou\tyin"),
+    ("DEL", "dou\x7fyin"),
+    ("C1 control", "dou\x85yin"),
+    ("pipe, the Redis field separator", "dou|yin"),
+    ("slash, the budget key separator", "dou/yin"),
+    ("colon, the alert fingerprint separator", "dou:yin"),
+    ("zero-width space", "dou\u200byin"),
+    ("right-to-left override", "\u202enihuoy"),
+    ("byte order mark", "\ufeffdouyin"),
+    ("line separator", "dou\u2028yin"),
+    ("paragraph separator", "dou\u2029yin"),
+]
+
+
+@pytest.mark.parametrize("field", ["channel", "campaign"])
+@pytest.mark.parametrize("name", [n for _, n in BAD_NAMES], ids=[i for i, _ in BAD_NAMES])
+def test_a_name_breaking_the_rule_is_rejected_as_bad_name(field: str, name: str) -> None:
+    """Before, a channel with U+001F passed and crashed the bucket agent on every tick and restart."""
+    for topic, build in BUILDERS.items():
+        result = dec(topic, build(**{field: name}))
+        assert isinstance(result, Rejection), result
+        assert result.reason == "bad_name"
+        assert result.detail.startswith(f"{field}: contains U+") or f"{field}: contains '" in result.detail
+        assert "docs/operations.md" in result.detail
+    assert name_problem(name) is not None
+
+
+GOOD_NAMES = ["douyin", "双十一 大促", "618-sale (A)", "a\u3000b", "café", "🎉 launch", "x" * 64, "\ue000"]
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_names_in_any_script_with_spaces_and_punctuation_are_fine(name: str) -> None:
+    for field in ("channel", "campaign"):
+        result = dec("clicks", click(**{field: name}))
+        assert isinstance(result, Accepted), result
+        assert getattr(result, field) == name  # taken as sent: nothing trimmed or normalised
+    assert name_problem(name) is None
+
+
+def test_the_overflow_campaign_is_reserved() -> None:
+    result = dec("clicks", click(campaign=OVERFLOW_CAMPAIGN))
+    assert isinstance(result, Rejection) and result.reason == "bad_name"
+    assert isinstance(dec("clicks", click(channel=OVERFLOW_CAMPAIGN)), Accepted)
+    assert repr(OVERFLOW_CAMPAIGN) in NAME_RULE
+
+
+def test_budget_settings_follow_the_name_rule() -> None:
+    with pytest.raises(ValidationError, match="bad_name|separator"):
+        BudgetSetting.model_validate({"channel": "a/b", "period": "day", "amount": 1})
+    with pytest.raises(ValidationError):
+        BudgetSetting.model_validate({"channel": "a", "campaign": "x\x1fy", "period": "day", "amount": 1})
+    assert (
+        BudgetSetting.model_validate(
+            {"channel": "a", "campaign": "双十一", "period": "day", "amount": 1}
+        ).campaign
+        == "双十一"
+    )
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        pytest.param(T * 1000, id="microseconds"),
+        pytest.param(T * 1_000_000, id="nanoseconds"),
+        pytest.param(MAX_TS_MS + 1, id="just after 2100"),
+        pytest.param(2**63, id="beyond 64 bits"),
+        pytest.param("9999-12-31T23:59:59Z", id="rfc3339 year 9999"),
+        pytest.param("2100-01-01T00:00:00.001Z", id="rfc3339 just after 2100"),
+    ],
+)
+def test_a_ts_after_2100_is_rejected(ts: object) -> None:
+    """Before, a microsecond ts (with a matching CreateTime) was accepted and crashed the fold's flush."""
+    result = dec("clicks", click(ts=ts))
+    assert isinstance(result, Rejection), result
+    assert result.reason == "invalid"
+    assert "ts" in result.detail and "2100" in result.detail
+
+
+def test_the_ts_range_ends_at_2100_inclusive() -> None:
+    assert isinstance(dec("clicks", click(ts=MAX_TS_MS)), Accepted)
+    assert isinstance(dec("clicks", click(ts="2099-12-31T23:59:59.999Z")), Accepted)
+
+
 @pytest.mark.parametrize("amount", [1e303, 1.7976931348623157e308])
 def test_huge_finite_money_never_raises(amount: float) -> None:
     """Finite but absurd money is a record-level problem, not a crash of the fold stage."""
@@ -482,7 +580,7 @@ def test_decode_accepts_iff_the_model_validates(case: tuple[str, dict[str, objec
         event = MODELS[topic].model_validate(doc, context={"currency": currency})
     except ValidationError:
         assert isinstance(result, Rejection)
-        assert result.reason == "invalid"
+        assert result.reason in ("invalid", "bad_name")
         return
     assert isinstance(result, Accepted)
     assert (result.event_id, result.ts_ms, result.channel, result.campaign) == (
