@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 #: Short names of the topics trackers write to, in the order the fold stage reads them.
 SOURCE_TOPICS: tuple[str, ...] = ("clicks", "orders", "spend")
+#: What a message adpulse writes leaves under the broker's limit for its key, headers and framing.
+HEADROOM_BYTES: Final = 8 * 1024
+
+
+def value_limit(max_message_bytes: int) -> int:
+    """The largest value adpulse writes to a broker that takes messages of up to ``max_message_bytes``."""
+    return max_message_bytes - HEADROOM_BYTES
 
 
 @dataclass(frozen=True, slots=True)
