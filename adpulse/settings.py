@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     tz: str = Field("Asia/Shanghai", description="time zone for day windows and budget periods")
     currency: str = Field("CNY", min_length=3, max_length=3)
     max_channels: int = Field(500, ge=1, description="bound on channel label values; the rest are 'other'")
-    max_campaigns_per_channel: int = Field(2000, ge=1)
+    max_campaigns_per_channel: int = Field(
+        2000, ge=1, description="campaigns of their own per channel; the rest are counted under '(other)'"
+    )
 
     # Event time.
     grace_s: float = Field(60.0, ge=0, description="how long after a window ends events are still accepted")
@@ -104,6 +106,11 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="reject events this far ahead of their send time"
     )
     max_record_bytes: int = Field(64 * 1024, ge=256)
+    max_message_bytes: int = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="the brokers' message.max.bytes: no DLQ record or partial is larger",
+    )
     idle_partition_s: float = Field(
         30.0, gt=0, description="a caught-up partition silent this long stops holding the watermark back"
     )

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from adpulse.settings import Settings
-from agents.buckets import BucketConfig, SnapshotHolder, install
+from agents.buckets import FAUST_MAX_REQUEST_BYTES, BucketConfig, SnapshotHolder, install
 from agents.budget_feed import BudgetFeed
 from agents.evaluate import EvaluationConfig, Evaluator
 from agents.fold import FoldConfig
@@ -23,6 +23,7 @@ from alerts.payload import Links
 from alerts.rules import load_rules
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
+from streams.topics import value_limit
 from streams.windows import Calendar
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             idle_partition_s=settings.idle_partition_s,
             tick_s=settings.tick_s,
             stale_mark_s=max(10.0, 20 * settings.flush_interval_s),
+            max_campaigns=settings.max_campaigns_per_channel,
+            max_value_bytes=value_limit(min(settings.max_message_bytes, FAUST_MAX_REQUEST_BYTES)),
             retention_s={
                 "1m": settings.retention_1m_s,
                 "1h": settings.retention_1h_s,
@@ -113,10 +116,12 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             max_future_skew_s=settings.max_future_skew_s,
             max_record_bytes=settings.max_record_bytes,
             currency=settings.currency,
+            max_campaigns_per_channel=settings.max_campaigns_per_channel,
         ),
         flush_interval_s=settings.flush_interval_s,
         fetch_max_records=settings.fetch_max_records,
         fetch_wait_ms=settings.fetch_wait_ms,
+        max_message_bytes=settings.max_message_bytes,
     )
 
     @app.task  # type: ignore[untyped-decorator]

@@ -3,6 +3,10 @@
 Table keys are ``channel \\x1f window \\x1f bucket_start``; partials are keyed (and partitioned, see
 ``streams.partitioning``) by channel, so every key of a channel lives on the partition that carries
 that channel's partials: the table is co-partitioned with its source by construction.
+
+Nothing one key or one message holds stops the worker: a partials message that is not what the fold
+stage sends is skipped, and a key whose merge, snapshot or closing raises is quarantined (logged once,
+counted in ``adpulse_quarantined_total``, left out from then on); the other keys go on.
 """
 
 from __future__ import annotations
@@ -20,25 +24,101 @@ from faust.types import TableT
 
 from agents.closing import WindowCloser
 from agents.evaluate import Evaluator
-from agents.metrics import PipelineMetrics
-from agents.partials import BucketValue, merge
+from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
+from agents.partials import CEILING, BucketValue, encoded_over, merge, overflowing
 from agents.snapshot import (
     KpiRow,
     build_rows,
     closed_rows,
 )
+from streams.codec import N_SLOTS
+from streams.events import MAX_TS_MS, name_problem
 from streams.keys import Keys
 from streams.partitioning import partition_of
 from streams.redis_client import AsyncRedis
-from streams.windows import WINDOWS, Calendar
+from streams.topics import value_limit
+from streams.windows import TOTAL, WINDOWS, Calendar
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
+#: Faust's ``producer_max_request_size`` (its default, which ``streams.app.make_app`` keeps).
+FAUST_MAX_REQUEST_BYTES = 1_000_000
 
 
 def bucket_key(channel: str, window: str, start: int) -> str:
     """The table key of one channel's window bucket."""
     return f"{channel}{SEP}{window}{SEP}{start}"
+
+
+def split_key(key: str) -> tuple[str, str, int]:
+    """``(channel, window, start)`` of a table key; ValueError if it is not one."""
+    channel, window, start = key.split(SEP)
+    if window not in _WINDOW_NAMES:
+        raise ValueError(f"unknown window {window!r} in table key {key!r}")
+    return channel, window, int(start)
+
+
+_WINDOW_NAMES = frozenset((*WINDOWS, TOTAL))
+Rows = dict[tuple[str, int], dict[str, list[int]]]
+
+
+def parse_partial(key: bytes | None, message: dict[str, Any]) -> tuple[str, str, int, int, Rows]:
+    """``(channel, src, block, upto, rows by (window, start))`` of a decoded partials message; ValueError
+    (or another exception) if it is not what the fold stage sends."""
+    if key is None:
+        raise ValueError("a partial without a key (the channel)")
+    channel = key.decode("utf-8")
+    problem = name_problem(channel)
+    if problem is not None or not 0 < len(channel) <= 64:
+        raise ValueError(f"channel {channel!r}: {problem or 'not 1-64 characters'}")
+    src, block, upto = message["src"], message["blk"], message["upto"]
+    if type(src) is not str or type(block) is not int or type(upto) is not int:
+        raise ValueError("src, blk and upto must be a string and two integers")
+    grouped: Rows = {}
+    for window, start, campaign, *counts in message["rows"]:
+        if (
+            window not in _WINDOW_NAMES
+            or type(start) is not int
+            or type(campaign) is not str
+            or len(counts) != N_SLOTS
+            or not all(type(count) is int and 0 <= count <= CEILING for count in counts)
+        ):
+            raise ValueError(f"malformed row for {window!r} {start!r} {campaign!r}")
+        grouped.setdefault((window, start), {})[campaign] = counts
+    return channel, src, block, upto, grouped
+
+
+class Quarantine:
+    """Table keys and channels left out because handling them raised, and partials messages skipped."""
+
+    def __init__(self, metrics: PipelineMetrics) -> None:
+        self.metrics = metrics
+        self.keys: set[str] = set()
+        self._noted_partitions: set[int] = set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def add(self, key: str, where: str, exc: BaseException) -> None:
+        """Leave ``key`` (a table key or a channel) out from now on: logged and counted once."""
+        if key in self.keys:
+            return
+        self.keys.add(key)
+        self.metrics.quarantined.labels(where).inc()
+        log.error("bucket agent: %s: %r quarantined after %s: %s", where, key, type(exc).__name__, exc)
+
+    def skip_message(self, partition: int, exc: BaseException) -> None:
+        """A partials message that is not what the fold stage sends: counted, logged once per partition."""
+        self.metrics.quarantined.labels("message").inc()
+        if partition not in self._noted_partitions:
+            self._noted_partitions.add(partition)
+            log.error(
+                "bucket agent: skipping a malformed message on partials partition %d (%s: %s); further "
+                'ones are only counted in adpulse_quarantined_total{where="message"}',
+                partition,
+                type(exc).__name__,
+                exc,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +133,10 @@ class BucketConfig:
     tick_s: float
     retention_s: dict[str, float]
     stale_mark_s: float = 10.0
+    #: Campaigns of their own a bucket's folded history keeps per channel (``agents.partials``).
+    max_campaigns: int | None = None
+    #: The largest bucket value the table's changelog takes (one Kafka message).
+    max_value_bytes: int = value_limit(FAUST_MAX_REQUEST_BYTES)
 
 
 @dataclass(slots=True)
@@ -72,6 +156,7 @@ class BucketIndex:
     def __init__(self) -> None:
         self._starts: dict[str, dict[str, set[int]]] = {}
         self._size = 0
+        self._unreadable = 0
 
     def add(self, channel: str, window: str, start: int) -> None:
         starts = self._starts.setdefault(channel, {}).setdefault(window, set())
@@ -85,14 +170,26 @@ class BucketIndex:
             starts.remove(start)
             self._size -= 1
 
-    def sync(self, size: int, keys: Callable[[], Iterable[str]]) -> None:
-        """Rebuild from the table's keys if the table holds a different number of keys."""
-        if size == self._size:
+    def sync(
+        self,
+        size: int,
+        keys: Callable[[], Iterable[str]],
+        unreadable: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        """Rebuild from the table's keys if the table holds a different number of keys; a key that is
+        not one (``split_key``) is left out and handed to ``unreadable``."""
+        if size == self._size + self._unreadable:
             return
-        self._starts, self._size = {}, 0
+        self._starts, self._size, self._unreadable = {}, 0, 0
         for key in keys():
-            channel, window, start = key.split(SEP)
-            self.add(channel, window, int(start))
+            try:
+                channel, window, start = split_key(key)
+            except Exception as exc:  # noqa: BLE001 - one bad key (an older version's?) never stops a tick
+                self._unreadable += 1
+                if unreadable is not None:
+                    unreadable(key, exc)
+                continue
+            self.add(channel, window, start)
 
     def channels(self) -> set[str]:
         return {channel for channel, windows in self._starts.items() if any(windows.values())}
@@ -136,33 +233,76 @@ def install(
     )
     index = BucketIndex()
     closer = WindowCloser(calendar, config.grace_s, config.idle_partition_s, config.stale_mark_s)
+    quarantine = Quarantine(metrics)
+    overflow_logged: set[str] = set()
     expired_at: dict[str, float] = {}
 
     def lookup(channel: str, window: str, start: int) -> BucketValue | None:
         return table.get(bucket_key(channel, window, start))
 
+    def merge_rows(channel: str, src: str, block: int, upto: int, grouped: Rows) -> None:
+        for (window, start), rows in grouped.items():
+            key = bucket_key(channel, window, start)
+            if key in quarantine:
+                continue
+            try:
+                current = table.get(key)
+                merged = merge(current, src, block, upto, rows, config.max_campaigns)
+                size = None if merged is None else encoded_over(merged, config.max_value_bytes)
+                if merged is not None and size is None:
+                    table[key] = merged
+            except Exception as exc:  # noqa: BLE001 - one key never stops the agent
+                quarantine.add(key, "merge", exc)
+                continue
+            if merged is None:
+                continue
+            if size is not None:
+                message = (
+                    f"the bucket would be {size} bytes, more than its changelog takes "
+                    f"({config.max_value_bytes}): its updates are dropped; lower "
+                    "ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL or shorten the campaign names"
+                )
+                quarantine.add(key, "size", ValueError(message))
+                continue
+            index.add(channel, window, start)
+            closer.touched(channel, window, start)
+            if overflowing(merged) and (current is None or not overflowing(current)):
+                metrics.overflowing_buckets.inc()
+                if channel not in overflow_logged and len(overflow_logged) < MAX_LOGGED_OVERFLOWS:
+                    overflow_logged.add(channel)
+                    log.warning(
+                        "channel %r has more than %s campaigns in a %s window; the others are counted under "
+                        "(other) (ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL; logged once per channel)",
+                        channel,
+                        config.max_campaigns,
+                        window,
+                    )
+
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            message = orjson.loads(event.value)
-            if "marks" in message:
-                for src, (watermark_ms, active_at, caught_up) in message["marks"].items():
-                    closer.mark(
-                        event.message.partition, src, watermark_ms / 1000, active_at, caught_up, message["at"]
-                    )
+            try:
+                message = orjson.loads(event.value)
+                if "marks" in message:
+                    for src, (watermark_ms, active_at, caught_up) in message["marks"].items():
+                        if not 0 <= watermark_ms <= MAX_TS_MS:  # the calendar could not place it
+                            raise ValueError(
+                                f"watermark {watermark_ms!r} of {src!r} is not epoch ms before 2100"
+                            )
+                        closer.mark(
+                            event.message.partition,
+                            src,
+                            float(watermark_ms) / 1000,
+                            float(active_at),
+                            bool(caught_up),
+                            float(message["at"]),
+                        )
+                    continue
+                channel, src, block, upto, grouped = parse_partial(event.key, message)
+            except Exception as exc:  # noqa: BLE001 - not what the fold stage sends: skip it, go on
+                quarantine.skip_message(event.message.partition, exc)
                 continue
-            channel = event.key.decode("utf-8")
-            src, block, upto = message["src"], message["blk"], message["upto"]
-            grouped: dict[tuple[str, int], dict[str, list[int]]] = {}
-            for window, start, campaign, *counts in message["rows"]:
-                grouped.setdefault((window, start), {})[campaign] = counts
-            for (window, start), rows in grouped.items():
-                key = bucket_key(channel, window, start)
-                merged = merge(table.get(key), src, block, upto, rows)
-                if merged is not None:
-                    table[key] = merged
-                    index.add(channel, window, start)
-                    closer.touched(channel, window, start)
+            merge_rows(channel, src, block, upto, grouped)
             now = time.time()
             if now - expired_at.get(channel, 0.0) > 60.0:
                 expired_at[channel] = now
@@ -174,7 +314,7 @@ def install(
     async def snapshot() -> None:
         started = time.perf_counter()
         client = redis()
-        index.sync(len(table), lambda: list(table.keys()))
+        index.sync(len(table), lambda: list(table.keys()), lambda key, exc: quarantine.add(key, "index", exc))
         owned = OwnedChannels(
             frozenset(
                 tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic
@@ -188,18 +328,25 @@ def install(
         by_partition: dict[int, set[str]] = {}
         for channel in index.channels():
             p = partition_of(channel, config.partitions)
-            if p in watermarks:
+            if p in watermarks and channel not in quarantine:
                 by_partition.setdefault(p, set()).add(channel)
         watermark_of = {c: watermarks[p] for p, cs in by_partition.items() for c in cs}
         watermark = min(watermarks.values())
-        rows = [
-            row
-            for p, cs in sorted(by_partition.items())
-            for row in build_rows(cs, lookup, calendar, watermarks[p], config.grace_s)
-        ]
+        rows: list[KpiRow] = []
+        for p, cs in sorted(by_partition.items()):
+            for channel in sorted(cs):
+                try:
+                    rows.extend(build_rows([channel], lookup, calendar, watermarks[p], config.grace_s))
+                except Exception as exc:  # noqa: BLE001 - one channel never stops the tick
+                    quarantine.add(channel, "snapshot", exc)
+                    del watermark_of[channel]
         closed: list[KpiRow] = []
         for channel, window, todo in closer.due(watermark_of, index.starts):
-            closed.extend(closed_rows(channel, window, todo, lookup, calendar))
+            try:
+                closed.extend(closed_rows(channel, window, todo, lookup, calendar))
+            except Exception as exc:  # noqa: BLE001 - one channel never stops the tick
+                quarantine.add(channel, "closing", exc)
+                continue
             closer.recorded(channel, window)
         await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
         if closed:

@@ -32,6 +32,10 @@ or lost: a replay publishes exactly what the first run would have published. (Tw
 workers' clocks do not run behind each other by more than a fetch's delay, and Redis keeps what it
 acknowledged. A Redis that loses its last second loses the steps with the checkpoints: records of a fast
 clock in that second may then be judged again, by a later time.)
+
+No record can stop the stage: one whose handling raises goes to the DLQ as ``error``. A channel's
+campaigns beyond ``max_campaigns_per_channel`` in a block are counted under ``OVERFLOW_CAMPAIGN``
+(first come, first kept: the same on a replay), so a partial has at most that many campaigns.
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
+from agents.partials import CEILING
 from streams.codec import N_SLOTS, Accepted, Rejection, decode
+from streams.events import NO_CAMPAIGN, OVERFLOW_CAMPAIGN
 from streams.windows import MINUTE_S, TOTAL, Calendar
 
 
@@ -79,6 +87,7 @@ class FoldConfig:
     max_future_skew_s: float
     max_record_bytes: int
     currency: str
+    max_campaigns_per_channel: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +141,8 @@ class FoldOutput:
     rejects: list[tuple[SourceRecord, Rejection]] = field(default_factory=list)
     #: To persist before anything of this output (or of later flushes) is published.
     steps: list[ClockStep] = field(default_factory=list)
+    #: channel -> events counted under ``OVERFLOW_CAMPAIGN`` (the channel had its fill of campaigns).
+    overflow: dict[str, int] = field(default_factory=dict)
 
 
 OUTCOMES = ("accepted", "invalid", "late", "duplicate")
@@ -167,6 +178,8 @@ class PartitionFold:
         self._acc: dict[str, dict[tuple[str, int], list[int]]] = {}
         # channel -> minutes changed since the last flush (only their roll-ups are re-sent).
         self._dirty: dict[str, set[int]] = {}
+        # channel -> the campaigns with rows of their own in the current block (at most the cap).
+        self._campaigns: dict[str, set[str]] = {}
         # Dedup: event_id -> minute; per minute, the ids and the smallest offset that added one.
         self._seen: dict[str, int] = {}
         self._seen_by_minute: defaultdict[int, list[str]] = defaultdict(list)
@@ -189,14 +202,17 @@ class PartitionFold:
         cursor = _StepCursor(self._steps)
         skew_ms = self._skew_ms
         for record in records:
-            decoded = decode(self.topic, record.value, self.config.currency, self.config.max_record_bytes)
-            if not isinstance(decoded, Accepted) or decoded.event_id in self._seen:
+            try:
+                decoded = decode(self.topic, record.value, self.config.currency, self.config.max_record_bytes)
+                if not isinstance(decoded, Accepted) or decoded.event_id in self._seen:
+                    continue
+                clock = NO_CLOCK if record.timestamp_type == LOG_APPEND_TIME else cursor.clock(record.offset)
+                sent = record.timestamp
+                if decoded.ts_ms > (sent if 0 < sent < clock else clock) + skew_ms:
+                    continue
+                self._remember(decoded.event_id, decoded.ts_ms, record.offset)
+            except Exception:  # noqa: BLE001 - process sent it to the DLQ as an error, remembering nothing
                 continue
-            clock = NO_CLOCK if record.timestamp_type == LOG_APPEND_TIME else cursor.clock(record.offset)
-            sent = record.timestamp
-            if decoded.ts_ms > (sent if 0 < sent < clock else clock) + skew_ms:
-                continue
-            self._remember(decoded.event_id, decoded.ts_ms, record.offset)
 
     def finish_rebuild(self) -> None:
         """The rebuild range is read: forget what the first run had forgotten at the checkpoint."""
@@ -271,57 +287,62 @@ class PartitionFold:
                 block_end = (self.block + 1) * block_records
                 acc = self._acc
             self.position = offset + 1
-            decoded = decode(topic, record.value, currency, max_bytes)
-            if type(decoded) is Rejection:
-                outcomes["invalid"] += 1
-                out.rejects.append((record, decoded))
-                continue
-            event_id, ts, channel, campaign, contribution = decoded  # type: ignore[misc]
-            sent = record.timestamp
-            # The tracker's CreateTime can only lower its own bound, never raise it past the clock.
-            bound = sent if 0 < sent < clock else clock
-            if ts > bound:
-                if bound == clock:
-                    ahead = True  # judged by this batch's clock: a replay must judge it by the same
-                if ts > bound + skew_ms:
+            try:
+                decoded = decode(topic, record.value, currency, max_bytes)
+                if type(decoded) is Rejection:
                     outcomes["invalid"] += 1
-                    out.rejects.append((record, _future(ts, bound, skew_ms)))
+                    out.rejects.append((record, decoded))
                     continue
-                capped = bound
-            else:
-                capped = ts
-            if event_id in seen:
-                outcomes["duplicate"] += 1
-                continue
-            minute_ms = ts - ts % 60_000
-            minute = minute_ms // 1000
-            # _remember_minute, inlined on the hot path.
-            seen[event_id] = minute
-            seen_by_minute[minute].append(event_id)
-            if minute not in first_offset:
-                first_offset[minute] = offset
-            watermark = self.watermark_ms
-            if minute_ms + 60_000 + grace_ms <= watermark:
-                outcomes["late"] += 1
-                out.rejects.append((record, _late(ts, watermark, grace_ms)))
-                continue
-            if ts < watermark:
-                self.late_within_grace += 1
-            elif capped > watermark:
-                self.watermark_ms = capped
-            cells = acc.get(channel)
-            if cells is None:
-                cells = acc[channel] = {}
-            cell = cells.get((campaign, minute))
-            if cell is None:
-                cell = cells[(campaign, minute)] = [0] * N_SLOTS
-            for slot, amount in contribution:
-                cell[slot] += amount
-            minutes = dirty.get(channel)
-            if minutes is None:
-                minutes = dirty[channel] = set()
-            minutes.add(minute)
-            accepted += 1
+                event_id, ts, channel, campaign, contribution = decoded  # type: ignore[misc]
+                sent = record.timestamp
+                # The tracker's CreateTime can only lower its own bound, never raise it past the clock.
+                bound = sent if 0 < sent < clock else clock
+                if ts > bound:
+                    if bound == clock:
+                        ahead = True  # judged by this batch's clock: a replay must judge it by the same
+                    if ts > bound + skew_ms:
+                        outcomes["invalid"] += 1
+                        out.rejects.append((record, _future(ts, bound, skew_ms)))
+                        continue
+                    capped = bound
+                else:
+                    capped = ts
+                if event_id in seen:
+                    outcomes["duplicate"] += 1
+                    continue
+                minute_ms = ts - ts % 60_000
+                minute = minute_ms // 1000
+                # _remember_minute, inlined on the hot path.
+                if minute not in first_offset:
+                    self._place(minute)
+                    first_offset[minute] = offset
+                seen[event_id] = minute
+                seen_by_minute[minute].append(event_id)
+                watermark = self.watermark_ms
+                if minute_ms + 60_000 + grace_ms <= watermark:
+                    outcomes["late"] += 1
+                    out.rejects.append((record, _late(ts, watermark, grace_ms)))
+                    continue
+                if ts < watermark:
+                    self.late_within_grace += 1
+                elif capped > watermark:
+                    self.watermark_ms = capped
+                cells = acc.get(channel)
+                if cells is None:
+                    cells = acc[channel] = {}
+                cell = cells.get((campaign, minute))
+                if cell is None:
+                    cell = self._new_cell(cells, channel, campaign, minute, out)
+                for slot, amount in contribution:
+                    cell[slot] += amount
+                minutes = dirty.get(channel)
+                if minutes is None:
+                    minutes = dirty[channel] = set()
+                minutes.add(minute)
+                accepted += 1
+            except Exception as exc:  # noqa: BLE001 - one record never stops the stage: it goes to the DLQ
+                outcomes["invalid"] += 1
+                out.rejects.append((record, _error(exc)))
         outcomes["accepted"] += accepted
         if ahead and record_steps:
             first = next(record.offset for record in records if record.offset >= start)
@@ -336,11 +357,37 @@ class PartitionFold:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _new_cell(
+        self,
+        cells: dict[tuple[str, int], list[int]],
+        channel: str,
+        campaign: str,
+        minute: int,
+        out: FoldOutput,
+    ) -> list[int]:
+        """The counters of a (campaign, minute) the block has none for yet, the campaign cap applied."""
+        if campaign != NO_CAMPAIGN:
+            own = self._campaigns.get(channel)
+            if own is None:
+                own = self._campaigns[channel] = set()
+            if campaign not in own:
+                if len(own) >= self.config.max_campaigns_per_channel:
+                    out.overflow[channel] = out.overflow.get(channel, 0) + 1
+                    campaign = OVERFLOW_CAMPAIGN
+                    cell = cells.get((campaign, minute))
+                    if cell is not None:
+                        return cell
+                else:
+                    own.add(campaign)
+        cell = cells[(campaign, minute)] = [0] * N_SLOTS
+        return cell
+
     def _close_block(self, out: FoldOutput, next_block: int) -> None:
         out.partials.extend(self.flush())
         self._evict()
         self.block = next_block
         self._acc = {}
+        self._campaigns = {}
         offset = next_block * self.config.block_records
         rebuild_from, ahead = self._rebuild_point(offset)
         out.checkpoints.append(Checkpoint(offset, self.watermark_ms, rebuild_from, self.base, ahead))
@@ -373,17 +420,27 @@ class PartitionFold:
             src=self.src,
             block=self.base + self.block,
             upto=self.position - 1,
-            rows=[[window, start, campaign, *counts] for (window, start, campaign), counts in rows.items()],
+            rows=[
+                [window, start, campaign, *(min(count, CEILING) for count in counts)]
+                for (window, start, campaign), counts in rows.items()
+            ],
         )
 
     def _remember(self, event_id: str, ts_ms: int, offset: int) -> None:
         self._remember_minute(event_id, (ts_ms // 1000) - (ts_ms // 1000) % MINUTE_S, offset)
 
     def _remember_minute(self, event_id: str, minute: int, offset: int) -> None:
+        if minute not in self._first_offset_by_minute:
+            self._place(minute)
+            self._first_offset_by_minute[minute] = offset
         self._seen[event_id] = minute
         self._seen_by_minute[minute].append(event_id)
-        if minute not in self._first_offset_by_minute:
-            self._first_offset_by_minute[minute] = offset
+
+    def _place(self, minute: int) -> None:
+        """Raise now, before the record changes anything, if the calendar cannot place its minute (the
+        flush would fail later, away from the record)."""
+        self.calendar.hour_start(minute)
+        self.calendar.day_start(minute)
 
     def _evict(self) -> None:
         """Forget ids whose minute is closed: a re-send of them is late whatever the set says."""
@@ -479,6 +536,30 @@ def resume_point(
     if committed is not None and committed > saved.offset:
         return Resume(saved, "behind")
     return Resume(saved)
+
+
+def encode_partial(partial: Partial, max_bytes: int) -> list[bytes]:
+    """The Kafka message values of one partial: one, or several pieces of whole rows, none over
+    ``max_bytes`` (pieces share block and ``upto``; ``agents.partials.merge`` adds them up)."""
+    head = {"src": partial.src, "blk": partial.block, "upto": partial.upto}
+    whole = orjson.dumps({**head, "rows": partial.rows})
+    if len(whole) <= max_bytes:
+        return [whole]
+    empty = len(orjson.dumps({**head, "rows": []}))
+    pieces: list[list[list[object]]] = [[]]
+    size = empty
+    for row in partial.rows:
+        row_bytes = len(orjson.dumps(row)) + 1  # and a comma
+        if pieces[-1] and size + row_bytes > max_bytes:
+            pieces.append([])
+            size = empty
+        pieces[-1].append(row)
+        size += row_bytes
+    return [orjson.dumps({**head, "rows": rows}) for rows in pieces]
+
+
+def _error(exc: Exception) -> Rejection:
+    return Rejection("error", f"{type(exc).__name__} while folding the record: {exc}"[:500])
 
 
 def _future(ts: int, bound: int, skew_ms: int) -> Rejection:

@@ -39,15 +39,17 @@ from agents.fold import (
     Partial,
     PartitionFold,
     Resume,
+    encode_partial,
     resume_point,
 )
-from agents.metrics import PipelineMetrics
+from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
 from agents.outbox import Batch, Lane
-from streams.dlq import dlq_headers, dlq_value
+from streams.dlq import dlq_headers, dlq_key, dlq_value
+from streams.events import OVERFLOW_CAMPAIGN
 from streams.keys import Keys
 from streams.partitioning import partition_of
 from streams.redis_client import AsyncRedis
-from streams.topics import SOURCE_TOPICS
+from streams.topics import SOURCE_TOPICS, value_limit
 from streams.windows import Calendar
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class FoldStageConfig:
     fetch_wait_ms: int = 100
     #: How long the producer tries to deliver a message before its send fails (aiokafka's default).
     producer_timeout_ms: int = 40_000
+    #: The broker's limit on one message: no DLQ record or partial piece is larger.
+    max_message_bytes: int = 1024 * 1024
 
     def topic(self, short: str) -> str:
         return f"{self.topic_prefix}{short}"
@@ -134,6 +138,8 @@ class FoldStage:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._keys = Keys(config.redis_prefix)
+        self._message_limit = value_limit(config.max_message_bytes)
+        self._overflow_logged: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -145,6 +151,7 @@ class FoldStage:
             linger_ms=5,
             acks="all",
             max_batch_size=256 * 1024,
+            max_request_size=cfg.max_message_bytes,
             request_timeout_ms=cfg.producer_timeout_ms,
         )
         self._consumer = AIOKafkaConsumer(
@@ -426,38 +433,55 @@ class FoldStage:
         fold = part.fold
         messages: list[_Message] = []
         for record, rejection in out.rejects:
-            value = dlq_value(record, rejection)
+            value = dlq_value(record, rejection, self._message_limit)
             messages.append(
-                _Message(self.config.topic("dlq"), value, record.key, None, dlq_headers(rejection))
+                _Message(self.config.topic("dlq"), value, dlq_key(record), None, dlq_headers(rejection))
             )
             self.metrics.dlq.labels(fold.topic, rejection.reason).inc()
+        self._note_overflow(fold, out.overflow)
         partials = out.partials
         for checkpoint in out.checkpoints:
             block = checkpoint.base + checkpoint.offset // self.config.fold.block_records
             closed = [partial for partial in partials if partial.block < block]
             partials = [partial for partial in partials if partial.block >= block]
-            part.lane.put(Batch([*messages, *map(self._partial_message, closed)]))
+            part.lane.put(Batch([*messages, *self._partial_messages(closed)]))
             part.lane.put(checkpoint)
             messages = []
         if messages or partials:
-            part.lane.put(Batch([*messages, *map(self._partial_message, partials)]))
+            part.lane.put(Batch([*messages, *self._partial_messages(partials)]))
 
-    def _partial_message(self, partial: Partial) -> _Message:
-        value = orjson.dumps(
-            {"src": partial.src, "blk": partial.block, "upto": partial.upto, "rows": partial.rows}
-        )
-        channel = partial.channel
-        return _Message(
-            self.config.topic("partials"),
-            value,
-            channel.encode(),
-            partition_of(channel, self.config.partials_partitions),
-        )
+    def _note_overflow(self, fold: PartitionFold, overflow: dict[str, int]) -> None:
+        for channel, events in overflow.items():
+            self.metrics.campaign_overflow.labels(fold.topic).inc(events)
+            if channel not in self._overflow_logged and len(self._overflow_logged) < MAX_LOGGED_OVERFLOWS:
+                self._overflow_logged.add(channel)
+                log.warning(
+                    "fold: channel %r has more than %d campaigns in a block of %s; the others are counted "
+                    "under the campaign %r (ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL; logged once per channel)",
+                    channel,
+                    self.config.fold.max_campaigns_per_channel,
+                    fold.src,
+                    OVERFLOW_CAMPAIGN,
+                )
+
+    def _partial_messages(self, partials: list[Partial]) -> list[_Message]:
+        """One message per partial, or pieces under the broker's limit (``encode_partial``)."""
+        topic = self.config.topic("partials")
+        return [
+            _Message(
+                topic,
+                value,
+                partial.channel.encode(),
+                partition_of(partial.channel, self.config.partials_partitions),
+            )
+            for partial in partials
+            for value in encode_partial(partial, self._message_limit)
+        ]
 
     def _put_flush(self, part: _Partition) -> None:
         """Queue the partials of everything folded so far, marked with the watermark they carry."""
         fold = part.fold
-        messages = [self._partial_message(partial) for partial in fold.flush()]
+        messages = self._partial_messages(fold.flush())
         part.lane.put(Batch(messages, mark=(fold.watermark_ms, fold.position)))
 
     async def _pump(self, part: _Partition) -> None:

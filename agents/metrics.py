@@ -14,6 +14,10 @@ from prometheus_client.registry import Collector
 
 from agents.snapshot import KpiRow
 
+#: Channels whose campaign overflow is logged (once each, by the fold stage and by the bucket agent);
+#: beyond, only the metrics count, so that a flood of new channel names cannot flood the log.
+MAX_LOGGED_OVERFLOWS = 1000
+
 
 class PipelineMetrics:
     """The worker's own counters and gauges."""
@@ -46,7 +50,27 @@ class PipelineMetrics:
             "adpulse_dedup_ids", "Event ids held for deduplication by this worker", registry=registry
         )
         self.partials = Counter(
-            "adpulse_partials", "Partial aggregates published by the fold stage", registry=registry
+            "adpulse_partials",
+            "Partial aggregates (or pieces of one) published by the fold stage",
+            registry=registry,
+        )
+        self.campaign_overflow = Counter(
+            "adpulse_campaign_overflow_events",
+            "Events counted under the campaign (other): their channel had ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL "
+            "campaigns in the block already",
+            ["topic"],
+            registry=registry,
+        )
+        self.overflowing_buckets = Counter(
+            "adpulse_campaign_overflow_buckets",
+            "Window buckets that reached ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL campaigns (more count as (other))",
+            registry=registry,
+        )
+        self.quarantined = Counter(
+            "adpulse_quarantined",
+            "Table keys and partials messages the bucket agent skipped because handling them raised",
+            ["where"],
+            registry=registry,
         )
         self.source_resets = Counter(
             "adpulse_source_resets",

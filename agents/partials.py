@@ -9,13 +9,27 @@ it serialises as JSON in the table's changelog:
 
 ``merge`` is idempotent and order-tolerant: re-sent, replayed or stale partials change nothing they
 should not, which is what makes the counts exact across crashes without broker transactions.
+
+A block's partial may come in pieces (a channel with many campaigns does not fit in one Kafka
+message): each piece holds whole rows of some campaigns, so within a block a partial overwrites the
+campaigns it carries and keeps the others. That is exact because replays decide every record as the
+first run did: a campaign's counts at a given ``upto`` are the same whoever sends them.
+
+Bounds, so that a bucket's changelog record stays small whatever the sources send: the base keeps at
+most ``max_campaigns`` campaigns of its own (besides ``-``), the rest are counted under
+``OVERFLOW_CAMPAIGN`` (channel totals stay exact; which campaigns keep their own row can depend on the
+order blocks of different source partitions arrive in); and every count in the base saturates at
+``CEILING`` (JSON encoders stop at 64-bit integers; a partial's counts are saturated by the fold).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Final, TypedDict
+
+import orjson
 
 from streams.codec import N_SLOTS
+from streams.events import NO_CAMPAIGN, OVERFLOW_CAMPAIGN
 
 Counts = list[int]
 #: ``[block, upto, {campaign: counts}]``: a list, as JSON gives it back from the changelog.
@@ -30,19 +44,34 @@ class BucketValue(TypedDict):
     f: dict[str, int]
 
 
+#: The largest count a bucket holds: 2**63 - 1 (money: 9.2 trillion currency units in micro-units).
+CEILING: Final = 2**63 - 1
+#: The most one campaign row can take as JSON (128 characters of 4 bytes, eight 20-digit counts).
+_MAX_ROW_BYTES: Final = 700
+
+
 def empty() -> BucketValue:
     """A bucket with nothing in it."""
     return {"b": {}, "p": {}, "f": {}}
 
 
 def merge(
-    value: BucketValue | None, src: str, block: int, upto: int, rows: dict[str, Counts]
+    value: BucketValue | None,
+    src: str,
+    block: int,
+    upto: int,
+    rows: dict[str, Counts],
+    max_campaigns: int | None = None,
 ) -> BucketValue | None:
-    """Merge one block partial; returns the new value, or ``None`` when it changes nothing.
+    """Merge one block partial (or one piece of it); returns the new value, or ``None`` when it changes
+    nothing.
 
     - a block at or below the last folded block of ``src`` is a replay: ignored;
-    - a newer block than the pending one means the pending one is complete: fold it into the base;
-    - the same block with a smaller ``upto`` is stale (a zombie or a slower replay): ignored.
+    - a newer block than the pending one means the pending one is complete: fold it into the base
+      (keeping at most ``max_campaigns`` campaigns of the base's own);
+    - the same block with a smaller ``upto`` is stale (a zombie or a slower replay): ignored;
+    - the same block with the same or a larger ``upto`` (re)writes the campaigns it carries and keeps
+      the others (they come in another piece): a re-sent piece changes nothing.
     """
     current = value if value is not None else empty()
     folded = current["f"].get(src, -1)
@@ -53,20 +82,40 @@ def merge(
     folds = current["f"]
     if pending is not None:
         pending_block, pending_upto, pending_rows = pending
-        if block < pending_block or (block == pending_block and upto <= pending_upto):
+        if block < pending_block or (block == pending_block and upto < pending_upto):
             return None
         if pending_block < block:
-            base = _added(base, pending_rows)
+            base = _folded(base, pending_rows, max_campaigns)
             folds = {**folds, src: pending_block}
+        else:
+            # A campaign's counts are absolute and only grow with upto: the newest carried value is right.
+            rows = {**pending_rows, **rows}
+            if upto == pending_upto and rows == pending_rows:
+                return None
     return {"b": base, "p": {**current["p"], src: [block, upto, rows]}, "f": folds}
 
 
 def totals(value: BucketValue) -> dict[str, Counts]:
-    """Counts per campaign: the base plus every pending block."""
+    """Counts per campaign: the base plus every pending block (Python integers, unbounded: where they
+    leave as JSON, ``agents.snapshot.counts_of`` saturates them)."""
     result: dict[str, Counts] = {campaign: list(counts) for campaign, counts in value["b"].items()}
     for _block, _upto, rows in value["p"].values():
         result = _added(result, rows, in_place=True)
     return result
+
+
+def encoded_over(value: BucketValue, limit: int) -> int | None:
+    """The size of ``value`` as JSON if that is over ``limit`` bytes, else ``None`` (cheap for small ones)."""
+    rows = len(value["b"]) + sum(len(rows) for _block, _upto, rows in value["p"].values())
+    if (rows + len(value["p"])) * _MAX_ROW_BYTES <= limit:
+        return None
+    size = len(orjson.dumps(value))
+    return size if size > limit else None
+
+
+def overflowing(value: BucketValue) -> bool:
+    """Whether the bucket's base has reached the campaign cap (it counts some under ``OVERFLOW_CAMPAIGN``)."""
+    return OVERFLOW_CAMPAIGN in value["b"]
 
 
 def _added(base: dict[str, Counts], rows: dict[str, Counts], *, in_place: bool = False) -> dict[str, Counts]:
@@ -78,4 +127,26 @@ def _added(base: dict[str, Counts], rows: dict[str, Counts], *, in_place: bool =
         else:
             for slot in range(N_SLOTS):
                 target[slot] += counts[slot]
+    return result
+
+
+def _folded(base: dict[str, Counts], rows: dict[str, Counts], max_campaigns: int | None) -> dict[str, Counts]:
+    """``base`` plus a finished block's ``rows``: the campaign cap applied, every count saturated."""
+    result = {campaign: list(counts) for campaign, counts in base.items()}
+    own = len(result) - (NO_CAMPAIGN in result) - (OVERFLOW_CAMPAIGN in result)
+    # Under a cap, campaigns join in name order: which ones keep a row must not depend on the order a
+    # block's pieces and flushes happened to arrive in.
+    for campaign, counts in rows.items() if max_campaigns is None else sorted(rows.items()):
+        target = result.get(campaign)
+        if target is None and campaign not in (NO_CAMPAIGN, OVERFLOW_CAMPAIGN):
+            if max_campaigns is not None and own >= max_campaigns:
+                campaign = OVERFLOW_CAMPAIGN
+                target = result.get(campaign)
+            else:
+                own += 1
+        if target is None:
+            result[campaign] = [min(count, CEILING) for count in counts]
+        else:
+            for slot in range(N_SLOTS):
+                target[slot] = min(target[slot] + counts[slot], CEILING)
     return result

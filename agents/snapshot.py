@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from agents.partials import BucketValue, totals
+from agents.partials import CEILING, BucketValue, totals
 from alerts.kpi import kpis
 from alerts.wording import rfc3339
 from streams.codec import MONEY_SLOTS, N_SLOTS, SLOT_NAMES
@@ -21,9 +21,10 @@ Lookup = Callable[[str, str, int], BucketValue | None]
 
 
 def counts_of(vector: list[int]) -> dict[str, float]:
-    """Named counts of a counter vector, money in currency units."""
+    """Named counts of a counter vector, money in currency units; a count saturates at ``CEILING`` (sums
+    of many campaigns could outgrow what JSON encoders take)."""
     return {
-        name: (vector[slot] / MICROS if slot in MONEY_SLOTS else vector[slot])
+        name: (min(vector[slot], CEILING) / MICROS if slot in MONEY_SLOTS else min(vector[slot], CEILING))
         for slot, name in enumerate(SLOT_NAMES)
     }
 

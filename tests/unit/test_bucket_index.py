@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from agents.buckets import SEP, BucketIndex, _expired, bucket_key
+from typing import Any
+
+import pytest
+
+from agents.buckets import SEP, BucketIndex, _expired, bucket_key, parse_partial, split_key
 
 
 def test_index_follows_writes_and_deletes() -> None:
@@ -49,3 +53,57 @@ def test_expiry_keeps_recent_buckets_and_the_total() -> None:
         ("1m", 0),
         ("1m", 10_000),
     ]
+
+
+def test_a_key_that_does_not_split_is_handed_over_once_and_the_rest_are_indexed() -> None:
+    """Before, a channel holding U+001F made ``key.split`` raise on every tick and after every recovery."""
+    keys = [bucket_key("wechat", "1m", 120), bucket_key("dou\x1fyin", "1m", 60), "junk", f"a{SEP}5m{SEP}0"]
+    bad: list[str] = []
+    calls: list[int] = []
+
+    def listing() -> list[str]:
+        calls.append(1)
+        return keys
+
+    index = BucketIndex()
+    index.sync(len(keys), listing, lambda key, exc: bad.append(key))
+    index.sync(len(keys), listing, lambda key, exc: bad.append(key))
+    assert bad == keys[1:] and len(calls) == 1  # no rebuild on every tick because of them
+    assert index.channels() == {"wechat"}
+    with pytest.raises(ValueError):
+        split_key(keys[1])
+    assert split_key(keys[0]) == ("wechat", "1m", 120)
+
+
+GOOD: dict[str, Any] = {
+    "src": "clicks/0",
+    "blk": 3,
+    "upto": 17,
+    "rows": [["1m", 60, "c1", 1, 2, 0, 0, 0, 0, 0, 0]],
+}
+
+
+def test_a_partials_message_is_read_only_if_it_is_what_the_fold_stage_sends() -> None:
+    assert parse_partial(b"douyin", GOOD) == (
+        "douyin",
+        "clicks/0",
+        3,
+        17,
+        {("1m", 60): {"c1": GOOD["rows"][0][3:]}},
+    )
+    bad_messages = [
+        (b"dou\x1fyin", GOOD),
+        (b"a|b", GOOD),
+        (None, GOOD),
+        (b"\xff", GOOD),
+        (b"douyin", {**GOOD, "blk": "3"}),
+        (b"douyin", {**GOOD, "rows": [["5m", 60, "c1", *[0] * 8]]}),
+        (b"douyin", {**GOOD, "rows": [["1m", 60, "c1", 1, 2]]}),
+        (b"douyin", {**GOOD, "rows": [["1m", 60, "c1", *[0] * 7, 2**64]]}),
+        (b"douyin", {**GOOD, "rows": [["1m", 60, "c1", *[0] * 7, -1]]}),
+        (b"douyin", {**GOOD, "rows": [["1m", 60, "c1", *[0] * 7, 1.5]]}),
+        (b"douyin", {"rows": []}),
+    ]
+    for key, message in bad_messages:
+        with pytest.raises(Exception):  # noqa: B017 - any exception: the agent skips the message
+            parse_partial(key, message)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+import agents.fold
+from agents.buckets import parse_partial
 from agents.fold import (
     BASE_GAP,
     LOG_APPEND_TIME,
@@ -20,9 +22,10 @@ from agents.fold import (
     Partial,
     PartitionFold,
     Resume,
+    encode_partial,
     resume_point,
 )
-from agents.partials import BucketValue, merge, totals
+from agents.partials import CEILING, BucketValue, merge, totals
 from streams.codec import (
     CLICK_TYPES,
     CLICKS,
@@ -34,6 +37,7 @@ from streams.codec import (
     Accepted,
     decode,
 )
+from streams.events import MAX_MONEY, MAX_TS_MS, OVERFLOW_CAMPAIGN
 from streams.windows import TOTAL, Calendar
 
 CAL = Calendar(ZoneInfo("Asia/Shanghai"))
@@ -104,6 +108,20 @@ def merge_all(table: Table, partials: list[Partial]) -> Table:
             merged = merge(table.get(key), partial.src, partial.block, partial.upto, rows)
             if merged is not None:
                 table[key] = merged
+    return table
+
+
+def merge_pieces(table: Table, partials: list[Partial], max_bytes: int, cap: int | None = None) -> Table:
+    """What the fold stage sends (``encode_partial``) and the bucket agent reads (``parse_partial``)."""
+    for partial in partials:
+        for value in encode_partial(partial, max_bytes):
+            assert len(value) <= max_bytes
+            channel, src, block, upto, grouped = parse_partial(partial.channel.encode(), orjson.loads(value))
+            for (window, start), rows in grouped.items():
+                key = (channel, window, start)
+                merged = merge(table.get(key), src, block, upto, rows, cap)
+                if merged is not None:
+                    table[key] = merged
     return table
 
 
@@ -304,7 +322,8 @@ def test_lateness_boundary(grace_s: float, ts: int, late: bool, within_grace: bo
         (T0 + 10 * 3_600_000, -1, T0, True),
         (T0 + 10 * 3_600_000, T0 + 10 * 3_600_000, T0, True),  # a matching CreateTime does not help
         (T0 + 3_600_000, T0 + 7_200_000, T0, False),  # a CreateTime after the receive time is ignored
-        (T0 * 1000, T0 * 1000, T0, True),  # microseconds: in the year 55,000
+        # A ts of 2100 passes the codec (microseconds do not: test_a_microsecond_ts_...), not the bound.
+        (MAX_TS_MS, MAX_TS_MS, T0, True),
     ],
 )
 def test_future_beyond_skew(ts: int, sent: int, received: int, future: bool) -> None:
@@ -483,6 +502,139 @@ def test_rejects_keep_the_original_record_for_the_dlq() -> None:
     assert all(r is records[r.offset] for r, _ in rejects)
     assert f.outcomes == {"accepted": 0, "invalid": 4, "late": 0, "duplicate": 0}
     assert partials == []
+
+
+# -- hostile records never stop the fold ----------------------------------------------------------
+
+
+def test_a_microsecond_ts_with_a_matching_send_time_is_rejected_not_a_crash() -> None:
+    """Before, it was accepted (not ahead of its send time) and the flush raised in the calendar."""
+    records = [click(0, "a", T0), click(1, "micro", T0 * 1000, sent=T0 * 1000), click(2, "b", T0 + 1)]
+    f, partials, rejects = folded(records)
+    assert [(r.offset, why.reason) for r, why in rejects] == [(1, "invalid")]
+    assert "2100" in rejects[0][1].detail
+    assert table_totals(merge_all({}, partials)) == recount("clicks", [records[0].value, records[2].value])
+
+
+class _BrokenCalendar(Calendar):
+    """A calendar that cannot place one minute: stands in for any failure while folding one record."""
+
+    def __init__(self, bad_minute: int) -> None:
+        super().__init__(ZoneInfo("Asia/Shanghai"))
+        self.bad_minute = bad_minute
+        self.hour_start = self._checked  # type: ignore[method-assign]
+
+    def _checked(self, minute: int) -> int:
+        if minute == self.bad_minute:
+            raise OverflowError("date value out of range")
+        return self._hour_start(minute)
+
+
+def test_a_record_whose_handling_raises_goes_to_the_dlq_as_error_and_the_fold_goes_on() -> None:
+    bad_minute = (T0 + 120_000) // 1000
+    f = PartitionFold("clicks", 0, config(), _BrokenCalendar(bad_minute), START)
+    records = [click(0, "a", T0), click(1, "boom", T0 + 120_000), click(2, "b", T0 + 1)]
+    out = f.process(records, NOW)
+    assert [(r.offset, why.reason) for r, why in out.rejects] == [(1, "error")]
+    assert out.rejects[0][1].detail.startswith("OverflowError")
+    assert f.outcomes == {"accepted": 2, "invalid": 1, "late": 0, "duplicate": 0}
+    partials = out.partials + f.flush()  # the flush cannot fail on the bad minute: nothing was folded there
+    assert table_totals(merge_all({}, partials)) == recount("clicks", [records[0].value, records[2].value])
+
+
+def test_an_exception_in_decode_is_an_error_reject_in_process_and_skipped_in_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = agents.fold.decode
+
+    def fragile(topic: str, value: bytes | None, currency: str, max_bytes: int) -> object:
+        if value == b"boom":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(topic, value, currency, max_bytes)
+
+    monkeypatch.setattr(agents.fold, "decode", fragile)
+    cfg = config(block=3)
+    records = [click(0, "a", T0), Rec(1, T0, b"boom"), click(2, "b", T0 + 1), click(3, "c", T0 + 2)]
+    whole = fold(cfg)
+    out = whole.process(records, NOW)
+    assert [(r.offset, why.reason) for r, why in out.rejects] == [(1, "error")]
+    assert whole.outcomes == {"accepted": 3, "invalid": 1, "late": 0, "duplicate": 0}
+    (checkpoint,) = out.checkpoints
+    restarted = fold(cfg, checkpoint)
+    restarted.rebuild(records[checkpoint.rebuild_from : checkpoint.offset])
+    restarted.finish_rebuild()
+    restarted.process(records[checkpoint.offset :], NOW)
+    assert restarted.dedup_size == whole.dedup_size == 3
+
+
+def test_campaigns_beyond_the_cap_are_counted_under_other_per_block() -> None:
+    cfg = replace(config(block=10), max_campaigns_per_channel=2)
+    records = [
+        click(0, "e0", T0, campaign="a"),
+        click(1, "e1", T0, campaign="b"),
+        click(2, "e2", T0),  # no campaign: never counts against the cap
+        click(3, "e3", T0, campaign="c"),
+        click(4, "e4", T0 + 60_000, campaign="d"),
+        click(5, "e5", T0 + 60_000, campaign="a"),
+        click(6, "e6", T0, campaign="c", channel="taobao"),  # another channel has its own cap
+        click(10, "e10", T0 + 120_000, campaign="d"),  # a new block starts afresh
+    ]
+    f = fold(cfg)
+    out = f.process(records, NOW)
+    assert out.overflow == {"douyin": 2}
+    partials = out.partials + f.flush()
+    campaigns = {(p.channel, p.block): {row[2] for row in p.rows} for p in partials}
+    assert campaigns == {
+        ("douyin", 0): {"a", "b", "-", OVERFLOW_CAMPAIGN},
+        ("taobao", 0): {"c"},
+        ("douyin", 1): {"d"},
+    }
+    got = table_totals(merge_all({}, partials))
+    assert got[("douyin", TOTAL, 0)] == {
+        "a": [0, 2, 0, 0, 0, 0, 0, 0],
+        "b": [0, 1, 0, 0, 0, 0, 0, 0],
+        "-": [0, 1, 0, 0, 0, 0, 0, 0],
+        OVERFLOW_CAMPAIGN: [0, 2, 0, 0, 0, 0, 0, 0],
+        "d": [0, 1, 0, 0, 0, 0, 0, 0],
+    }
+
+
+def test_a_partial_with_thousands_of_campaigns_goes_out_in_pieces_under_the_limit() -> None:
+    """Before, one message of > 1 MB: the send raised MessageSizeTooLargeError and the stage stopped."""
+    cfg = replace(config(block=10_000), max_campaigns_per_channel=5000)
+    records = [
+        click(i, f"e{i}", T0 + (i // 1000) * 60_000, campaign=f"{i:05d}-" + "长" * 100) for i in range(3000)
+    ]
+    f, partials, rejects = folded(records, cfg)
+    assert rejects == []
+    (partial,) = partials
+    limit = 1024 * 1024 - 8 * 1024
+    assert len(orjson.dumps(partial.rows)) > 1024 * 1024
+    values = encode_partial(partial, limit)
+    assert len(values) > 1 and all(len(v) <= limit for v in values)
+    assert table_totals(merge_pieces({}, partials, limit)) == recount("clicks", [r.value for r in records])
+    assert encode_partial(partial, limit) == values  # the same pieces on a re-send
+
+
+def test_money_past_64_bits_saturates_instead_of_breaking_the_partial() -> None:
+    """Before, 19 orders of the largest amount overflowed the JSON encoder and stopped the stage."""
+    orders = [
+        Rec(
+            i,
+            T0,
+            orjson.dumps(
+                {"event_id": f"o{i}", "ts": T0, "channel": "taobao", "order_id": f"o{i}", "amount": MAX_MONEY}
+            ),
+        )
+        for i in range(30)
+    ]
+    f = PartitionFold("orders", 0, config(), CAL, START)
+    out = f.process(orders, NOW)
+    partials = out.partials + f.flush()
+    assert all(len(encode_partial(p, 1024 * 1024)) == 1 for p in partials)
+    got = table_totals(merge_all({}, partials))
+    assert got[("taobao", TOTAL, 0)]["-"][GMV] == CEILING
+    assert got[("taobao", TOTAL, 0)]["-"][ORDERS] == 30
 
 
 # -- blocks, checkpoints, partials ---------------------------------------------------------------
@@ -895,6 +1047,55 @@ def test_restart_on_a_log_append_time_topic_gives_the_same_totals_and_decisions(
 ) -> None:
     """The same on a topic whose records carry the broker's LogAppendTime: no clock steps are needed."""
     check_restart_changes_nothing(case)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crash_cases(tuple(k for k in KINDS if k != "future")), st.integers(1, 2), st.integers(160, 400))
+def test_restart_with_a_campaign_cap_and_partials_in_pieces_changes_nothing(
+    case: dict[str, object], cap: int, piece_bytes: int
+) -> None:
+    """The cap decides the same on a replay, and partials in pieces merge to the same totals."""
+    cfg: FoldConfig = replace(case["cfg"], max_campaigns_per_channel=cap)  # type: ignore[arg-type]
+    records: list[Rec] = case["records"]  # type: ignore[assignment]
+    crash: int = case["crash"]  # type: ignore[assignment]
+    actions: list[tuple[int, int, bool]] = case["actions"]  # type: ignore[assignment]
+
+    whole = fold(cfg)
+    # One receive time after every record: nothing is judged by it, so a replay decides the same.
+    clocks = [NOW] * len(records)
+    partials_whole, _, decisions, _ = one_by_one(whole, records, [a[2] for a in actions], clocks)
+    partials_whole += whole.flush()
+    assert all(len({row[2] for row in p.rows if row[0] == TOTAL}) <= cap + 2 for p in partials_whole)
+    totals_whole = table_totals(merge_pieces({}, partials_whole, piece_bytes, cap))
+    accepted = [r.value for r in records if decisions[r.offset][0] == "accepted"]
+
+    def channel_sums(table: dict[Key, dict[str, list[int]]]) -> dict[Key, list[int]]:
+        return {
+            key: [sum(c[s] for c in rows.values()) for s in range(N_SLOTS)] for key, rows in table.items()
+        }
+
+    assert channel_sums(totals_whole) == channel_sums(recount("clicks", accepted))
+
+    first = fold(cfg)
+    partials_first, checkpoints_first, _ = batched(
+        first, records[:crash], [a[1] for a in actions[:crash]], clocks[:crash]
+    )
+    checkpoint = [START, *checkpoints_first][-1]
+    second = fold(cfg, checkpoint)
+    if checkpoint.rebuild_from < checkpoint.offset:
+        second.rebuild(records[checkpoint.rebuild_from : checkpoint.offset])
+        second.finish_rebuild()
+    partials_second, _, _, _ = one_by_one(
+        second,
+        records[checkpoint.offset :],
+        [a[2] for a in actions[checkpoint.offset :]],
+        clocks[checkpoint.offset :],
+    )
+    partials_second += second.flush()
+    table = merge_pieces(
+        merge_pieces({}, partials_first, piece_bytes, cap), partials_second, piece_bytes, cap
+    )
+    assert table_totals(table) == totals_whole
 
 
 def test_decision_mix_of_the_generator_is_varied() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.metrics import PipelineMetrics, SnapshotCollector
 from agents.snapshot import KpiRow
@@ -186,3 +187,31 @@ def test_pipeline_metrics_use_the_given_registry() -> None:
     assert registry.get_sample_value("adpulse_events_total", {"topic": "clicks", "outcome": "accepted"}) == 3
     assert registry.get_sample_value("adpulse_events_total", {"topic": "clicks", "outcome": "duplicate"}) == 1
     PipelineMetrics(CollectorRegistry())  # a second instance on another registry does not clash
+
+
+def test_hostile_channel_names_stay_within_max_channels_and_the_exposition_parses() -> None:
+    """Label values are bounded by ADPULSE_MAX_CHANNELS whatever the names (quotes, backslashes, scripts,
+    a channel called "other"), and every one survives the text format's escaping."""
+    names = [
+        'say "hi"',
+        "back\\slash",
+        "双十一 大促",
+        "other",
+        "🎉",
+        "a\u3000b",
+        "x" * 64,
+        "<at id=all></at>",
+    ]
+    names += [f"ch-{i}" for i in range(40)]
+    rows = [row(name, impressions=1000 - i, clicks=i) for i, name in enumerate(names)]
+    rows += [row(name, window="1m", which="last", impressions=100, clicks=3) for name in names]
+    registry = registry_with(rows, max_channels=5)
+    parsed = {
+        sample.labels["channel"]
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert parsed == {*names[:5], "other"}
+    assert counter_channels(registry, "adpulse_impressions_total")["other"] == sum(
+        1000 - i for i in range(5, len(names))
+    ) + (1000 - 3)

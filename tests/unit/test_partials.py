@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import random
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.partials import BucketValue, empty, merge, totals
+from agents.partials import CEILING, BucketValue, empty, encoded_over, merge, overflowing, totals
+from agents.snapshot import counts_of
 from streams.codec import N_SLOTS
+from streams.events import OVERFLOW_CAMPAIGN
 
 
 def vec(*values: int) -> list[int]:
@@ -43,20 +47,40 @@ def test_first_partial_is_pending() -> None:
 def test_same_partial_twice_is_the_same_as_once() -> None:
     once = merge(None, "clicks/0", 0, 9, A)
     assert merge(once, "clicks/0", 0, 9, A) is None
-    assert merge(once, "clicks/0", 0, 9, B) is None  # same (block, upto) with other rows: a zombie's copy
+    assert merge(once, "clicks/0", 0, 9, {"c1": A["c1"]}) is None  # one piece of it again
 
 
 def test_later_upto_in_the_same_block_replaces() -> None:
-    value = merged(("clicks/0", 0, 4, A), ("clicks/0", 0, 9, B))
+    later = {"-": vec(20, 2), "c1": vec(7)}
+    value = merged(("clicks/0", 0, 4, A), ("clicks/0", 0, 9, later))
     assert value is not None
-    assert totals(value) == B  # absolute totals: the newer one replaces, it does not add
+    assert totals(value) == later  # absolute totals: the newer one replaces, it does not add
     assert value["f"] == {}
+
+
+def test_pieces_of_one_flush_add_their_campaigns_and_a_later_flush_overwrites_per_campaign() -> None:
+    first = ("clicks/0", 0, 9, {"-": vec(1), "c1": vec(2)})
+    second = ("clicks/0", 0, 9, {"c2": vec(3)})
+    value = merged(first, second)
+    assert value is not None
+    assert totals(value) == {"-": vec(1), "c1": vec(2), "c2": vec(3)}
+    for piece in (first, second):
+        assert merge(value, *piece) is None  # a re-sent piece
+    # The next flush of the block, in pieces: each overwrites the campaigns it carries; a campaign in a
+    # piece not yet arrived keeps its last value (never lower than it was: the counts are absolute).
+    value = merge(value, "clicks/0", 0, 15, {"c2": vec(5)})
+    assert value is not None
+    assert totals(value) == {"-": vec(1), "c1": vec(2), "c2": vec(5)}
+    value = merge(value, "clicks/0", 0, 15, {"-": vec(4), "c1": vec(2)})
+    assert value is not None
+    assert totals(value) == {"-": vec(4), "c1": vec(2), "c2": vec(5)}
+    assert merge(value, *second) is None  # a piece of an older flush
 
 
 def test_stale_partials_are_ignored() -> None:
     value = merged(("clicks/0", 2, 29, A))
     assert merge(value, "clicks/0", 2, 20, B) is None  # smaller upto
-    assert merge(value, "clicks/0", 2, 29, B) is None  # equal upto
+    assert merge(value, "clicks/0", 2, 29, {"-": A["-"]}) is None  # equal upto: a piece of it again
     assert merge(value, "clicks/0", 1, 19, B) is None  # older block
     after = merge(value, "clicks/0", 3, 30, B)
     assert after is not None
@@ -82,7 +106,7 @@ def test_sources_are_independent() -> None:
     )
     assert value is not None
     assert totals(value) == {"-": vec(30, 3, 0, 0, 0, 0, 9), "c1": vec(5)}
-    assert merge(value, "clicks/1", 0, 3, A) is None
+    assert merge(value, "clicks/1", 0, 3, B) is None
     assert merge(value, "clicks/0", 0, 3, A) is None  # older than clicks/0's pending block
     assert merge(value, "clicks/2", 0, 3, A) is not None
 
@@ -101,7 +125,62 @@ def test_merge_does_not_mutate_its_inputs() -> None:
     assert later["b"] == A  # totals() must not add pending rows into the base in place
 
 
+def test_the_base_keeps_at_most_the_cap_of_campaigns_and_counts_the_rest_under_other() -> None:
+    rows = {"-": vec(1), "a": vec(2), "b": vec(3), "c": vec(4), "d": vec(5)}
+    value = merge(None, "clicks/0", 0, 9, rows, max_campaigns=2)
+    assert value is not None and not overflowing(value)
+    assert totals(value) == rows  # a pending block is not capped: its fold stage capped it already
+    value = merge(value, "clicks/0", 1, 10, {"e": vec(6)}, max_campaigns=2)
+    assert value is not None and overflowing(value)
+    assert value["b"] == {"-": vec(1), "a": vec(2), "b": vec(3), OVERFLOW_CAMPAIGN: vec(9)}
+    value = merge(value, "clicks/0", 2, 20, {}, max_campaigns=2)
+    assert value is not None
+    assert value["b"] == {"-": vec(1), "a": vec(2), "b": vec(3), OVERFLOW_CAMPAIGN: vec(15)}
+    assert sum(counts[0] for counts in totals(value).values()) == 1 + 2 + 3 + 4 + 5 + 6
+
+
+def test_counts_saturate_at_the_ceiling_so_a_bucket_always_encodes() -> None:
+    """Money is in micro-units: 19 orders of the largest accepted amount (10**12) outgrow 64 bits."""
+    huge = {"-": vec(0, 0, 0, 0, 1, 10**18)}
+    value: BucketValue | None = None
+    for block in range(25):
+        value = merge(value, "orders/0", block, block * 10, huge) or value
+    assert value is not None
+    for other in range(3):
+        value = merge(value, f"orders/{other + 1}", 0, 0, {"-": vec(0, 0, 0, 0, 1, CEILING)}) or value
+    assert value["b"]["-"][5] == CEILING
+    orjson.dumps(value)  # the changelog record
+    summed = totals(value)["-"]
+    assert summed[5] == CEILING + 10**18 + 3 * CEILING  # Python integers, saturated where they leave as JSON:
+    assert counts_of(summed)["gmv"] == CEILING / 1_000_000
+    orjson.dumps(counts_of(summed))
+
+
+def test_a_bucket_too_large_for_its_changelog_is_recognised() -> None:
+    small = merge(None, "clicks/0", 0, 9, A)
+    assert small is not None and encoded_over(small, 1000) is None
+    rows = {f"{i:04d}-" + "x" * 120: vec(i) for i in range(2000)}
+    big: BucketValue | None = None
+    for src in ("clicks/0", "clicks/1", "orders/0", "spend/0"):  # one pending block each
+        big = merge(big, src, 0, 9, rows)
+    assert big is not None
+    size = encoded_over(big, 1_000_000)
+    assert size == len(orjson.dumps(big)) and size > 1_000_000
+    assert encoded_over(big, size) is None
+
+
 # -- the property: replays, re-sends and interleavings sum to the final blocks ----------------------
+
+
+def pieces(
+    partial: tuple[int, int, dict[str, list[int]]], rnd: random.Random
+) -> list[tuple[int, int, dict[str, list[int]]]]:
+    """A partial as the fold stage may send it: in pieces of whole campaigns, same block and ``upto``."""
+    block, upto, rows = partial
+    items = list(rows.items())
+    cuts = sorted(rnd.sample(range(1, len(items)), rnd.randint(0, len(items) - 1))) if len(items) > 1 else []
+    bounds = [0, *cuts, len(items)]
+    return [(block, upto, dict(items[a:b])) for a, b in zip(bounds, bounds[1:], strict=False)] or [partial]
 
 
 @st.composite
@@ -167,7 +246,10 @@ def test_any_interleaving_of_replayed_sources_sums_the_final_blocks(
     histories: list[tuple[list[list[tuple[int, int, dict[str, list[int]]]]], dict[str, list[int]]]],
     rnd: object,
 ) -> None:
-    queues = [[partial for run in runs for partial in run] for runs, _ in histories]
+    queues = [
+        [piece for run in runs for partial in run for piece in pieces(partial, rnd)]  # type: ignore[arg-type]
+        for runs, _ in histories
+    ]
     expected: dict[str, list[int]] = {}
     for _, per_source in histories:
         for campaign, counts in per_source.items():
