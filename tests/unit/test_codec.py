@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import orjson
 import pytest
@@ -366,6 +367,13 @@ def test_names_in_any_script_with_spaces_and_punctuation_are_fine(name: str) -> 
         assert isinstance(result, Accepted), result
         assert getattr(result, field) == name  # taken as sent: nothing trimmed or normalised
     assert name_problem(name) is None
+
+
+def test_the_name_rule_is_documented_word_for_word() -> None:
+    """docs/operations.md quotes NAME_RULE: the rule has one home in code, and the docs follow it."""
+    docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    quoted = " ".join(line[2:] for line in docs.splitlines() if line.startswith("> "))
+    assert " ".join(NAME_RULE.split()) in " ".join(quoted.split())
 
 
 def test_the_overflow_campaign_is_reserved() -> None:
