@@ -122,7 +122,7 @@ def test_ctr_drop_fires_once_for_that_channel_and_resolves_after_recovery(
         except AssertionError:
             raise AssertionError(f"alerts: {stream_alerts(settings)}\n{worker.log_tail()}") from None
         wait_for(lambda: metric_sum(worker.metrics(), "adpulse_alerts_firing") > 0, 10, "the firing gauge")
-        metrics = worker.metrics()
+        metrics = str(wait_for(worker.metrics, 60, "the worker's /metrics page"))
         assert metric_sum(metrics, "adpulse_alerts_firing") == 1
         assert metric_sum(metrics, "adpulse_alerts_firing", kind="anomaly", channel="douyin") == 1
         assert list(active_alerts(settings)) == [stream_alerts(settings)[0]["fingerprint"]], _explain(

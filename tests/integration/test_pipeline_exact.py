@@ -180,7 +180,9 @@ def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset,
         )
         _wait_exact(settings, dataset, [worker], timeout_s=120)
 
-        text = worker.metrics()
+        # One read of the page, waited for: the worker can be too busy to answer within the read's
+        # timeout just after the windows close.
+        text = str(wait_for(worker.metrics, 60, "the worker's /metrics page"))
         assert metric_sum(text, "adpulse_events_total") == total
         assert metric_sum(text, "adpulse_events_total", outcome="invalid") == dataset.kinds["invalid"]
         assert metric_sum(text, "adpulse_events_total", outcome="duplicate") == dataset.kinds["duplicate"]
