@@ -425,7 +425,8 @@ def _where(alerts: Sequence[Mapping[str, Any]]) -> str:
     """``channel/campaign`` of one alert; the channels of a group (one, by construction)."""
     if len(alerts) == 1:
         channel, campaign = _shown(alerts[0], "channel"), _shown(alerts[0], "campaign")
-        return f"{channel}/{campaign}" if channel and campaign and campaign != "-" else channel or ""
+        # Joined, two safe names can make a URL ("a:/" and ":" read "a://:"): the whole is made inert again.
+        return inert(f"{channel}/{campaign}") if channel and campaign and campaign != "-" else channel or ""
     return ", ".join(dict.fromkeys(c for a in alerts if (c := _shown(a, "channel"))))
 
 
