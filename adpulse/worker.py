@@ -15,7 +15,7 @@ from agents.buckets import FAUST_MAX_REQUEST_BYTES, BucketConfig, SnapshotHolder
 from agents.budget_feed import BudgetFeed
 from agents.evaluate import EvaluationConfig, Evaluator
 from agents.fold import FoldConfig
-from agents.folder import FoldStage, FoldStageConfig
+from agents.fold_stage import FoldStage, FoldStageConfig
 from agents.metrics import PipelineMetrics, SnapshotCollector
 from alerts.budgets import BudgetBook
 from alerts.lifecycle import Policy

@@ -17,7 +17,7 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 PACKAGES: tuple[tuple[str, str], ...] = (
     ("agents/fold.py", "adpulse fold (agents/fold.py)"),
     ("streams/codec.py", "adpulse decode (streams/codec.py)"),
-    ("agents/folder.py", "adpulse fold stage I/O (agents/folder.py)"),
+    ("agents/fold_stage.py", "adpulse fold stage I/O (agents/fold_stage.py)"),
     ("agents/", "adpulse agents (other)"),
     ("streams/", "adpulse streams (other)"),
     ("aiokafka/", "aiokafka"),

@@ -70,13 +70,13 @@ BEGIN = "<!-- benchmarks/throughput.py: begin (generated; rerun the script to re
 END = "<!-- benchmarks/throughput.py: end -->"
 #: Functions whose inclusive share the profile summary reports (substrings of "function (file)").
 FOCUS = (
-    "_loop (agents/folder.py)",
+    "_loop (agents/fold_stage.py)",
     "process (agents/fold.py)",
     "decode (streams/codec.py)",
     "_fast (streams/codec.py)",
-    "_emit (agents/folder.py)",
-    "_settle (agents/folder.py)",
-    "_flush_all (agents/folder.py)",
+    "_emit (agents/fold_stage.py)",
+    "_settle (agents/fold_stage.py)",
+    "_flush_all (agents/fold_stage.py)",
     "getmany (aiokafka/consumer/consumer.py)",
     "merge_partials (agents/buckets.py)",
     "snapshot (agents/buckets.py)",

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from adpulse.settings import Settings
 from adpulse.stack import EmbeddedStack, ensure_topics
 from agents.fold import FoldConfig
-from agents.folder import FoldStage, FoldStageConfig, read_range
+from agents.fold_stage import FoldStage, FoldStageConfig, read_range
 from agents.metrics import PipelineMetrics
 from agents.partials import BucketValue, merge, totals
 from streams.codec import N_SLOTS, Accepted, decode
@@ -259,7 +259,7 @@ def test_an_event_far_ahead_travels_in_the_checkpoint(
 ) -> None:
     """One event 50 minutes ahead no longer makes every restart re-read the records since it, and its
     duplicate after the restart still counts once."""
-    caplog.set_level(logging.INFO, logger="agents.folder")
+    caplog.set_level(logging.INFO, logger="agents.fold_stage")
     registry = CollectorRegistry()
     asyncio.run(_far_ahead(make_settings(partitions=1, block_records=10, grace_s=60.0), registry))
     assert registry.get_sample_value("adpulse_events_total", {"topic": "clicks", "outcome": "duplicate"}) == 1
@@ -294,7 +294,7 @@ def test_a_checkpoint_behind_the_commit_resumes_from_the_checkpoint(
 ) -> None:
     """Redis lost its last writes after the offset commit: resuming at the commit (no dedup set there)
     would count duplicates across it twice."""
-    caplog.set_level(logging.INFO, logger="agents.folder")
+    caplog.set_level(logging.INFO, logger="agents.fold_stage")
     registry = CollectorRegistry()
     settings = make_settings(partitions=1, block_records=10, grace_s=60.0)
     asyncio.run(_checkpoint_behind(settings, registry))
@@ -340,7 +340,7 @@ def test_a_recreated_topic_is_counted_from_its_start_and_said_loudly(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before, the records of the new topic below the saved position were skipped, uncounted."""
-    caplog.set_level(logging.INFO, logger="agents.folder")
+    caplog.set_level(logging.INFO, logger="agents.fold_stage")
     registry = CollectorRegistry()
     asyncio.run(_recreated(make_settings(partitions=1, block_records=10), registry))
     assert (
@@ -382,7 +382,7 @@ def test_a_checkpoint_in_the_last_record_batch_is_no_recreated_topic(
 ) -> None:
     """The embedded broker lists the end of a log as the start of its last record batch plus one: a
     checkpoint inside that batch lies within the log all the same."""
-    caplog.set_level(logging.INFO, logger="agents.folder")
+    caplog.set_level(logging.INFO, logger="agents.fold_stage")
     registry = CollectorRegistry()
     asyncio.run(_inside_last_batch(make_settings(partitions=1, block_records=10), registry))
     assert (
