@@ -184,6 +184,7 @@ def _register_optional() -> None:
     from adpulse.demo import demo_cli
     from adpulse.report_cli import report_cli
     from adpulse.router_cli import router_cli
+    from adpulse.schema_cli import schema_cli
     from adpulse.simulate import simulate_cli
     from adpulse.stack_cli import stack_cli
 
@@ -197,6 +198,9 @@ def _register_optional() -> None:
         router_cli,
         report_cli,
     ):
+        cli.add_command(command)
+    # Tools for the trackers' side (docs/events.md).
+    for command in (schema_cli,):
         cli.add_command(command)
 
 

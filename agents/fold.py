@@ -309,6 +309,7 @@ class PartitionFold:
                     capped = ts
                 if event_id in seen:
                     outcomes["duplicate"] += 1
+                    out.rejects.append((record, _duplicate(event_id)))
                     continue
                 minute_ms = ts - ts % 60_000
                 minute = minute_ms // 1000
@@ -567,6 +568,18 @@ def _future(ts: int, bound: int, skew_ms: int) -> Rejection:
         "future",
         f"ts is {(ts - bound) / 1000:.0f} s ahead of when the record was sent or received; the limit is "
         f"{skew_ms / 1000:.0f} s (ADPULSE_MAX_FUTURE_SKEW_S); is the tracker's clock or time unit wrong?",
+        "ts",
+        "invalid",
+    )
+
+
+def _duplicate(event_id: str) -> Rejection:
+    return Rejection(
+        "duplicate",
+        f"event_id {event_id!r} was already counted on this partition (a retry or a double send): "
+        "counted once",
+        "event_id",
+        "invalid",
     )
 
 
@@ -575,4 +588,6 @@ def _late(ts: int, watermark: int, grace_ms: int) -> Rejection:
         "late",
         f"event time is {(watermark - ts) / 1000:.0f} s behind this partition's watermark; its 1-minute "
         f"window closed after the {grace_ms / 1000:.0f} s grace period (ADPULSE_GRACE_S)",
+        "ts",
+        "invalid",
     )

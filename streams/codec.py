@@ -52,10 +52,16 @@ class Rejection:
     Codes: ``not_json``, ``invalid`` (a field's type or value, ``ts`` outside 2000-2100 included),
     ``bad_name`` (a channel or campaign breaking ``streams.events.NAME_RULE``), ``oversized``; the fold
     adds ``future``, ``late`` and ``error`` (handling the record raised; the detail names the exception).
+
+    ``field`` names the first offending field where one is to blame, and ``problem`` says how: ``missing``
+    or ``invalid`` (present, but of the wrong type or value). Every reason is documented in docs/events.md
+    ("Rejects"); a test holds the code and that list together.
     """
 
     reason: str
     detail: str
+    field: str | None = None
+    problem: str | None = None
 
 
 class Accepted(NamedTuple):
@@ -160,8 +166,16 @@ def _from_model(topic: str, doc: dict[str, object], currency: str) -> Accepted |
     try:
         event = MODELS[topic].model_validate(doc, context={"currency": currency})
     except ValidationError as exc:
-        bad_name = any(error["type"] == "bad_name" for error in exc.errors(include_url=False))
-        return Rejection("bad_name" if bad_name else "invalid", validation_problems(exc, most=3))
+        errors = exc.errors(include_url=False)
+        bad_name = next((error for error in errors if error["type"] == "bad_name"), None)
+        first = bad_name or errors[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        return Rejection(
+            "bad_name" if bad_name else "invalid",
+            validation_problems(exc, most=3),
+            where,
+            "missing" if first["type"] == "missing" else "invalid",
+        )
     if isinstance(event, ClickEvent):
         contribution: Contribution = ((_CLICK_SLOT[event.type], event.count),)
     elif isinstance(event, OrderEvent):

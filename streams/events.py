@@ -24,6 +24,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -143,8 +144,30 @@ def _money(value: object) -> float | int:
     return value
 
 
-EpochMs = Annotated[int, BeforeValidator(_parse_ts)]
-Money = Annotated[float | int, BeforeValidator(_money)]
+#: RFC 3339 with a UTC offset, as ``_parse_ts`` reads it (the JSON Schema's ``format: date-time`` is only
+#: an annotation in most validators, so the published schema carries the pattern too).
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+
+# The validators below take JSON values pydantic's own schema would describe wrongly (an int or a string;
+# an int or a float with bounds), so the published JSON Schema states what they accept.
+EpochMs = Annotated[
+    int,
+    BeforeValidator(_parse_ts),
+    WithJsonSchema(
+        {
+            "description": "event time: int epoch milliseconds (UTC), or an RFC 3339 string with an offset",
+            "oneOf": [
+                {"type": "integer", "minimum": MIN_TS_MS, "maximum": MAX_TS_MS},
+                {"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN},
+            ],
+        }
+    ),
+]
+Money = Annotated[
+    float | int,
+    BeforeValidator(_money),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_MONEY}),
+]
 ChannelName = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_good_name)]
 CampaignName = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(_good_campaign)]
 
@@ -152,17 +175,24 @@ CampaignName = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterVa
 class Event(BaseModel):
     """Fields every event carries."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Attribute docstrings are the field descriptions of the published JSON Schema (docs/schemas/).
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    """Unique per event: a repeated event_id (on the same partition) is counted once."""
     ts: EpochMs
+    """When it happened (not when it was sent): int epoch milliseconds UTC, or RFC 3339 with an offset."""
     channel: ChannelName
+    """The ad channel, e.g. douyin, taobao, wechat; also the Kafka key."""
     campaign: CampaignName = NO_CAMPAIGN
+    """The campaign within the channel; '-' (the default) means none."""
     region: Annotated[StrictStr, Field(max_length=64)] | None = None
+    """For drill-down (not aggregated yet)."""
 
 
 class _Priced(Event):
     currency: Annotated[StrictStr, Field(min_length=3, max_length=3)] | None = None
+    """ISO 4217 code; must be the configured currency (ADPULSE_CURRENCY, default CNY) when given."""
 
     @field_validator("currency")
     @classmethod
@@ -177,36 +207,50 @@ class ClickEvent(Event):
     """adpulse.clicks: one funnel step (impression → click → visit → cart), optionally pre-aggregated."""
 
     type: Literal["impression", "click", "visit", "cart"]
+    """The funnel step: exposure → click → landing-page visit → add-to-cart."""
     count: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)] = 1
+    """How many such steps this record stands for (trackers that pre-aggregate impressions)."""
     click_id: StrictStr | None = None
+    """Joins a click to the visit, cart and order that follow it."""
 
 
 class OrderEvent(_Priced):
     """adpulse.orders: an order and its GMV."""
 
     order_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    """The order system's id."""
     amount: Money
+    """GMV of the order in currency units (not cents)."""
     click_id: StrictStr | None = None
+    """The click the order came from, if known."""
     new_customer: StrictBool | None = None
+    """Whether the buyer ordered for the first time."""
 
 
 class SpendEvent(_Priced):
     """adpulse.spend: incremental ad cost."""
 
     cost: Money
+    """Ad cost incurred since the previous spend record, in currency units (an increment, not a total)."""
 
 
 class BudgetSetting(BaseModel):
     """adpulse.budgets: a budget for a channel or a (channel, campaign); ``amount=None`` deletes it."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     channel: ChannelName
+    """The channel the budget is for; also the key (channel or channel/campaign)."""
     campaign: CampaignName | None = None
+    """A campaign of the channel, or absent for the whole channel."""
     period: Literal["day", "month", "total"]
+    """Day and month in ADPULSE_TZ; total has no end."""
     amount: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None
+    """The budget in currency units; null deletes the budget."""
     owner: StrictStr | None = None
+    """Chat handle of who approves going past 80 %."""
     reserve_pct: Annotated[float, Field(ge=0, le=50)] = 0.0
+    """Share of the budget held back: alerts judge spend against amount × (1 − reserve_pct / 100)."""
 
 
 def validation_problems(

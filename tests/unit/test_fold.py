@@ -249,7 +249,10 @@ def test_duplicates_are_counted_once_even_across_blocks() -> None:
     records = [Rec(i, T0 + 1_000 + i, same) for i in range(5)] + [click(5, "other", T0 + 2_000)]
     f, partials, rejects = folded(records, config(block=2))
     assert f.outcomes == {"accepted": 2, "invalid": 0, "late": 0, "duplicate": 4}
-    assert rejects == []
+    # Every copy after the first goes to the DLQ (never dropped silently), pointing at the event_id.
+    assert [(r.offset, j.reason, j.field) for r, j in rejects] == [
+        (i, "duplicate", "event_id") for i in (1, 2, 3, 4)
+    ]
     assert table_totals(merge_all({}, partials))[("douyin", "1m", T0 // 1000)]["-"][CLICKS] == 2
 
 

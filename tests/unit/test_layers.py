@@ -31,6 +31,7 @@ PURE = (
     "streams.events",
     "streams.keys",
     "streams.redis_client",
+    "streams.schema",
     "streams.topics",
     "streams.windows",
     "agents.closing",
