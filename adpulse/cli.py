@@ -187,6 +187,7 @@ def _register_optional() -> None:
     from adpulse.schema_cli import schema_cli
     from adpulse.simulate import simulate_cli
     from adpulse.stack_cli import stack_cli
+    from adpulse.validate import validate_cli
 
     for command in (
         stack_cli,
@@ -200,7 +201,7 @@ def _register_optional() -> None:
     ):
         cli.add_command(command)
     # Tools for the trackers' side (docs/events.md).
-    for command in (schema_cli,):
+    for command in (schema_cli, validate_cli):
         cli.add_command(command)
 
 

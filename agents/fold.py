@@ -569,7 +569,6 @@ def _future(ts: int, bound: int, skew_ms: int) -> Rejection:
         f"ts is {(ts - bound) / 1000:.0f} s ahead of when the record was sent or received; the limit is "
         f"{skew_ms / 1000:.0f} s (ADPULSE_MAX_FUTURE_SKEW_S); is the tracker's clock or time unit wrong?",
         "ts",
-        "invalid",
     )
 
 
@@ -579,7 +578,6 @@ def _duplicate(event_id: str) -> Rejection:
         f"event_id {event_id!r} was already counted on this partition (a retry or a double send): "
         "counted once",
         "event_id",
-        "invalid",
     )
 
 
@@ -589,5 +587,4 @@ def _late(ts: int, watermark: int, grace_ms: int) -> Rejection:
         f"event time is {(watermark - ts) / 1000:.0f} s behind this partition's watermark; its 1-minute "
         f"window closed after the {grace_ms / 1000:.0f} s grace period (ADPULSE_GRACE_S)",
         "ts",
-        "invalid",
     )

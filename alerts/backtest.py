@@ -37,9 +37,9 @@ from alerts.stats import median
 from alerts.wording import DAY_S, rfc3339
 from streams.codec import MONEY_SLOTS, SLOT_NAMES, Accepted, decode
 from streams.events import MICROS
+from streams.topics import topic_of
 from streams.windows import Calendar
 
-SOURCE_TOPICS: Final = ("clicks", "orders", "spend")
 _UNITS: Final = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": DAY_S}
 
 
@@ -168,21 +168,6 @@ class BacktestResult:
 # -- events -------------------------------------------------------------------------------------------
 
 
-def _topic_of(doc: dict[str, Any]) -> str | None:
-    """The source topic of an event line: its ``topic`` field if any, else its shape (CONTRACT §1)."""
-    topic = doc.get("topic")
-    if isinstance(topic, str):
-        short = topic.rsplit(".", 1)[-1]
-        return short if short in SOURCE_TOPICS else None
-    if "type" in doc:
-        return "clicks"
-    if "order_id" in doc or "amount" in doc:
-        return "orders"
-    if "cost" in doc:
-        return "spend"
-    return None
-
-
 @dataclass
 class EventWindows:
     """Events folded into tumbling windows: per channel, window start → counts (money in units)."""
@@ -258,7 +243,7 @@ def fold_events(
         except orjson.JSONDecodeError:
             folded.notes["rejected not_json"] += 1
             continue
-        topic = _topic_of(doc) if isinstance(doc, dict) else None
+        topic = topic_of(doc) if isinstance(doc, dict) else None
         if topic is None:
             folded.notes["rejected unknown_topic"] += 1
             continue

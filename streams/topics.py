@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 #: Short names of the topics trackers write to, in the order the fold stage reads them.
 SOURCE_TOPICS: tuple[str, ...] = ("clicks", "orders", "spend")
@@ -14,6 +14,22 @@ HEADROOM_BYTES: Final = 8 * 1024
 def value_limit(max_message_bytes: int) -> int:
     """The largest value adpulse writes to a broker that takes messages of up to ``max_message_bytes``."""
     return max_message_bytes - HEADROOM_BYTES
+
+
+def topic_of(doc: dict[str, Any]) -> str | None:
+    """The source topic of an event read outside Kafka (a JSONL line): its ``topic`` field if any (full or
+    short name), else its shape: ``type`` means clicks, ``order_id`` or ``amount`` orders, ``cost`` spend."""
+    topic = doc.get("topic")
+    if isinstance(topic, str):
+        short = topic.rsplit(".", 1)[-1]
+        return short if short in SOURCE_TOPICS else None
+    if "type" in doc:
+        return "clicks"
+    if "order_id" in doc or "amount" in doc:
+        return "orders"
+    if "cost" in doc:
+        return "spend"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
