@@ -182,6 +182,7 @@ def _register_optional() -> None:
     from adpulse.backtest_cli import backtest_cli
     from adpulse.budget_cli import budget_cli
     from adpulse.demo import demo_cli
+    from adpulse.dlq_cli import dlq_cli
     from adpulse.report_cli import report_cli
     from adpulse.router_cli import router_cli
     from adpulse.schema_cli import schema_cli
@@ -201,7 +202,7 @@ def _register_optional() -> None:
     ):
         cli.add_command(command)
     # Tools for the trackers' side (docs/events.md).
-    for command in (schema_cli, validate_cli):
+    for command in (schema_cli, validate_cli, dlq_cli):
         cli.add_command(command)
 
 
