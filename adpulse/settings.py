@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     )
     alert_resolve_after: int = Field(2, ge=1, description="consecutive OK evaluations before resolving")
     alert_repeat_s: float = Field(4 * 3600.0, gt=0, description="repeat a firing alert this often")
+    # Data health (docs/runbook.md#data_health).
+    health_bucket_s: int = Field(60, ge=1, description="wall-clock bucket of the fold's data-health counters")
+    health_window_s: int = Field(300, ge=1, description="data-health ratios are judged over this window")
+    health_baseline_s: int = Field(3600, ge=0, description="the window before, for duplicate and late spikes")
+    health_reject_ratio: float = Field(0.02, gt=0, lt=1, description="a channel's reject ratio bound")
+    clock_ahead_s: float = Field(60.0, ge=0, description="a CreateTime this far ahead of the worker is skew")
     grafana_url: str | None = Field("http://127.0.0.1:3000", description="root of Grafana, for dashboard_url")
     runbook_url: str = Field(
         "https://github.com/adpulse/adpulse/blob/main/docs/runbook.md", description="runbook_url base"

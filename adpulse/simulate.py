@@ -499,8 +499,9 @@ _EPILOG = """\b
 Scenarios (repeatable; parameters optional, after a colon):
   ctr-drop        a channel's CTR falls to 40 %          channel, at, for, factor
   spend-surge     a channel's spend per click ×3         channel, at, for, factor
-  tracker-outage  a channel sends nothing for 2 min      channel, at, for
-  bad-records     1 % malformed records                  at, for, fraction
+  tracker-outage  a channel sends nothing for 2 min      channel, at, for, spend
+                  (spend=keep: only clicks, visits, carts stop; impressions, spend, orders go on)
+  bad-records     1 % malformed records                  at, for, fraction, channel
   late-events     1 % old ts, half beyond the grace      at, for, fraction, beyond
   duplicates      1 % records sent twice                 at, for, fraction
   Channel scenarios start 60 s into the run, the others at once; `for` is

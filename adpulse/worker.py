@@ -16,8 +16,10 @@ from agents.budget_feed import BudgetFeed
 from agents.evaluate import EvaluationConfig, Evaluator
 from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig
+from agents.health import HealthConfig, HealthMonitor
 from agents.metrics import PipelineMetrics, SnapshotCollector
 from alerts.budgets import BudgetBook
+from alerts.data_health import HealthBounds
 from alerts.lifecycle import Policy
 from alerts.payload import Links
 from alerts.rules import load_rules
@@ -58,6 +60,22 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         lookback_s=settings.alert_lookback_s,
         grace_s=settings.grace_s,
     )
+
+    health = HealthConfig(
+        bucket_s=settings.health_bucket_s,
+        window_s=max(settings.health_window_s, settings.health_bucket_s),
+        baseline_s=settings.health_baseline_s,
+        clock_ahead_s=settings.clock_ahead_s,
+        max_channels=settings.max_channels,
+        rolling_s=settings.anomaly_window_s,
+        bounds=HealthBounds(reject_ratio=settings.health_reject_ratio),
+    )
+
+    def health_monitor() -> HealthMonitor:
+        if "health" not in clients:
+            clients["health"] = HealthMonitor(health, redis(), settings.redis_prefix, calendar)
+        made: HealthMonitor = clients["health"]
+        return made
 
     def redis() -> Any:
         if "redis" not in clients:
@@ -103,6 +121,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         holder,
         metrics,
         evaluator,
+        health_monitor,
     )
     stage_config = FoldStageConfig(
         kafka=settings.kafka_client_options(),
@@ -122,6 +141,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         fetch_max_records=settings.fetch_max_records,
         fetch_wait_ms=settings.fetch_wait_ms,
         max_message_bytes=settings.max_message_bytes,
+        health=health,
     )
 
     @app.task  # type: ignore[untyped-decorator]

@@ -24,6 +24,7 @@ from faust.types import TableT
 
 from agents.closing import WindowCloser
 from agents.evaluate import Evaluator
+from agents.health import HealthMonitor
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
 from agents.partials import CEILING, BucketValue, encoded_over, merge, overflowing
 from agents.snapshot import (
@@ -217,6 +218,7 @@ def install(
     holder: SnapshotHolder,
     metrics: PipelineMetrics,
     evaluator: Callable[[], Evaluator] | None = None,
+    health: Callable[[], HealthMonitor] | None = None,
 ) -> TableT[str, BucketValue]:
     """Register the bucket table, its agent and the snapshot timer on ``app``."""
     source = app.topic(
@@ -353,7 +355,7 @@ def install(
             await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)
         if evaluator is not None:
             try:
-                await _judge(evaluator(), owned, closed, lookup, index, watermark, now)
+                await _judge(evaluator(), owned, closed, lookup, index, watermark, now, health)
             except Exception:
                 # Judge these windows again next tick: recompute what closed, reload progress from Redis.
                 closer.forget()
@@ -375,9 +377,10 @@ async def _judge(
     index: BucketIndex,
     watermark: float,
     now: float,
+    health: Callable[[], HealthMonitor] | None = None,
 ) -> None:
     """Judge the windows closed since the last judged one, in event-time order, one lifecycle round each
-    (a backfill closes many at once), then the budgets."""
+    (a backfill closes many at once), then the budgets, then the data health of the fold's counters."""
     await judge.ensure_loaded(owned)
     rounds: dict[int, list[KpiRow]] = {}
     for row in closed:
@@ -385,12 +388,19 @@ async def _judge(
             rounds.setdefault(row.window_end or 0, []).append(row)
     log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
     for _end, batch in sorted(rounds.items()):
-        await judge.publish(*judge.judge_windows(batch, lookup))
+        findings, judged = judge.judge_windows(batch, lookup)
+        if health is not None:
+            findings, judged = health().screen(findings, judged, batch, lookup)
+        await judge.publish(findings, judged)
     await judge.save_progress()
     await judge.publish(
         *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark),
         evidence_s=watermark,
     )
+    if health is not None:
+        counters = await health().judge_counters(owned, judge.book.firing())
+        if counters is not None:
+            await judge.publish(*counters)
 
 
 def _expired(

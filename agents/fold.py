@@ -189,6 +189,8 @@ class PartitionFold:
                 self._remember_minute(event_id, minute, first)
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.late_within_grace = 0
+        # Accepted records per channel since the last ``drain_accepted`` (data-health ratios need them).
+        self._accepted_by_channel: dict[str, int] = {}
 
     # -- restart -------------------------------------------------------------------------------
 
@@ -277,6 +279,7 @@ class PartitionFold:
         topic = self.topic
         start = self.position
         ahead = False
+        by_channel = self._accepted_by_channel
         accepted = 0
         for record in records:
             offset = record.offset
@@ -340,6 +343,7 @@ class PartitionFold:
                 if minutes is None:
                     minutes = dirty[channel] = set()
                 minutes.add(minute)
+                by_channel[channel] = by_channel.get(channel, 0) + 1
                 accepted += 1
             except Exception as exc:  # noqa: BLE001 - one record never stops the stage: it goes to the DLQ
                 outcomes["invalid"] += 1
@@ -355,6 +359,12 @@ class PartitionFold:
         partials = [self._partial(channel, minutes) for channel, minutes in sorted(self._dirty.items())]
         self._dirty.clear()
         return partials
+
+    def drain_accepted(self) -> dict[str, int]:
+        """Accepted records per channel since the last call (replays count again: these feed data-health
+        ratios, not KPIs)."""
+        drained, self._accepted_by_channel = self._accepted_by_channel, {}
+        return drained
 
     # -- internals -----------------------------------------------------------------------------
 

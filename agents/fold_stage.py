@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
@@ -42,6 +42,7 @@ from agents.fold import (
     encode_partial,
     resume_point,
 )
+from agents.health import HealthConfig, HealthTally, write_tally
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
 from agents.outbox import Batch, Lane
 from streams.dlq import dlq_headers, dlq_key, dlq_value
@@ -77,6 +78,7 @@ class FoldStageConfig:
     producer_timeout_ms: int = 40_000
     #: The broker's limit on one message: no DLQ record or partial piece is larger.
     max_message_bytes: int = 1024 * 1024
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def topic(self, short: str) -> str:
         return f"{self.topic_prefix}{short}"
@@ -140,6 +142,7 @@ class FoldStage:
         self._keys = Keys(config.redis_prefix)
         self._message_limit = value_limit(config.max_message_bytes)
         self._overflow_logged: set[str] = set()
+        self.health = HealthTally(config.health.max_channels, config.health.clock_ahead_s)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -199,6 +202,7 @@ class FoldStage:
                 last_flush = now
                 await self._flush_all()
                 await self._publish_marks()
+                await self._write_health()
             await self._settle()
 
     async def _fold(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -211,6 +215,8 @@ class FoldStage:
                 continue  # not ours, or paused for its rebuild: it is fetched again from its checkpoint
             self._last_seen[tp] = time.time()
             outputs.append((tp, part, part.fold.process(records, received_ms)))
+            self.health.stamps(((r.key, r.value, r.timestamp) for r in records), received_ms)
+            self.health.accepted(part.fold.drain_accepted())
         steps = [(part, out.steps) for _, part, out in outputs if out.steps]
         if steps:
             # Before anything decided by this clock is published: a replay must decide the same way.
@@ -433,6 +439,7 @@ class FoldStage:
         fold = part.fold
         messages: list[_Message] = []
         for record, rejection in out.rejects:
+            self.health.reject(record.key, record.value, rejection)
             value = dlq_value(record, rejection, self._message_limit)
             messages.append(
                 _Message(self.config.topic("dlq"), value, dlq_key(record), None, dlq_headers(rejection))
@@ -505,6 +512,16 @@ class FoldStage:
             sent = sum(message.topic == partials_topic for message in batch.messages)
             if sent:
                 self.metrics.partials.inc(sent)
+
+    async def _write_health(self) -> None:
+        health = self.config.health
+        ttl_s = health.window_s + health.baseline_s + 2 * health.bucket_s
+        try:
+            await write_tally(
+                self.redis, self.config.redis_prefix, self.health.drain(), health.bucket_s, ttl_s, time.time()
+            )
+        except Exception as exc:  # noqa: BLE001 - data-health counters must never stop the folding
+            log.warning("fold: data-health counters not written (%s)", exc)
 
     async def _flush_all(self) -> None:
         for part in list(self.parts.values()):

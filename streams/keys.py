@@ -72,6 +72,13 @@ class Keys:
         """Sorted set of one source partition's clock steps (``first:last:received_ms``, score ``last``)."""
         return f"{self.prefix}:fold:clock:{src}"
 
+    def health(self, bucket_s: int) -> str:
+        """Hash of the data-health counters of one wall-clock bucket (fold stage → evaluator): field
+        ``channel|what`` → count, where ``what`` is ``accepted``, a reject reason,
+        ``field:<name>:<problem>``, ``ahead`` or ``ahead_ms`` (records whose CreateTime is ahead of the
+        worker's clock, and by how much)."""
+        return f"{self.prefix}:health:{bucket_s}"
+
     @property
     def approvals(self) -> str:
         return f"{self.prefix}:budgets:approvals"

@@ -222,6 +222,11 @@ class TrafficGenerator:
                 pending.next_flush_ms += flush_ms
                 if pending.next_flush_ms <= lo:  # after an outage: report again one interval from now
                     pending.next_flush_ms = lo + flush_ms
+        if effects.site_down:
+            down = effects.site_down
+            events = [
+                e for e in events if not (e[2].channel in down and e[1] == "clicks" and e[4] != IMPRESSIONS)
+            ]
         events.sort(key=_event_ts)
         return events
 
@@ -317,13 +322,14 @@ class TrafficGenerator:
             key = self._keys[profile.channel]
             partition = self._partition[topic, profile.channel]
             draw = rand()
-            if draw < effects.bad:
+            bad = effects.bad + effects.bad_by_channel.get(profile.channel, 0.0)
+            if draw < bad:
                 reason, data = malformed(self._rng, topic, doc, ts, self._limits)
                 self.truth.invalid_reasons[reason] = self.truth.invalid_reasons.get(reason, 0) + 1
                 self._tally(topic, partition, "invalid")
                 yield topic, key, data, ts, partition
                 continue
-            if draw < effects.bad + effects.late and self._make_late(topic, partition, doc, effects):
+            if draw < bad + effects.late and self._make_late(topic, partition, doc, effects):
                 yield self._deliver_late(topic, key, partition, event)
                 continue
             newest_ms = self._newest_ms.get((topic, partition), ts)

@@ -21,6 +21,10 @@ class Effects:
     cost: dict[str, float] = field(default_factory=dict)
     volume: dict[str, float] = field(default_factory=dict)
     bad: float = 0.0
+    #: Extra malformed fractions of single channels (``bad`` is for every channel).
+    bad_by_channel: dict[str, float] = field(default_factory=dict)
+    #: Channels whose site tracker is down: no clicks, visits or carts (impressions, spend, orders go on).
+    site_down: set[str] = field(default_factory=set)
     late: float = 0.0
     late_beyond_share: float = 0.5
     duplicate: float = 0.0
@@ -32,7 +36,7 @@ class Effects:
     @property
     def faulty(self) -> bool:
         """Whether any record of this slice may be made bad, late or duplicate."""
-        return self.bad > 0 or self.late > 0 or self.duplicate > 0
+        return self.bad > 0 or bool(self.bad_by_channel) or self.late > 0 or self.duplicate > 0
 
 
 @dataclass(frozen=True)
@@ -124,26 +128,56 @@ class SpendSurgeScenario(ChannelScenario):
 
 @dataclass(frozen=True)
 class TrackerOutage(ChannelScenario):
-    """A channel's tracker sends nothing at all (no events, no spend reports)."""
+    """A channel's tracker sends nothing at all (no events, no spend reports).
+
+    With ``spend="keep"`` only the site tracker is down (no clicks, visits or carts): the ad platform's
+    impression and spend reports and the order system's orders keep arriving, as they would in reality.
+    """
 
     name: ClassVar[str] = "tracker-outage"
     default_channel_index: ClassVar[int] = 2
     at_s: float = 60.0
     for_s: float | None = 120.0
+    spend: str = "stop"
+
+    def __post_init__(self) -> None:
+        if self.spend not in ("stop", "keep"):
+            raise ValueError(f"tracker-outage: spend must be stop or keep, got {self.spend!r}")
+
+    def describe(self) -> str:
+        return super().describe() + (" (spend keeps flowing)" if self.spend == "keep" else "")
 
     def apply(self, effects: Effects) -> None:
-        effects.volume[self.target] = 0.0
+        if self.spend == "keep":
+            effects.site_down.add(self.target)
+        else:
+            effects.volume[self.target] = 0.0
 
 
 @dataclass(frozen=True)
 class BadRecords(Scenario):
-    """A ``fraction`` of records is malformed in one of the ways CONTRACT.md §1 rejects."""
+    """A ``fraction`` of records is malformed in one of the ways docs/events.md rejects."""
 
     name: ClassVar[str] = "bad-records"
     fraction: float = 0.01
+    #: Only this channel's records (None: every channel's).
+    channel: str | None = None
+
+    def describe(self) -> str:
+        return self.name + (f" {self.channel}" if self.channel else "")
+
+    def bind(self, channels: Sequence[str]) -> Scenario:
+        if self.channel is not None and self.channel not in channels:
+            simulated = ", ".join(channels)
+            raise ValueError(f"{self.name}: channel {self.channel!r} is not simulated (use {simulated})")
+        return self
 
     def apply(self, effects: Effects) -> None:
-        effects.bad = min(1.0, effects.bad + self.fraction)
+        if self.channel is None:
+            effects.bad = min(1.0, effects.bad + self.fraction)
+        else:
+            share = effects.bad_by_channel.get(self.channel, 0.0) + self.fraction
+            effects.bad_by_channel[self.channel] = min(1.0, share)
 
 
 @dataclass(frozen=True)
@@ -220,7 +254,7 @@ def _param_names(cls: type[Scenario]) -> set[str]:
 
 
 def _parse_param(attr: str, raw: str) -> Any:
-    if attr == "channel":
+    if attr in ("channel", "spend"):
         return raw
     if attr in ("at_s", "for_s"):
         return None if attr == "for_s" and raw in ("", "none", "end") else parse_duration_s(raw)

@@ -46,6 +46,7 @@ PURE = (
     "adpulse.traffic.truth",
     "alerts.backtest",
     "alerts.budgets",
+    "alerts.data_health",
     "alerts.detectors",
     "alerts.drivers",
     "alerts.kpi",
