@@ -215,7 +215,7 @@ class FoldStage:
                 continue  # not ours, or paused for its rebuild: it is fetched again from its checkpoint
             self._last_seen[tp] = time.time()
             outputs.append((tp, part, part.fold.process(records, received_ms)))
-            self.health.stamps(((r.key, r.value, r.timestamp) for r in records), received_ms)
+            self.health.stamps(records, received_ms)
             self.health.accepted(part.fold.drain_accepted())
         steps = [(part, out.steps) for _, part, out in outputs if out.steps]
         if steps:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from agents.evaluate import vector_counts
+from agents.fold import SourceRecord
 from agents.partials import BucketValue
 from agents.snapshot import KpiRow
 from alerts.data_health import (
@@ -97,16 +98,16 @@ class HealthTally:
         if rejection.reason == "invalid" and rejection.field:
             self.add(channel, f"{FIELD_PREFIX}{rejection.field}:{rejection.problem or 'invalid'}")
 
-    def stamps(self, records: Iterable[tuple[bytes | None, bytes | None, int]], received_ms: int) -> None:
-        """Records (key, value, Kafka timestamp) fetched at ``received_ms``: note those stamped ahead of it.
-        A CreateTime later than the fetch is a producer clock running fast; one earlier says nothing (the
-        record may have waited in a backlog)."""
+    def stamps(self, records: Iterable[SourceRecord], received_ms: int) -> None:
+        """Records fetched at ``received_ms``: note those whose Kafka timestamp is ahead of it. A CreateTime
+        later than the fetch is a producer clock running fast; one earlier says nothing (the record may have
+        waited in a backlog)."""
         limit = received_ms + self.ahead_ms
-        for key, value, stamp in records:
-            if stamp > limit:
-                channel = record_channel(key, value)
+        for record in records:
+            if record.timestamp > limit:
+                channel = record_channel(record.key, record.value)
                 self.add(channel, AHEAD)
-                self.add(channel, AHEAD_MS, stamp - received_ms)
+                self.add(channel, AHEAD_MS, record.timestamp - received_ms)
 
     def drain(self) -> dict[str, dict[str, int]]:
         drained, self._counts = self._counts, {}

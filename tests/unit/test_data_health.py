@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC
 
 import pytest
@@ -18,6 +19,17 @@ from alerts.data_health import (
 )
 from alerts.model import Finding, Fingerprint
 from streams.codec import Rejection
+
+
+@dataclass
+class Stamped:
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    topic: str = "adpulse.clicks"
+    partition: int = 0
+    offset: int = 0
+
 
 SPAN = Span(1_772_431_200, 1_772_431_500, UTC)
 
@@ -141,7 +153,9 @@ def test_the_tally_counts_per_channel_reason_field_and_clock() -> None:
     )
     tally.reject(b"taobao", b"{not json", Rejection("not_json", ""))
     tally.reject(b"taobao", b"{}", Rejection("duplicate", "", "event_id"))
-    tally.stamps([(b"taobao", b"{}", 1_000_000 + 61_000), (b"taobao", b"{}", 1_000_000 + 59_000)], 1_000_000)
+    tally.stamps(
+        [Stamped(b"taobao", b"{}", 1_000_000 + 61_000), Stamped(b"taobao", b"{}", 1_059_000)], 1_000_000
+    )
     tally.accepted({"jd": 1, "junk": 5})
     assert tally.drain() == {
         "taobao": {
