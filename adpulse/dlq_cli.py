@@ -21,7 +21,8 @@ import click
 import orjson
 from pydantic import ValidationError
 
-from adpulse.settings import Settings, load_settings
+from adpulse.cli_context import settings_of
+from adpulse.settings import Settings, redacted_url
 from streams.dlq import DlqRecord, record_channel
 
 #: Samples kept per reason.
@@ -235,8 +236,8 @@ async def read_dlq(
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
             raise click.ClickException(
-                f"topic {topic} does not exist on {settings.kafka_bootstrap}: is this the right broker and "
-                "ADPULSE_TOPIC_PREFIX?"
+                f"topic {topic} does not exist on {redacted_url(settings.kafka_bootstrap)}: is this the "
+                "right broker and ADPULSE_TOPIC_PREFIX?"
             )
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
@@ -319,7 +320,7 @@ def dlq_cli(
       adpulse dlq --follow --json | jq .detail
     """
     ctx = click.get_current_context()
-    settings: Settings = ctx.obj if ctx.obj is not None else load_settings()
+    settings = settings_of(ctx)
     summary = DlqSummary(frozenset(reasons), frozenset(channels), samples)
     since_ms = _since_ms(since, settings)
 
@@ -342,7 +343,8 @@ def dlq_cli(
         asyncio.run(read_dlq(settings, summary.add, since_ms))
     except KafkaConnectionError as exc:
         raise click.ClickException(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); is the broker up (adpulse stack up)?"
+            f"cannot reach Kafka at {redacted_url(settings.kafka_bootstrap)} ({exc}); "
+            "is the broker up (adpulse stack up)?"
         ) from None
     if as_json:
         click.echo(orjson.dumps(summary.to_json()).decode())

@@ -18,7 +18,8 @@ from typing import Any, BinaryIO
 import click
 import orjson
 
-from adpulse.settings import Settings, load_settings
+from adpulse.cli_context import settings_of
+from adpulse.settings import Settings
 from agents.fold import Checkpoint, FoldConfig, PartitionFold
 from streams.dlq import record_channel
 from streams.partitioning import partition_of
@@ -212,7 +213,7 @@ def validate_cli(file: BinaryIO, topic: str | None, as_json: bool, samples: int)
       tail -n 1000 tracker.log | adpulse validate --topic clicks --json -
     """
     ctx = click.get_current_context()
-    settings: Settings = ctx.obj if ctx.obj is not None else load_settings()
+    settings = settings_of(ctx)
     report = validate_lines(file, settings, topic)
     if as_json:
         click.echo(orjson.dumps(report.to_json(samples)).decode())

@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
+from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
 from adpulse.stack import free_port
-from tests.support.processes import WorkerProcess, metric_sum, wait_for
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from adpulse.cli import cli
 from adpulse.settings import Settings
-from adpulse.traffic import BadRecords, Duplicates, LateEvents, TrafficGenerator
+from adpulse.traffic.generator import TrafficGenerator
+from adpulse.traffic.scenarios import BadRecords, Duplicates, LateEvents
 from adpulse.validate import UNKNOWN_TOPIC, validate_lines
 from tests.unit.test_events_doc import Block, example_blocks
 
