@@ -2,9 +2,9 @@
 
 Each line is one record value. It goes through ``streams.codec.decode`` and then the worker's own fold
 (``agents.fold.PartitionFold``), as if a tracker had just sent the file in order, keyed by channel: records
-are spread over ``ADPULSE_PARTITIONS`` partitions with Kafka's default partitioner and stamped with the
-time of the check, so duplicates, lateness (the watermark of each partition) and ``ts`` in the future are
-judged as the worker would judge them now. Nothing is sent anywhere.
+are spread over ``ADPULSE_PARTITIONS`` partitions with Kafka's default partitioner, stamped with the time
+of the check and received at that time, so duplicates, lateness (the watermark of each partition) and
+``ts`` in the future are judged as the worker would judge them now. Nothing is sent anywhere.
 """
 
 from __future__ import annotations
@@ -102,6 +102,8 @@ class _Line:
     key: bytes | None
     value: bytes | None
     line: int
+    #: CreateTime, as a tracker's client stamps it (the fold bounds it by the receive time).
+    timestamp_type: int = 0
 
 
 def validate_lines(
@@ -145,7 +147,7 @@ def validate_lines(
         stream.append(_Line(short, partition, len(stream), now_ms, key, value, number))
     for (short, partition), records in streams.items():
         fold = PartitionFold(short, partition, config, calendar, Checkpoint(0, 0, 0))
-        rejects = {id(record): rejection for record, rejection in fold.process(records).rejects}
+        rejects = {id(record): rejection for record, rejection in fold.process(records, now_ms).rejects}
         for record in records:
             rejection = rejects.get(id(record))
             channel = record_channel(record.key, record.value)

@@ -29,6 +29,7 @@ class Stamped:
     topic: str = "adpulse.clicks"
     partition: int = 0
     offset: int = 0
+    timestamp_type: int = 0
 
 
 SPAN = Span(1_772_431_200, 1_772_431_500, UTC)
