@@ -167,6 +167,9 @@ def test_help_is_there_for_every_command() -> None:
         ["report"],
         ["report", "daily"],
         ["report", "weekly"],
+        ["schema"],
+        ["validate"],
+        ["dlq"],
     ):
         result = subprocess.run(
             [sys.executable, "-m", "adpulse", *command, "--help"],
