@@ -95,7 +95,9 @@ def test_adpulse_dlq_lists_every_reject_with_the_counts_of_adpulse_events_total(
             1 for s in _all_rejects(settings) if s["reason"] == "late" and s["channel"] == "douyin"
         )
         text = adpulse(settings, "dlq", "--reason", "invalid")
-        assert text.returncode == 0 and "rejected records" in text.stdout and "»" in text.stdout
+        assert text.returncode == 0 and "rejected records" in text.stdout
+        # Each sample points at its field: marked in the original, or named as missing.
+        assert text.stdout.count("»") + text.stdout.count("(no '") >= 1
     finally:
         worker.stop()
 
