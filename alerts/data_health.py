@@ -395,8 +395,7 @@ def withhold_funnel(
         for kind in ("anomaly", "threshold")
         for metric in FUNNEL_METRICS
     ]
-    # A fingerprint is kind:metric:channel:campaign[:extra]; a campaign with ':' in its name is rare
-    # enough that its judged entry may be kept.
+    # A fingerprint is kind:metric:channel:campaign[:extra]; names hold no ':' (streams.events.NAME_RULE).
     still = {
         fp: value
         for fp, value in judged.items()

@@ -39,6 +39,10 @@ def test_a_small_record_is_kept_whole() -> None:
         "partition": 3,
         "offset": 17,
         "timestamp": 1_700_000_000_000,
+        "channel": "douyin",
+        "field": None,
+        "problem": None,
+        "producer": None,
         "value": value.decode(),
     }
     assert dlq_headers(OVERSIZED) == [("adpulse-reason", b"oversized")]

@@ -26,7 +26,7 @@ def rejected(value: bytes, **kw: object) -> tuple[Rec, dict[str, object]]:
     record = Rec(value=value, **kw)  # type: ignore[arg-type]
     rejection = decode("orders", value, "CNY", 65536)
     assert isinstance(rejection, Rejection)
-    return record, orjson.loads(dlq_value(record, rejection))
+    return record, orjson.loads(dlq_value(record, rejection, 1 << 20))
 
 
 def test_the_dlq_record_names_field_problem_channel_and_producer() -> None:

@@ -178,6 +178,12 @@ def test_every_reason_names_the_rule_behind_it() -> None:
         assert set(links) <= anchors, f"{reason}: {links} are not sections of docs/events.md"
 
 
+def test_the_name_rule_is_quoted_from_the_code() -> None:
+    from streams.events import NAME_RULE
+
+    assert " ".join(NAME_RULE.split()) in " ".join(EVENTS_MD.read_text().split())
+
+
 # -- links ----------------------------------------------------------------------------------------------
 
 
