@@ -40,10 +40,11 @@ campaigns beyond ``max_campaigns_per_channel`` in a block are counted under ``OV
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -91,13 +92,64 @@ class FoldConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Anchor:
+    """The record whose arrival closed the block before a checkpoint: it names the log the checkpoint
+    was taken on.
+
+    Offsets alone cannot tell a recreated topic that already holds more records than the checkpoint from
+    the old one. The record at the anchor's offset can: a new log holds another record there, or none.
+    It is the first record at or past the checkpoint, so it is in the log whenever the checkpoint is
+    (retention deletes from the start).
+    """
+
+    offset: int
+    timestamp: int
+    #: ``record_digest`` of the record.
+    digest: str
+
+    @classmethod
+    def of(cls, record: SourceRecord) -> Anchor:
+        """The anchor of ``record``."""
+        return cls(record.offset, record.timestamp, record_digest(record))
+
+    def verdict(self, found: SourceRecord | None, log_end: int | None) -> bool | None:
+        """Whether the log holds this anchor: ``found`` is its first record at or past the anchor's offset
+        (None if none was read), ``log_end`` its end as a fetch reported it (None if unknown).
+
+        True: the same log. False: another log (the anchor's offset holds another record, or the log
+        ends before it). None: nothing read and the log reaches past the anchor, so no evidence either way.
+        """
+        if found is not None:
+            return (
+                found.offset == self.offset
+                and found.timestamp == self.timestamp
+                and record_digest(found) == self.digest
+            )
+        if log_end is not None and log_end <= self.offset:
+            return False
+        return None
+
+
+def record_digest(record: SourceRecord) -> str:
+    """A short hash of a record's key, value and timestamp (hex), to recognise it in a log again."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (record.key, record.value):
+        # Length-prefixed, so that key and value cannot trade bytes; -1 for a null.
+        digest.update((-1 if part is None else len(part)).to_bytes(8, "big", signed=True))
+        digest.update(part or b"")
+    digest.update(record.timestamp.to_bytes(8, "big", signed=True))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Where a partition can resume: a block start, its watermark and the dedup rebuild point.
 
     ``base`` is the block number of offset 0: 0 for a partition's first incarnation, higher after the
     topic was recreated (``resume_point``), so that the table takes the new offsets' blocks as newer.
     ``ahead`` holds the dedup set's minutes past the watermark that the rebuild does not re-read:
-    ``(minute, first offset, event ids)``.
+    ``(minute, first offset, event ids)``. ``anchor`` names the log (None for a checkpoint not taken at a
+    record: a partition's start, or one saved before anchors existed).
     """
 
     offset: int
@@ -105,6 +157,35 @@ class Checkpoint:
     rebuild_from: int
     base: int = 0
     ahead: tuple[tuple[int, int, tuple[str, ...]], ...] = ()
+    anchor: Anchor | None = None
+
+    def fields(self) -> dict[str, object]:
+        """The checkpoint as JSON-ready fields (``from_fields`` reads them back)."""
+        fields: dict[str, object] = {
+            "offset": self.offset,
+            "watermark_ms": self.watermark_ms,
+            "rebuild_from": self.rebuild_from,
+            "base": self.base,
+            "ahead": self.ahead,
+        }
+        if self.anchor is not None:
+            fields["anchor"] = [self.anchor.offset, self.anchor.timestamp, self.anchor.digest]
+        return fields
+
+    @classmethod
+    def from_fields(cls, saved: dict[str, Any]) -> Checkpoint:
+        """A checkpoint from ``fields`` as JSON returns them, also one saved without ``base``, ``ahead`` or
+        ``anchor`` by an earlier version."""
+        ahead = tuple((minute, first, tuple(ids)) for minute, first, ids in saved.get("ahead", ()))
+        anchor = saved.get("anchor")
+        return cls(
+            saved["offset"],
+            saved["watermark_ms"],
+            saved["rebuild_from"],
+            saved.get("base", 0),
+            ahead,
+            None if anchor is None else Anchor(*anchor),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +367,7 @@ class PartitionFold:
             if offset < self.position:
                 continue  # already folded (a re-delivered fetch)
             if offset >= block_end:
-                self._close_block(out, offset // block_records)
+                self._close_block(out, offset // block_records, record)
                 block_end = (self.block + 1) * block_records
                 acc = self._acc
             self.position = offset + 1
@@ -393,7 +474,7 @@ class PartitionFold:
         cell = cells[(campaign, minute)] = [0] * N_SLOTS
         return cell
 
-    def _close_block(self, out: FoldOutput, next_block: int) -> None:
+    def _close_block(self, out: FoldOutput, next_block: int, record: SourceRecord) -> None:
         out.partials.extend(self.flush())
         self._evict()
         self.block = next_block
@@ -401,7 +482,9 @@ class PartitionFold:
         self._campaigns = {}
         offset = next_block * self.config.block_records
         rebuild_from, ahead = self._rebuild_point(offset)
-        out.checkpoints.append(Checkpoint(offset, self.watermark_ms, rebuild_from, self.base, ahead))
+        out.checkpoints.append(
+            Checkpoint(offset, self.watermark_ms, rebuild_from, self.base, ahead, Anchor.of(record))
+        )
 
     def _partial(self, channel: str, dirty_minutes: set[int]) -> Partial:
         rows: dict[tuple[str, int, str], list[int]] = {}
@@ -510,7 +593,8 @@ class Resume:
 
     checkpoint: Checkpoint
     #: None, or: ``behind`` (the committed offset is past the checkpoint), ``no_checkpoint`` (Redis has
-    #: none but Kafka has a commit), ``recreated`` (the saved position is past the log end), ``expired``
+    #: none but Kafka has a commit), ``recreated`` (the saved position is past the log end, or the log does
+    #: not hold the checkpoint's anchor), ``expired``
     #: (records past the saved position were deleted before they were read).
     problem: str | None = None
     #: Whether the recorded clock steps still describe this log (else they must be dropped).
@@ -518,17 +602,24 @@ class Resume:
 
 
 def resume_point(
-    saved: Checkpoint | None, committed: int | None, log_start: int, log_end: int, block_records: int
+    saved: Checkpoint | None,
+    committed: int | None,
+    log_start: int,
+    log_end: int,
+    block_records: int,
+    same_log: bool | None = None,
 ) -> Resume:
-    """Decide where a source partition resumes, from its checkpoint in Redis, its committed offset in Kafka
-    and the bounds of its log now.
+    """Decide where a source partition resumes, from its checkpoint in Redis, its committed offset in Kafka,
+    the bounds of its log now and whether that log holds the checkpoint's anchor (``Anchor.verdict``; None
+    if unknown or unchecked).
 
     The Redis checkpoint wins over a committed offset ahead of it (Redis lost its last writes after the
     commit): resuming at the commit would start with no watermark and no dedup set, so duplicates across
     it would count twice; the blocks in between are replayed and ignored by the table. A checkpoint past
     the log end means the topic was recreated (or truncated): the partition starts over at its log start
-    with fresh state, its blocks numbered past the old ones so that the table counts them. A checkpoint
-    before the log start means retention deleted records before they were read: they are lost.
+    with fresh state, its blocks numbered past the old ones so that the table counts them; so does a log
+    without the anchor (recreated and refilled past the checkpoint). A checkpoint before the log start
+    means retention deleted records before they were read: they are lost.
     """
     if saved is None:
         if not committed:
@@ -539,7 +630,7 @@ def resume_point(
         if committed < log_start:
             return Resume(Checkpoint(log_start, 0, log_start), "expired", keep_steps=False)
         return Resume(Checkpoint(committed, 0, committed), "no_checkpoint", keep_steps=False)
-    if saved.offset > log_end:
+    if saved.offset > log_end or same_log is False:
         base = saved.base + saved.offset // block_records + BASE_GAP
         return Resume(Checkpoint(log_start, 0, log_start, base), "recreated", keep_steps=False)
     if saved.offset < log_start:

@@ -11,7 +11,9 @@ After each flush, every partition's delivered watermark follows the partials dow
 partition.
 
 The Redis checkpoint is the source of truth at restart, because the embedded broker does not keep
-commit metadata; the Kafka commit keeps consumer-lag tooling meaningful. A newly assigned partition
+commit metadata; the Kafka commit keeps consumer-lag tooling meaningful. On assignment one fetch checks
+that the log still holds the record a checkpoint was taken at (its ``Anchor``): a topic recreated and
+refilled past the checkpoint is told from the old log only that way. A newly assigned partition
 is paused while its dedup set is rebuilt in the background (read up to the checkpoint, which lies
 within the log seen at assignment), so a long rebuild holds up neither the rebalance nor the other
 partitions.
@@ -59,6 +61,8 @@ CAUGHT_UP_POLL_MS = 2000
 #: Rounds of "wait for acknowledgements, write checkpoints, send what they held back" when giving up
 #: partitions (a round per block boundary still queued; more only if sends keep failing).
 DRAIN_ROUNDS = 10
+#: Fetches (of up to 2 s each) for the record a checkpoint was taken at before trusting its offsets.
+ANCHOR_FETCHES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +285,25 @@ class FoldStage:
         saved = await self._saved(src)
         committed = await consumer.committed(tp)
         log_start, log_end = bounds
-        if (saved.offset if saved is not None else committed or 0) > log_end:
+        same_log = None
+        anchor = saved.anchor if saved is not None else None
+        if anchor is not None and anchor.offset >= log_start:
+            # One small fetch per assignment: offsets alone miss a topic recreated and refilled past them.
+            found, fetched_end = await read_record(self.config.kafka, tp, anchor.offset)
+            log_end = max(log_end, fetched_end or 0)
+            same_log = anchor.verdict(found, fetched_end)
+            if same_log is None:
+                log.warning(
+                    "fold: %s partition %d: the record at offset %d that its checkpoint was taken at could "
+                    "not be read; trusting the offsets that the log is the same",
+                    tp.topic,
+                    tp.partition,
+                    anchor.offset,
+                )
+        if same_log is None and (saved.offset if saved is not None else committed or 0) > log_end:
             # Not yet proof of a new log: the embedded broker reports the start of its last record batch.
             log_end = await fetched_log_end(self.config.kafka, tp, log_end)
-        resume = resume_point(saved, committed, log_start, log_end, self.config.fold.block_records)
+        resume = resume_point(saved, committed, log_start, log_end, self.config.fold.block_records, same_log)
         self._report(tp, src, saved, resume, log_start, log_end)
         checkpoint = resume.checkpoint
         clock_key = self._keys.fold_clock(src)
@@ -349,7 +368,14 @@ class FoldStage:
             )
         elif resume.problem in ("recreated", "expired"):
             saved_offset = saved.offset if saved is not None else checkpoint.offset
-            if resume.problem == "recreated":
+            anchor = saved.anchor if saved is not None else None
+            if resume.problem == "recreated" and saved_offset <= log_end and anchor is not None:
+                what = (
+                    f"the log (offsets {log_start}..{log_end - 1}) does not hold the record at offset "
+                    f"{anchor.offset} that the saved position {saved_offset} was taken at: the topic was "
+                    "recreated. Starting the partition over from its beginning"
+                )
+            elif resume.problem == "recreated":
                 what = (
                     f"the saved position {saved_offset} is past the end of the log ({log_end}): the topic "
                     "was recreated or truncated. Starting the partition over from its beginning"
@@ -419,11 +445,7 @@ class FoldStage:
         raw = await self.redis.hget(self._keys.fold_checkpoints, src)
         if raw is None:
             return None
-        saved = orjson.loads(raw)
-        ahead = tuple((minute, first, tuple(ids)) for minute, first, ids in saved.get("ahead", ()))
-        return Checkpoint(
-            saved["offset"], saved["watermark_ms"], saved["rebuild_from"], saved.get("base", 0), ahead
-        )
+        return Checkpoint.from_fields(orjson.loads(raw))
 
     async def _save_steps(self, steps: list[tuple[_Partition, list[ClockStep]]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -636,6 +658,32 @@ async def read_range(
     return read
 
 
+async def read_record(
+    kafka: dict[str, Any], tp: TopicPartition, offset: int
+) -> tuple[Any | None, int | None]:
+    """The first record of ``tp`` at or past ``offset`` and the log end a fetch reported; ``(None, None)``
+    if neither could be learnt (a broker too slow to answer).
+
+    ``(None, end)``: the log ends at or before ``offset``. A fetch answers with the true end even where
+    ListOffsets does not (``fetched_log_end``).
+    """
+    reader = AIOKafkaConsumer(**kafka, enable_auto_commit=False, group_id=None, auto_offset_reset="latest")
+    try:
+        await reader.start()
+        reader.assign([tp])
+        reader.seek(tp, offset)
+        for _ in range(ANCHOR_FETCHES):
+            batch = await reader.getmany(tp, timeout_ms=2_000)
+            # A fetch may start at its record batch's first offset: skip what lies before.
+            found = next((record for record in batch.get(tp, ()) if record.offset >= offset), None)
+            end = reader.highwater(tp)
+            if found is not None or (end is not None and end <= offset):
+                return found, end
+    finally:
+        await reader.stop()
+    return None, None
+
+
 async def fetched_log_end(kafka: dict[str, Any], tp: TopicPartition, listed: int) -> int:
     """The end of ``tp``'s log as a fetch reports it (its high watermark), ``listed`` if that is further.
 
@@ -670,16 +718,7 @@ def _swallow(future: asyncio.Future[Any]) -> None:
 
 
 def _checkpoint_json(checkpoint: Checkpoint) -> bytes:
-    return orjson.dumps(
-        {
-            "offset": checkpoint.offset,
-            "watermark_ms": checkpoint.watermark_ms,
-            "rebuild_from": checkpoint.rebuild_from,
-            "base": checkpoint.base,
-            "ahead": checkpoint.ahead,
-            "at": time.time(),
-        }
-    )
+    return orjson.dumps({**checkpoint.fields(), "at": time.time()})
 
 
 def _step(member: bytes | str) -> ClockStep:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import CollectorRegistry
 
 from adpulse.settings import Settings
 from adpulse.stack import ensure_topics
-from agents.folder import FoldStage
+from agents.fold_stage import FoldStage
 from streams.codec import GMV
 from streams.events import MAX_MONEY, MICROS
 from streams.windows import TOTAL
@@ -78,19 +80,26 @@ async def _largest_orders(settings: Settings) -> None:
     assert MAX_MONEY * MICROS < got[("douyin", TOTAL, 0)]["-"][GMV] < 2**63
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a topic recreated and refilled past the saved position while the worker was down looks "
-    "like the old log (resume_point only compares offsets); its first records are skipped, uncounted",
-)
 def test_a_recreated_topic_refilled_past_the_saved_position_is_counted_from_its_start(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The recreated-topic check fires only when the new log is shorter than the saved position."""
-    asyncio.run(_recreated_and_refilled(make_settings(partitions=1, block_records=10)))
+    """Offsets alone could not tell this new log from the old one: its first 20 records were skipped and
+    its block 2 overwrote the old block 2. The record the checkpoint was taken at tells them apart."""
+    caplog.set_level(logging.INFO, logger="agents.fold_stage")
+    registry = CollectorRegistry()
+    asyncio.run(_recreated_and_refilled(make_settings(partitions=1, block_records=10), registry))
+    assert (
+        registry.get_sample_value("adpulse_source_resets_total", {"topic": "clicks", "reason": "recreated"})
+        == 1
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(
+        "clicks partition 0" in e and "does not hold the record at offset 20" in e and "position 20" in e
+        for e in errors
+    ), errors
 
 
-async def _recreated_and_refilled(settings: Settings) -> None:
+async def _recreated_and_refilled(settings: Settings, registry: CollectorRegistry) -> None:
     old = [click(f"old{i}", T0 + i * 1_000) for i in range(25)]
     clock = Clock(T0 + 100_000)
     await produce(settings, old)
@@ -108,7 +117,7 @@ async def _recreated_and_refilled(settings: Settings) -> None:
     new = [click(f"new{i}", T0 + 60_000 + i * 1_000) for i in range(30)]
     await produce(settings, new)
 
-    restarted = new_stage(settings, clock)
+    restarted = new_stage(settings, clock, registry)
     async with running(restarted):
         await wait_until(settled(restarted, 30), "the new topic folded")
     assert await partial_totals(settings) == recount(settings, old + new)

@@ -16,6 +16,7 @@ from agents.buckets import parse_partial
 from agents.fold import (
     BASE_GAP,
     LOG_APPEND_TIME,
+    Anchor,
     Checkpoint,
     ClockStep,
     FoldConfig,
@@ -806,6 +807,64 @@ def test_a_recreated_topic_is_counted_in_blocks_the_table_takes_as_newer() -> No
     assert table_totals(merge_all({}, partials)) == recount(
         "clicks", [r.value for r in old_records + new_records]
     )
+
+
+# -- the anchor: which log a checkpoint was taken on ------------------------------------------------
+
+
+def test_a_checkpoint_is_anchored_at_the_record_that_closed_its_block() -> None:
+    records = [click(i, f"e{i}", T0 + i) for i in range(7)]
+    (checkpoint,) = fold(config(block=5)).process(records, NOW).checkpoints
+    assert checkpoint.offset == 5
+    anchor = Anchor.of(records[5])
+    assert checkpoint.anchor == anchor
+    assert anchor.verdict(records[5], 7) is True
+
+
+def test_an_anchor_tells_another_log_from_the_one_it_was_taken_on() -> None:
+    old = click(20, "old20", T0 + 20)
+    anchor = Anchor.of(old)
+    # A recreated topic refilled past the checkpoint: another record at the same offset.
+    assert anchor.verdict(click(20, "new20", T0 + 20), 30) is False
+    assert anchor.verdict(replace(old, timestamp=old.timestamp + 1), 30) is False
+    assert anchor.verdict(replace(old, key=b"taobao"), 30) is False
+    # Key and value do not trade bytes; a null key is no empty one.
+    assert Anchor.of(replace(old, key=b"d", value=b"ouyin" + (old.value or b""))) != anchor
+    assert Anchor.of(replace(old, key=None)) != Anchor.of(replace(old, key=b""))
+    # No record at the offset, the next one later: another log (the old one had a record there).
+    assert anchor.verdict(replace(old, offset=21), 30) is False
+    # The log ends at or before the anchor.
+    assert anchor.verdict(None, 20) is False
+    assert anchor.verdict(None, 5) is False
+    # Nothing read from a log that reaches past it, or an unknown end: no evidence either way.
+    assert anchor.verdict(None, 21) is None
+    assert anchor.verdict(None, None) is None
+    assert anchor.verdict(old, 21) is True
+
+
+def test_a_checkpoint_reads_back_with_its_anchor_and_without_one() -> None:
+    anchor = Anchor.of(click(20, "e20", T0 + 20))
+    checkpoint = Checkpoint(20, T0, 12, base=3, ahead=((1, 15, ("a", "b")),), anchor=anchor)
+    assert Checkpoint.from_fields(orjson.loads(orjson.dumps(checkpoint.fields()))) == checkpoint
+    bare = Checkpoint(0, 0, 0)
+    assert "anchor" not in bare.fields()
+    assert Checkpoint.from_fields(orjson.loads(orjson.dumps(bare.fields()))) == bare
+    # As an earlier version saved it: no base, ahead or anchor.
+    legacy = {"offset": 20, "watermark_ms": T0, "rebuild_from": 12, "at": 1.5}
+    assert Checkpoint.from_fields(legacy) == Checkpoint(20, T0, 12)
+
+
+@pytest.mark.parametrize(
+    ("same_log", "expected"),
+    [
+        (True, Resume(SAVED)),
+        (None, Resume(SAVED)),  # old checkpoints without an anchor: the offsets decide, as before
+        (False, Resume(Checkpoint(0, 0, 0, 4 + BASE_GAP), "recreated", keep_steps=False)),
+    ],
+)
+def test_a_log_without_the_anchor_is_a_recreated_topic(same_log: bool | None, expected: Resume) -> None:
+    """The new log already holds more records than the checkpoint: only the anchor tells it apart."""
+    assert resume_point(SAVED, 4_000, 0, 9_000, 1_000, same_log) == expected
 
 
 # -- the key property: a crash and a restart from the checkpoint change nothing --------------------
