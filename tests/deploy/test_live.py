@@ -27,7 +27,8 @@ import yaml
 
 from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
-from adpulse.stack import ensure_topics, free_port, running_stack
+from adpulse.stack import ensure_topics, free_port
+from tests.conftest import own_stack
 from tests.deploy.queries import (
     DEPLOY,
     PROMETHEUS_SERIES,
@@ -185,23 +186,21 @@ def live(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], str]) -
     with rejected, late and duplicate records, and a budget alert."""
     prometheus_bin = tool("prometheus")
     workdir = tmp_path_factory.mktemp("live")
-    ports = _distinct_ports(5)
-    settings = Settings(
-        kafka_bootstrap=f"127.0.0.1:{ports[0]}",
-        redis_url=f"redis://127.0.0.1:{ports[1]}/0",
-        home=workdir / "home",
-        web_port=ports[2],
-        router_port=ports[3],
+    ports = _distinct_ports(3)
+    job_ports = {"adpulse-worker": ports[0], "adpulse-router": ports[1], "prometheus": ports[2]}
+    # own_stack retries on other ports when the broker loses its port race.
+    with own_stack(
+        workdir / "home",
+        web_port=ports[0],
+        router_port=ports[1],
         grace_s=5.0,
         idle_partition_s=3.0,
         tick_s=0.5,
         flush_interval_s=0.25,
-    )
-    job_ports = {"adpulse-worker": ports[2], "adpulse-router": ports[3], "prometheus": ports[4]}
-    with running_stack(settings):
+    ) as (settings, _stack):
         ensure_topics(settings)
         worker = WorkerProcess(settings, workdir / "worker.log").start()
-        prometheus = Prometheus(prometheus_bin, prometheus_config(job_ports), workdir, ports[4]).start()
+        prometheus = Prometheus(prometheus_bin, prometheus_config(job_ports), workdir, ports[2]).start()
         traffic: subprocess.Popen[bytes] | None = None
         try:
             worker.wait_ready()
