@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 
 import click
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from adpulse.cli_context import CONTEXT, settings_of
 from adpulse.settings import Settings, redacted_url
+from agents.budget_feed import topic_partitions
 from alerts.acks import approve as approve_budget
 from alerts.acks import read_approvals
 from alerts.budgets import (
@@ -108,9 +109,9 @@ async def read_budgets(
     )
     await consumer.start()
     try:
-        if topic not in await consumer.topics():
+        partitions = await topic_partitions(settings.kafka_client_options(), topic)
+        if not partitions:
             raise BudgetError(_missing_topic(settings))
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

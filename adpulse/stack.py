@@ -16,6 +16,10 @@ What to know about the broker (measured against Tansu 0.6 in memory mode):
 
 Redis state does survive a restart: the server writes an append-only file (fsync every second).
 Linux only: process ownership is checked through ``/proc``.
+
+With ``broker="kafka"`` the broker is real Apache Kafka instead, one node or a cluster of several
+(:mod:`adpulse.kafka_server`, needs Java and Maven): its data lives on disk under ``ADPULSE_HOME/stack/kafka``
+and survives a restart; it compacts, and runs the consumer-group and transaction protocols in full.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from adpulse.kafka_server import KafkaCluster, KafkaServerError, KafkaUnavailableError, formatted_size
 from adpulse.settings import Settings
 from streams.keys import Keys
 from streams.topics import topic_specs
@@ -58,6 +63,10 @@ T = TypeVar("T")
 BROKER = "broker"
 REDIS = "redis"
 COMPONENTS: tuple[str, ...] = (BROKER, REDIS)
+#: The brokers ``up`` can run: the embedded one (no Java needed) and real Apache Kafka.
+TANSU = "tansu"
+KAFKA = "kafka"
+BROKERS: tuple[str, ...] = (TANSU, KAFKA)
 
 MEMORY_NOTE = (
     "the broker (Tansu) keeps all topics and events in memory: stopping or restarting it loses them "
@@ -162,13 +171,27 @@ class _PidRecord:
 
 
 class EmbeddedStack:
-    """The embedded broker and Redis-compatible server for one ``Settings`` (its home and its two ports)."""
+    """The embedded broker and Redis-compatible server for one ``Settings`` (its home and its two ports).
 
-    def __init__(self, settings: Settings) -> None:
+    ``broker`` picks Tansu or real Kafka (``nodes`` of them); None means the one this home already runs
+    (a Kafka formatted under it), else Tansu. A Kafka cluster's first nodes listen on the ports
+    ``ADPULSE_KAFKA_BOOTSTRAP`` names, the other nodes on free ones.
+    """
+
+    def __init__(self, settings: Settings, broker: str | None = None, nodes: int = 1) -> None:
         self.settings = settings
         self.stack_dir = settings.home.absolute() / "stack"
         self.broker = self._component(BROKER, _broker_endpoint(settings), "ADPULSE_KAFKA_BOOTSTRAP")
         self.redis = self._component(REDIS, _redis_endpoint(settings.redis_url), "ADPULSE_REDIS_URL")
+        kafka_dir = self.stack_dir / "kafka"
+        formatted = formatted_size(kafka_dir)
+        if broker not in (None, *BROKERS):
+            raise StackError(f"unknown broker {broker!r}; choose one of {', '.join(BROKERS)}")
+        self.kafka: KafkaCluster | None = None
+        if broker == KAFKA or (broker is None and formatted is not None):
+            ports = [int(address.rpartition(":")[2]) for address in settings.kafka_bootstrap.split(",")]
+            size = nodes if broker == KAFKA else (formatted or 1)
+            self.kafka = KafkaCluster(kafka_dir, nodes=size, ports=ports[:size])
 
     def _component(self, name: str, endpoint: Endpoint, setting: str) -> _Component:
         return _Component(
@@ -184,28 +207,54 @@ class EmbeddedStack:
         """
         self._check_embeddable()
         deadline = time.monotonic() + timeout_s
-        pending = [c for c in (self.broker, self.redis) if not self._alive_or_forget(c)]
+        servers = (self.redis,) if self.kafka is not None else (self.broker, self.redis)
+        pending = [c for c in servers if not self._alive_or_forget(c)]
         for component in pending:
             _require_free_port(component)
         # Resolve every binary before starting anything, so a missing one leaves nothing behind.
         commands = {c.name: self._command(c) for c in pending}
         started: list[tuple[_Component, _PidRecord]] = []
+        kafka_started, kafka_fresh = False, False
         try:
             for component in pending:
                 started.append((component, self._start(component, commands[component.name])))
-            self._wait_healthy(self.broker, lambda: self._broker_partitions(timeout_s=2.0), deadline)
+            if self.kafka is not None:
+                kafka_started = len(self.kafka.running()) < self.kafka.size
+                kafka_fresh = self._kafka_up(deadline)
+            else:
+                self._wait_healthy(self.broker, lambda: self._broker_partitions(timeout_s=2.0), deadline)
             self._wait_healthy(self.redis, self._check_redis, deadline)
-            created = ensure_topics(self.settings, timeout_s=max(deadline - time.monotonic(), 2.0))
+            created = ensure_topics(self._topic_settings(), timeout_s=max(deadline - time.monotonic(), 2.0))
         except BaseException:
             for component, record in started:
                 _stop(record, timeout_s=5.0)
                 component.pid_path.unlink(missing_ok=True)
+            if kafka_started and self.kafka is not None:
+                self.kafka.down(timeout_s=10.0)
             raise
         if created:
             log.info("created topics %s", ", ".join(created))
-        if any(component is self.broker for component, _ in started):
+        # Tansu always starts empty; a Kafka only when it was formatted just now (else it kept its data).
+        if any(component is self.broker for component, _ in started) or kafka_fresh:
             self._forget_offsets()
-        return dataclasses.replace(self.status(), started=tuple(c.name for c, _ in started))
+        names = [c.name for c, _ in started] + ([BROKER] if kafka_started else [])
+        return dataclasses.replace(self.status(), started=tuple(sorted(names, key=COMPONENTS.index)))
+
+    def _topic_settings(self) -> Settings:
+        """The settings topics are created with: on a Kafka cluster, replicated on three brokers at least."""
+        if self.kafka is None or self.kafka.size < 3:
+            return self.settings
+        factor = max(self.settings.topic_replication_factor, 3)
+        return self.settings.model_copy(update={"topic_replication_factor": factor})
+
+    def _kafka_up(self, deadline: float) -> bool:
+        """Start the Kafka nodes not running yet; True when the cluster was formatted just now (empty)."""
+        assert self.kafka is not None
+        try:
+            # A JVM per node starts slower than Tansu: give it at least a minute on a busy machine.
+            return self.kafka.up(timeout_s=max(deadline - time.monotonic(), 60.0))
+        except (KafkaServerError, KafkaUnavailableError) as exc:
+            raise StackError(str(exc)) from exc
 
     def _forget_offsets(self) -> None:
         """A new broker starts empty: drop the Redis state that points at the old broker's offsets.
@@ -229,6 +278,10 @@ class EmbeddedStack:
         program is removed and that process is left alone.
         """
         stopped: dict[str, int] = {}
+        if self.kafka is not None and BROKER in components:
+            for node_id, pid in self.kafka.down(timeout_s).items():
+                stopped[BROKER if node_id == 1 else f"{BROKER}-{node_id}"] = pid
+                log.info("stopped Kafka node %d (pid %d)", node_id, pid)
         for component in (self.broker, self.redis):
             record = _read_record(component.pid_path) if component.name in components else None
             if record is None:
@@ -252,12 +305,37 @@ class EmbeddedStack:
         topics, broker_failure = self._broker_topics()
         redis_failure = _failure(self._check_redis)
         expected = [self.settings.topic(spec.short) for spec in topic_specs(self.settings.partitions)]
+        broker = self._component_status(self.broker, broker_failure)
+        notes: tuple[str, ...] = (MEMORY_NOTE,)
+        if self.kafka is not None:
+            broker = self._kafka_status(broker_failure)
+            notes = (
+                f"the broker is Apache Kafka ({self.kafka.size} node(s)); its data stays in "
+                f"{self.kafka.root} across restarts (delete that directory, after `adpulse stack down`, to "
+                "start empty)",
+            )
         return StackStatus(
             home=self.settings.home.absolute(),
-            broker=self._component_status(self.broker, broker_failure),
+            broker=broker,
             redis=self._component_status(self.redis, redis_failure),
             topics={name: topics[name] for name in expected if name in topics},
             missing_topics=tuple(name for name in expected if name not in topics),
+            notes=notes,
+        )
+
+    def _kafka_status(self, failure: str | None) -> ComponentStatus:
+        assert self.kafka is not None
+        running = self.kafka.running()
+        if failure is None and len(running) < self.kafka.size:
+            failure = f"{len(running)} of {self.kafka.size} Kafka nodes running"
+        return ComponentStatus(
+            name=BROKER,
+            address=self.kafka.bootstrap if self.kafka.formatted() else str(self.broker.endpoint),
+            running=bool(running),
+            healthy=failure is None,
+            pid=self.kafka.pid(running[0]) if running else None,
+            log_path=self.kafka.log_path(running[0] if running else 1),
+            detail=failure or "",
         )
 
     def _component_status(self, component: _Component, failure: str | None) -> ComponentStatus:
@@ -418,9 +496,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def running_stack(settings: Settings, timeout_s: float = 20.0) -> Iterator[EmbeddedStack]:
+def running_stack(
+    settings: Settings, timeout_s: float = 20.0, broker: str | None = None, nodes: int = 1
+) -> Iterator[EmbeddedStack]:
     """Bring the stack up for the ``with`` block; on exit stop what this call started (only that)."""
-    stack = EmbeddedStack(settings)
+    stack = EmbeddedStack(settings, broker=broker, nodes=nodes)
     status = stack.up(timeout_s=timeout_s)
     try:
         yield stack
@@ -658,4 +738,22 @@ async def _ensure_topics(settings: Settings, timeout_s: float) -> list[str]:
         if code:
             raise StackError(f"could not create topic {topic}: {for_code(code).__name__}")
         created.append(topic)
+    await _wait_visible(settings, {t.name: t.num_partitions for t in missing}, timeout_s)
     return created
+
+
+async def _wait_visible(settings: Settings, topics: dict[str, int], timeout_s: float) -> None:
+    """Wait until the metadata a client gets lists every one of ``topics`` with all its partitions.
+
+    Kafka answers CreateTopics once the controller has the topic; brokers learn of it a moment later, and a
+    client that asks in between is told it does not exist (seen: ``budget list`` right after ``stack up``).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = await _topic_partitions(settings, timeout_s)
+        if all(seen.get(name) == count for name, count in topics.items()):
+            return
+        if time.monotonic() >= deadline:
+            late = sorted(name for name, count in topics.items() if seen.get(name) != count)
+            raise StackError(f"created topics {', '.join(late)} did not appear in the metadata in time")
+        await asyncio.sleep(0.1)

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
 
 from alerts.budgets import BudgetBook
 
@@ -31,8 +32,7 @@ class BudgetFeed:
         consumer = AIOKafkaConsumer(**self.kafka, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            tps = await topic_partitions(self.kafka, self.topic)
             if not tps:
                 log.warning("budgets: topic %s does not exist; no budgets will be judged", self.topic)
                 return
@@ -52,3 +52,19 @@ class BudgetFeed:
         if problem is not None:
             self.invalid += 1
             log.warning("budgets: skipping an invalid budget record %r: %s", (value or b"")[:200], problem)
+
+
+async def topic_partitions(kafka: dict[str, Any], topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic`` as the cluster reports it now (none when the topic does not exist).
+
+    Asked with a metadata request of its own: a consumer's ``partitions_for_topic`` knows only the topics it
+    fetched metadata for, and on Kafka that is none right after start. Tansu answers every metadata
+    request with all topics, which hid this: on Kafka the worker judged no budget at all.
+    """
+    client = AIOKafkaClient(**kafka)
+    try:
+        await client.bootstrap()
+        metadata = await client.fetch_all_metadata()
+    finally:
+        await client.close()
+    return [TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())]

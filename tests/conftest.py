@@ -1,6 +1,9 @@
-"""Integration fixtures: one real embedded stack (Tansu + Valkey) per test session, isolation per test.
+"""Integration fixtures: one real stack (a broker + Valkey) per broker and test session, isolation per test.
 
-- ``stack_settings``: settings of the shared stack, up for the whole session.
+- ``stack_settings``: settings of the shared stack, up for the whole session. Its broker is the embedded
+  Tansu; a test marked ``@pytest.mark.kafka`` runs twice, on Tansu and on a real Apache Kafka
+  (``adpulse.kafka_server``, one node shared by the session). Without Java or Maven the Kafka runs are
+  skipped with the reason, except under CI (``CI=true``), where that is a failure.
 - ``fresh_prefix`` / ``make_settings``: a unique topic prefix, consumer-group id and Redis database per test,
   with the topics created, so tests share one broker and one Redis without seeing each other.
 - ``new_stack_settings``: settings for a stack of your own (fresh ports, a home you choose), for tests that
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,9 @@ from uuid import uuid4
 import pytest
 import redis
 
+from adpulse.kafka_server import KafkaUnavailableError, java_binary, kafka_jars
 from adpulse.settings import Settings
-from adpulse.stack import EmbeddedStack, StackError, ensure_topics, free_port, running_stack
+from adpulse.stack import KAFKA, TANSU, EmbeddedStack, StackError, ensure_topics, free_port, running_stack
 
 # Redis databases handed out to tests in turn; 0 stays with the shared stack itself.
 _REDIS_DBS = itertools.cycle(range(1, 16))
@@ -39,10 +44,39 @@ def _stack_settings(home: Path, **overrides: object) -> Settings:
     return Settings(**{**fields, **overrides})
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on the shared stack gets its broker as a parameter: Tansu, and Kafka when marked ``kafka``.
+
+    All of them are parametrized (not only the marked ones), so that pytest sees exactly two instances of
+    the session's stack and runs the tests of each together, starting each broker once.
+    """
+    if "stack_settings" in metafunc.fixturenames:
+        brokers = [TANSU, KAFKA] if metafunc.definition.get_closest_marker("kafka") else [TANSU]
+        metafunc.parametrize("stack_settings", brokers, indirect=True, scope="session")
+
+
+def require_kafka() -> None:
+    """Skip the test when this machine cannot run Kafka (no Java or Maven); under CI fail instead."""
+    try:
+        java_binary()
+        kafka_jars()
+    except KafkaUnavailableError as exc:
+        reason = f"Kafka tier: {str(exc).splitlines()[0]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: CI must run the Kafka tier)")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
-def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings of the session's embedded stack (free loopback ports, a temporary ADPULSE_HOME), up."""
-    with own_stack(tmp_path_factory.mktemp("adpulse-home")) as (settings, _stack):
+def stack_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Settings of the session's stack on ``request.param``'s broker (free loopback ports, a temporary
+    ADPULSE_HOME), up."""
+    broker = getattr(request, "param", TANSU)
+    if broker == KAFKA:
+        require_kafka()
+    with own_stack(tmp_path_factory.mktemp(f"adpulse-home-{broker}"), broker=broker) as (settings, _stack):
         yield settings
 
 
@@ -53,8 +87,11 @@ def new_stack_settings() -> Callable[..., Settings]:
 
 
 @contextlib.contextmanager
-def own_stack(home: Path, attempts: int = 3, **overrides: object) -> Iterator[tuple[Settings, EmbeddedStack]]:
-    """A stack of your own on fresh loopback ports, up for the ``with`` block.
+def own_stack(
+    home: Path, attempts: int = 3, broker: str = TANSU, nodes: int = 1, **overrides: object
+) -> Iterator[tuple[Settings, EmbeddedStack]]:
+    """A stack of your own on fresh loopback ports, up for the ``with`` block (``nodes`` Kafka nodes when
+    ``broker`` is ``kafka``).
 
     A free port can be taken by another process between the probe and the server's bind (the broker then
     exits at once): that start is retried on other ports, up to ``attempts`` times.
@@ -63,9 +100,12 @@ def own_stack(home: Path, attempts: int = 3, **overrides: object) -> Iterator[tu
         settings = _stack_settings(home, **overrides)
         with contextlib.ExitStack() as cleanup:
             try:
-                stack = cleanup.enter_context(running_stack(settings))
+                # A JVM starts slower than Tansu, more so on a machine busy with other tests.
+                timeout_s = 120.0 if broker == KAFKA else 20.0
+                stack = cleanup.enter_context(running_stack(settings, timeout_s, broker=broker, nodes=nodes))
             except StackError as exc:
-                if "exited during startup" not in str(exc) or attempt == attempts - 1:
+                retry = "exited during startup" in str(exc) or "already in use" in str(exc)
+                if not retry or attempt == attempts - 1:
                     raise
                 continue
             yield settings, stack

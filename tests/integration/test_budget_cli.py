@@ -1,4 +1,4 @@
-"""``adpulse budget set / list / approve`` against the real embedded broker and Redis."""
+"""``adpulse budget set / list / approve`` against a real broker (Tansu, and Apache Kafka) and Redis."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from adpulse.settings import Settings
 from adpulse.stack import free_port
 from alerts.budgets import Approval
 from streams.keys import Keys
+
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 #: 2026-11-24 14:00 in Shanghai: "now" for every command here, so the period is known.
