@@ -324,6 +324,7 @@ def install(
             config.partitions,
         )
         now = time.time()
+        closer.keep_only(owned.__contains__)
         watermarks = closer.watermarks(owned.partitions)
         if not watermarks:
             return

@@ -88,12 +88,15 @@ class WindowCloser:
         closed ones written since. ``starts(channel, window)`` gives the buckets that hold data.
 
         Call :meth:`recorded` once a window's buckets are recorded; until then they stay due. Buckets
-        written to channels not asked about are forgotten, as the tick that asks is the one that counts.
+        written to channels not asked about stay due until a tick asks about them: their partition has no
+        event time this tick (a source not read yet holds it back, as after a rebalance), and forgotten, a
+        closed window would keep its old record for good (seen on Kafka after a ``kill -9``).
         """
         revised: dict[tuple[str, str], set[int]] = {}
         for channel, window, start in self._touched:
-            revised.setdefault((channel, window), set()).add(start)
-        self._touched.clear()
+            if channel in watermark_of:
+                revised.setdefault((channel, window), set()).add(start)
+        self._touched = {touched for touched in self._touched if touched[0] not in watermark_of}
         for channel, watermark in watermark_of.items():
             for window in WINDOWS:
                 done = self._emitted.get((channel, window))
@@ -107,6 +110,14 @@ class WindowCloser:
     def recorded(self, channel: str, window: str) -> None:
         """The buckets :meth:`due` gave for ``(channel, window)`` are recorded: they are closed now."""
         self._emitted[(channel, window)] = self._pending.pop((channel, window))
+
+    def keep_only(self, owned: Callable[[str], bool]) -> None:
+        """Forget the channels for which ``owned`` is false (their partition moved to another worker): their
+        buckets are the new owner's to record, and should one come back, all its closed windows are recorded
+        again, as another worker may have revised them meanwhile."""
+        self._emitted = {key: start for key, start in self._emitted.items() if owned(key[0])}
+        self._pending = {key: start for key, start in self._pending.items() if owned(key[0])}
+        self._touched = {touched for touched in self._touched if owned(touched[0])}
 
     def forget(self) -> None:
         """Recompute what closed from scratch next tick (the windows judged may not be what was recorded)."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
-from faust.types import TransportT
+from faust.types import TP, TransportT
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -26,6 +27,28 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         wait_ms = self.app.adpulse_fetch_wait_ms  # type: ignore[attr-defined]
         consumer._fetch_max_wait_ms = wait_ms  # noqa: SLF001 - aiokafka has no public setter for it
         return consumer
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every partition to its committed offset, and one with none to its beginning.
+
+        Faust calls this after each rebalance. aiokafka seeks only partitions with a committed offset past 0
+        and leaves the others where its fetcher was: a partials partition that stayed with this worker
+        across a rebalance before its first commit then resumes after the records fetched, but never
+        processed, in the previous generation, and those partials are lost. Seen on Kafka when the second
+        worker joins a second after the first (the compose file starts two at once); Tansu's slow group
+        joins hid it. Re-reading from the beginning is safe: merging a partial twice changes nothing.
+        """
+        return await self.call_thread(self._seek_to_committed_or_beginning)
+
+    async def _seek_to_committed_or_beginning(self) -> Mapping[TP, int]:
+        consumer = self._ensure_consumer()
+        committed: Mapping[TP, int] = await consumer.seek_to_committed()
+        # Changelog partitions are positioned by table recovery, not by commits.
+        changelogs = self.app.tables.changelog_topics
+        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        return committed
 
 
 class _Consumer(faust_aiokafka.Consumer):

@@ -23,7 +23,7 @@ from adpulse.stack import free_port
 from tests.support.dataset import SLOTS, Dataset, build
 from tests.support.processes import WorkerProcess, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 N_EVENTS = 100_000
 

@@ -117,3 +117,28 @@ def test_a_window_not_recorded_is_due_again_and_forget_starts_over() -> None:
     assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": []}
     wc.forget()  # judging failed: what closed is computed afresh, from the buckets that hold data
     assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": [T0 - 120, T0 - 60]}
+
+
+def test_a_revision_waits_for_a_tick_that_has_its_channels_event_time() -> None:
+    """After a rebalance a source not read yet holds a partition's event time back: a closed window written
+    meanwhile is recorded again once the partition has event time, not forgotten (found on Kafka)."""
+    wc = closer(Clock(T0))
+    data = {"douyin": {T0 - 120}, "taobao": {T0 - 120}}
+    minutes_due(wc, {"douyin": T0 + 10, "taobao": T0 + 10}, data)
+    wc.touched("douyin", "1m", T0 - 120)
+    assert minutes_due(wc, {"taobao": T0 + 10}, data) == {"taobao": []}  # douyin's partition: no event time
+    assert minutes_due(wc, {"douyin": T0 + 10, "taobao": T0 + 10}, data) == {
+        "douyin": [T0 - 120],
+        "taobao": [],
+    }
+
+
+def test_a_channel_that_comes_back_records_its_closed_windows_again() -> None:
+    """Another worker may have revised its windows while it owned the channel."""
+    wc = closer(Clock(T0))
+    data = {"douyin": {T0 - 120}}
+    minutes_due(wc, {"douyin": T0 + 10}, data)
+    wc.touched("douyin", "1m", T0 - 180)
+    wc.keep_only(lambda channel: channel != "douyin")  # its partition moved away: the new owner's to record
+    wc.keep_only(lambda channel: True)  # and came back
+    assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": [T0 - 120]}
