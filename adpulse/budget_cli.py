@@ -1,7 +1,8 @@
 """``adpulse budget set / list / approve``: budgets on the compacted budgets topic, approvals in Redis.
 
-Budgets travel as :class:`streams.events.BudgetSetting` JSON on ``adpulse.budgets``, keyed ``channel`` or
-``channel/campaign`` (CONTRACT.md §1); the workers and these commands read the topic into the same
+Budgets travel as :class:`streams.events.BudgetSetting` JSON on ``adpulse.budgets``, keyed
+``channel#period`` or ``channel/campaign#period`` (:func:`alerts.budgets.record_key`; keys without the
+period, CONTRACT.md §1, are still read); the workers and these commands read the topic into the same
 :class:`alerts.budgets.BudgetBook`. Approvals are per period, in the Redis hash
 ``<prefix>:budgets:approvals``, written and read by :mod:`alerts.acks` as the router's chat links do.
 """
@@ -34,6 +35,7 @@ from alerts.budgets import (
     approval_field,
     period_bounds,
     period_start_label,
+    record_key,
     topic_key,
 )
 from alerts.wording import money_text, rfc3339
@@ -84,7 +86,9 @@ async def produce_setting(
         if setting.amount is not None:
             value["reserve_pct"] = setting.reserve_pct
         sent = await producer.send_and_wait(
-            topic, orjson.dumps(value), key=topic_key(setting.channel, setting.campaign).encode()
+            topic,
+            orjson.dumps(value),
+            key=record_key(setting.channel, setting.campaign, setting.period).encode(),
         )
         return sent.partition, sent.offset
     finally:
@@ -259,9 +263,8 @@ def set_budget(
 ) -> None:
     """Set (or with --delete remove) the budget of CHANNEL, in the configured currency.
 
-    Setting a budget again replaces it. A channel (or campaign) has one budget: the budgets topic is
-    compacted by channel/campaign, which would keep only the last of several periods, so to switch
-    periods delete the old budget first.
+    Setting a budget again replaces it. A channel (or campaign) may have a day, a month and a total
+    budget side by side: each is a key of its own on the compacted budgets topic.
 
     \b
     Examples:
@@ -290,19 +293,9 @@ def set_budget(
 
     book, _ = _run_kafka(settings, read_budgets(settings))
     current = book.get(channel, campaign, period)
-    if delete:
-        if current is None:
-            click.echo(f"no {period} budget for {topic_key(channel, campaign)}: nothing to delete")
-            return
-    else:
-        others = [b for b in book.under_key(channel, campaign) if b.period != period]
-        if others:
-            other = others[0]
-            delete_cmd = f"adpulse budget set {channel}" + (f" --campaign {campaign}" if campaign else "")
-            raise click.ClickException(
-                f"{other.label} already has a {other.period} budget; it has one budget at a time. "
-                f"Remove it first: `{delete_cmd} --period {other.period} --delete`"
-            )
+    if delete and current is None:
+        click.echo(f"no {period} budget for {topic_key(channel, campaign)}: nothing to delete")
+        return
     partition, offset = _run_kafka(settings, produce_setting(settings, setting))
     where = f"{settings.topic('budgets')} (partition {partition}, offset {offset})"
     if delete:

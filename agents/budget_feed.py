@@ -1,7 +1,8 @@
 """Every worker keeps every budget: a reader of the compacted budgets topic, from its start, forever.
 
 Budgets are few and change rarely, so each worker reads the whole topic (no consumer group) into a
-``BudgetBook``: the last value for a budget wins, ``amount: null`` or a tombstone deletes it. A record
+``BudgetBook``: each key's last record counts (as after compaction), ``amount: null`` deletes a budget and
+a tombstone withdraws its key's record. A record
 that is not a valid budget is logged and counted, and skipped: it never stops the feed.
 """
 

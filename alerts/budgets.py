@@ -22,6 +22,7 @@ A raised budget resolves the lines the spend is now below; a deleted budget is n
 
 from __future__ import annotations
 
+import itertools
 import math
 import shlex
 from collections.abc import Iterable, Iterator
@@ -53,8 +54,18 @@ _PERIOD_END: Final = {"day": "the day ends", "month": "the month ends"}
 
 
 def topic_key(channel: str, campaign: str | None) -> str:
-    """The record key on the budgets topic (CONTRACT.md §1): ``channel`` or ``channel/campaign``."""
+    """What a budget covers, ``channel`` or ``channel/campaign``: the budgets topic's key before periods had
+    keys of their own (still read), and how messages name a budget."""
     return channel if campaign is None else f"{channel}/{campaign}"
+
+
+def record_key(channel: str, campaign: str | None, period: Period) -> str:
+    """The record key of one budget on the budgets topic: ``douyin#day``, ``douyin/spring-sale#month``.
+
+    The period is part of the key because the topic is compacted: under a key of its own, each of a
+    channel's day, month and total budgets keeps its latest record through compaction.
+    """
+    return f"{topic_key(channel, campaign)}#{period}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,13 +510,26 @@ def _pacing(period: _Period, now_s: float, end_s: int) -> Finding | None:
 class BudgetBook:
     """The budgets in force, as the compacted budgets topic says: one per (channel, campaign, period).
 
-    Apply the topic's records in offset order (:meth:`apply_record`): the last value for a budget wins,
-    ``amount=None`` deletes it, and a Kafka tombstone (a key with no value) deletes every budget under that
-    key. The workers' feed (:mod:`agents.budget_feed`) and ``adpulse budget`` read the topic into one.
+    Apply the topic's records in offset order (:meth:`apply_record`). Only each key's newest record counts,
+    which is what compaction keeps, so the book is the same whether or not the topic has been compacted yet:
+    a record replaces whatever its key's previous record said, ``amount=None`` deletes the budget, and a
+    Kafka tombstone (a key with no value) withdraws its key's record. When records under two keys speak of
+    the same budget (a ``channel`` key written before periods had keys, and a ``channel#period`` one), the
+    newer wins. The workers' feed (:mod:`agents.budget_feed`) and ``adpulse budget`` read the topic into one.
     """
 
     def __init__(self, budgets: Iterable[Budget] = ()) -> None:
-        self._budgets: dict[BudgetKey, Budget] = {budget.key: budget for budget in budgets}
+        # Record key -> (apply order, setting) of the newest record under that key.
+        self._records: dict[str, tuple[int, BudgetSetting]] = {}
+        self._order = itertools.count()
+        self._budgets: dict[BudgetKey, Budget] = {}
+        for budget in budgets:
+            fields = {"amount": budget.amount, "owner": budget.owner, "reserve_pct": budget.reserve_pct}
+            self.apply(
+                BudgetSetting(
+                    channel=budget.channel, campaign=budget.campaign, period=budget.period, **fields
+                )
+            )
 
     def apply_record(self, key: bytes | None, value: bytes | None) -> str | None:
         """Apply one record of the budgets topic; returns why it was skipped, if it was (else None)."""
@@ -518,25 +542,43 @@ class BudgetBook:
             setting = BudgetSetting.model_validate_json(value)
         except ValidationError as exc:
             return validation_problems(exc)
-        self.apply(setting)
+        self.apply(setting, key.decode("utf-8", "replace") if key is not None else None)
         return None
 
-    def apply(self, setting: BudgetSetting) -> Budget | None:
-        """Apply one setting; returns the budget now in force for its key (None after a deletion)."""
-        key: BudgetKey = (setting.channel, setting.campaign, setting.period)
-        if setting.amount is None:
-            self._budgets.pop(key, None)
-            return None
-        budget = Budget.from_setting(setting)
-        self._budgets[key] = budget
-        return budget
+    def apply(self, setting: BudgetSetting, key: str | None = None) -> Budget | None:
+        """Apply one record (``key`` defaults to the setting's :func:`record_key`); returns the budget now in
+        force for the setting's (channel, campaign, period), None when there is none."""
+        if key is None:
+            key = record_key(setting.channel, setting.campaign, setting.period)
+        previous = self._records.get(key)
+        self._records[key] = (next(self._order), setting)
+        if previous is not None:
+            self._settle(_identity(previous[1]))
+        return self._settle(_identity(setting))
 
     def remove_key(self, key: str) -> list[Budget]:
-        """Apply a tombstone for the topic key ``channel`` or ``channel/campaign``; returns the removed."""
-        gone = [budget for budget in self._budgets.values() if budget.label == key]
-        for budget in gone:
-            del self._budgets[budget.key]
-        return gone
+        """Apply a tombstone for the record key ``key``; returns the budgets that are gone with it."""
+        previous = self._records.pop(key, None)
+        if previous is None:
+            return []
+        identity = _identity(previous[1])
+        before = self._budgets.get(identity)
+        after = self._settle(identity)
+        return [before] if before is not None and after is None else []
+
+    def _settle(self, identity: BudgetKey) -> Budget | None:
+        """Recompute one budget from the newest record that speaks of it."""
+        newest = max(
+            ((order, setting) for order, setting in self._records.values() if _identity(setting) == identity),
+            default=None,
+            key=lambda entry: entry[0],
+        )
+        if newest is None or newest[1].amount is None:
+            self._budgets.pop(identity, None)
+            return None
+        budget = Budget.from_setting(newest[1])
+        self._budgets[identity] = budget
+        return budget
 
     def get(self, channel: str, campaign: str | None, period: Period) -> Budget | None:
         return self._budgets.get((channel, campaign, period))
@@ -559,3 +601,7 @@ class BudgetBook:
 
     def __contains__(self, key: object) -> bool:
         return key in self._budgets
+
+
+def _identity(setting: BudgetSetting) -> BudgetKey:
+    return (setting.channel, setting.campaign, setting.period)

@@ -91,9 +91,14 @@ def test_set_then_list_round_trip(settings: Settings) -> None:
     assert taobao["amount"] == 320000 and taobao["period_start"] == "2026-11-01T00:00:00+08:00"
     assert taobao["period_end"] == "2026-12-01T00:00:00+08:00"
 
-    # On the wire: the contract's keys and fields.
+    # On the wire: the contract's keys (with the period, so that compaction keeps every period) and fields.
     records = asyncio.run(_raw_records(settings))
-    assert [key for key, _ in records] == [b"douyin", b"taobao", b"douyin/spring-sale", b"taobao"]
+    assert [key for key, _ in records] == [
+        b"douyin#day",
+        b"taobao#month",
+        b"douyin/spring-sale#total",
+        b"taobao#month",
+    ]
     assert records[0][1] == {
         "channel": "douyin",
         "period": "day",
@@ -118,7 +123,7 @@ def test_delete_removes_the_budget(settings: Settings) -> None:
     assert result.exit_code == 0 and "deleted" in result.output
     assert [r["channel"] for r in listed(settings)] == ["wechat"]
     assert asyncio.run(_raw_records(settings))[-1] == (
-        b"douyin",
+        b"douyin#day",
         {"channel": "douyin", "period": "day", "amount": None},
     )
     # Deleting what is not there sends nothing.
@@ -215,11 +220,12 @@ def test_campaign_approval_and_missing_budget(settings: Settings) -> None:
     assert row["campaign"] == "spring-sale" and row["approval"] is not None
 
 
-def test_a_second_period_on_the_same_key_is_refused(settings: Settings) -> None:
-    run(settings, "set", "douyin", "10000")
-    result = run(settings, "set", "douyin", "300000", "--period", "month")
-    assert result.exit_code != 0 and "--period day --delete" in result.output
-    assert [r["period"] for r in listed(settings)] == ["day"]
+def test_a_channel_has_a_day_month_and_total_budget_side_by_side(settings: Settings) -> None:
+    assert run(settings, "set", "douyin", "10000").exit_code == 0
+    assert run(settings, "set", "douyin", "300000", "--period", "month").exit_code == 0
+    assert run(settings, "set", "douyin", "900000", "--period", "total").exit_code == 0
+    assert run(settings, "set", "douyin", "--period", "month", "--delete").exit_code == 0
+    assert [(r["period"], r["amount"]) for r in listed(settings)] == [("day", 10000), ("total", 900000)]
 
 
 @pytest.mark.parametrize(

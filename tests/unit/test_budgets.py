@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts.budgets import (
+    PERIODS,
     Approval,
     Budget,
     BudgetBook,
@@ -18,6 +19,7 @@ from alerts.budgets import (
     budget_judged,
     evaluate_budget,
     period_bounds,
+    record_key,
     topic_key,
     used_ratio,
 )
@@ -323,6 +325,8 @@ def test_approval_field_and_json() -> None:
 
 def test_topic_key() -> None:
     assert topic_key("douyin", None) == "douyin" and topic_key("douyin", "s1") == "douyin/s1"
+    assert record_key("douyin", None, "day") == "douyin#day"
+    assert record_key("douyin", "s1", "total") == "douyin/s1#total"
 
 
 # ------------------------------------------------------------------------------------------------ the book
@@ -357,10 +361,76 @@ def test_book_tombstone_removes_the_key() -> None:
     book = BudgetBook()
     book.apply(setting(campaign="s1", period="total"))
     book.apply(setting())
-    removed = book.remove_key("douyin/s1")
+    book.apply(setting(period="month", amount=3000))
+    removed = book.remove_key("douyin/s1#total")
     assert [b.key for b in removed] == [("douyin", "s1", "total")]
-    assert [b.key for b in book] == [("douyin", None, "day")]
-    assert book.under_key("douyin", None) == [book.get("douyin", None, "day")]
+    assert [b.key for b in book] == [("douyin", None, "day"), ("douyin", None, "month")]
+    assert book.under_key("douyin", None) == [
+        book.get("douyin", None, "day"),
+        book.get("douyin", None, "month"),
+    ]
+    assert book.remove_key("douyin/s1#total") == [] and book.remove_key("nobody#day") == []
+
+
+def test_book_reads_keys_without_the_period() -> None:
+    """Records keyed ``channel`` (before periods had keys) still count; the newer record of a budget wins."""
+    book = BudgetBook()
+    book.apply(setting(amount=100), key="douyin")
+    assert book.get("douyin", None, "day") == Budget("douyin", None, "day", 100.0)
+    book.apply(setting(amount=200))  # douyin#day
+    assert book.get("douyin", None, "day").amount == 200  # type: ignore[union-attr]
+    # A key's newer record replaces what its older one said, as compaction will: one budget per old key.
+    book.apply(setting(period="month", amount=900), key="douyin")
+    assert book.get("douyin", None, "month").amount == 900  # type: ignore[union-attr]
+    assert book.get("douyin", None, "day").amount == 200  # type: ignore[union-attr]
+    book.remove_key("douyin#day")
+    assert book.get("douyin", None, "day") is None and len(book) == 1
+    # Deleting under the new key hides the same budget's record under the old one.
+    book.apply(setting(period="month", amount=None))
+    assert len(book) == 0
+
+
+_CHANNELS = st.sampled_from(["douyin", "taobao"])
+_RECORDS = st.lists(
+    st.tuples(
+        _CHANNELS,
+        st.sampled_from([None, "s1"]),
+        st.sampled_from(PERIODS),
+        st.one_of(st.none(), st.integers(1, 5).map(float)),
+        st.sampled_from(["period", "old", "tombstone"]),
+    ),
+    max_size=40,
+)
+
+
+@given(_RECORDS, st.booleans())
+def test_book_is_the_same_after_compaction(records: list[tuple], tombstones_gone: bool) -> None:
+    """Compaction keeps each key's last record (and, for a while, its tombstone): the book must not change."""
+    log: list[tuple[str, BudgetSetting | None]] = []
+    for channel, campaign, period, amount, keyed in records:
+        value = setting(channel=channel, campaign=campaign, period=period, amount=amount)
+        if keyed == "tombstone":
+            log.append((record_key(channel, campaign, period), None))
+        else:
+            key = record_key(channel, campaign, period) if keyed == "period" else topic_key(channel, campaign)
+            log.append((key, value))
+    last = {key: i for i, (key, _) in enumerate(log)}
+    compacted = [
+        entry
+        for i, entry in enumerate(log)
+        if last[entry[0]] == i and not (tombstones_gone and entry[1] is None)
+    ]
+
+    def read(entries: list[tuple[str, BudgetSetting | None]]) -> list[Budget]:
+        book = BudgetBook()
+        for key, value in entries:
+            if value is None:
+                book.remove_key(key)
+            else:
+                book.apply(value, key)
+        return list(book)
+
+    assert read(compacted) == read(log)
 
 
 def test_book_applies_topic_records_and_says_why_it_skips_one() -> None:
