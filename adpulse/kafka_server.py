@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -287,7 +288,7 @@ class KafkaCluster:
             )
             layout = _Layout(layout.cluster_id, layout.version, nodes)
         else:
-            free = iter(_free_ports(2 * self.size - len(self._ports), taken=set(self._ports)))
+            free = iter(free_ports(2 * self.size - len(self._ports), taken=set(self._ports)))
             nodes = tuple(
                 NodeSpec(i + 1, self._ports[i] if i < len(self._ports) else next(free), next(free))
                 for i in range(self.size)
@@ -371,7 +372,8 @@ class KafkaCluster:
 
         Formats the storage on the first start (returns True then: the cluster is new and empty). Idempotent.
         A node that exits during startup raises :class:`KafkaServerError` with its log's last lines; nodes
-        started by this call are stopped again when a later step fails.
+        started by this call are stopped again when a later step fails, and a first start leaves no storage
+        behind (a retry lays the cluster out on other ports).
         """
         jars = kafka_jars(self.version)
         layout = self._load_layout()
@@ -392,8 +394,17 @@ class KafkaCluster:
         except BaseException:
             for node in started:
                 self.stop_node(node.node_id, timeout_s=10.0)
+            if fresh:
+                self._forget_layout()
             raise
         return fresh
+
+    def _forget_layout(self) -> None:
+        """Remove the storage a failed first start formatted, so that the next try picks other ports."""
+        for node in self._load_layout().nodes:
+            shutil.rmtree(self._dir(node), ignore_errors=True)
+        self.layout_path.unlink(missing_ok=True)
+        self._layout = None
 
     def _format(self, jars: Path, layout: _Layout, node: NodeSpec) -> None:
         if self._meta(node).is_file():
@@ -636,15 +647,44 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return True
 
 
-def _free_ports(count: int, taken: set[int]) -> list[int]:
+def free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` distinct ports nothing listens on, below the kernel's range for outgoing connections.
+
+    A port from that range (what binding port 0 gives) can be taken by any client's outgoing connection
+    between now and the node binding it, or while a killed node is down; below it only servers compete.
+    """
+    low = _ephemeral_low()
+    candidates = random.sample(range(max(1024, low - 12_000), low), k=min(2000, max(0, low - 1024)))
     ports: list[int] = []
-    while len(ports) < count:
+    for port in candidates:
+        if len(ports) == count:
+            break
+        if port not in taken and _bindable(port):
+            ports.append(port)
+    while len(ports) < count:  # no room below the range: take what the kernel gives
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
         if port not in taken and port not in ports:
             ports.append(port)
     return ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _listening(port: int) -> bool:

@@ -23,7 +23,7 @@ from uuid import uuid4
 import pytest
 import redis
 
-from adpulse.kafka_server import KafkaUnavailableError, java_binary, kafka_jars
+from adpulse.kafka_server import KafkaUnavailableError, free_ports, java_binary, kafka_jars
 from adpulse.settings import Settings
 from adpulse.stack import KAFKA, TANSU, EmbeddedStack, StackError, ensure_topics, free_port, running_stack
 
@@ -31,8 +31,9 @@ from adpulse.stack import KAFKA, TANSU, EmbeddedStack, StackError, ensure_topics
 _REDIS_DBS = itertools.cycle(range(1, 16))
 
 
-def _stack_settings(home: Path, **overrides: object) -> Settings:
-    kafka_port = free_port()
+def _stack_settings(home: Path, broker: str = TANSU, **overrides: object) -> Settings:
+    # Kafka's ports come from below the ephemeral range: a killed node must get its port back on restart.
+    kafka_port = free_ports(1, set())[0] if broker == KAFKA else free_port()
     # free_port releases the port it found, so the next call may find the same one.
     redis_port = next(port for port in iter(free_port, None) if port != kafka_port)
     fields: dict[str, Any] = {
@@ -97,7 +98,7 @@ def own_stack(
     exits at once): that start is retried on other ports, up to ``attempts`` times.
     """
     for attempt in range(attempts):
-        settings = _stack_settings(home, **overrides)
+        settings = _stack_settings(home, broker, **overrides)
         with contextlib.ExitStack() as cleanup:
             try:
                 # A JVM starts slower than Tansu, more so on a machine busy with other tests.
