@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test test-unit test-integration test-deploy bench lint clean
+.PHONY: install tools demo test test-unit test-integration test-deploy kafka bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,9 @@ tools:  ## promtool, prometheus, amtool (deploy tests) and chromium (report test
 demo: $(STAMP)  ## the embedded stack, a worker, simulated traffic and a live view (Ctrl-C stops it all)
 	$(BIN)/adpulse demo
 
-test: $(STAMP) tools  ## unit, integration (real broker + Redis on loopback), e2e and deploy tests
+# Integration tests marked `kafka` run twice: on the embedded Tansu and on a real Apache Kafka, and those marked
+# `cluster` on a 3-node Kafka (Java 17 and Maven needed; without them these are skipped, except under CI=true).
+test: $(STAMP) tools  ## unit, integration (real brokers + Redis on loopback), e2e and deploy tests
 	$(BIN)/python -m pytest tests -q
 
 test-unit: $(STAMP)
@@ -36,6 +38,9 @@ lint: $(STAMP)  ## ruff's rules, ruff's format check and mypy (config in pyproje
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+kafka: $(STAMP) tools  ## every test on real Apache Kafka: the Kafka half of `make test` and the 3-node cluster tests
+	$(BIN)/python -m pytest tests -q -m "kafka or cluster" -k "not tansu"
 
 bench: $(STAMP)  ## throughput of one worker against the raw aiokafka ceiling (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/throughput.py

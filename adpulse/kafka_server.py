@@ -458,7 +458,7 @@ class KafkaCluster:
         failure = "no answer yet"
         while True:
             for node in self.nodes:
-                if nodes is None and self.pid(node.node_id) is None:
+                if nodes is None and not self._alive(node.node_id):
                     raise KafkaServerError(
                         f"Kafka node {node.node_id} exited during startup; last lines of "
                         f"{self.log_path(node.node_id)}:\n{self._tail(node.node_id)}"
@@ -506,6 +506,19 @@ class KafkaCluster:
             return None
         return pid if os.fsencode(str(self._properties(node))) in cmdline else None
 
+    def _own_pid(self, node_id: int) -> int | None:
+        """The node's pid: from its pid file, or the child this process started (ours, whatever the file)."""
+        child = self._children.get(node_id)
+        if child is not None and child.poll() is None:
+            return child.pid
+        return self.pid(node_id)
+
+    def _alive(self, node_id: int) -> bool:
+        child = self._children.get(node_id)
+        if child is not None:
+            return child.poll() is None
+        return self.pid(node_id) is not None
+
     def running(self) -> list[int]:
         """Ids of the nodes running now."""
         return [n.node_id for n in self.nodes if self.pid(n.node_id) is not None]
@@ -528,7 +541,7 @@ class KafkaCluster:
 
     def stop_node(self, node_id: int, timeout_s: float = 30.0) -> int | None:
         """Stop one node: SIGTERM (a controlled shutdown), SIGKILL after ``timeout_s``; returns its pid."""
-        pid = self.pid(node_id)
+        pid = self._own_pid(node_id)
         if pid is not None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError):
@@ -545,7 +558,7 @@ class KafkaCluster:
 
         All nodes get SIGTERM at once, so that none waits for a quorum the others already left.
         """
-        pids = {n.node_id: pid for n in self.nodes if (pid := self.pid(n.node_id)) is not None}
+        pids = {n.node_id: pid for n in self.nodes if (pid := self._own_pid(n.node_id)) is not None}
         for pid in pids.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -26,6 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
+from adpulse.kafka_server import KAFKA_VERSION
 from streams.topics import topic_specs
 from tests.deploy.queries import DEPLOY, ROOT
 
@@ -242,6 +243,12 @@ def test_every_long_running_service_has_a_health_check(compose: dict[str, Any]) 
     for name, service in compose["services"].items():
         one_shot = service.get("restart") == "no"
         assert one_shot or _healthcheck(service), f"{name} runs for good but has no health check"
+
+
+def test_compose_runs_the_kafka_version_the_tests_run(compose: dict[str, Any]) -> None:
+    """The Kafka tier of the test suite runs adpulse.kafka_server's version: users deploy the same one."""
+    for name in ("kafka", "kafka-init"):
+        assert compose["services"][name]["image"] == f"apache/kafka:{KAFKA_VERSION}", name
 
 
 def test_the_services_the_issue_asks_for(compose: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The dashboards and rules against the real thing: a real Prometheus (the Debian package's server) scrapes a
-real worker and a real router on loopback, fed by ``adpulse simulate`` through the embedded broker and Redis,
-with deploy/prometheus/prometheus.yml (targets pointed at loopback, 1 s intervals) and its rules loaded.
-Every dashboard query (variables as Grafana substitutes them) and every recording rule must return data.
+real worker and a real router on loopback, fed by ``adpulse simulate`` through a real broker (the embedded
+Tansu, then Apache Kafka) and Redis, with deploy/prometheus/prometheus.yml (targets pointed at loopback, 1 s
+intervals) and its rules loaded. Every dashboard query (variables as Grafana substitutes them) and every
+recording rule must return data.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import yaml
 
 from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
-from adpulse.stack import ensure_topics, free_port
-from tests.conftest import own_stack
+from adpulse.stack import BROKERS, KAFKA, ensure_topics, free_port
+from tests.conftest import own_stack, require_kafka
 from tests.deploy.queries import (
     DEPLOY,
     PROMETHEUS_SERIES,
@@ -43,7 +44,7 @@ from tests.deploy.queries import (
 )
 from tests.support.processes import WorkerProcess, wait_for
 
-pytestmark = [pytest.mark.deploy, pytest.mark.integration]
+pytestmark = [pytest.mark.deploy, pytest.mark.integration, pytest.mark.kafka]
 
 SIMULATED = ("--scenario", "bad-records", "--scenario", "late-events", "--scenario", "duplicates")
 
@@ -180,10 +181,14 @@ class Live:
             ) from None
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], str]) -> Iterator[Live]:
-    """Embedded broker and Redis, one worker, Prometheus scraping it, two hours of backfill and live traffic
-    with rejected, late and duplicate records, and a budget alert."""
+@pytest.fixture(scope="module", params=BROKERS)
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], str]
+) -> Iterator[Live]:
+    """A broker (each of the two in turn) and Redis, one worker, Prometheus scraping it, two hours of
+    backfill and live traffic with rejected, late and duplicate records, and a budget alert."""
+    if request.param == KAFKA:
+        require_kafka()
     prometheus_bin = tool("prometheus")
     workdir = tmp_path_factory.mktemp("live")
     ports = _distinct_ports(3)
@@ -197,6 +202,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tool: Callable[[str], str]) -
         idle_partition_s=3.0,
         tick_s=0.5,
         flush_interval_s=0.25,
+        broker=request.param,
     ) as (settings, _stack):
         ensure_topics(settings)
         worker = WorkerProcess(settings, workdir / "worker.log").start()
