@@ -524,12 +524,15 @@ class BudgetBook:
         self._order = itertools.count()
         self._budgets: dict[BudgetKey, Budget] = {}
         for budget in budgets:
-            fields = {"amount": budget.amount, "owner": budget.owner, "reserve_pct": budget.reserve_pct}
-            self.apply(
-                BudgetSetting(
-                    channel=budget.channel, campaign=budget.campaign, period=budget.period, **fields
-                )
+            setting = BudgetSetting(
+                channel=budget.channel,
+                campaign=budget.campaign,
+                period=budget.period,
+                amount=budget.amount,
+                owner=budget.owner,
+                reserve_pct=budget.reserve_pct,
             )
+            self.apply(setting)
 
     def apply_record(self, key: bytes | None, value: bytes | None) -> str | None:
         """Apply one record of the budgets topic; returns why it was skipped, if it was (else None)."""

@@ -38,7 +38,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         worker joins a second after the first (the compose file starts two at once); Tansu's slow group
         joins hid it. Re-reading from the beginning is safe: merging a partial twice changes nothing.
         """
-        return await self.call_thread(self._seek_to_committed_or_beginning)
+        committed: Mapping[TP, int] = await self.call_thread(self._seek_to_committed_or_beginning)
+        return committed
 
     async def _seek_to_committed_or_beginning(self) -> Mapping[TP, int]:
         consumer = self._ensure_consumer()

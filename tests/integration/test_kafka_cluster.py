@@ -33,7 +33,7 @@ from adpulse.budget_cli import produce_setting, read_budgets
 from adpulse.settings import Settings
 from adpulse.stack import KAFKA, EmbeddedStack, ensure_topics, free_port
 from agents.budget_feed import BudgetFeed, topic_partitions
-from alerts.budgets import Budget, BudgetBook
+from alerts.budgets import Budget, BudgetBook, Period
 from streams.events import BudgetSetting
 from streams.topics import topic_specs
 from tests.conftest import own_stack, require_kafka
@@ -325,7 +325,7 @@ def test_the_budgets_topic_is_compacted_and_every_period_survives(
     settings = _isolated(cluster)
     asyncio.run(_compact_soon(settings))
 
-    def put(channel: str, period: str, amount: float | None, campaign: str | None = None) -> None:
+    def put(channel: str, period: Period, amount: float | None, campaign: str | None = None) -> None:
         setting = BudgetSetting(channel=channel, campaign=campaign, period=period, amount=amount)
         asyncio.run(produce_setting(settings, setting))
 

@@ -15,6 +15,7 @@ from alerts.budgets import (
     Approval,
     Budget,
     BudgetBook,
+    Period,
     approval_field,
     budget_judged,
     evaluate_budget,
@@ -404,7 +405,9 @@ _RECORDS = st.lists(
 
 
 @given(_RECORDS, st.booleans())
-def test_book_is_the_same_after_compaction(records: list[tuple], tombstones_gone: bool) -> None:
+def test_book_is_the_same_after_compaction(
+    records: list[tuple[str, str | None, Period, float | None, str]], tombstones_gone: bool
+) -> None:
     """Compaction keeps each key's last record (and, for a while, its tombstone): the book must not change."""
     log: list[tuple[str, BudgetSetting | None]] = []
     for channel, campaign, period, amount, keyed in records:
