@@ -177,6 +177,12 @@ class FoldStage:
         )
         await self._producer.start()
         try:
+            # Learn where the output topics live before the first send: on Kafka a producer's first send to a
+            # topic waits for its metadata and, should the broker stall meanwhile, raises at once instead of
+            # handing back a delivery that fails (which the lanes replay). Tansu lists every topic in any
+            # metadata answer, which hid this.
+            for short in ("partials", "dlq"):
+                await self._producer.partitions_for(cfg.topic(short))
             await self._consumer.start()
             self._consumer.subscribe([cfg.topic(short) for short in SOURCE_TOPICS], listener=_Rebalance(self))
             await self._loop()

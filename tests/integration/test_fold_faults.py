@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
 from adpulse.settings import Settings
-from adpulse.stack import EmbeddedStack, ensure_topics
+from adpulse.stack import BROKERS, KAFKA, EmbeddedStack, ensure_topics
 from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig, read_range
 from agents.metrics import PipelineMetrics
@@ -31,9 +31,9 @@ from agents.partials import BucketValue, merge, totals
 from streams.codec import N_SLOTS, Accepted, decode
 from streams.keys import Keys
 from streams.windows import TOTAL, Calendar
-from tests.conftest import own_stack
+from tests.conftest import own_stack, require_kafka
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 T0 = 1_700_000_040_000  # event time of the records: a minute start (2023-11-14T22:14:00Z)
 Key = tuple[str, str, int]  # channel, window, bucket start
@@ -410,9 +410,15 @@ async def _inside_last_batch(settings: Settings, registry: CollectorRegistry) ->
 # -- the broker stalls: a stack of our own, frozen with SIGSTOP -----------------------------------
 
 
-@pytest.fixture(scope="module")
-def frozen_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, EmbeddedStack]]:
-    with own_stack(tmp_path_factory.mktemp("frozen-home"), partitions=1) as up:
+@pytest.fixture(scope="module", params=BROKERS)
+def frozen_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, EmbeddedStack]]:
+    """A stack of its own on each broker in turn (the whole Kafka node is what SIGSTOP freezes)."""
+    if request.param == KAFKA:
+        require_kafka()
+    home = tmp_path_factory.mktemp(f"frozen-home-{request.param}")
+    with own_stack(home, broker=request.param, partitions=1) as up:
         yield up
 
 

@@ -31,7 +31,7 @@ from tests.integration.test_fold_faults import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 
 def order(event_id: str, amount: float, channel: str = "douyin") -> bytes:
