@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from adpulse.cli_context import CONTEXT, settings_of
 from adpulse.settings import Settings, redacted_url
-from agents.budget_feed import topic_partitions
 from alerts.acks import approve as approve_budget
 from alerts.acks import read_approvals
 from alerts.budgets import (
@@ -40,6 +39,7 @@ from alerts.budgets import (
 )
 from alerts.wording import money_text, rfc3339
 from streams.events import BudgetSetting, validation_problems
+from streams.metadata import topic_partitions
 from streams.redis_client import AsyncRedis
 
 #: The wall clock; a module attribute so that tests can fix "now".

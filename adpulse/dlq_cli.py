@@ -221,7 +221,9 @@ async def read_dlq(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Read the DLQ from ``since_ms`` (or the beginning) to its end (or on, with ``follow``)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.metadata import topic_partitions
 
     topic = settings.topic("dlq")
     consumer = AIOKafkaConsumer(
@@ -232,14 +234,12 @@ async def read_dlq(
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fills the metadata partitions_for_topic reads
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
+        tps = await topic_partitions(settings.kafka_client_options(), topic)
+        if not tps:
             raise click.ClickException(
                 f"topic {topic} does not exist on {redacted_url(settings.kafka_bootstrap)}: is this the "
                 "right broker and ADPULSE_TOPIC_PREFIX?"
             )
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         if since_ms is None:
             await consumer.seek_to_beginning(*tps)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.client import AIOKafkaClient
+from aiokafka import AIOKafkaConsumer
 
 from alerts.budgets import BudgetBook
+from streams.metadata import topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +53,3 @@ class BudgetFeed:
         if problem is not None:
             self.invalid += 1
             log.warning("budgets: skipping an invalid budget record %r: %s", (value or b"")[:200], problem)
-
-
-async def topic_partitions(kafka: dict[str, Any], topic: str) -> list[TopicPartition]:
-    """Every partition of ``topic`` as the cluster reports it now (none when the topic does not exist).
-
-    Asked with a metadata request of its own: a consumer's ``partitions_for_topic`` knows only the topics it
-    fetched metadata for, and on Kafka that is none right after start. Tansu answers every metadata
-    request with all topics, which hid this: on Kafka the worker judged no budget at all.
-    """
-    client = AIOKafkaClient(**kafka)
-    try:
-        await client.bootstrap()
-        metadata = await client.fetch_all_metadata()
-    finally:
-        await client.close()
-    return [TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())]

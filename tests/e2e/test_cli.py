@@ -85,6 +85,7 @@ def _differences(truth: dict[str, Any], got: dict[tuple[str, str, int], dict[str
     return problems
 
 
+@pytest.mark.kafka
 def test_simulated_backfill_reads_back_exactly_through_the_cli(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:

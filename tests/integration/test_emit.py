@@ -11,16 +11,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from adpulse.emit import Emitter, InvalidEventError
 from adpulse.settings import Settings
 from streams.codec import Accepted, decode
 from streams.dlq import PRODUCER_HEADER
+from streams.metadata import topic_partitions
 from streams.partitioning import partition_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 ROOT = Path(__file__).resolve().parents[2]
 GO_EXAMPLE = ROOT / "examples" / "go-producer"
 
@@ -29,11 +30,7 @@ async def read_all(settings: Settings, topic: str, expected: int) -> list[Consum
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()
-        tps = [
-            TopicPartition(settings.topic(topic), p)
-            for p in sorted(consumer.partitions_for_topic(settings.topic(topic)) or ())
-        ]
+        tps = await topic_partitions(settings.kafka_client_options(), settings.topic(topic))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[ConsumerRecord[bytes, bytes]] = []

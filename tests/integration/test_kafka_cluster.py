@@ -32,9 +32,10 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from adpulse.budget_cli import produce_setting, read_budgets
 from adpulse.settings import Settings
 from adpulse.stack import KAFKA, EmbeddedStack, ensure_topics, free_port
-from agents.budget_feed import BudgetFeed, topic_partitions
+from agents.budget_feed import BudgetFeed
 from alerts.budgets import Budget, BudgetBook, Period
 from streams.events import BudgetSetting
+from streams.metadata import topic_partitions
 from streams.topics import topic_specs
 from tests.conftest import own_stack, require_kafka
 from tests.integration.test_pipeline_exact import N_EVENTS, _mismatches, _wait_exact, _window_start_ms

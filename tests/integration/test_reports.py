@@ -25,7 +25,7 @@ from typing import Any, cast
 import orjson
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from adpulse.settings import Settings
 from adpulse.simulate import simulate
@@ -33,6 +33,7 @@ from adpulse.stack import free_port
 from adpulse.traffic.profiles import DEFAULT_CHANNELS
 from adpulse.traffic.scenarios import CtrDrop
 from adpulse.traffic.truth import GroundTruth
+from streams.metadata import topic_partitions
 from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -76,8 +77,7 @@ async def _new_customers(settings: Settings) -> Counter[str]:
     await consumer.start()
     try:
         topic = settings.topic("orders")
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = await topic_partitions(settings.kafka_client_options(), topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from click.testing import CliRunner
 
 from adpulse.settings import Settings
@@ -37,6 +37,9 @@ from adpulse.traffic.generator import partition_for
 from adpulse.traffic.profiles import DEFAULT_CHANNELS
 from adpulse.traffic.scenarios import BadRecords, CtrDrop, Duplicates, LateEvents
 from adpulse.traffic.truth import Totals
+from streams.metadata import topic_partitions
+
+pytestmark = pytest.mark.kafka
 
 TOPICS = ("clicks", "orders", "spend")
 _FUNNEL_FIELDS = {"impression": "impressions", "click": "clicks", "visit": "visits", "cart": "carts"}
@@ -49,11 +52,10 @@ async def _read_back(settings: Settings, expected: int, timeout_s: float = 60.0)
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the metadata partitions_for_topic reads
         partitions = [
-            TopicPartition(settings.topic(topic), p)
+            tp
             for topic in TOPICS
-            for p in sorted(consumer.partitions_for_topic(settings.topic(topic)) or ())
+            for tp in await topic_partitions(settings.kafka_client_options(), settings.topic(topic))
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

@@ -21,7 +21,7 @@ from adpulse.settings import Settings
 from adpulse.stack import free_port
 from tests.support.processes import WorkerProcess, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
 
 def adpulse(settings: Settings, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
