@@ -121,6 +121,7 @@ def _expected_episodes(alerts: list[dict[str, Any]], lo: datetime, hi: datetime)
     return Counter(channel for channel, _, _ in on_day)
 
 
+@pytest.mark.kafka
 def test_daily_sheet_equals_the_ground_truth_of_a_simulated_day(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
