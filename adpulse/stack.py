@@ -219,8 +219,7 @@ class EmbeddedStack:
             for component in pending:
                 started.append((component, self._start(component, commands[component.name])))
             if self.kafka is not None:
-                kafka_started = len(self.kafka.running()) < self.kafka.size
-                kafka_fresh = self._kafka_up(deadline)
+                kafka_started, kafka_fresh = self._kafka_up(deadline)
             else:
                 self._wait_healthy(self.broker, lambda: self._broker_partitions(timeout_s=2.0), deadline)
             self._wait_healthy(self.redis, self._check_redis, deadline)
@@ -247,12 +246,14 @@ class EmbeddedStack:
         factor = max(self.settings.topic_replication_factor, 3)
         return self.settings.model_copy(update={"topic_replication_factor": factor})
 
-    def _kafka_up(self, deadline: float) -> bool:
-        """Start the Kafka nodes not running yet; True when the cluster was formatted just now (empty)."""
+    def _kafka_up(self, deadline: float) -> tuple[bool, bool]:
+        """Start the Kafka nodes not running yet: (whether any was started, whether the cluster was formatted
+        just now and so is empty)."""
         assert self.kafka is not None
         try:
+            started = len(self.kafka.running()) < self.kafka.size
             # A JVM per node starts slower than Tansu: give it at least a minute on a busy machine.
-            return self.kafka.up(timeout_s=max(deadline - time.monotonic(), 60.0))
+            return started, self.kafka.up(timeout_s=max(deadline - time.monotonic(), 60.0))
         except (KafkaServerError, KafkaUnavailableError) as exc:
             raise StackError(str(exc)) from exc
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adpulse.cli_context import settings_of
-from adpulse.stack import ComponentStatus, EmbeddedStack, StackError, StackStatus
+from adpulse.stack import BROKERS, KAFKA, TANSU, ComponentStatus, EmbeddedStack, StackError, StackStatus
 
 
 def _state(component: ComponentStatus) -> Text:
@@ -58,9 +58,10 @@ def stack_cli() -> None:
     """Run the embedded broker (Tansu, Kafka-compatible) and Redis-compatible server (Valkey) on loopback.
 
     They serve on the ports named by ADPULSE_KAFKA_BOOTSTRAP and ADPULSE_REDIS_URL, and keep pid files and
-    logs under ADPULSE_HOME/stack, so stacks with different homes and ports run side by side. The broker
-    keeps everything in memory: stopping it loses all topics and events. Redis keeps an append-only file
-    and survives restarts.
+    logs under ADPULSE_HOME/stack, so stacks with different homes and ports run side by side. The embedded
+    broker keeps everything in memory: stopping it loses all topics and events. Redis keeps an append-only
+    file and survives restarts. With `up --broker kafka` (Java 17 and Maven needed) the broker is Apache
+    Kafka instead, one node or a cluster, keeping its data under ADPULSE_HOME/stack/kafka.
     """
 
 
@@ -71,16 +72,38 @@ def stack_cli() -> None:
     type=float,
     default=20.0,
     show_default=True,
-    help="Seconds to wait for both servers to answer.",
+    help="Seconds to wait for both servers to answer (a Kafka gets a minute at least).",
 )
-def up_command(timeout_s: float) -> None:
+@click.option(
+    "--broker",
+    type=click.Choice(BROKERS),
+    default=None,
+    help=f"{TANSU}: the embedded broker (the default); {KAFKA}: Apache Kafka from Maven Central's jars.",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Kafka nodes (with --broker kafka); from 3 on, topics have 3 replicas and min.insync.replicas 2.",
+)
+def up_command(timeout_s: float, broker: str | None, nodes: int) -> None:
     """Start the broker and Redis, create the topics.
 
     Starts only what is not running yet, waits until both answer, then creates the missing adpulse topics.
     Safe to repeat: what already runs is left as it is. Exits non-zero when something is unhealthy.
+
+    \b
+    Examples:
+      adpulse stack up                              # the embedded broker, no Java needed
+      adpulse stack up --broker kafka               # one Kafka node (the jars are fetched once, by Maven)
+      adpulse stack up --broker kafka --nodes 3     # a 3-broker cluster on loopback
     """
+    if nodes > 1 and broker != KAFKA:
+        raise click.UsageError("--nodes is for --broker kafka (the embedded broker runs as one node)")
     try:
-        status = EmbeddedStack(settings_of(click.get_current_context())).up(timeout_s=timeout_s)
+        stack = EmbeddedStack(settings_of(click.get_current_context()), broker=broker, nodes=nodes)
+        status = stack.up(timeout_s=timeout_s)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     console = Console(highlight=False)

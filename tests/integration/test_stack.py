@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from click.testing import CliRunner
 
 from adpulse.settings import Settings
 from adpulse.stack import (
+    KAFKA,
     EmbeddedStack,
     StackError,
     ensure_topics,
@@ -29,6 +30,7 @@ from adpulse.stack import (
 )
 from adpulse.stack_cli import stack_cli
 from streams.topics import topic_specs
+from tests.conftest import require_kafka
 
 
 def _alive(pid: int) -> bool:
@@ -296,3 +298,57 @@ def test_cli_status_exit_codes_and_json(
     assert json.loads(stopped.output)["healthy"] is False
     assert again.exit_code == 0 and "already running" in again.output
     assert human.exit_code == 0 and "healthy" in human.output and "memory" in human.output
+
+
+async def _send_and_read(settings: Settings, values: list[bytes]) -> list[bytes]:
+    """Send ``values`` to clicks partition 0 (none when empty), then read everything it holds."""
+    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(settings.topic("clicks"), value, partition=0)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic("clicks"), 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        held: list[bytes] = []
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=1000)).values():
+                held.extend(record.value for record in records)
+        return held
+    finally:
+        await consumer.stop()
+
+
+def test_a_kafka_stack_from_the_cli_keeps_its_events_across_a_restart(
+    new_stack_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """`adpulse stack up --broker kafka`: a real Kafka node; `down`, then a plain `up` brings it back."""
+    require_kafka()
+    settings = new_stack_settings(tmp_path, KAFKA)
+    runner = CliRunner()
+    assert runner.invoke(stack_cli, ["up", "--nodes", "3"], obj=settings).exit_code == 2  # Kafka only
+    try:
+        up = runner.invoke(stack_cli, ["up", "--broker", "kafka"], obj=settings)
+        assert up.exit_code == 0, up.output
+        assert "started: broker, redis" in up.output and "Apache Kafka (1 node(s))" in up.output
+        assert asyncio.run(_send_and_read(settings, [b"a", b"b", b"c"])) == [b"a", b"b", b"c"]
+        status = json.loads(runner.invoke(stack_cli, ["status", "--json"], obj=settings).output)
+        assert status["healthy"] and status["components"]["broker"]["pid"]
+        assert status["components"]["broker"]["address"] == settings.kafka_bootstrap
+        down = runner.invoke(stack_cli, ["down"], obj=settings)
+        assert "stopped broker" in down.output and "stopped redis" in down.output
+
+        # No --broker: the Kafka formatted under this home, with its data.
+        again = runner.invoke(stack_cli, ["up"], obj=settings)
+        assert again.exit_code == 0, again.output
+        assert "started: broker, redis" in again.output
+        assert asyncio.run(_send_and_read(settings, [])) == [b"a", b"b", b"c"]
+    finally:
+        runner.invoke(stack_cli, ["down"], obj=settings)
+    assert EmbeddedStack(settings).status().broker.running is False
