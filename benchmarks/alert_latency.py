@@ -62,6 +62,7 @@ from harness import (
 )
 from procstat import cpu_seconds
 
+from adpulse.kafka_server import KAFKA_VERSION
 from adpulse.metrics_page import label, metric_samples, metric_sum, read_metrics
 from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
@@ -69,6 +70,21 @@ from streams.keys import Keys
 TARGET_P95_S = 1.0
 BEGIN = "<!-- benchmarks/alert_latency.py: begin (generated; rerun the script to refresh) -->"
 END = "<!-- benchmarks/alert_latency.py: end -->"
+
+
+#: How the report names each broker.
+BROKER_NAMES = {"tansu": "Tansu", "kafka": f"Apache Kafka {KAFKA_VERSION}, one KRaft node"}
+
+
+def markers(broker: str) -> tuple[str, str]:
+    """The generated section's markers: one section per broker, so both stay in BENCHMARKS.md."""
+    if broker == "tansu":
+        return BEGIN, END
+    return (
+        f"<!-- benchmarks/alert_latency.py --broker {broker}: begin (generated; rerun the script to "
+        "refresh) -->",
+        f"<!-- benchmarks/alert_latency.py --broker {broker}: end -->",
+    )
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -248,7 +264,9 @@ async def first_stamps(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per channel: CreateTime (s) of its first partial and of its first bucket changelog record after
     ``since_ms``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.metadata import topic_partitions
 
     consumer = AIOKafkaConsumer(**settings.kafka_client_options(), group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -258,7 +276,8 @@ async def first_stamps(
         topics = await consumer.topics()
         changelogs = sorted(t for t in topics if t.endswith("buckets-changelog"))
         wanted = {settings.topic("partials"): partial, **{t: changelog for t in changelogs}}
-        tps = [TopicPartition(t, p) for t in wanted for p in sorted(consumer.partitions_for_topic(t) or ())]
+        # Asked of the cluster: on Kafka a consumer's partitions_for_topic knows no topic it did not fetch.
+        tps = [tp for t in wanted for tp in await topic_partitions(settings.kafka_client_options(), t)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -529,8 +548,8 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
             "ADPULSE_IDLE_PARTITION_S",
         )
     }
-    embedded = EmbeddedStack(settings)
-    status = embedded.up(timeout_s=30.0)
+    embedded = EmbeddedStack(settings, broker=args.broker)
+    status = embedded.up(timeout_s=120.0 if args.broker == "kafka" else 30.0)
     try:
         print(
             f"[{config.label}] broker {redacted_url(settings.kafka_bootstrap)} (pid {status.broker.pid}), "
@@ -687,9 +706,15 @@ def print_run(r: RunResult) -> None:
 
 def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: argparse.Namespace) -> str:
     lines = [
-        *section_head(BEGIN, "Alert latency", command, info),
+        *section_head(
+            markers(args.broker)[0],
+            "Alert latency" + (" on Apache Kafka" if args.broker == "kafka" else ""),
+            command,
+            info,
+        ),
         (
-            "Per run: a fresh embedded stack (Tansu + valkey on loopback), ONE `python -m adpulse worker`, "
+            f"Per run: a fresh stack ({BROKER_NAMES[args.broker]} + valkey on loopback), ONE "
+            "`python -m adpulse worker`, "
             f"and live background traffic from `python -m adpulse simulate --rate {args.rate} --flat` (10 "
             f"channels, in its own process). {args.channels} day budgets of {args.amount:g} (`bench00`…) "
             "are set with `adpulse.budget_cli.produce_setting`; once the worker judges all of them "
@@ -768,7 +793,7 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
     probed = [r for r in runs if r.fetch_probe]
     if probed:
         lines += [
-            "### Fetch wake-up of the embedded broker",
+            "### Fetch wake-up of " + ("the embedded broker" if args.broker == "tansu" else "Kafka"),
             "",
             (
                 "Before the first worker started, on the same (idle) broker: single records produced "
@@ -795,7 +820,7 @@ def markdown(runs: list[RunResult], info: dict[str, str], command: str, args: ar
     problems = [f"{r.config.label}: {p}" for r in runs for p in r.problems]
     if problems:
         lines += ["Problems: " + "; ".join(problems) + ".", ""]
-    lines.append(END)
+    lines.append(markers(args.broker)[1])
     return "\n".join(lines) + "\n"
 
 
@@ -888,6 +913,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO / "BENCHMARKS.md",
         help="markdown file whose alert-latency section is rewritten (default BENCHMARKS.md)",
     )
+    parser.add_argument(
+        "--broker",
+        choices=tuple(BROKER_NAMES),
+        default="tansu",
+        help="broker to start: the embedded Tansu (default) or Apache Kafka (needs Java 17 and Maven)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs in the temp dir")
     args = parser.parse_args(argv)
@@ -930,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"work dir kept: {workdir}")
     if not args.no_write and runs:
-        write_markdown(args.output, markdown(runs, info, command, args), BEGIN, END)
+        write_markdown(args.output, markdown(runs, info, command, args), *markers(args.broker))
         print(f"wrote {args.output}")
     return 0 if runs and all(not r.problems for r in runs) else 1
 

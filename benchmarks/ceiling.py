@@ -17,6 +17,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from procstat import cpu_seconds, machine_busy_seconds, run_delay_seconds, status_kb
 
+from streams.metadata import topic_partitions
+
 
 async def consume(
     bootstrap: str, topics: list[str], events: int, broker_pid: int | None, timeout_s: float
@@ -34,8 +36,7 @@ async def consume(
     try:
         partitions = []
         for topic in topics:
-            found = consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
-            partitions += [TopicPartition(topic, p) for p in sorted(found)]
+            partitions += await _partitions(bootstrap, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         per_channel: dict[str, int] = {}
@@ -88,12 +89,12 @@ async def consume(
     }
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, asked of the cluster (a new consumer knows none on Kafka), once it has any."""
     for _ in range(50):
-        found = consumer.partitions_for_topic(topic)
+        found = await topic_partitions({"bootstrap_servers": bootstrap}, topic)
         if found:
             return found
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - the consumer has no public refresh
         await asyncio.sleep(0.1)
     raise RuntimeError(f"topic {topic} has no partitions on the broker")
 

@@ -68,6 +68,28 @@ TARGET_EVENTS_PER_S = 60_000
 TARGET_RATIO = 0.20
 BEGIN = "<!-- benchmarks/throughput.py: begin (generated; rerun the script to refresh) -->"
 END = "<!-- benchmarks/throughput.py: end -->"
+
+
+def markers(broker: str) -> tuple[str, str]:
+    """The generated section's markers: one section per broker, so both stay in BENCHMARKS.md."""
+    if broker == "tansu":
+        return BEGIN, END
+    return (
+        f"<!-- benchmarks/throughput.py --broker {broker}: begin (generated; rerun the script to refresh) "
+        "-->",
+        f"<!-- benchmarks/throughput.py --broker {broker}: end -->",
+    )
+
+
+def broker_name(broker: str) -> str:
+    """How the report names the broker."""
+    if broker == "tansu":
+        return "the embedded Tansu broker"
+    from adpulse.kafka_server import KAFKA_VERSION
+
+    return f"Apache Kafka {KAFKA_VERSION} (one KRaft node on loopback, `adpulse.kafka_server`)"
+
+
 #: Functions whose inclusive share the profile summary reports (substrings of "function (file)").
 FOCUS = (
     "_loop (agents/fold_stage.py)",
@@ -116,8 +138,8 @@ def stack(args: argparse.Namespace, workdir: Path, started: Started) -> Iterator
     except ImportError:
         EmbeddedStack = None  # noqa: N806 - fall back to starting the binaries directly
     if EmbeddedStack is not None:
-        embedded = EmbeddedStack(settings)
-        status = embedded.up(timeout_s=30.0)
+        embedded = EmbeddedStack(settings, broker=args.broker)
+        status = embedded.up(timeout_s=120.0 if args.broker == "kafka" else 30.0)
         try:
             broker_pid = status.broker.pid or args.broker_pid
             yield Stack(settings.kafka_bootstrap, settings.redis_url, broker_pid)
@@ -603,16 +625,18 @@ def markdown(
 ) -> str:
     m = Summary.of(rounds)
     o = expected.outcomes
+    begin, _end = markers(args.broker)
+    title = "Throughput of one worker" + (" on Apache Kafka" if args.broker == "kafka" else "")
     lines = [
         *section_head(
-            BEGIN,
-            "Throughput of one worker",
+            begin,
+            title,
             command,
             info,
             ' (the machine is shared: see "other processes")',
         ),
         f"Workload per round: {n:,} records preloaded into fresh `clicks`/`orders`/`spend` topics "
-        f"({args.partitions} partitions each) on the embedded Tansu broker: {expected.by_topic['clicks']:,} "
+        f"({args.partitions} partitions each) on {broker_name(args.broker)}: {expected.by_topic['clicks']:,} "
         f"clicks-topic, {expected.by_topic['orders']:,} orders, {expected.by_topic['spend']:,} spend; 10 "
         f"channels × 5 campaigns, keyed by channel, event times over the last 30 minutes; {o['invalid']:,} "
         f"malformed (to the DLQ), {o['duplicate']:,} duplicate event_ids, {o['accepted']:,} valid.",
@@ -678,7 +702,7 @@ def markdown(
         ]
     if profile is not None:
         lines += ["", "### What limits it (generated from the figures above)", "", *limits(rounds, profile)]
-    lines.append(END)
+    lines.append(markers(args.broker)[1])
     return "\n".join(lines) + "\n"
 
 
@@ -733,7 +757,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=2, help="timed rounds; the report gives medians (default 2)"
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
-    parser.add_argument("--bootstrap", help="reuse this Kafka-compatible broker instead of starting Tansu")
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="broker to start: the embedded Tansu (default) or Apache Kafka (needs Java 17 and Maven)",
+    )
+    parser.add_argument("--bootstrap", help="reuse this Kafka-compatible broker instead of starting one")
     parser.add_argument("--broker-pid", type=int, help="pid of a reused broker, to report its CPU use")
     parser.add_argument("--redis-url", help="reuse this Redis instead of starting valkey-server")
     parser.add_argument(
@@ -822,8 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(
             args.output,
             markdown(rounds, info, command, args.events, args, expected, profile_md, profile_run, profile),
-            BEGIN,
-            END,
+            *markers(args.broker),
         )
         print(f"wrote {args.output}")
     return 0 if all(r.worker.exact for r in rounds) and (profile_run is None or profile_run.exact) else 1
