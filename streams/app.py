@@ -130,10 +130,12 @@ def make_app(
 ) -> faust.App:
     """A Faust app whose agents own adpulse's changelog-backed tables.
 
-    - group timings: the embedded broker joins groups slowly unless sessions are short;
-    - ``producer_max_batch_size=1`` puts every changelog record in its own record batch: the embedded
-      broker reports a partition's end offset as "last batch start + 1", and table recovery reads up to
-      that end, so multi-record batches would make recovery stop short of the newest records;
+    - group timings: the embedded broker (Tansu) joins groups slowly unless sessions are short; on Kafka
+      they make a dead worker's partitions move sooner;
+    - ``producer_max_batch_size=1`` puts every changelog record in its own record batch, for Tansu only:
+      it reports a partition's end offset as "last batch start + 1", and table recovery reads up to that
+      end, so multi-record batches would make recovery stop short of the newest records. Kafka reports the
+      true end; there it costs little (a few changelog records per channel and flush);
     - no standby replicas: the in-memory store recovers from the changelog on assignment;
     - ``fetch_wait_ms`` bounds how long an idle fetch waits (see :class:`_ConsumerThread`).
     """
