@@ -83,7 +83,8 @@ def stack_settings(
 
 @pytest.fixture
 def new_stack_settings() -> Callable[..., Settings]:
-    """Factory ``(home, **overrides) -> Settings`` for a separate stack on fresh loopback ports (not up)."""
+    """Factory ``(home, broker="tansu", **overrides) -> Settings`` for a separate stack on fresh loopback
+    ports (not up); pass the broker it will run, as Kafka's ports come from another range."""
     return _stack_settings
 
 
