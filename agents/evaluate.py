@@ -310,9 +310,17 @@ class Evaluator:
         found = detectors.run(history, subject)
         current = history[-1].counts
         values = {**kpis(current), "spend": current.get("spend"), "events": current.get("impressions")}
+        holding = {f.fingerprint for f in found}
         for detector in detectors.detectors:
             for kind, metric in _judges(detector):
-                judged.setdefault(fingerprint(kind, metric, channel, campaign), values.get(metric))
+                fp = fingerprint(kind, metric, channel, campaign)
+                if fp in holding or fp in judged:
+                    continue
+                firing = self.book.firing_finding(fp)
+                # "Not significant any more" is no recovery: a firing anomaly resolves only once its
+                # value is back past halfway to the baseline (data health: once events arrive again).
+                if firing is None or kind != "anomaly" or recovered(firing, values.get(metric)):
+                    judged[fp] = values.get(metric)
         if campaign is None and window != "1h":
             found = [self._with_drivers(f, history, lookup) for f in found]
         return found
@@ -455,6 +463,25 @@ def _judges(detector: object) -> list[tuple[str, str]]:
     if isinstance(detector, DropToZero):
         return [("data_health", "events")]
     return [("anomaly", "roi")]
+
+
+#: A firing anomaly without a threshold counts as recovered once its value is back within this share of the
+#: baseline (halfway to a 50 % drop or a doubling).
+RECOVERY_BAND = 0.25
+
+
+def recovered(finding: Finding, value: float | None) -> bool:
+    """Whether ``value`` is evidence that the anomaly of ``finding`` is over: back on the baseline's side of
+    the midpoint between the baseline and the line the finding crossed (its threshold, else the baseline
+    ∓ 50 %). A value between the line and the midpoint proves nothing either way and keeps it firing."""
+    if value is None or finding.baseline is None:
+        return False
+    falling = (finding.change_pct or 0.0) < 0
+    line = finding.threshold
+    if line is None:
+        line = finding.baseline * (1 - 2 * RECOVERY_BAND if falling else 1 + 2 * RECOVERY_BAND)
+    midpoint = (finding.baseline + line) / 2
+    return value >= midpoint if falling else value <= midpoint
 
 
 def _warm(baseline: list[Observation]) -> bool:

@@ -77,6 +77,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "escalation": "⏫ Escalation: not acknowledged by {value}",
         "group": "{where}: {count} alerts",
         "part": "part {index} of {total}",
+        "lasted": "for {value}",
+        "again": "again",
         "sep": ", ",
         "colon": ": ",
     },
@@ -118,6 +120,8 @@ _WORDS: dict[str, dict[str, str]] = {
         "escalation": "⏫ 升级：{value} 未确认",
         "group": "{where}：{count} 条告警",
         "part": "第 {index}/{total} 条消息",
+        "lasted": "持续 {value}",
+        "again": "再次触发",
         "sep": "、",
         "colon": "：",
     },
@@ -595,7 +599,21 @@ def _status_line(alert: Mapping[str, Any], locale: str) -> str:
     ]
     if kind := _kind(alert, locale):
         parts.append(kind)
+    reopened = _number(alert, "reopened")
+    if reopened and not _resolved(alert):
+        parts.append(words["again"])
+    lasted = _number(alert, "duration_s")
+    if lasted is not None and lasted >= 60:
+        parts.append(words["lasted"].format(value=_lasted(lasted, locale)))
     return " · ".join(parts)
+
+
+def _lasted(seconds: float, locale: str) -> str:
+    minutes = round(seconds / 60)
+    hours, rest = divmod(minutes, 60)
+    if locale == "zh":
+        return f"{hours} 小时 {rest} 分钟" if hours and rest else f"{hours} 小时" if hours else f"{rest} 分钟"
+    return f"{hours} h {rest} min" if hours and rest else f"{hours} h" if hours else f"{rest} min"
 
 
 def _place_line(alert: Mapping[str, Any], locale: str) -> str | None:

@@ -691,3 +691,12 @@ def test_alert_dicts_are_not_mutated() -> None:
     for kind in ("feishu", "dingtalk", "wecom", "slack", "webhook"):
         build_requests(spec(kind), Notification((ALERT,), owners=("@a",), actions=ACTIONS), NOW_S)
     assert before == ALERT
+
+
+@pytest.mark.parametrize(
+    ("locale", "line"),
+    [("en", "anomaly · again · for 1 h 5 min"), ("zh-CN", "异常 · 再次触发 · 持续 1 小时 5 分钟")],
+)
+def test_a_message_says_how_long_the_episode_has_lasted(locale: str, line: str) -> None:
+    text = render(Notification(({**ALERT, "duration_s": 3900.0, "reopened": 1},), locale=locale)).text
+    assert line in text
