@@ -569,7 +569,8 @@ class DropToZero:
     - Nothing from the click tracker (impressions, clicks, visits, carts) → ``data_health`` /
       ``events``: a tracker outage is the likeliest cause, whether or not orders and spend still arrive.
     - Impressions continue but clicks are zero, or clicks continue but orders are zero, where the
-      baseline rate predicts ≥ ``min_expected`` → ``anomaly`` "collapse" of CTR or CVR.
+      baseline rate predicts ≥ ``min_expected`` → ``anomaly`` "collapse" of CTR or CVR (unless
+      ``collapse`` is off: the worker leaves ratio drops, a collapse included, to its sequential judge).
     """
 
     min_expected: float = 20.0
@@ -578,6 +579,7 @@ class DropToZero:
     seasonal_days: int = 7
     min_baseline_windows: int = 3
     min_seasonal_windows: int = 2
+    collapse: bool = True
 
     def __call__(self, history: Sequence[Observation], subject: Subject) -> Finding | None:
         if not history:
@@ -587,7 +589,7 @@ class DropToZero:
             return None
         if sum(current.get(name) for name in CLICK_TRACKER_COUNTS) == 0:
             return self._outage(history, subject)
-        return self._collapse(history, subject)
+        return self._collapse(history, subject) if self.collapse else None
 
     def _expected_rate(
         self, history: Sequence[Observation], first_silent: int, value: Callable[[Observation], float]

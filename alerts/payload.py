@@ -47,6 +47,8 @@ class AlertJson(TypedDict):
     dashboard_url: str | None
     fired_at: str
     resolved_at: str | None
+    duration_s: float | None
+    reopened: int
 
 
 @dataclass(frozen=True, slots=True)

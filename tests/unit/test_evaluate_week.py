@@ -1,7 +1,7 @@
-"""A simulated week of one channel judged exactly as the worker judges it: every minute's rolling window
-and every hour, through the worker's own judge and alert book. Stationary traffic must page nobody
-more than once a week; the hourly-only property test in test_detectors does not see the rolling window,
-which is judged 60 times an hour."""
+"""A simulated week of one channel judged exactly as the worker judges it: every minute (the sequential
+judge, the rolling window) and every hour, through the worker's own judge and alert book. Stationary
+traffic must page nobody more than once a week; the hourly-only property test in test_detectors does not
+see what is judged 60 times an hour."""
 
 from __future__ import annotations
 
@@ -124,7 +124,8 @@ def test_the_harness_sees_a_real_drop() -> None:
     traffic = minutes_of_traffic(np.random.default_rng(1), 200_000, minutes)
     traffic[-60:, SLOT_NAMES.index("clicks")] //= 2
     fired = fired_alerts(Buckets(traffic), WARM_UP_MINUTES, minutes)
-    assert [(f.metric, f.window) for _, f in fired] == [("ctr", "10m")]
+    # The sequential judge's window is the run of evidence behind the alert (here its first minutes).
+    assert [(f.metric, f.kind) for _, f in fired] == [("ctr", "anomaly")]
     drop_start = datetime.fromtimestamp(ORIGIN_S + (minutes - 60) * MINUTE_S, UTC)
     assert 0 < (fired[0][0] - drop_start).total_seconds() <= 600, "within the first rolling window"
 
