@@ -32,7 +32,9 @@ from alerts.model import SEVERITY_ORDER, Finding, Severity
 from alerts.stats import (
     mad_sigma,
     median,
+    norm_sf,
     overdispersion,
+    poisson_ge,
     poisson_rate_test,
     rate_ratio_interval,
     two_proportion_test,
@@ -501,6 +503,12 @@ class SpendSurge:
         robust_z = (spend - usual) / spread
         if spend < self.factor * usual or robust_z < self.z_min:
             return None
+        # In a window of a few clicks, spend is a small count times a price: its tail is Poisson, far
+        # heavier than the normal one z_min assumes (7 clicks where 3 were usual happens daily). Counted in
+        # usual clicks' worth, the surge must be as unlikely as z_min says.
+        p_value = poisson_ge(math.ceil(spend / cpc), usual / cpc) if cpc > 0 else 0.0
+        if p_value >= norm_sf(self.z_min):
+            return None
         ratio = spend / usual
         severity: Severity = "critical" if ratio >= self.critical_factor else "warning"
         where = _where(subject)
@@ -544,6 +552,7 @@ class SpendSurge:
                 "baseline_spread": spread,
                 "baseline_cpc": cpc,
                 "robust_z": robust_z,
+                "p_value": p_value,
                 "baseline_windows": len(baseline.windows),
                 "test": "robust z (median, 1.4826 × MAD; floor: Poisson noise of clicks)",
                 "factor": self.factor,

@@ -299,6 +299,15 @@ def test_spend_surge_table(case: str, history: list[Observation], fires: bool, s
         assert finding.evidence["robust_z"] >= 4
 
 
+def test_spend_surge_on_a_few_clicks_needs_a_surge_a_poisson_count_would_not_make() -> None:
+    """A quiet channel: ~5 clicks at 11.6 a window. 14 clicks' worth (×2.8, "robust z" 4.0 by the normal
+    floor) happens by chance every few days there (p ≈ 0.0007); 30 clicks' worth does not."""
+    quiet = [window(h, clicks=5 + (h % 3) - 1, spend=(5 + (h % 3) - 1) * 11.6) for h in range(24)]
+    assert SpendSurge()(then(quiet, clicks=14, spend=14 * 11.6), DOUYIN) is None
+    finding = SpendSurge()(then(quiet, clicks=30, spend=30 * 11.6), DOUYIN)
+    assert finding is not None and finding.evidence["p_value"] < 3.2e-5
+
+
 def test_spend_surge_ignores_the_empty_windows_before_a_channel_went_live() -> None:
     """Six of twelve baseline windows predate the channel: its usual spend is that of the six others."""
     history = [window(h) for h in range(6)] + [window(6 + h, **funnel(20_000, 0.02)) for h in range(6)]
