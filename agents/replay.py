@@ -1,4 +1,4 @@
-"""Recorded traffic through the worker's own judge, minute by minute, without Kafka or Redis. Pure.
+"""Recorded traffic through the worker's own judge, minute by minute, without Kafka or Redis (no I/O).
 
 ``adpulse backtest events.jsonl`` and ``benchmarks/alert_quality.py`` use this: events (or simulated
 counts) go into 1-minute, 1-hour and 1-day buckets shaped like the worker's table, then every window is

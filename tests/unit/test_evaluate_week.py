@@ -103,8 +103,8 @@ def fired_alerts(buckets: Buckets, first_minute: int, last_minute: int) -> list[
     # No threshold rules: a target missed is not a false alert; this judges the detectors and lifecycle.
     judge = Evaluator(
         EvaluationConfig(rules=RulesConfig(rules=())),
-        sink=None,  # type: ignore[arg-type]
-        redis=None,  # type: ignore[arg-type]
+        sink=None,
+        redis=None,
         redis_prefix="adpulse",
         calendar=Calendar(ZoneInfo("UTC")),
         budgets=BudgetBook(),
@@ -144,14 +144,15 @@ def judged_changes(traffic: np.ndarray, first_minute: int) -> list[tuple[int, st
     judge = Evaluator(
         EvaluationConfig(rules=RulesConfig(rules=())),
         sink=None,
-        redis=None,  # type: ignore[arg-type]
+        redis=None,
         redis_prefix="adpulse",
         calendar=Calendar(ZoneInfo("UTC")),
         budgets=BudgetBook(),
         max_channels=10,
         registry=CollectorRegistry(),
     )
-    buckets, changes = Buckets(traffic), []
+    buckets = Buckets(traffic)
+    changes: list[tuple[int, str, str]] = []
     for now, windows in closed_windows(first_minute, len(traffic)):
         findings, judged = judge.judge_windows([buckets.row(*window) for window in windows], buckets.lookup)
         minute = int(now.timestamp() - ORIGIN_S) // MINUTE_S

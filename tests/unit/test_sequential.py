@@ -54,11 +54,11 @@ class Channel:
         for i in range(start, start + minutes):
             self.minutes[i] = self._minute(i, factor)
 
-    def minute(self, start_s: int) -> dict[str, Counts] | None:
+    def minute(self, start_s: int) -> Mapping[str, Counts] | None:
         i = (start_s - ORIGIN) // 60
         return self.minutes[i] if 0 <= i < len(self.minutes) else None
 
-    def hour(self, start_s: int) -> dict[str, Counts] | None:
+    def hour(self, start_s: int) -> Mapping[str, Counts] | None:
         i = (start_s - ORIGIN) // 60
         if i < 0 or i + 60 > len(self.minutes):
             return None
@@ -94,7 +94,8 @@ def test_a_sustained_drop_is_caught_by_pooled_evidence_no_single_window_would_sh
     assert fired, "the drop was never caught"
     first, finding = fired[0]
     assert 180 < first < 220
-    assert finding.campaign is None and finding.kind == "anomaly" and finding.change_pct < -40
+    assert finding.campaign is None and finding.kind == "anomaly"
+    assert finding.change_pct is not None and finding.change_pct < -40
     # Three hours of history, but the hour the drop began in is its own, not its baseline's: the minutes
     # before the drop are.
     assert re.fullmatch(
@@ -164,11 +165,11 @@ def test_a_minute_costs_one_bucket_read_and_hours_are_read_once_an_hour() -> Non
     channel = Channel(8, 20_000, 8 * 60)
     reads = {"minute": 0, "hour": 0}
 
-    def minute(start_s: int) -> dict[str, Counts] | None:
+    def minute(start_s: int) -> Mapping[str, Counts] | None:
         reads["minute"] += 1
         return channel.minute(start_s)
 
-    def hour(start_s: int) -> dict[str, Counts] | None:
+    def hour(start_s: int) -> Mapping[str, Counts] | None:
         reads["hour"] += 1
         return channel.hour(start_s)
 
