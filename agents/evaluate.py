@@ -72,10 +72,20 @@ class Owned(Protocol):
     def __contains__(self, channel: object) -> bool: ...
 
 
+#: The rolling window's baseline is its last 12 windows (2 hours): half of them must have seen the channel.
+ROLLING_WARM = 12
+
+
 def rolling_detectors() -> Detectors:
     """Tracker outages and spend surges on the rolling window. Ratio drops (a collapse to zero included)
-    are the sequential judge's: one source per condition, so one judge decides when it is over."""
-    return Detectors(detectors=(DropToZero(collapse=False), SpendSurge()))
+    are the sequential judge's: one source per condition, so one judge decides when it is over. Both judge
+    against the last 12 windows (2 hours); a surge must also clear the 12 before them."""
+    return Detectors(
+        detectors=(
+            DropToZero(collapse=False, baseline_windows=12),
+            SpendSurge(baseline_windows=12, earlier_windows=12),
+        )
+    )
 
 
 def hourly_detectors() -> Detectors:
@@ -94,7 +104,7 @@ class EvaluationConfig:
     policy: Policy = field(default_factory=Policy)
     links: Links = field(default_factory=Links)
     rolling_s: int = 600
-    rolling_history: int = 12
+    rolling_history: int = 24
     hourly_history: int = 24
     seasonal_days: int = 7
     currency: str = "CNY"
@@ -287,7 +297,14 @@ class Evaluator:
                     lookup, row.channel, None, row.window_end, cfg.rolling_s, cfg.rolling_history
                 )
                 findings += self._detect(
-                    cfg.rolling, history, row.channel, None, f"{cfg.rolling_s // 60}m", lookup, judged
+                    cfg.rolling,
+                    history,
+                    row.channel,
+                    None,
+                    f"{cfg.rolling_s // 60}m",
+                    lookup,
+                    judged,
+                    warm=ROLLING_WARM,
                 )
             elif row.window == "1h":
                 history = hourly_history(
@@ -311,8 +328,9 @@ class Evaluator:
         window: str,
         lookup: Lookup,
         judged: dict[Fingerprint, float | None],
+        warm: int | None = None,
     ) -> list[Finding]:
-        if not _warm(history[:-1]):
+        if not _warm(history[-1 - (warm or len(history)) : -1]):
             return []  # a baseline still filling (a new channel, the start of the data) proves nothing
         subject = Subject(channel, campaign, window, self.calendar.zone)
         found = detectors.run(history, subject)

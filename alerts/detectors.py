@@ -455,7 +455,9 @@ class SpendSurge:
     clicks that drive spend (√(usual spend × CPC)), so a perfectly regular history cannot turn a
     routine wobble into an infinite z. Windows in which the channel sent nothing at all (before it
     went live, or during an outage) are not its usual spend and are left out: otherwise a channel's
-    first hours would compare full windows with the empty ones before it.
+    first hours would compare full windows with the empty ones before it. With ``earlier_windows``, the
+    windows before the recent ones are a third group: after an hour of a CTR drop, the recent windows hold
+    its low spend, and spend back to normal must not look like a surge.
     """
 
     factor: float = 2.0
@@ -466,6 +468,7 @@ class SpendSurge:
     min_baseline_windows: int = 6
     min_seasonal_windows: int = 3
     critical_factor: float = 4.0
+    earlier_windows: int = 0
 
     def __post_init__(self) -> None:
         if self.factor <= 1.0:
@@ -486,6 +489,14 @@ class SpendSurge:
         groups = [recent]
         if len(seasonal) >= self.min_seasonal_windows:
             groups.append(seasonal)
+        if self.earlier_windows > 0:
+            # The windows before the recent ones: spend back to normal after a drop (fewer clicks for an
+            # hour) is no surge, though it is against the drop.
+            before = [o for o in history[:-1] if o.end_s <= current.start_s]
+            earlier = before[-(self.baseline_windows + self.earlier_windows) : -self.baseline_windows]
+            earlier = [o for o in earlier if _active(o)]
+            if len(earlier) >= self.min_baseline_windows:
+                groups.append(earlier)
         clicks, spent = (
             baseline.total("clicks", recent + seasonal),
             baseline.total("spend", recent + seasonal),

@@ -237,6 +237,7 @@ class _Track:
     n: float = 0.0
     alarmed: bool = False
     marked: bool = False
+    last_alarmed: int | None = None  # the last minute this KPI was found dropped
     # Hours of this KPI's alarms: left out of its hourly baselines, so a drop does not become the normal
     # (nor pass for the usual wobble); and its hourly baseline with what it was computed for.
     flagged: set[int] = field(default_factory=set)
@@ -339,10 +340,20 @@ class SequentialJudge:
                 cvr = subject.tracks.get("cvr")
                 if kpi.money and cvr is not None and (cvr.alarmed or cvr.s >= LIKELY * self.config.threshold):
                     continue  # fewer orders per click explain the lower ROI: the CVR alert says it
+                channel_track = state.subjects[None].tracks[kpi.name]
+                own = subject.tracks[kpi.name]
                 if campaign is None:
                     channel_alarms.add(kpi.name)
-                elif kpi.name in channel_alarms or state.subjects[None].tracks[kpi.name].alarmed:
-                    continue  # the channel's own alert covers it (and names its campaigns)
+                elif (
+                    kpi.name in channel_alarms
+                    or channel_track.alarmed
+                    or (
+                        channel_track.last_alarmed is not None
+                        and own.run_start is not None
+                        and own.run_start <= channel_track.last_alarmed
+                    )
+                ):
+                    continue  # the channel's alert covers this drop (and names its campaigns)
                 verdict.findings.append(_placed(result, channel, campaign))
             self._settle(subject, counts, start_s)
 
@@ -396,7 +407,7 @@ class SequentialJudge:
         if 1.0 - observed < cfg.min_drop or z > -required:
             return None
         track.alarmed = True
-        track.alarmed_since = track.run_start
+        track.alarmed_since, track.last_alarmed = track.run_start, start_s
         # A drop: its hours leave this KPI's hourly baselines, its minutes the own-minutes one.
         track.flagged.update(range(track.run_start - track.run_start % HOUR_S, start_s + 1, HOUR_S))
         if not track.marked:

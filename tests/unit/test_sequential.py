@@ -134,6 +134,18 @@ def test_while_the_drop_lasts_it_holds_and_it_recovers_only_on_good_data() -> No
     assert recovered and 290 <= recovered[0] < 290 + 60, "good data brings the statistic back to 0"
 
 
+def test_the_campaigns_of_a_channel_wide_drop_do_not_page_even_after_the_channel_resolved() -> None:
+    """Every campaign's CTR falls 70 % for 90 minutes; then spring recovers and brand stays 60 % down for two
+    hours. The channel's CTR is back near its baseline (−24 %) and its alert resolves; brand's part of the
+    same incident does not page on its own (the channel's alert named it)."""
+    channel = Channel(9, 100_000, 8 * 60)
+    channel.drop("ctr", 0.7, 200, 90)
+    channel.drop("ctr", 0.6, 290, 120, campaigns=("brand",))
+    verdicts = judge_all(channel, 0, 8 * 60)
+    fired = findings(verdicts)
+    assert fired and {f.campaign for _, f in fired} == {None}
+
+
 def test_a_drop_of_one_campaign_is_that_campaigns_alert() -> None:
     channel = Channel(5, 60_000, 5 * 60)
     channel.drop("ctr", 0.8, 200, 60, campaigns=("brand",))
