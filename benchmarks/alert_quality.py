@@ -447,15 +447,33 @@ def _targets(weeks: dict[int, dict[str, Any]], cells: dict[Any, Cell]) -> list[s
 
     rows = ["| target | adpulse | rolling 3-sigma z-score |", "|---|---|---|"]
     if cells:
-        for title, keep in (
-            ("≥ 5k/h, ≥ 50 % drop, ≥ 20 min (all KPIs)", lambda v, k, s, d: v >= 5_000 and s >= 0.5),
-            ("≥ 5k/h, ≥ 50 % CTR drop, ≥ 20 min", lambda v, k, s, d: v >= 5_000 and s >= 0.5 and k == "ctr"),
-            ("≥ 20k/h, ≥ 30 % drop, ≥ 40 min (all KPIs)", lambda v, k, s, d: v >= 20_000 and d >= 40),
-            (
-                "≥ 20k/h, ≥ 30 % CTR drop, ≥ 40 min",
-                lambda v, k, s, d: v >= 20_000 and d >= 40 and k == "ctr",
-            ),
-        ):
+        checks: list[tuple[str, Any]] = [
+            ("≥ 5k/h, ≥ 50 % drop, ≥ 20 min, all KPIs", lambda v, k, s, d: v >= 5_000 and s >= 0.5),
+            ("≥ 20k/h, ≥ 30 % drop, ≥ 40 min, all KPIs", lambda v, k, s, d: v >= 20_000 and d >= 40),
+        ]
+        for volume in sorted({key[0] for key in cells}):
+            if volume < 5_000:
+                continue
+            checks.append(
+                (
+                    f"{volume // 1000}k/h, ≥ 50 % CTR drop, ≥ 20 min",
+                    lambda v, k, s, d, volume=volume: v == volume and k == "ctr" and s >= 0.5,
+                )
+            )
+            if volume >= 20_000:
+                checks.append(
+                    (
+                        f"{volume // 1000}k/h, ≥ 30 % CTR drop, ≥ 40 min",
+                        lambda v, k, s, d, volume=volume: v == volume and k == "ctr" and d >= 40,
+                    )
+                )
+            checks.append(
+                (
+                    f"{volume // 1000}k/h, ≥ 50 % CVR or funnel drop, ≥ 40 min",
+                    lambda v, k, s, d, volume=volume: v == volume and k != "ctr" and s >= 0.5 and d >= 40,
+                )
+            )
+        for title, keep in checks:
             ours, theirs = pooled(keep)
             rows.append(f"| {title} | {ours} | {theirs} |")
         flaps = sum(c.flaps for c in cells.values())
