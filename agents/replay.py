@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
@@ -24,9 +23,8 @@ from agents.partials import BucketValue
 from agents.snapshot import KpiRow, closed_rows
 from alerts.payload import AlertJson
 from streams.codec import N_SLOTS, Accepted, decode
+from streams.topics import topic_of
 from streams.windows import MINUTE_S, WINDOWS, Calendar
-
-SOURCE_TOPICS = ("clicks", "orders", "spend")
 
 
 @dataclass
@@ -99,7 +97,7 @@ def fold_event_lines(
         except orjson.JSONDecodeError:
             notes["rejected not_json"] += 1
             continue
-        topic = _topic_of(doc) if isinstance(doc, dict) else None
+        topic = topic_of(doc) if isinstance(doc, dict) else None
         if topic is None:
             notes["rejected unknown_topic"] += 1
             continue
@@ -114,21 +112,6 @@ def fold_event_lines(
         notes["accepted"] += 1
         buckets.add(decoded.channel, decoded.campaign, decoded.ts_ms // 1000, decoded.contribution)
     return notes
-
-
-def _topic_of(doc: dict[str, Any]) -> str | None:
-    """The source topic of an event line: its ``topic`` field if any, else its shape (CONTRACT §1)."""
-    topic = doc.get("topic")
-    if isinstance(topic, str):
-        short = topic.rsplit(".", 1)[-1]
-        return short if short in SOURCE_TOPICS else None
-    if "type" in doc:
-        return "clicks"
-    if "order_id" in doc or "amount" in doc:
-        return "orders"
-    if "cost" in doc:
-        return "spend"
-    return None
 
 
 def rounds(buckets: MemoryBuckets, until_s: int | None = None) -> Iterator[tuple[int, list[KpiRow]]]:

@@ -11,17 +11,19 @@ stages visits/clicks, carts/visits, orders/carts — the judge keeps:
 - **A baseline rate** ``p0`` (:class:`Baseline`): the pooled rate of the previous ``history_hours`` closed
   hours plus the same hour on up to ``seasonal_days`` earlier days, once ``min_hours`` hours exist; before
   that (cold start) the subject's own earlier minutes, once ``warmup_minutes`` of them have settled. Hours
-  and minutes that belong to a detected drop are left out, so a long incident does not become the normal.
-  The alert says which baseline it used.
+  and minutes that belong to a detected drop are left out, so a long incident does not become the normal
+  (and while a run of evidence looks like a drop, so are its own hours). The alert says which baseline it
+  used.
 - **The CUSUM** ``S = max(0, S + LLR / φ)``, where LLR is the binomial (Poisson for ROI: GMV in baseline
   order values per unit of spend) log-likelihood ratio of "the rate fell to ``design_ratio`` × p0" against
   "it is p0", for this minute's counts, and φ the over-dispersion measured on the subject's last six hours
   of 10-minute blocks (not every ratio is binomial: orders need not come from tracked carts, and GMV
-  varies with the basket). ``S`` only grows while the
-  observed rate is below the midpoint r* = (1 − r1) / −ln r1 of the two (0.78 for r1 = 0.6): wobbles smaller
-  than a ~22 % dip pull it back to 0. The false-alarm rate is set by ``threshold`` h: for the exact
-  likelihood the mean time between false alarms is at least e^h minutes (Lorden), e^10 ≈ 22,000 minutes,
-  about two weeks, per subject and KPI; the two gates below make it far rarer in practice.
+  varies with the basket). The baseline is lowered by one standard error of it here (a baseline of a few
+  hundred events that happens to be high must not make ordinary minutes look like a drop). ``S`` only
+  grows while the observed rate is below the midpoint r* = (1 − r1) / −ln r1 of the two (0.78 for
+  r1 = 0.6): wobbles smaller than a ~22 % dip pull it back to 0. The false-alarm rate is set by
+  ``threshold`` h: for the exact likelihood the mean time between false alarms is at least e^h minutes
+  (Lorden), e^11 ≈ 60,000 minutes, six weeks, per subject and KPI; the two gates below make it rarer.
 - **Two gates on the run** (the minutes since ``S`` last left 0: the drop's likely start), checked when
   ``S`` reaches h: the run's rate must be at least ``min_drop`` below the baseline (big enough to matter)
   and its z-score must pass with a variance that includes the KPI's measured hour-to-hour wobble τ (real
@@ -34,6 +36,9 @@ stages visits/clicks, carts/visits, orders/carts — the judge keeps:
 Recovery is evidence too: while firing, ``S`` is capped at h, and the alert counts as recovered only once
 good data has pulled ``S`` back to 0 (at least ``threshold`` nats of evidence for "the rate is back near
 p0"); in between, neither finding nor recovery is reported, so the alert holds instead of flapping.
+
+One cause, one alert: a campaign's drop is not reported while (or after) its channel's same KPI reports
+the drop it is part of, and ROI not while the same subject's CVR explains it.
 
 Cost: O(1) per subject, KPI and minute (running sums); the baseline is recomputed once per hour.
 """
