@@ -35,7 +35,9 @@ stages visits/clicks, carts/visits, orders/carts — the judge keeps:
 
 Recovery is evidence too: while firing, ``S`` is capped at h, and the alert counts as recovered only once
 good data has pulled ``S`` back to 0 (at least ``threshold`` nats of evidence for "the rate is back near
-p0"); in between, neither finding nor recovery is reported, so the alert holds instead of flapping.
+p0") and the ``recover_minutes`` since then have the rate back near p0 (within its counting noise, and
+10 % at least); in between, neither finding nor recovery is reported, so the alert holds instead of
+flapping, also when the hour's wobble masks a moderate drop for a while.
 
 One cause, one alert: a campaign's drop is not reported while (or after) its channel's same KPI reports
 the drop it is part of, and ROI not while the same subject's CVR explains it.
@@ -174,6 +176,9 @@ class SequentialConfig:
     cold_minutes: int = 360
     #: A baseline must hold at least this many numerator events (clicks for CTR, orders for CVR, ...).
     min_baseline_events: float = 20.0
+    #: A drop is over once this many minutes have passed since its evidence fell back to 0, with the rate
+    #: over them back near the baseline.
+    recover_minutes: int = 10
     #: Minutes replayed silently when a channel is first seen (a restart, a rebalance) or after a gap.
     replay_minutes: int = 90
     #: A drop at least this deep is critical (and ROI below ``red_line``).
@@ -243,6 +248,8 @@ class _Track:
     alarmed: bool = False
     marked: bool = False
     last_alarmed: int | None = None  # the last minute this KPI was found dropped
+    # After a drop, from when its evidence first fell back to 0: numerator seen, expected, minutes with data.
+    recovery: list[float] | None = None
     # Hours of this KPI's alarms: left out of its hourly baselines, so a drop does not become the normal
     # (nor pass for the usual wobble); and its hourly baseline with what it was computed for.
     flagged: set[int] = field(default_factory=set)
@@ -377,6 +384,7 @@ class SequentialJudge:
         phi = track.phi
         n = counts.get(kpi.denominator, 0.0)
         x = counts.get(kpi.numerator, 0.0) / baseline.unit
+        e = 0.0
         if n > 0 or x > 0:
             # The quasi-likelihood ratio is linear in the counts, so a minute's clicks reported before its
             # impressions (trackers batch them) count the same as if they came together.
@@ -399,7 +407,13 @@ class SequentialJudge:
                 track.s = min(track.s, cfg.threshold)
         if track.s <= 0.0:
             track.run_start, track.x, track.e, track.n = None, 0.0, 0.0, 0.0
-            track.alarmed = track.marked = False
+            track.marked = False
+            if track.alarmed and track.recovery is None:
+                track.recovery = [0.0, 0.0, 0]
+        if track.alarmed and track.recovery is not None and track.s < cfg.threshold:
+            return self._recovering(track, x, e, phi, counts, kpi)
+        track.recovery = None
+        if track.s <= 0.0:
             n = counts.get(kpi.denominator, 0.0)
             return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
         if track.s < cfg.threshold or track.run_start is None or track.e <= 0:
@@ -421,6 +435,29 @@ class SequentialJudge:
                 if minute >= track.run_start:
                     subject.pending[i] = (minute, pending, True)
         return self._finding(kpi, track, baseline, z, start_s)
+
+    def _recovering(
+        self, track: _Track, x: float, e: float, phi: float, counts: Counts, kpi: Kpi
+    ) -> _Recovered | None:
+        """After a drop, from the minute its evidence first fell back to 0: recovered once ``recover_minutes``
+        minutes with data have passed since, with the rate over them back near the baseline (within its
+        counting noise, and 10 % at least), and no new run building up. A drop the hour's wobble masks for a
+        while, or a rate that came back only halfway, is still the same drop: the alert holds."""
+        cfg = self.config
+        recovery = track.recovery
+        assert recovery is not None
+        if e > 0 or x > 0:
+            recovery[0] += x
+            recovery[1] += e
+            recovery[2] += 1
+        seen, expected, minutes = recovery
+        if minutes < cfg.recover_minutes or expected <= 0 or track.s >= LIKELY * cfg.threshold:
+            return None
+        if seen / expected < 1.0 - max(0.1, 2.0 * math.sqrt(phi / expected)):
+            return None
+        track.alarmed, track.recovery = False, None
+        n = counts.get(kpi.denominator, 0.0)
+        return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
 
     def _measure(self, track: _Track, kpi: Kpi, counts: Counts, start_s: int) -> None:
         """Add the minute to its 10-minute block; blocks count towards φ once ``settle_minutes`` old.

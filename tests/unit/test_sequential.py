@@ -146,6 +146,21 @@ def test_the_campaigns_of_a_channel_wide_drop_do_not_page_even_after_the_channel
     assert fired and {f.campaign for _, f in fired} == {None}
 
 
+def test_a_drop_masked_for_a_while_is_still_the_same_drop() -> None:
+    """200k impressions an hour: CTR −40 % for an hour, except 15 minutes in the middle when the hour's wobble
+    hides most of it (−10 %). The evidence falls back to 0 there, but the rate is not back near its
+    baseline: no recovery until the drop is over."""
+    channel = Channel(10, 200_000, 7 * 60)
+    channel.drop("ctr", 0.4, 200, 20)
+    channel.drop("ctr", 0.1, 220, 15)
+    channel.drop("ctr", 0.4, 235, 25)
+    verdicts = judge_all(channel, 0, 7 * 60)
+    fp = "anomaly:ctr:douyin:-"
+    first = min(i for i, v in verdicts if any(f.fingerprint == fp for f in v.findings))
+    recovered = [i for i, v in verdicts if fp in v.recovered and i > first]
+    assert first < 215 and recovered and recovered[0] >= 260, recovered[:3]
+
+
 def test_a_drop_of_one_campaign_is_that_campaigns_alert() -> None:
     channel = Channel(5, 60_000, 5 * 60)
     channel.drop("ctr", 0.8, 200, 60, campaigns=("brand",))
