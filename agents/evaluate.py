@@ -138,20 +138,46 @@ def _summed(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return result
 
 
-def rolling_history(
-    lookup: Lookup, channel: str, campaign: str | None, end_s: int, span_s: int, windows: int
-) -> list[Observation]:
-    """``windows`` rolling windows of ``span_s`` ending at ``end_s`` (oldest first), from 1-minute buckets."""
-    minutes = span_s // MINUTE_S
-    history = []
-    for k in range(windows, -1, -1):
-        stop = end_s - k * span_s
-        start = stop - span_s
-        summed = [0] * N_SLOTS
-        for m in range(minutes):
-            add_bucket(summed, lookup(channel, "1m", start + m * MINUTE_S), campaign)
-        history.append(Observation(start, stop, counts_of(summed)))
-    return history
+class MinuteVectors:
+    """Running sums of a channel's closed minutes (channel level), each minute read from the table once.
+
+    The rolling windows of one minute and the next share all but one of their minutes (25 windows of 10
+    minutes, every minute): with prefix sums each window costs one subtraction instead of ten bucket reads
+    and additions, which keeps the judge's cost per channel and minute small. Closed minutes do not change
+    (late data beyond the grace goes to the DLQ).
+    """
+
+    def __init__(self) -> None:
+        # channel -> (first minute, prefix sums: entry i sums the minutes [first, first + i minutes)).
+        self._sums: dict[str, tuple[int, list[list[int]]]] = {}
+
+    def clear(self) -> None:
+        self._sums.clear()
+
+    def history(
+        self, lookup: Lookup, channel: str, end_s: int, span_s: int, windows: int
+    ) -> list[Observation]:
+        """``windows`` + 1 windows of ``span_s`` ending at ``end_s`` (oldest first; the newest is the one
+        judged), the channel's counts in each."""
+        first = end_s - (windows + 1) * span_s
+        base, prefix = self._sums.get(channel, (first, [[0] * N_SLOTS]))
+        if base > first or base + (len(prefix) - 1) * MINUTE_S < first:
+            base, prefix = first, [[0] * N_SLOTS]  # a gap or a step back: start over
+        elif first - base > 2 * (windows + 1) * span_s:
+            drop = (first - base) // MINUTE_S
+            base, prefix = first, prefix[drop:]
+        while base + (len(prefix) - 1) * MINUTE_S < end_s:
+            start = base + (len(prefix) - 1) * MINUTE_S
+            prefix.append(add_bucket(list(prefix[-1]), lookup(channel, "1m", start), None))
+        self._sums[channel] = (base, prefix)
+        history = []
+        for k in range(windows, -1, -1):
+            stop = end_s - k * span_s
+            high, low = prefix[(stop - base) // MINUTE_S], prefix[(stop - span_s - base) // MINUTE_S]
+            history.append(
+                Observation(stop - span_s, stop, counts_of([a - b for a, b in zip(high, low, strict=True)]))
+            )
+        return history
 
 
 def hourly_history(
@@ -203,6 +229,7 @@ class Evaluator:
         self.clock = clock
         self.book = AlertBook(config.policy)
         self.sequential = SequentialJudge(config.sequential, calendar.zone) if config.sequential else None
+        self._minute_vectors = MinuteVectors()
         self._owned: frozenset[int] | None = None
         # "channel|campaign|window" -> start of the newest window judged (persisted: a restart resumes there).
         self._judged: dict[str, int] = {}
@@ -238,6 +265,7 @@ class Evaluator:
         self.book = AlertBook.from_state(state, self.config.policy)
         if self.sequential is not None:
             self.sequential.forget()  # rebuilt from the buckets of the channels owned now
+        self._minute_vectors.clear()
         self._judged = {as_text(k): int(v) for k, v in (await self._redis.hgetall(self._judged_key)).items()}
         self._owned = owned.partitions
         log.info(
@@ -293,8 +321,8 @@ class Evaluator:
                     findings += self._sequential(
                         self.sequential, row.channel, row.window_start, lookup, judged
                     )
-                history = rolling_history(
-                    lookup, row.channel, None, row.window_end, cfg.rolling_s, cfg.rolling_history
+                history = self._minute_vectors.history(
+                    lookup, row.channel, row.window_end, cfg.rolling_s, cfg.rolling_history
                 )
                 findings += self._detect(
                     cfg.rolling,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents.evaluate import EvaluationConfig, Evaluator
+from agents.evaluate import EvaluationConfig, Evaluator, MinuteVectors
 from agents.partials import BucketValue
 from agents.snapshot import KpiRow, counts_of
 from alerts.budgets import BudgetBook
@@ -116,6 +116,20 @@ def fired_alerts(buckets: Buckets, first_minute: int, last_minute: int) -> list[
         findings, judged = judge.judge_windows([buckets.row(*window) for window in windows], buckets.lookup)
         fired += [(now, a.finding) for a in judge.book.evaluate(findings, judged, now) if a.change == "fired"]
     return fired
+
+
+def test_the_rolling_windows_from_running_sums_are_the_sums_of_their_minutes() -> None:
+    traffic = minutes_of_traffic(np.random.default_rng(7), 20_000, 500)
+    buckets, vectors = Buckets(traffic), MinuteVectors()
+    # Minute by minute, then a step back (a replay) and a gap (a restart): each time the plain sums.
+    for end_minute in [*range(300, 330), 310, 460, 461]:
+        end_s = ORIGIN_S + end_minute * MINUTE_S
+        history = vectors.history(buckets.lookup, CHANNEL, end_s, 600, 24)
+        assert [(o.start_s, o.end_s) for o in history] == [
+            (end_s - (k + 1) * 600, end_s - k * 600) for k in range(24, -1, -1)
+        ]
+        for window in history:
+            assert dict(window.counts) == counts_of(buckets.vector(window.start_s, window.end_s))
 
 
 def test_the_harness_sees_a_real_drop() -> None:
