@@ -22,7 +22,8 @@ Scoring, the same for both methods:
   after its end; *delay*: minutes from the start to that alert;
 - *false alerts*: anomaly alerts on stationary weeks (outside the outages' hour), and data-health alerts
   outside outages, per channel-week;
-- *flaps*: an alert resolved while the drop it is about still goes on (then fired again or not).
+- *flaps*: an alert that fired during a drop resolved while the drop still went on (then fired again or
+  not); for the z-score, a second episode of the dropped KPI during one drop.
 
 The z-score baseline judges each channel's CTR, CVR, ROI and funnel stages on 10-minute windows against
 the previous 24 windows (``alerts.backtest.RollingZScore``, |x − mean| > 3 σ), counting drops only.
@@ -255,6 +256,7 @@ def score_drops(run: Run, drops: list[Drop], cell: dict[int, Cell], key: Any) ->
         c.caught.append(bool(hits))
         if hits:
             c.delays.append(min(hits) - drop.start)
+        # A flap: an alert that fired for this drop resolved while the drop went on.
         c.flaps += sum(
             1
             for a in run.alerts
@@ -262,6 +264,7 @@ def score_drops(run: Run, drops: list[Drop], cell: dict[int, Cell], key: Any) ->
             and a["kind"] == "anomaly"
             and a["resolved_at"] is not None
             and drop.start <= minute_of(a["resolved_at"]) < end
+            and minute_of(a["fired_at"]) >= drop.start
         )
         z_hits = [m for m, metric in run.zscore if metric == target and drop.start < m <= end + GRACE_MIN]
         c.z_caught.append(bool(z_hits))
