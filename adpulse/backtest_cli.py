@@ -13,7 +13,7 @@ import orjson
 from click.core import ParameterSource
 
 from adpulse.cli_context import settings_of
-from adpulse.judging import offline_evaluator
+from adpulse.judging import offline_evaluator, offline_screen
 from adpulse.settings import Settings
 from agents.replay import MemoryBuckets, fold_event_lines, replay
 from alerts.backtest import (
@@ -183,7 +183,9 @@ def _replay(file: Path, settings: Settings, metrics: tuple[str, ...], as_json: b
 
     alerts = [
         a
-        for a in replay(offline_evaluator(settings), buckets, on_round=counted)
+        for a in replay(
+            offline_evaluator(settings), buckets, screen=offline_screen(settings), on_round=counted
+        )
         if not metrics or a["metric"] in metrics
     ]
     for alert in alerts:

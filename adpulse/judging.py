@@ -3,16 +3,19 @@ backtest``: one place, so a backtest judges exactly as the live worker does."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from prometheus_client import CollectorRegistry
 
 from adpulse.settings import Settings
 from agents.evaluate import EvaluationConfig, Evaluator
-from agents.health import HealthConfig
+from agents.health import HealthConfig, HealthMonitor
 from alerts.budgets import BudgetBook
 from alerts.data_health import HealthBounds
 from alerts.lifecycle import Policy
 from alerts.payload import Links
 from alerts.rules import load_rules
+from streams.redis_client import AsyncRedis
 from streams.windows import Calendar
 
 
@@ -53,4 +56,12 @@ def offline_evaluator(settings: Settings, config: EvaluationConfig | None = None
         budgets=BudgetBook(),
         max_channels=settings.max_channels,
         registry=CollectorRegistry(),
+    )
+
+
+def offline_screen(settings: Settings) -> HealthMonitor:
+    """The worker's data-health screen of each judging round, without Redis: it reads only the KPI buckets
+    (the fold stage's counters, which need Redis, are not part of a replay)."""
+    return HealthMonitor(
+        health_config(settings), cast(AsyncRedis, None), settings.redis_prefix, Calendar(settings.zone)
     )

@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 import orjson
 
 from agents.evaluate import Evaluator
+from agents.health import HealthMonitor
 from agents.partials import BucketValue
 from agents.snapshot import KpiRow, closed_rows
 from alerts.payload import AlertJson
 from streams.codec import N_SLOTS, Accepted, decode
 from streams.topics import topic_of
-from streams.windows import MINUTE_S, WINDOWS, Calendar
+from streams.windows import MINUTE_S, TOTAL, WINDOWS, Calendar
 
 
 @dataclass
@@ -37,10 +38,11 @@ class MemoryBuckets:
     last_s: int | None = None
 
     def add(self, channel: str, campaign: str, ts_s: int, contribution: Iterable[tuple[int, int]]) -> None:
-        """Count one event (``(slot, amount)`` pairs, money in micros) in its minute, hour and day."""
+        """Count one event (``(slot, amount)`` pairs, money in micros) in its minute, hour and day, and in the
+        channel's all-time total."""
         pairs = list(contribution)
-        for window in WINDOWS:
-            vector = self._vector(channel, campaign, window, self.calendar.start(window, ts_s))
+        for window, start in self._buckets(ts_s):
+            vector = self._vector(channel, campaign, window, start)
             for slot, amount in pairs:
                 vector[slot] += amount
         self._seen(channel, ts_s)
@@ -48,11 +50,16 @@ class MemoryBuckets:
     def add_minute(self, channel: str, campaign: str, start_s: int, vector: Iterable[int]) -> None:
         """Count a whole minute's counter vector (simulations)."""
         counts = list(vector)
-        for window in WINDOWS:
-            target = self._vector(channel, campaign, window, self.calendar.start(window, start_s))
+        for window, start in self._buckets(start_s):
+            target = self._vector(channel, campaign, window, start)
             for slot in range(N_SLOTS):
                 target[slot] += counts[slot]
         self._seen(channel, start_s)
+
+    def _buckets(self, ts_s: int) -> list[tuple[str, int]]:
+        # The all-time total is the whole file's, where the live table's grows as events come: the data
+        # health screen reads a clicks-per-spend ratio from it, which settles within minutes.
+        return [(window, self.calendar.start(window, ts_s)) for window in WINDOWS] + [(TOTAL, 0)]
 
     def lookup(self, channel: str, window: str, start_s: int) -> BucketValue | None:
         """What the worker's table holds for this bucket (``None``: nothing)."""
@@ -143,21 +150,24 @@ def replay(
     judge: Evaluator,
     buckets: MemoryBuckets,
     *,
+    screen: HealthMonitor | None = None,
     until_s: int | None = None,
     on_round: Callable[[int], None] | None = None,
 ) -> list[AlertJson]:
     """The alert JSON the live worker would have written for these buckets, in order.
 
     Exactly the worker's path after a backfill (``agents.buckets._judge``): claim the rows closing at each
-    window end, judge them, run the lifecycle at that event time.
+    window end, judge them, let the data-health ``screen`` add its silent-tracker findings and withhold the
+    funnel findings a silent minute makes meaningless, run the lifecycle at that event time.
     """
     written: list[AlertJson] = []
     for end, rows in rounds(buckets, until_s):
         claimed = [row for row in rows if judge.claim(row, row.window_end or end)]
         if claimed:
-            _, payloads = judge.decide(
-                *judge.judge_windows(claimed, buckets.lookup), datetime.fromtimestamp(end, UTC)
-            )
+            findings, judged = judge.judge_windows(claimed, buckets.lookup)
+            if screen is not None:
+                findings, judged = screen.screen(findings, judged, claimed, buckets.lookup)
+            _, payloads = judge.decide(findings, judged, datetime.fromtimestamp(end, UTC))
             written += payloads
         if on_round is not None:
             on_round(end)

@@ -2,7 +2,8 @@
 pages for nothing, whether it flaps; against a rolling 3-sigma z-score scored the same way.
 
 Every simulated channel goes minute by minute through ``agents.replay.replay``: the worker's Evaluator
-(sequential judge, rolling outage and spend detectors, lifecycle), exactly as it judges after a backfill.
+(sequential judge, rolling outage and spend detectors, lifecycle) and its data-health screen, exactly as it
+judges after a backfill.
 
 Traffic (per channel: three campaigns with 50/30/20 % of the volume):
 
@@ -44,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -56,6 +57,7 @@ sys.path[:0] = [str(REPO)]
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from agents.evaluate import EvaluationConfig, Evaluator  # noqa: E402
+from agents.health import HealthConfig, HealthMonitor  # noqa: E402
 from agents.replay import MemoryBuckets, replay  # noqa: E402
 from alerts.budgets import BudgetBook  # noqa: E402
 from alerts.kpi import RATIOS  # noqa: E402
@@ -65,6 +67,7 @@ from alerts.sequential import SequentialConfig  # noqa: E402
 from alerts.series import RollingZScore, SeriesPoint  # noqa: E402
 from streams.codec import SLOT_NAMES  # noqa: E402
 from streams.events import MICROS  # noqa: E402
+from streams.redis_client import AsyncRedis  # noqa: E402
 from streams.windows import Calendar  # noqa: E402
 
 BEGIN = "<!-- benchmarks/alert_quality.py: begin (generated; rerun the script to refresh) -->"
@@ -190,7 +193,8 @@ def simulate(
         for minute, vector in enumerate(rows):
             buckets.add_minute(CHANNEL, campaign, ORIGIN_S + minute * 60, vector)
     started = time.perf_counter()
-    alerts = replay(judge_of(config), buckets, until_s=ORIGIN_S + minutes * 60)
+    screen = HealthMonitor(HealthConfig(), cast(AsyncRedis, None), "bench", Calendar(ZONE))
+    alerts = replay(judge_of(config), buckets, screen=screen, until_s=ORIGIN_S + minutes * 60)
     seconds = time.perf_counter() - started
     return Run(alerts, zscore_flags(counts, minutes), seconds, minutes)
 
