@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Literal
 
 import click
 import orjson
+from click.core import ParameterSource
 
 from adpulse.cli_context import settings_of
+from adpulse.judging import offline_evaluator, offline_screen
+from adpulse.settings import Settings
+from agents.replay import MemoryBuckets, fold_event_lines, replay
 from alerts.backtest import (
     BacktestResult,
     backtest_event_series,
@@ -24,19 +29,25 @@ from alerts.detectors import Detectors, DropToZero, RatioDrop, RoiDrop, SpendSur
 from alerts.series import RollingZScore, SeasonalShift, SeriesDetector
 from streams.windows import Calendar
 
-EVENT_METRICS = ("ctr", "cvr", "roi", "spend", "events")
+EVENT_METRICS = ("ctr", "cvr", "roi", "spend", "events", "funnel_visit", "funnel_cart", "funnel_order")
 
 _EPILOG = """\b
 FILE is either
   JSONL of tracker events (CONTRACT §1; a "topic" field is optional, the
-  shape tells clicks, orders and spend apart): folded into --window windows
-  per channel, then every closed window goes through the detectors;
+  shape tells clicks, orders and spend apart): replayed minute by minute
+  through the worker's own judge (the same windows, sequential tests,
+  lifecycle and hysteresis), printing every alert the live worker would have
+  written; with --window, folded into tumbling windows instead, each judged
+  once by the window detectors;
   or a CSV "timestamp,value" of one KPI (e.g. hourly CPC): every point is
   judged against a robust seasonal baseline (or --method zscore).
-An alert is one episode: consecutive windows of one condition count once.
+With --window or a CSV, an alert is one episode: consecutive windows of one
+condition count once.
 
 \b
 Examples:
+  adpulse backtest events.jsonl
+  adpulse backtest events.jsonl --json | jq -c 'select(.change == "fired")'
   adpulse backtest events.jsonl --window 10m
   adpulse backtest exchange-3_cpc_results.csv --metric cpc --json
   adpulse backtest exchange-3_cpc_results.csv --metric cpc --method zscore --z-window 168
@@ -48,12 +59,18 @@ Examples:
 @click.option(
     "--json", "as_json", is_flag=True, help="One alert JSON per line on stdout; the summary on stderr."
 )
-@click.option("--window", default="1h", show_default=True, help="Event windows: 1m, 10m, 1h, 1d, ...")
+@click.option(
+    "--window",
+    default=None,
+    help="Events: judge tumbling windows of this size (1m, 10m, 1h, 1d, ...) with the window detectors "
+    "instead of replaying them through the worker's judge.",
+)
 @click.option(
     "--metric",
     "metrics",
     multiple=True,
-    help="Events: only these metrics (ctr, cvr, roi, spend, events; repeatable). CSV: the KPI's name.",
+    help="Events: only these metrics (ctr, cvr, roi, spend, events, funnel_visit, funnel_cart, funnel_order; "
+    "repeatable). CSV: the KPI's name.",
 )
 @click.option(
     "--method",
@@ -87,7 +104,7 @@ Examples:
 def backtest_cli(
     file: Path,
     as_json: bool,
-    window: str,
+    window: str | None,
     metrics: tuple[str, ...],
     method: str,
     min_change: float,
@@ -96,10 +113,12 @@ def backtest_cli(
     name: str | None,
 ) -> None:
     """Replay events (JSONL) or a KPI series (CSV timestamp,value) through the detectors; print the alerts."""
-    settings = settings_of(click.get_current_context())
+    ctx = click.get_current_context()
+    settings = settings_of(ctx)
     zone = settings.zone
     try:
-        parse_window(window)
+        if window is not None:
+            parse_window(window)
         kind = sniff_format(file)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -114,9 +133,17 @@ def backtest_cli(
             raise click.BadParameter(
                 f"{', '.join(unknown)}: events have {', '.join(EVENT_METRICS)}", param_hint="--metric"
             )
+        if window is None and method == "robust":
+            if ctx.get_parameter_source("min_change") is not ParameterSource.DEFAULT:
+                raise click.BadParameter(
+                    "the worker's judge decides what matters; --min-change applies with --window or a CSV",
+                    param_hint="--min-change",
+                )
+            _replay(file, settings, metrics, as_json)
+            return
         folded = fold_events(
             iter_lines(file),
-            window,
+            window or "1h",
             Calendar(zone),
             currency=settings.currency,
             max_record_bytes=settings.max_record_bytes,
@@ -124,9 +151,13 @@ def backtest_cli(
         observations = folded.observations(Calendar(zone))
         if method == "zscore":
             chosen = [m for m in (metrics or ("ctr", "cvr", "roi", "spend")) if m != "events"]
-            result = backtest_event_series(observations, window, series_detector, zone, metrics=chosen)
+            result = backtest_event_series(
+                observations, window or "1h", series_detector, zone, metrics=chosen
+            )
         else:
-            result = backtest_events(observations, window, _detectors(min_change), zone, metrics=metrics)
+            result = backtest_events(
+                observations, window or "1h", _detectors(min_change), zone, metrics=metrics
+            )
         result.notes = dict(folded.notes)
     else:
         try:
@@ -137,6 +168,49 @@ def backtest_cli(
         metric = metrics[0] if metrics else "value"
         result = backtest_series(points, series_detector, name=name or file.stem, metric=metric, zone=zone)
     _print(result, as_json, zone)
+
+
+def _replay(file: Path, settings: Settings, metrics: tuple[str, ...], as_json: bool) -> None:
+    """The events through the worker's own judge: every alert the live worker would have written."""
+    buckets = MemoryBuckets(Calendar(settings.zone))
+    notes = fold_event_lines(
+        iter_lines(file), buckets, currency=settings.currency, max_record_bytes=settings.max_record_bytes
+    )
+    minutes = [0]
+
+    def counted(_end: int) -> None:
+        minutes[0] += 1
+
+    alerts = [
+        a
+        for a in replay(
+            offline_evaluator(settings), buckets, screen=offline_screen(settings), on_round=counted
+        )
+        if not metrics or a["metric"] in metrics
+    ]
+    for alert in alerts:
+        if as_json:
+            click.echo(orjson.dumps(alert).decode())
+        else:
+            where = alert["channel"] + (f"/{alert['campaign']}" if alert["campaign"] else "")
+            stamp = alert["resolved_at"] or alert["window_end"] or alert["fired_at"]
+            at = datetime.fromisoformat(stamp).astimezone(settings.zone).isoformat()
+            click.echo(
+                f"{at}  {alert['change']:<9} {alert['severity']:<8} {alert['kind']}/{alert['metric']} "
+                f"{where}: {alert['summary']}"
+            )
+    changes = Counter(a["change"] for a in alerts)
+    kinds = Counter(f"{a['kind']}/{a['metric']}" for a in alerts if a["change"] == "fired")
+    days = max(1.0, minutes[0] / 1440)
+    lines = [
+        f"{changes['fired']} alerts fired, {changes['resolved']} resolved, over {minutes[0]} minutes judged "
+        f"as the worker judges them ({changes['fired'] / days:.2f} fired per day)"
+    ]
+    if kinds:
+        lines.append("by kind: " + ", ".join(f"{name} {count}" for name, count in sorted(kinds.items())))
+    if notes:
+        lines.append("input: " + ", ".join(f"{name} {count}" for name, count in sorted(notes.items())))
+    click.echo("\n".join(lines), err=as_json)
 
 
 def _detectors(min_change: float) -> Detectors:

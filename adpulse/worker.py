@@ -10,19 +10,16 @@ import faust
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from adpulse.judging import evaluation_config, health_config
 from adpulse.settings import Settings
 from agents.buckets import FAUST_MAX_REQUEST_BYTES, BucketConfig, SnapshotHolder, install
 from agents.budget_feed import BudgetFeed
-from agents.evaluate import EvaluationConfig, Evaluator
+from agents.evaluate import Evaluator
 from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig
-from agents.health import HealthConfig, HealthMonitor
+from agents.health import HealthMonitor
 from agents.metrics import PipelineMetrics, SnapshotCollector
 from alerts.budgets import BudgetBook
-from alerts.data_health import HealthBounds
-from alerts.lifecycle import Policy
-from alerts.payload import Links
-from alerts.rules import load_rules
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
 from streams.topics import value_limit
@@ -51,25 +48,9 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
     )
     clients: dict[str, Any] = {}
     budgets = BudgetBook()
-    evaluation = EvaluationConfig(
-        rules=load_rules(settings.rules_file),
-        policy=Policy(resolve_after=settings.alert_resolve_after, repeat_interval_s=settings.alert_repeat_s),
-        links=Links(runbook_base=settings.runbook_url, grafana_url=settings.grafana_url),
-        rolling_s=settings.anomaly_window_s,
-        currency=settings.currency,
-        lookback_s=settings.alert_lookback_s,
-        grace_s=settings.grace_s,
-    )
+    evaluation = evaluation_config(settings)
 
-    health = HealthConfig(
-        bucket_s=settings.health_bucket_s,
-        window_s=max(settings.health_window_s, settings.health_bucket_s),
-        baseline_s=settings.health_baseline_s,
-        clock_ahead_s=settings.clock_ahead_s,
-        max_channels=settings.max_channels,
-        rolling_s=settings.anomaly_window_s,
-        bounds=HealthBounds(reject_ratio=settings.health_reject_ratio),
-    )
+    health = health_config(settings)
 
     def health_monitor() -> HealthMonitor:
         if "health" not in clients:

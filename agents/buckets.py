@@ -388,11 +388,11 @@ async def _judge(
         if judge.claim(row, now):
             rounds.setdefault(row.window_end or 0, []).append(row)
     log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
-    for _end, batch in sorted(rounds.items()):
+    for end, batch in sorted(rounds.items()):
         findings, judged = judge.judge_windows(batch, lookup)
         if health is not None:
             findings, judged = health().screen(findings, judged, batch, lookup)
-        await judge.publish(findings, judged)
+        await judge.publish(findings, judged, at_s=end)
     await judge.save_progress()
     await judge.publish(
         *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark),

@@ -32,7 +32,9 @@ from alerts.model import SEVERITY_ORDER, Finding, Severity
 from alerts.stats import (
     mad_sigma,
     median,
+    norm_sf,
     overdispersion,
+    poisson_ge,
     poisson_rate_test,
     rate_ratio_interval,
     two_proportion_test,
@@ -453,7 +455,9 @@ class SpendSurge:
     clicks that drive spend (√(usual spend × CPC)), so a perfectly regular history cannot turn a
     routine wobble into an infinite z. Windows in which the channel sent nothing at all (before it
     went live, or during an outage) are not its usual spend and are left out: otherwise a channel's
-    first hours would compare full windows with the empty ones before it.
+    first hours would compare full windows with the empty ones before it. With ``earlier_windows``, the
+    windows before the recent ones are a third group: after an hour of a CTR drop, the recent windows hold
+    its low spend, and spend back to normal must not look like a surge.
     """
 
     factor: float = 2.0
@@ -464,6 +468,7 @@ class SpendSurge:
     min_baseline_windows: int = 6
     min_seasonal_windows: int = 3
     critical_factor: float = 4.0
+    earlier_windows: int = 0
 
     def __post_init__(self) -> None:
         if self.factor <= 1.0:
@@ -484,6 +489,14 @@ class SpendSurge:
         groups = [recent]
         if len(seasonal) >= self.min_seasonal_windows:
             groups.append(seasonal)
+        if self.earlier_windows > 0:
+            # The windows before the recent ones: spend back to normal after a drop (fewer clicks for an
+            # hour) is no surge, though it is against the drop.
+            before = [o for o in history[:-1] if o.end_s <= current.start_s]
+            earlier = before[-(self.baseline_windows + self.earlier_windows) : -self.baseline_windows]
+            earlier = [o for o in earlier if _active(o)]
+            if len(earlier) >= self.min_baseline_windows:
+                groups.append(earlier)
         clicks, spent = (
             baseline.total("clicks", recent + seasonal),
             baseline.total("spend", recent + seasonal),
@@ -500,6 +513,12 @@ class SpendSurge:
         spread = max(spread, 1e-9 * usual)
         robust_z = (spend - usual) / spread
         if spend < self.factor * usual or robust_z < self.z_min:
+            return None
+        # In a window of a few clicks, spend is a small count times a price: its tail is Poisson, far
+        # heavier than the normal one z_min assumes (7 clicks where 3 were usual happens daily). Counted in
+        # usual clicks' worth, the surge must be as unlikely as z_min says.
+        p_value = poisson_ge(math.ceil(spend / cpc), usual / cpc) if cpc > 0 else 0.0
+        if p_value >= norm_sf(self.z_min):
             return None
         ratio = spend / usual
         severity: Severity = "critical" if ratio >= self.critical_factor else "warning"
@@ -544,6 +563,7 @@ class SpendSurge:
                 "baseline_spread": spread,
                 "baseline_cpc": cpc,
                 "robust_z": robust_z,
+                "p_value": p_value,
                 "baseline_windows": len(baseline.windows),
                 "test": "robust z (median, 1.4826 × MAD; floor: Poisson noise of clicks)",
                 "factor": self.factor,
@@ -569,7 +589,8 @@ class DropToZero:
     - Nothing from the click tracker (impressions, clicks, visits, carts) → ``data_health`` /
       ``events``: a tracker outage is the likeliest cause, whether or not orders and spend still arrive.
     - Impressions continue but clicks are zero, or clicks continue but orders are zero, where the
-      baseline rate predicts ≥ ``min_expected`` → ``anomaly`` "collapse" of CTR or CVR.
+      baseline rate predicts ≥ ``min_expected`` → ``anomaly`` "collapse" of CTR or CVR (unless
+      ``collapse`` is off: the worker leaves ratio drops, a collapse included, to its sequential judge).
     """
 
     min_expected: float = 20.0
@@ -578,6 +599,7 @@ class DropToZero:
     seasonal_days: int = 7
     min_baseline_windows: int = 3
     min_seasonal_windows: int = 2
+    collapse: bool = True
 
     def __call__(self, history: Sequence[Observation], subject: Subject) -> Finding | None:
         if not history:
@@ -587,7 +609,7 @@ class DropToZero:
             return None
         if sum(current.get(name) for name in CLICK_TRACKER_COUNTS) == 0:
             return self._outage(history, subject)
-        return self._collapse(history, subject)
+        return self._collapse(history, subject) if self.collapse else None
 
     def _expected_rate(
         self, history: Sequence[Observation], first_silent: int, value: Callable[[Observation], float]

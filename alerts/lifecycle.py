@@ -3,12 +3,17 @@
 An ``AlertBook`` keeps one small state machine per fingerprint::
 
     ok ──finding──► pending ──(for_evaluations consecutive findings)──► firing ──(resolve_after
-    consecutive OK evaluations)──► ok
+    consecutive OK evaluations)──► resolved ──(reopen_s without a finding)──► ok
+                                                    │
+                                                    └──finding──► firing again, the same episode
 
-Only evaluated fingerprints move: the caller says which fingerprints it *judged* this round (and their
-current value), so a fingerprint judged without a finding is "OK this round" while one not judged at all
-(window not closed yet, channel owned by another worker) keeps its state. Hysteresis comes from
-``resolve_after``: a value hovering around a threshold fires once and stays firing instead of flapping.
+Only evaluated fingerprints move: the caller says which fingerprints it *judged* OK this round (and their
+current value), so a fingerprint judged OK is "recovered this round" while one not judged at all (window
+not closed yet, channel owned by another worker, or a detector that saw no evidence either way) keeps its
+state. "OK" must mean evidence of recovery, not merely "not significant any more": the caller decides
+(``agents.evaluate``). Hysteresis comes from ``resolve_after``: a value hovering around a threshold fires
+once and stays firing instead of flapping; and an alert that fires again within ``reopen_s`` of its
+resolution continues the same episode (same ``fired_at``, the count in ``reopened``).
 
 While firing, a repeat notification goes out every ``repeat_interval_s`` (Alertmanager's 4 h by default)
 and another when the severity escalates. Every notification is one ``Alert`` with an id derived only from
@@ -38,6 +43,7 @@ class Policy:
     for_evaluations: int = 1
     resolve_after: int = 2
     repeat_interval_s: float = 4 * 3600.0
+    reopen_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.for_evaluations < 1:
@@ -46,6 +52,8 @@ class Policy:
             raise ValueError(f"resolve_after must be >= 1, got {self.resolve_after}")
         if not self.repeat_interval_s > 0:
             raise ValueError(f"repeat_interval_s must be > 0, got {self.repeat_interval_s}")
+        if not self.reopen_s >= 0:
+            raise ValueError(f"reopen_s must be >= 0, got {self.reopen_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,8 @@ class Alert:
     ``finding`` is this round's finding for a firing change, and the last firing finding for a resolved
     one (it still says what the condition was); ``value`` is what was observed this round, for a resolved
     alert the value it recovered to. ``severity`` is the highest severity notified in this episode.
+    ``fired_at`` is when the episode began (a re-fire within ``Policy.reopen_s`` keeps it), ``at`` the
+    round that made this notification, ``reopened`` how often the episode fired again after resolving.
     """
 
     id: str
@@ -64,6 +74,14 @@ class Alert:
     fired_at: datetime
     value: float | None
     resolved_at: datetime | None = None
+    at: datetime | None = None
+    reopened: int = 0
+
+    @property
+    def duration_s(self) -> float | None:
+        """How long the episode has lasted: from ``fired_at`` to this notification (or the resolution)."""
+        end = self.resolved_at or self.at
+        return None if end is None else (end - self.fired_at).total_seconds()
 
     @property
     def status(self) -> Status:
@@ -124,6 +142,12 @@ class _Entry:
     severity: Severity | None = None
     notified_at: datetime | None = None
     repeats: int = 0
+    resolved_at: datetime | None = None
+    reopened: int = 0
+
+    @property
+    def is_firing(self) -> bool:
+        return self.fired_at is not None and self.severity is not None and self.resolved_at is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +158,8 @@ class _Entry:
             "severity": self.severity,
             "notified_at": _iso(self.notified_at),
             "repeats": self.repeats,
+            "resolved_at": _iso(self.resolved_at),
+            "reopened": self.reopened,
         }
 
     @classmethod
@@ -148,7 +174,14 @@ class _Entry:
             severity=raw["severity"],
             notified_at=_parse(raw["notified_at"]),
             repeats=int(raw["repeats"]),
+            resolved_at=_parse(raw.get("resolved_at")),
+            reopened=int(raw.get("reopened", 0)),
         )
+
+
+def _episode(entry: _Entry) -> str:
+    """The part of an id that tells re-fires of one episode apart (empty for the first firing)."""
+    return f"/reopened/{entry.reopened}" if entry.reopened else ""
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -198,32 +231,61 @@ class AlertBook:
             alert = self._hit(fp, hit, now) if hit is not None else self._ok(fp, values[fp], now)
             if alert is not None:
                 alerts.append(alert)
+        self._forget_resolved(now)
         return alerts
+
+    def _forget_resolved(self, now: datetime) -> None:
+        """Episodes resolved more than ``reopen_s`` ago are over: a new finding starts a new one."""
+        for fp, entry in list(self._entries.items()):
+            if (
+                entry.resolved_at is not None
+                and (now - entry.resolved_at).total_seconds() >= self.policy.reopen_s
+            ):
+                self._drop(fp)
 
     def _hit(self, fp: Fingerprint, finding: Finding, now: datetime) -> Alert | None:
         entry = self._entries.get(fp)
+        if (
+            entry is not None
+            and entry.resolved_at is not None
+            and (now - entry.resolved_at).total_seconds() >= self.policy.reopen_s
+        ):
+            entry = None  # that episode is over
         if entry is None:
             entry = self._entries[fp] = _Entry(finding)
         self._touch(fp)
         entry.finding, entry.oks = finding, 0
+        if entry.resolved_at is not None:
+            # Resolved within the hour: if it holds again, the episode goes on (same fired_at).
+            entry.hits += 1
+            if entry.hits < self.policy.for_evaluations:
+                return None
+            entry.resolved_at, entry.reopened, entry.repeats = None, entry.reopened + 1, 0
+            entry.severity, entry.notified_at = finding.severity, now
+            return self._alert(entry, "fired", f"/reopened/{entry.reopened}", now)
         if entry.fired_at is None or entry.severity is None or entry.notified_at is None:
             entry.hits += 1
             if entry.hits < self.policy.for_evaluations:
                 return None
             entry.fired_at, entry.severity, entry.notified_at, entry.repeats = now, finding.severity, now, 0
-            return self._alert(entry, "fired", "")
+            return self._alert(entry, "fired", "", now)
         if SEVERITY_ORDER[finding.severity] > SEVERITY_ORDER[entry.severity]:
             entry.severity, entry.notified_at = finding.severity, now
-            return self._alert(entry, "escalated", f"/escalated/{finding.severity}")
+            return self._alert(entry, "escalated", f"{_episode(entry)}/escalated/{finding.severity}", now)
         if (now - entry.notified_at).total_seconds() >= self.policy.repeat_interval_s:
             entry.repeats += 1
             entry.notified_at = now
-            return self._alert(entry, "repeat", f"/repeat/{entry.repeats}")
+            return self._alert(entry, "repeat", f"{_episode(entry)}/repeat/{entry.repeats}", now)
         return None
 
     def _ok(self, fp: Fingerprint, value: float | None, now: datetime) -> Alert | None:
         entry = self._entries.get(fp)
         if entry is None:
+            return None
+        if entry.resolved_at is not None:
+            if entry.hits:
+                entry.hits = 0  # a re-fire needs consecutive findings too
+                self._touch(fp)
             return None
         if entry.fired_at is None or entry.severity is None:
             self._drop(fp)  # pending needs consecutive findings: one OK round starts over
@@ -232,18 +294,24 @@ class AlertBook:
         self._touch(fp)
         if entry.oks < self.policy.resolve_after:
             return None
-        self._drop(fp)
-        return Alert(
-            id=alert_id(fp, "resolved", entry.fired_at.isoformat()),
+        resolved = Alert(
+            id=alert_id(fp, "resolved", entry.fired_at.isoformat() + _episode(entry)),
             change="resolved",
             finding=entry.finding,
             severity=entry.severity,
             fired_at=entry.fired_at,
             value=value,
             resolved_at=now,
+            at=now,
+            reopened=entry.reopened,
         )
+        if self.policy.reopen_s > 0:
+            entry.resolved_at, entry.hits, entry.oks = now, 0, 0
+        else:
+            self._drop(fp)
+        return resolved
 
-    def _alert(self, entry: _Entry, change: Change, suffix: str) -> Alert:
+    def _alert(self, entry: _Entry, change: Change, suffix: str, now: datetime) -> Alert:
         assert entry.fired_at is not None and entry.severity is not None
         fp = entry.finding.fingerprint
         return Alert(
@@ -253,6 +321,8 @@ class AlertBook:
             severity=entry.severity,
             fired_at=entry.fired_at,
             value=entry.finding.value,
+            at=now,
+            reopened=entry.reopened,
         )
 
     def _touch(self, fp: Fingerprint) -> None:
@@ -269,8 +339,13 @@ class AlertBook:
         return [
             Firing(fp, entry.finding, entry.severity, entry.fired_at)
             for fp, entry in sorted(self._entries.items())
-            if entry.fired_at is not None and entry.severity is not None
+            if entry.is_firing and entry.fired_at is not None and entry.severity is not None
         ]
+
+    def firing_finding(self, fp: Fingerprint) -> Finding | None:
+        """The last finding of ``fp`` if it is firing now, else ``None``."""
+        entry = self._entries.get(fp)
+        return entry.finding if entry is not None and entry.is_firing else None
 
     def pop_changes(self) -> StateDelta:
         """Entries changed and removed since the last call (for incremental persistence), then forget them."""

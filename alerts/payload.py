@@ -1,7 +1,9 @@
 """The alert JSON of CONTRACT.md §3, built from a lifecycle ``Alert``. Pure.
 
 Beyond the contract's fields the payload carries ``change`` (``fired`` | ``escalated`` | ``repeat`` |
-``resolved``, so a notifier can say "still firing" or "escalated") and ``window`` (``1m``, ``1h``, ...).
+``resolved``, so a notifier can say "still firing" or "escalated"), ``window`` (``1m``, ``1h``, ...),
+``duration_s`` (how long the episode has lasted: from ``fired_at`` to this notification or the resolution)
+and ``reopened`` (how often the episode fired again within an hour of resolving; 0 at first).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class AlertJson(TypedDict):
     dashboard_url: str | None
     fired_at: str
     resolved_at: str | None
+    duration_s: float | None
+    reopened: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,7 @@ def build_alert(alert: Alert, links: Links | None = None, owner: str | None = No
     evidence = dict(finding.evidence)
     summary, description = finding.summary, finding.description
     change_pct = finding.change_pct
+    lasted = alert.duration_s
     if alert.change == "resolved":
         assert alert.resolved_at is not None
         evidence["last_firing_value"] = finding.value
@@ -117,13 +122,20 @@ def build_alert(alert: Alert, links: Links | None = None, owner: str | None = No
         description = (
             f"{finding.description}\n"
             f"Resolved at {alert.resolved_at.isoformat()}: {finding.metric} is {recovered} "
-            f"(firing since {alert.fired_at.isoformat()})."
+            f"(firing since {alert.fired_at.isoformat()}"
+            + (f", {_duration(lasted)}" if lasted is not None else "")
+            + ")."
         )
         change_pct = None
     elif alert.change == "escalated":
         summary = f"ESCALATED to {alert.severity}: {finding.summary}"
     elif alert.change == "repeat":
         summary = f"{finding.summary} (still firing since {alert.fired_at.isoformat(timespec='minutes')})"
+    elif alert.reopened:
+        since = alert.fired_at.isoformat(timespec="minutes")
+        summary = f"{finding.summary} (again: one episode since {since}" + (
+            f", {_duration(lasted)})" if lasted is not None else ")"
+        )
     return {
         "id": alert.id,
         "fingerprint": alert.fingerprint,
@@ -158,4 +170,15 @@ def build_alert(alert: Alert, links: Links | None = None, owner: str | None = No
         ),
         "fired_at": alert.fired_at.isoformat(),
         "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        "duration_s": lasted,
+        "reopened": alert.reopened,
     }
+
+
+def _duration(seconds: float) -> str:
+    """'45 min', '2 h 5 min': how long an episode lasted."""
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours} h {rest} min" if rest else f"{hours} h"

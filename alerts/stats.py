@@ -131,6 +131,23 @@ def binom_ge(k: int, n: int, p: float) -> float:
     return min(1.0, _tail_sum(log_first, k, n, 1, lambda j: (n - j) / (j + 1) * odds))
 
 
+def poisson_ge(k: int, mean: float) -> float:
+    """P(X ≥ k) for X ~ Poisson(``mean``)."""
+    if not mean >= 0 or not math.isfinite(mean):
+        raise ValueError(f"mean must be finite and >= 0, got {mean!r}")
+    if k <= 0:
+        return 1.0
+    if mean == 0:
+        return 0.0
+    if k <= mean:
+        # Most of the mass is at or above k: one minus the short lower tail.
+        log_last = (k - 1) * math.log(mean) - mean - math.lgamma(k)
+        lower = _tail_sum(log_last, k - 1, 0, -1, lambda j: j / mean)
+        return max(0.0, 1.0 - lower)
+    log_first = k * math.log(mean) - mean - math.lgamma(k + 1)
+    return min(1.0, _tail_sum(log_first, k, -1, 1, lambda j: mean / (j + 1)))
+
+
 def hypergeom_le(k: int, total: int, successes: int, draws: int) -> float:
     """P(X ≤ k) for X ~ Hypergeometric: ``draws`` from ``total`` items of which ``successes`` are marked."""
     for name, value in (("total", total), ("successes", successes), ("draws", draws)):

@@ -27,8 +27,8 @@ from urllib.parse import quote
 from alerts.model import SEVERITY_ORDER, most_severe_first
 from alerts.wording import format_value, p_text
 
-# A burst bigger than this is cut (most severe kept), so a message stays readable and within the services'
-# size limits (Slack allows 50 blocks, Feishu about 20 KB per request).
+# A burst bigger than this goes out over several messages (``alerts.router.targets.paginate``), so each stays
+# readable and within the services' size limits (Slack allows 50 blocks, Feishu about 20 KB per request).
 MAX_SECTIONS = 10
 # A description longer than this is cut: the runbook and the dashboard carry the rest.
 MAX_DESCRIPTION_CHARS = 600
@@ -76,7 +76,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "owners": "Owners: {value}",
         "escalation": "⏫ Escalation: not acknowledged by {value}",
         "group": "{where}: {count} alerts",
-        "more": "+{count} more alerts: see the dashboard",
+        "part": "part {index} of {total}",
+        "lasted": "for {value}",
+        "again": "again",
         "sep": ", ",
         "colon": ": ",
     },
@@ -117,7 +119,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "owners": "负责人：{value}",
         "escalation": "⏫ 升级：{value} 未确认",
         "group": "{where}：{count} 条告警",
-        "more": "另有 {count} 条告警，请看看板",
+        "part": "第 {index}/{total} 条消息",
+        "lasted": "持续 {value}",
+        "again": "再次触发",
         "sep": "、",
         "colon": "：",
     },
@@ -171,13 +175,18 @@ ACTION_KEYS = ("ack", "snooze", "approve")
 
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """One chat message: one alert, or a burst of alerts for the same channel grouped together."""
+    """One chat message: one alert, or a burst of alerts for the same channel grouped together.
+
+    ``part`` is (index, total) when a burst too big for one message goes out over several: every alert is
+    in one of them, none is summarised away.
+    """
 
     alerts: tuple[Mapping[str, Any], ...]
     owners: tuple[str, ...] = ()
     locale: str = "zh-CN"
     actions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     escalated_from: tuple[str, ...] = ()
+    part: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +225,6 @@ class Message:
     tone: str  # "critical" | "warning" | "info" | "resolved": the colour of a card's header
     intro: tuple[str, ...]
     sections: tuple[Section, ...]
-    more: str | None
     owners: tuple[str, ...]
     locale: str
 
@@ -298,13 +306,11 @@ def locale_key(locale: str) -> str:
 
 
 def compose(n: Notification, locale: str | None = None) -> Message:
-    """The words of a notification in ``locale`` (default ``n.locale``)."""
+    """The words of a notification in ``locale`` (default ``n.locale``): a section for every alert."""
     key = locale_key(locale or n.locale)
     alerts = [a if isinstance(a, Mapping) else {} for a in n.alerts]
-    shown = _most_severe(alerts, MAX_SECTIONS)
     words = _WORDS[key]
-    sections = tuple(_section(alerts[i], n.actions, key) for i in shown)
-    more = words["more"].format(count=len(alerts) - len(shown)) if len(alerts) > len(shown) else None
+    sections = tuple(_section(alert, n.actions, key) for alert in alerts)
     intro: tuple[str, ...] = ()
     if n.escalated_from:
         who = words["sep"].join(at_mention(o) for o in n.escalated_from)
@@ -312,12 +318,13 @@ def compose(n: Notification, locale: str | None = None) -> Message:
     title = _title(alerts, key)
     if n.escalated_from:
         title = f"⏫ {title}"
+    if n.part is not None and n.part[1] > 1:
+        title += _paren(words["part"].format(index=n.part[0], total=n.part[1]), key)
     return Message(
         title=title,
         tone=_tone(alerts),
         intro=intro,
         sections=sections,
-        more=more,
         owners=tuple(o for o in n.owners if handle(o)),
         locale=key,
     )
@@ -348,8 +355,6 @@ def body(message: Message, dialect: Dialect, *, links: bool = True, owners: bool
         [dialect.line_break.join(dialect.escape(line) for line in message.intro)] if message.intro else []
     )
     blocks += [section_text(s, dialect, links=links) for s in message.sections]
-    if message.more:
-        blocks.append(dialect.escape(message.more))
     mention = owners_line(message, dialect) if owners else None
     if mention:
         blocks.append(mention)
@@ -460,17 +465,6 @@ def window_text(start: str | None, end: str | None) -> str | None:
 
 
 # -- composing ---------------------------------------------------------------------------------------------
-
-
-def _most_severe(alerts: Sequence[Mapping[str, Any]], limit: int) -> list[int]:
-    """Indexes of the alerts to show, in their original order: all, or the ``limit`` most severe."""
-    if len(alerts) <= limit:
-        return list(range(len(alerts)))
-
-    def rank(i: int) -> tuple[int, int, int]:
-        return (_resolved(alerts[i]), most_severe_first(_severity(alerts[i])), -i)
-
-    return sorted(sorted(range(len(alerts)), key=rank)[:limit])
 
 
 def _tone(alerts: Sequence[Mapping[str, Any]]) -> str:
@@ -605,7 +599,21 @@ def _status_line(alert: Mapping[str, Any], locale: str) -> str:
     ]
     if kind := _kind(alert, locale):
         parts.append(kind)
+    reopened = _number(alert, "reopened")
+    if reopened and not _resolved(alert):
+        parts.append(words["again"])
+    lasted = _number(alert, "duration_s")
+    if lasted is not None and lasted >= 60:
+        parts.append(words["lasted"].format(value=_lasted(lasted, locale)))
     return " · ".join(parts)
+
+
+def _lasted(seconds: float, locale: str) -> str:
+    minutes = round(seconds / 60)
+    hours, rest = divmod(minutes, 60)
+    if locale == "zh":
+        return f"{hours} 小时 {rest} 分钟" if hours and rest else f"{hours} 小时" if hours else f"{rest} 分钟"
+    return f"{hours} h {rest} min" if hours and rest else f"{hours} h" if hours else f"{rest} min"
 
 
 def _place_line(alert: Mapping[str, Any], locale: str) -> str | None:

@@ -42,6 +42,7 @@ from alerts.router.delivery import Deliverer, Delivery
 from alerts.router.messages import Notification
 from alerts.router.metrics import RouterMetrics
 from alerts.router.routing import Plan, grouped, merge_owners, needs_escalation, plan, quiet_until
+from alerts.router.targets import TargetSpec, paginate
 from alerts.router.tokens import ActionLinks
 from streams.keys import Keys
 
@@ -344,7 +345,11 @@ class Router:
             await self._deliver(job)
 
     async def _deliver(self, job: _Job) -> bool:
-        """Deliver the alerts of ``job`` not yet delivered to its target; True when none is left over."""
+        """Deliver the alerts of ``job`` not yet delivered to its target; True when none is left over.
+
+        A burst bigger than one message holds goes out as several (``paginate``); each message's alerts are
+        marked sent when that message is accepted, so only what really reached the chat counts as sent.
+        """
         marks = [self.keys.sent(job.target, key) for key in job.keys]
         done = await self.redis.mget(marks)
         todo = [
@@ -355,9 +360,9 @@ class Router:
         if not todo:
             return True
         spec = self.config.spec(job.target)
-        alerts = tuple(job.alerts[i] for i in todo)
         now = self.clock()
         try:
+            alerts = tuple(job.alerts[i] for i in todo)
             notification = Notification(
                 alerts=alerts,
                 owners=job.owners,
@@ -365,11 +370,29 @@ class Router:
                 actions={str(a["id"]): self.links.for_alert(a, now) for a in alerts} if self.links else {},
                 escalated_from=job.escalated_from,
             )
-            result = await self.deliverer.deliver(spec, notification)
+            pages = paginate(spec, notification, now)
+        except Exception as exc:
+            log.exception("router: cannot render %d alert(s) for %s", len(todo), job.target)
+            await self._failed(job, todo, f"cannot render: {type(exc).__name__}", attempts=0)
+            return False
+        delivered = True
+        start = 0
+        for page in pages:
+            part = todo[start : start + len(page.alerts)]
+            start += len(page.alerts)
+            delivered = await self._deliver_page(job, spec, page, part, marks) and delivered
+        return delivered
+
+    async def _deliver_page(
+        self, job: _Job, spec: TargetSpec, page: Notification, part: list[int], marks: list[str]
+    ) -> bool:
+        """Send one message of a job: ``part`` are the indexes of its alerts in the job."""
+        try:
+            result = await self.deliverer.deliver(spec, page)
         except (RedisError, OSError):
             raise
         except Exception as exc:
-            log.exception("router: cannot deliver %d alert(s) to %s", len(todo), job.target)
+            log.exception("router: cannot deliver %d alert(s) to %s", len(part), job.target)
             result = Delivery(
                 outcome="failed",
                 attempts=0,
@@ -380,26 +403,25 @@ class Router:
         if result.retries:
             self.metrics.notifications.labels(job.target, "retried").inc(result.retries)
         if result.outcome == "sent":
-            await self._mark_sent([marks[i] for i in todo])
-            self.metrics.notifications.labels(job.target, "sent").inc(len(todo))
+            await self._mark_sent([marks[i] for i in part])
+            self.metrics.notifications.labels(job.target, "sent").inc(len(part))
             delivered_s = self.clock()
-            for i in todo:
+            for i in part:
                 if i < len(job.entry_ms):
                     self.metrics.latency.labels(job.target).observe(
                         max(0.0, delivered_s - job.entry_ms[i] / 1000)
                     )
             return True
-        log.error(
-            "router: %d alert(s) to %s failed after %d attempt(s): %s",
-            len(todo),
-            job.target,
-            result.attempts,
-            result.error,
-        )
-        for alert in alerts:
-            await self._dead(job.target, alert, result.error or "failed")
-        self.metrics.notifications.labels(job.target, "failed").inc(len(todo))
+        await self._failed(job, part, result.error or "failed", result.attempts)
         return False
+
+    async def _failed(self, job: _Job, part: list[int], error: str, attempts: int) -> None:
+        log.error(
+            "router: %d alert(s) to %s failed after %d attempt(s): %s", len(part), job.target, attempts, error
+        )
+        for i in part:
+            await self._dead(job.target, job.alerts[i], error)
+        self.metrics.notifications.labels(job.target, "failed").inc(len(part))
 
     async def _mark_sent(self, marks: list[str]) -> None:
         # Remembered first: if Redis is away, the retry after the outage must not send them again.

@@ -28,6 +28,7 @@ import orjson
 
 from alerts.router.messages import (
     MARKDOWN,
+    MAX_SECTIONS,
     Dialect,
     Link,
     Message,
@@ -56,6 +57,9 @@ DEFAULT_RATE_PER_MINUTE: Mapping[str, float] = {
 WECOM_MAX_BYTES = 4096  # markdown.content limit of the WeCom group robot, in UTF-8 bytes
 SLACK_HEADER_CHARS = 150  # a header block's plain_text limit
 SLACK_SECTION_CHARS = 3000  # a section block's text limit
+SLACK_MAX_BLOCKS = 50  # blocks per message
+# Feishu's custom bot takes at most 20 KB per request; DingTalk publishes no figure, so it gets the same.
+MAX_BODY_BYTES: Mapping[str, int] = {"feishu": 20_000, "dingtalk": 20_000}
 
 _JSON_UTF8 = {"Content-Type": "application/json; charset=utf-8"}
 _FEISHU_TEMPLATE = {"critical": "red", "warning": "orange", "resolved": "green", "info": "blue"}
@@ -135,6 +139,48 @@ def split_for(spec: TargetSpec, n: Notification) -> tuple[Notification, ...]:
     if spec.type == "webhook":
         return tuple(replace(n, alerts=(alert,)) for alert in n.alerts)
     return (n,)
+
+
+def paginate(spec: TargetSpec, n: Notification, now_s: float) -> tuple[Notification, ...]:
+    """The messages a notification goes out as: every alert in exactly one, in order, none summarised away.
+
+    A webhook gets one per alert; a chat target as many alerts per message as fit: at most
+    ``MAX_SECTIONS``, and within the service's size limit (WeCom's 4 KB of markdown, Feishu's 20 KB per
+    request, Slack's 50 blocks), so no alert is cut off the end of a message. An alert too big even on its
+    own goes alone (the service's own cut keeps its title and summary, which come first).
+    Each message says which part of the burst it is ("part 2 of 4").
+    """
+    if spec.type == "webhook":
+        return split_for(spec, n)
+    pages: list[tuple[Mapping[str, Any], ...]] = []
+    page: tuple[Mapping[str, Any], ...] = ()
+    for alert in n.alerts:
+        grown = (*page, alert)
+        # The widest part marker, so numbering the pages afterwards cannot push one over the limit.
+        marked = replace(n, alerts=grown, part=(len(n.alerts), len(n.alerts)))
+        if page and (len(grown) > MAX_SECTIONS or not _fits(spec, marked, now_s)):
+            pages.append(page)
+            grown = (alert,)
+        page = grown
+    if page or not pages:
+        pages.append(page)
+    if len(pages) == 1:
+        return (n,)
+    return tuple(replace(n, alerts=p, part=(i, len(pages))) for i, p in enumerate(pages, start=1))
+
+
+def _fits(spec: TargetSpec, n: Notification, now_s: float) -> bool:
+    """Whether ``n`` fits in one message of ``spec``'s service without being cut."""
+    if spec.type == "wecom":
+        return len(_wecom_content(compose(n, spec.locale)).encode()) <= WECOM_MAX_BYTES
+    if spec.type == "slack" and spec.url:
+        return len(orjson.loads(_slack(spec, compose(n, spec.locale), n, now_s).body)["blocks"]) <= (
+            SLACK_MAX_BLOCKS
+        )
+    limit = MAX_BODY_BYTES.get(spec.type)
+    if limit is not None and spec.url:
+        return len(_BUILDERS[spec.type](spec, compose(n, spec.locale), n, now_s).body) <= limit
+    return True
 
 
 def build_requests(spec: TargetSpec, n: Notification, now_s: float) -> list[HttpRequest]:
@@ -234,8 +280,6 @@ def _feishu(spec: TargetSpec, message: Message, n: Notification, now_s: float) -
         buttons = [_feishu_button(link) for link in (*section.links, *section.actions)]
         if buttons:
             elements.append({"tag": "action", "actions": buttons})
-    if message.more:
-        elements.append(_feishu_text(dialect.escape(message.more)))
     mention = owners_line(message, dialect)
     if mention:
         elements.append(_feishu_text(mention))
@@ -309,15 +353,21 @@ def _wecom_mention(owner: str) -> str:
 
 
 def _wecom(spec: TargetSpec, message: Message, n: Notification, now_s: float) -> HttpRequest:
+    payload = {"msgtype": "markdown", "markdown": {"content": _wecom_content(message, WECOM_MAX_BYTES)}}
+    return HttpRequest(_required_url(spec), orjson.dumps(payload), _JSON_UTF8)
+
+
+def _wecom_content(message: Message, max_bytes: int | None = None) -> str:
+    """The markdown of a WeCom message, cut to ``max_bytes`` (``None``: uncut, to see whether it fits)."""
     dialect = _dialect(_wecom_mention)
     title = f'<font color="{_WECOM_COLOUR[message.tone]}">**{dialect.escape(message.title)}**</font>'
     mention = owners_line(message, dialect)
     tail = f"\n\n{mention}" if mention else ""
+    text = f"{title}\n{body(message, dialect, owners=False)}"
+    if max_bytes is None:
+        return text + tail
     # The mentions go last but must survive the cut, so the body is cut to leave room for them.
-    room = WECOM_MAX_BYTES - len(tail.encode())
-    content = truncate_utf8(f"{title}\n{body(message, dialect, owners=False)}", room) + tail
-    payload = {"msgtype": "markdown", "markdown": {"content": content}}
-    return HttpRequest(_required_url(spec), orjson.dumps(payload), _JSON_UTF8)
+    return truncate_utf8(text, max_bytes - len(tail.encode())) + tail
 
 
 def truncate_utf8(text: str, max_bytes: int, ellipsis: str = "…") -> str:
@@ -377,13 +427,9 @@ def _slack(spec: TargetSpec, message: Message, n: Notification, now_s: float) ->
         if buttons:
             blocks.append({"type": "actions", "elements": buttons})
     mention = owners_line(message, SLACK)
-    notes = [slack_escape(s) for s in (message.more,) if s] + ([mention] if mention else [])
-    if notes:
+    if mention:
         blocks.append(
-            {
-                "type": "context",
-                "elements": [{"type": "mrkdwn", "text": line, "verbatim": True} for line in notes],
-            }
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": mention, "verbatim": True}]}
         )
     # The top-level text is what notifications and old clients show; mentions there make them ring.
     fallback = "\n".join([slack_escape(message.title), *([mention] if mention else [])])

@@ -581,3 +581,105 @@ def test_approve_link_records_the_approval_where_the_worker_reads_it(
             assert raw is not None and Approval.from_json(raw).by == "@wang.fang"
         finally:
             router.stop()
+
+
+class ChatReceiver:
+    """A stand-in for WeCom's and Feishu's bots on loopback: records every message body, answers "ok"."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.lock:
+                    receiver.bodies.append((self.path, body))
+                answer = b'{"errcode":0,"errmsg":"ok"}' if self.path == "/wecom" else b'{"code":0,"msg":"ok"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ChatReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def texts(self, path: str) -> list[str]:
+        """The text of every message to ``path``, as the chat shows it (WeCom markdown, Feishu card JSON)."""
+        with self.lock:
+            return [
+                body["markdown"]["content"] if path == "/wecom" else orjson.dumps(body["card"]).decode()
+                for where, body in self.bodies
+                if where == path
+            ]
+
+
+def test_every_summary_of_a_100_alert_burst_for_one_channel_reaches_the_chat(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    dashboard = "http://127.0.0.1:3000/d/adpulse-channels/adpulse-channels?var-channel=douyin"
+    # Long descriptions, as real anomaly alerts have: WeCom's 4 KB per message is the binding limit there.
+    burst = [
+        alert(i, "douyin", dashboard_url=dashboard, description="点击率下降，请检查素材与投放位。" * 30)
+        for i in range(100)
+    ]
+    with ChatReceiver() as chat:
+        config = tmp_path / "routes.yml"
+        config.write_text(
+            "targets:\n"
+            f"  wecom-a: {{type: wecom, url: '{chat.url('/wecom')}', locale: en, rate_per_minute: 6000}}\n"
+            f"  feishu-a: {{type: feishu, url: '{chat.url('/feishu')}', locale: en, rate_per_minute: 6000}}\n"
+            "routes:\n"
+            "  - match: {channel: [douyin]}\n"
+            "    owners: ['@zhang.wei']\n"
+            "    targets: [wecom-a, feishu-a]\n"
+            "default_targets: [wecom-a]\n"
+        )
+        router = RouterProcess(settings, config, tmp_path / "router.log", "r1").start()
+        try:
+            write_alerts(settings, burst)
+
+            def delivered(path: str) -> int:
+                return sum(text.count("CTR fell 52 % (") for text in chat.texts(path))
+
+            wait_for(
+                lambda: delivered("/wecom") >= 100 and delivered("/feishu") >= 100,
+                60,
+                "every summary in the chat",
+                interval_s=0.2,
+            )
+            time.sleep(1.0)  # anything sent twice would arrive by now
+            for path in ("/wecom", "/feishu"):
+                texts = chat.texts(path)
+                joined = "\n".join(texts)
+                for item in burst:
+                    assert joined.count(f"{item['summary']}") == 1, (path, item["summary"])
+                assert "more alerts" not in joined
+                # Each message links the dashboard and names the part of the burst it is.
+                assert all(dashboard in t for t in texts)
+                assert len(texts) >= 10 and all(f"of {len(texts)})" in t for t in texts), path
+                assert all("zhang.wei" in t for t in texts)
+            metrics = router.get("/metrics")
+            for target in ("wecom-a", "feishu-a"):
+                assert (
+                    metric_sum(metrics, "adpulse_notifications_total", target=target, outcome="sent") == 100
+                )
+            assert metric_sum(metrics, "adpulse_notifications_total", outcome="failed") == 0
+        finally:
+            router.stop()

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from adpulse.backtest_cli import backtest_cli, sniff_format
 from adpulse.settings import Settings
+from adpulse.traffic.generator import TrafficGenerator
+from adpulse.traffic.scenarios import CtrDrop
 from alerts.backtest import (
     backtest_events,
     backtest_series,
@@ -348,10 +350,49 @@ def test_cli_replays_events(tmp_path: Path) -> None:
     out = result.stdout  # type: ignore[attr-defined]
     assert "2026-03-03T06:00:00+08:00  warning  anomaly/ctr douyin: CTR fell 50 %" in out
     assert "1 alerts over 2 days" in out and "input: accepted" in out
-    as_json = run(str(events), "--json", "--metric", "cvr", tz="Asia/Shanghai")
+    as_json = run(str(events), "--json", "--metric", "cvr", "--window", "1h", tz="Asia/Shanghai")
     assert as_json.exit_code == 0 and as_json.stdout == ""  # type: ignore[attr-defined]
     zscore = run(str(events), "--method", "zscore", "--metric", "ctr", tz="Asia/Shanghai")
     assert zscore.exit_code == 0 and ", zscore)" in zscore.stdout  # type: ignore[attr-defined]
+
+
+def test_cli_replays_events_through_the_worker_judge_by_default(tmp_path: Path) -> None:
+    """Without --window the file goes minute by minute through the worker's own judge and lifecycle: the
+    alerts are the alert JSON the worker would have written, a fired and a resolved one per episode."""
+    start_ms = T0 * 1000
+    generator = TrafficGenerator(
+        seed=3,
+        daily_curve=False,
+        zone=ZoneInfo("Asia/Shanghai"),
+        scenarios=[CtrDrop(channel="douyin", at_s=3 * HOUR, for_s=1800, factor=0.2)],
+    )
+    events = tmp_path / "events.jsonl"
+    with events.open("wb") as out:
+        for topic, _key, value, _sent, _partition in generator.records(
+            start_ms, start_ms + 5 * HOUR * 1000, 3.0
+        ):
+            out.write(orjson.dumps({**orjson.loads(value), "topic": topic}) + b"\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    result = CliRunner().invoke(
+        backtest_cli, [str(events), "--json"], obj=Settings(tz="Asia/Shanghai", rules_file=rules)
+    )
+    assert result.exit_code == 0, result.output
+    alerts = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [(a["change"], a["kind"], a["metric"], a["channel"]) for a in alerts] == [
+        ("fired", "anomaly", "ctr", "douyin"),
+        ("resolved", "anomaly", "ctr", "douyin"),
+    ]
+    fired, resolved = alerts
+    assert fired["fingerprint"] == resolved["fingerprint"] and fired["fired_at"] == resolved["fired_at"]
+    assert T0 + 3 * HOUR < datetime.fromisoformat(fired["fired_at"]).timestamp() < T0 + 3 * HOUR + 1800
+    assert datetime.fromisoformat(resolved["resolved_at"]).timestamp() > T0 + 3 * HOUR + 1800
+    assert resolved["duration_s"] > 0 and "sequential" in fired["evidence"]["test"]
+    assert "1 alerts fired, 1 resolved, over 300 minutes" in result.stderr
+    text = CliRunner().invoke(backtest_cli, [str(events)], obj=Settings(tz="Asia/Shanghai", rules_file=rules))
+    assert "anomaly/ctr douyin: CTR fell" in text.stdout and "+08:00  fired" in text.stdout
+    refused = CliRunner().invoke(backtest_cli, [str(events), "--min-change", "0.3"], obj=Settings(tz="UTC"))
+    assert refused.exit_code == 2 and "--window or a CSV" in refused.output
 
 
 @pytest.mark.parametrize(

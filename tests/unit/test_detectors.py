@@ -299,6 +299,27 @@ def test_spend_surge_table(case: str, history: list[Observation], fires: bool, s
         assert finding.evidence["robust_z"] >= 4
 
 
+def test_spend_surge_on_a_few_clicks_needs_a_surge_a_poisson_count_would_not_make() -> None:
+    """A quiet channel: ~5 clicks at 11.6 a window. 14 clicks' worth (×2.8, "robust z" 4.0 by the normal
+    floor) happens by chance every few days there (p ≈ 0.0007); 30 clicks' worth does not."""
+    quiet = [window(h, clicks=5 + (h % 3) - 1, spend=(5 + (h % 3) - 1) * 11.6) for h in range(24)]
+    assert SpendSurge()(then(quiet, clicks=14, spend=14 * 11.6), DOUYIN) is None
+    finding = SpendSurge()(then(quiet, clicks=30, spend=30 * 11.6), DOUYIN)
+    assert finding is not None and finding.evidence["p_value"] < 3.2e-5
+
+
+def test_spend_back_to_normal_after_a_drop_is_no_surge_against_the_windows_before_it() -> None:
+    """Two hours of a CTR drop (a third of the clicks, so of the spend), then the usual spend again: against
+    the drop it is ×3; against the windows before the drop it is the usual."""
+    normal = [window(h, **funnel(20_000, 0.02)) for h in range(12)]
+    dropped = [window(12 + h, **funnel(20_000, 0.0066)) for h in range(12)]
+    back = then(normal + dropped, **funnel(20_000, 0.02))
+    assert SpendSurge(baseline_windows=12)(back, DOUYIN) is not None
+    assert SpendSurge(baseline_windows=12, earlier_windows=12)(back, DOUYIN) is None
+    surge = then(normal + dropped, **funnel(60_000, 0.02))
+    assert SpendSurge(baseline_windows=12, earlier_windows=12)(surge, DOUYIN) is not None
+
+
 def test_spend_surge_ignores_the_empty_windows_before_a_channel_went_live() -> None:
     """Six of twelve baseline windows predate the channel: its usual spend is that of the six others."""
     history = [window(h) for h in range(6)] + [window(6 + h, **funnel(20_000, 0.02)) for h in range(6)]

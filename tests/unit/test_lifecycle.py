@@ -205,7 +205,7 @@ def test_unknown_state_version_is_refused() -> None:
 
 
 def test_changes_name_written_and_removed_entries() -> None:
-    book = AlertBook(Policy(resolve_after=1))
+    book = AlertBook(Policy(resolve_after=1, reopen_s=0))
     other = ctr_low("wechat").fingerprint
     book.evaluate([ctr_low(), ctr_low("wechat")], [], T0)
     delta = book.pop_changes()
@@ -226,6 +226,42 @@ def test_pending_that_goes_ok_is_deleted_from_the_state() -> None:
     assert book.to_state()["entries"] == {}
 
 
+def test_a_refire_within_the_hour_continues_the_episode() -> None:
+    book = AlertBook()
+    [fired] = book.evaluate([ctr_low()], [], T0)
+    book.evaluate([], {FP: 0.03}, T0 + MINUTE)
+    [resolved] = book.evaluate([], {FP: 0.03}, T0 + 2 * MINUTE)
+    assert resolved.change == "resolved" and resolved.duration_s == 120.0
+    assert book.firing() == []
+    [again] = book.evaluate([ctr_low()], [], T0 + 50 * MINUTE)
+    assert again.change == "fired" and again.fired_at == T0 and again.reopened == 1
+    assert again.duration_s == 50 * 60.0
+    assert [f.fired_at for f in book.firing()] == [T0]
+    book.evaluate([], {FP: 0.03}, T0 + 51 * MINUTE)
+    [over] = book.evaluate([], {FP: 0.03}, T0 + 52 * MINUTE)
+    assert over.fired_at == T0 and over.reopened == 1 and over.duration_s == 52 * 60.0
+    assert len({fired.id, resolved.id, again.id, over.id}) == 4
+
+
+def test_a_refire_after_the_hour_is_a_new_episode_and_the_old_one_is_forgotten() -> None:
+    book = AlertBook()
+    book.evaluate([ctr_low()], [], T0)
+    book.evaluate([], {FP: 0.03}, T0 + MINUTE)
+    book.evaluate([], {FP: 0.03}, T0 + 2 * MINUTE)
+    book.pop_changes()
+    assert FP in book.to_state()["entries"], "kept for an hour, in case it fires again"
+    book.evaluate([], {}, T0 + 62 * MINUTE)
+    assert book.pop_changes().deletes == {FP} and book.to_state()["entries"] == {}
+    [fired] = book.evaluate([ctr_low()], [], T0 + 63 * MINUTE)
+    assert fired.fired_at == T0 + 63 * MINUTE and fired.reopened == 0
+
+
+def test_a_refire_needs_consecutive_findings_like_a_first_firing() -> None:
+    book = AlertBook(Policy(for_evaluations=2, resolve_after=1))
+    assert run(book, "WW.W.WW") == ["1:fired", "2:resolved", "6:fired"]
+    assert book.firing()[0].fired_at == T0 + MINUTE
+
+
 # -- properties ----------------------------------------------------------------------------------
 
 CHANNELS = ("douyin", "taobao", "wechat")
@@ -242,6 +278,7 @@ policies = st.builds(
     for_evaluations=st.integers(1, 3),
     resolve_after=st.integers(1, 3),
     repeat_interval_s=st.sampled_from([60.0, 600.0, 4 * 3600.0]),
+    reopen_s=st.sampled_from([0.0, 120.0, 3600.0]),
 )
 
 

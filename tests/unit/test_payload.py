@@ -149,6 +149,20 @@ def test_escalation_and_repeat_are_marked_in_the_summary() -> None:
     assert "still firing since" in build_alert(repeat)["summary"]
 
 
+def test_the_payload_says_how_long_the_episode_lasted_and_a_refire_is_the_same_episode() -> None:
+    book = AlertBook(Policy(resolve_after=1))
+    [first] = book.evaluate([ctr_drop()], [], T0)
+    [resolved] = book.evaluate([], {ctr_drop().fingerprint: 0.0225}, T0 + timedelta(minutes=40))
+    [again] = book.evaluate([ctr_drop()], [], T0 + timedelta(minutes=55))
+    payloads = [build_alert(a) for a in (first, resolved, again)]
+    assert [p["duration_s"] for p in payloads] == [0.0, 40 * 60.0, 55 * 60.0]
+    assert [p["reopened"] for p in payloads] == [0, 0, 1]
+    assert payloads[2]["fired_at"] == payloads[0]["fired_at"] == "2026-11-24T02:05:00+00:00"
+    assert "40 min" in payloads[1]["description"]
+    assert "again: one episode since 2026-11-24T02:05+00:00, 55 min" in payloads[2]["summary"]
+    assert len({p["id"] for p in payloads}) == 3
+
+
 @pytest.mark.parametrize(
     ("metric", "value", "text"),
     [

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from alerts.router.delivery import RateLimiter, RetryPolicy, classify, redact, retry_after_s
 from alerts.router.messages import MAX_SECTIONS, Notification, render, window_text
 from alerts.router.targets import (
+    HTTP_TYPES,
     TARGET_TYPES,
     WECOM_MAX_BYTES,
     HttpRequest,
@@ -31,6 +32,7 @@ from alerts.router.targets import (
     dingtalk_sign,
     feishu_sign,
     is_rate_limited_body,
+    paginate,
     rate_per_minute,
     response_error,
     truncate_utf8,
@@ -159,16 +161,60 @@ def test_a_burst_gets_one_title_and_a_section_per_alert(locale: str, title: str)
     assert rendered.text.count("\n\n") >= 2
 
 
-def test_a_huge_burst_keeps_the_most_severe_and_counts_the_rest() -> None:
+def test_a_huge_burst_is_rendered_whole_never_summarised_away() -> None:
     alerts = [{**ALERT, "id": f"w{i}", "severity": "warning", "summary": f"w{i}"} for i in range(14)]
     alerts.insert(3, {**ALERT, "id": "c", "summary": "the critical one"})
-    text = render(Notification(tuple(alerts), locale="en")).text
-    assert "the critical one" in text
-    assert text.count("Firing (new)") == MAX_SECTIONS
-    assert "+5 more alerts" in text
-    assert render(Notification(tuple(alerts), locale="en")).title.startswith(
-        "🔴 douyin: 15 alerts (1 critical"
+    rendered = render(Notification(tuple(alerts), locale="en"))
+    assert rendered.text.count("Firing (new)") == 15
+    assert all(a["summary"] in rendered.text for a in alerts)
+    assert "more alerts" not in rendered.text
+    assert rendered.title.startswith("🔴 douyin: 15 alerts (1 critical")
+
+
+def _burst(count: int, description: str = "Clicks per impression on douyin dropped ...") -> tuple[Any, ...]:
+    return tuple(
+        {**ALERT, "id": f"id{i:03d}", "summary": f"CTR fell 52 % (alert {i:03d})", "description": description}
+        for i in range(count)
     )
+
+
+@pytest.mark.parametrize("kind", ["feishu", "dingtalk", "wecom", "slack", "console", "apprise"])
+def test_a_burst_goes_out_over_several_messages_each_alert_in_exactly_one(kind: str) -> None:
+    spec = TargetSpec("t", kind, url="https://example.invalid/hook", locale="en")
+    # Long Chinese descriptions (3 bytes a character) make WeCom's 4 KB the binding limit.
+    burst = _burst(100, "点击率下降，请检查素材与投放位。" * 40)
+    pages = paginate(spec, Notification(burst, owners=("@zhang.wei",), locale="en"), NOW_S)
+    assert [a["id"] for page in pages for a in page.alerts] == [a["id"] for a in burst]
+    assert all(0 < len(page.alerts) <= MAX_SECTIONS for page in pages)
+    assert [page.part for page in pages] == [(i, len(pages)) for i in range(1, len(pages) + 1)]
+    for page in pages:
+        title = render(page).title
+        assert f"(part {page.part[0]} of {len(pages)})" in title  # type: ignore[index]
+        if kind in HTTP_TYPES:
+            body = build_request(spec, page, NOW_S).body.decode()
+            for alert in page.alerts:
+                # Every alert of the page is in the message the service gets, with its dashboard link.
+                assert alert["summary"] in body
+            assert body.count(ALERT["dashboard_url"]) >= len(page.alerts)
+            if kind == "wecom":
+                content = orjson.loads(body)["markdown"]["content"]
+                assert not content.endswith("…") and len(content.encode()) <= WECOM_MAX_BYTES
+                assert "@zhang.wei" in content or "<@zhang.wei>" in content
+    if kind == "wecom":
+        assert len(pages) > 100 // MAX_SECTIONS  # the size, not only the count, split it
+
+
+def test_a_burst_that_fits_is_one_message_without_a_part_marker() -> None:
+    spec = TargetSpec("t", "feishu", url="https://example.invalid/hook", locale="en")
+    n = Notification(_burst(MAX_SECTIONS), locale="en")
+    assert paginate(spec, n, NOW_S) == (n,)
+    assert "part" not in render(n).title
+
+
+def test_a_webhook_page_is_one_alert() -> None:
+    spec = TargetSpec("t", "webhook", url="https://example.invalid/hook")
+    pages = paginate(spec, Notification(_burst(3)), NOW_S)
+    assert [len(p.alerts) for p in pages] == [1, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -645,3 +691,12 @@ def test_alert_dicts_are_not_mutated() -> None:
     for kind in ("feishu", "dingtalk", "wecom", "slack", "webhook"):
         build_requests(spec(kind), Notification((ALERT,), owners=("@a",), actions=ACTIONS), NOW_S)
     assert before == ALERT
+
+
+@pytest.mark.parametrize(
+    ("locale", "line"),
+    [("en", "anomaly · again · for 1 h 5 min"), ("zh-CN", "异常 · 再次触发 · 持续 1 小时 5 分钟")],
+)
+def test_a_message_says_how_long_the_episode_has_lasted(locale: str, line: str) -> None:
+    text = render(Notification(({**ALERT, "duration_s": 3900.0, "reopened": 1},), locale=locale)).text
+    assert line in text

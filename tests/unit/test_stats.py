@@ -23,6 +23,7 @@ from alerts.stats import (
     norm_ppf,
     norm_sf,
     overdispersion,
+    poisson_ge,
     poisson_rate_test,
     pooled_z,
     rate_ratio_interval,
@@ -79,6 +80,15 @@ def test_binomial_tails_match_scipy(n: int, p: float, k_share: float) -> None:
     assert close(
         binom_ge(k, n, p), reference_tail(range(max(k, 0), n + 1), n, p, sp.binom.sf(k - 1, n, p)), rel=1e-7
     )
+
+
+@FAST
+@given(mean=st.floats(0, 5000), k_share=st.floats(-0.1, 3.0))
+@example(mean=5.0, k_share=14 / 5)  # a quiet channel's spend window: 14 clicks' worth where 5 are usual
+@example(mean=0.0, k_share=1.0)
+def test_poisson_upper_tail_matches_scipy(mean: float, k_share: float) -> None:
+    k = round(k_share * max(mean, 1.0))
+    assert close(poisson_ge(k, mean), sp.poisson.sf(k - 1, mean), rel=1e-7)
 
 
 def reference_tail(ks: range, n: int, p: float, scipy_value: float) -> float:
