@@ -692,12 +692,14 @@ def campaign_flood(
 
 @dataclass(frozen=True, slots=True)
 class Placed:
-    """A record where it landed: full topic name, partition and offset."""
+    """A record where it landed: full topic name, partition and offset, and when it was sent by a clock the
+    tracker does not control (0: unknown, the judge's own clock stands in)."""
 
     record: Hostile
     topic: str
     partition: int
     offset: int
+    sent_ms: int = 0
 
     @property
     def pos(self) -> Pos:
@@ -709,7 +711,7 @@ class Judgement:
     """What the contract says the pipeline must have done with a stream of records."""
 
     truth: dict[Cell, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0] * len(SLOTS)))
-    #: Records counted per finest cell (channel, campaign, "1m", minute): for the fault table.
+    #: Records counted per (channel, campaign) minute and all-time total: for the fault table.
     records_in: Counter[Cell] = field(default_factory=Counter)
     counted: int = 0
     problems: list[str] = field(default_factory=list)
@@ -732,7 +734,8 @@ def judge(
     Per source partition: a record counts once if its base verdict is "ok", its ``event_id`` was not taken
     on the partition before (by any valid, non-future record), and its 1-minute window had not closed (window
     end + grace ≤ the partition's watermark). The watermark is the newest event time counted there, never
-    ahead of the trusted clock: a tracker's clock cannot move it into the future.
+    ahead of the trusted clock (when the record was sent, else ``trusted_now_ms``): a tracker's clock cannot
+    move it into the future.
     """
     out = Judgement()
     by_partition: dict[tuple[str, int], list[Placed]] = defaultdict(list)
@@ -755,7 +758,7 @@ def judge(
                     continue
                 # The contract counts it: it goes on as if it had not been rejected, so it shows as lost.
             elif "ok" not in record.allowed or record.event is None:
-                verdict = "rejected as 'late'" if reason else "accepted"
+                verdict = "rejected as 'late'" if reason else "not rejected"
                 out.problems.append(
                     f"{verdict}, allowed only {sorted(record.allowed)} [{record.case}]: {where}"
                 )
@@ -781,12 +784,13 @@ def judge(
             if closed:
                 continue
             out.counted += 1
-            watermark = max(watermark, min(event.ts_ms, trusted_now_ms))
+            watermark = max(watermark, min(event.ts_ms, item.sent_ms or trusted_now_ms))
             for window, start in windows_of(event.ts_ms):
                 vector = out.truth[(event.channel, event.campaign, window, start)]
                 for slot, amount in event.amounts:
                     vector[_SLOT[slot]] += amount
             out.records_in[(event.channel, event.campaign, "1m", windows_of(event.ts_ms)[0][1])] += 1
+            out.records_in[(event.channel, event.campaign, "total", 0)] += 1
     return out
 
 
@@ -847,11 +851,17 @@ def _named(vector: list[int] | None) -> str:
     )
 
 
-def tally(judgement: Judgement, got: Mapping[Cell, list[int]]) -> tuple[int, int]:
-    """Records lost and double-counted, by 1-minute campaign cell: every record of a cell that came out short
-    counts as lost, of one that came out over as double-counted; a cell nobody sent to counts once."""
+def tally(
+    judgement: Judgement, got: Mapping[Cell, list[int]], *, window: str = "1m", named_only: bool = False
+) -> tuple[int, int]:
+    """Records lost and double-counted, by campaign cell of ``window`` (1m or total): every record of a cell
+    that came out short counts as lost, of one that came out over as double-counted; a cell nobody sent to
+    counts once. ``named_only`` leaves out the cells of events without a campaign (where Redis shows the
+    channel's sum)."""
     lost = doubled = 0
     for cell, records in judgement.records_in.items():
+        if cell[2] != window or (named_only and cell[1] == "-"):
+            continue
         expected = judgement.truth.get(cell, [0] * len(SLOTS))
         counted = got.get(cell, [0] * len(SLOTS))
         if counted != expected:
@@ -860,6 +870,24 @@ def tally(judgement: Judgement, got: Mapping[Cell, list[int]]) -> tuple[int, int
             else:
                 doubled += records
     doubled += sum(
-        1 for cell, counted in got.items() if cell[2] == "1m" and cell not in judgement.truth and any(counted)
+        1
+        for cell, counted in got.items()
+        if cell[2] == window
+        and cell not in judgement.truth
+        and any(counted)
+        and not (named_only and cell[1] == "-")
     )
     return lost, doubled
+
+
+def summarize(problems: Iterable[str], examples: int = 2) -> str:
+    """Problems grouped by kind (the text before the first ": "), most frequent first, with examples."""
+    groups: defaultdict[str, list[str]] = defaultdict(list)
+    for problem in problems:
+        kind, _, detail = problem.partition(": ")
+        groups[kind].append(detail)
+    lines = []
+    for kind, details in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"- {kind}: {len(details)}")
+        lines += [f"    e.g. {detail[:500]}" for detail in details[:examples]]
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -36,7 +36,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SourceRecord:
     """The fields of aiokafka's ConsumerRecord that the fold stage and the DLQ read."""
 
@@ -204,7 +204,8 @@ class DataPath:
     def _merge(self, channel: str, src: str, block: int, upto: int, rows: list[list[object]]) -> None:
         grouped: dict[tuple[str, int], dict[str, list[int]]] = {}
         for window, start, campaign, *counts in rows:
-            grouped.setdefault((str(window), int(start)), {})[str(campaign)] = [int(c) for c in counts]
+            # As the agent reads them: the partial's JSON holds a string, an int, a string and ints.
+            grouped.setdefault((str(window), cast(int, start)), {})[str(campaign)] = cast(list[int], counts)
         for (window, start), campaigns in grouped.items():
             key = bucket_key(channel, window, start)
             merged = merge(self.table.get(key), src, block, upto, campaigns)
@@ -241,7 +242,7 @@ class DataPath:
             shown = self._guard("rows to JSON", cases, row.to_json, zone)
             orjson.dumps(shown)
             if row.window == "1h" and row.which == "closed":
-                campaign = None if row.campaign == "-" else row.campaign
+                named = None if row.campaign == "-" else row.campaign
                 bounds = (str(shown["window_start"]), str(shown["window_end"]))
                 self._guard(
                     "threshold rules",
@@ -249,7 +250,7 @@ class DataPath:
                     evaluate_thresholds,
                     rules,
                     row.channel,
-                    campaign,
+                    named,
                     "1h",
                     row.counts,
                     bounds,
