@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -142,42 +143,58 @@ def two_hours_ago_ms() -> int:
 
 async def produce(
     settings: Settings,
-    records: Sequence[Hostile],
+    records: Sequence[Hostile] | Callable[[int], list[Hostile]],
     *,
+    rounds: int = 0,
     chunk: int = 0,
     pause_s: float = 0.0,
     on_chunk: Callable[[int], None] | None = None,
 ) -> list[Placed]:
-    """Send ``records`` as trackers would (each with its key and CreateTime, on the partition its key picks),
-    ``chunk`` at a time with a pause and ``on_chunk(sent)`` in between; return where each one landed."""
+    """Send records as trackers would (each with its key and CreateTime, on the partition its key picks) and
+    return where each one landed and when it was sent.
+
+    ``records`` is a list, sent ``chunk`` at a time with a pause and ``on_chunk(sent)`` in between; or a
+    function called for each of ``rounds`` rounds (``pause_s`` apart) that makes that round's records then,
+    for traffic stamped with the moment it is sent.
+    """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, linger_ms=10, acks="all", enable_idempotence=False
     )
     await producer.start()
-    placed: list[Placed] = []
+    pending: list[tuple[Hostile, int, asyncio.Future[Any]]] = []
+
+    async def send(record: Hostile) -> None:
+        future = await producer.send(
+            settings.topic(record.topic),
+            record.value,
+            key=record.key,
+            partition=partition_for(record.key, settings.partitions),
+            timestamp_ms=record.create_ms,
+        )
+        pending.append((record, _now_ms(), future))
+
     try:
-        pending: list[tuple[Hostile, asyncio.Future[Any]]] = []
-        for i, record in enumerate(records, 1):
-            future = await producer.send(
-                settings.topic(record.topic),
-                record.value,
-                key=record.key,
-                partition=partition_for(record.key, settings.partitions),
-                timestamp_ms=record.create_ms,
-            )
-            pending.append((record, future))
-            if chunk and i % chunk == 0 and i < len(records):
-                await producer.flush()
-                if on_chunk is not None:
-                    await asyncio.get_running_loop().run_in_executor(None, on_chunk, i)
+        if callable(records):
+            for n in range(rounds):
+                for record in records(n):
+                    await send(record)
                 await asyncio.sleep(pause_s)
+        else:
+            for i, record in enumerate(records, 1):
+                await send(record)
+                if chunk and i % chunk == 0 and i < len(records):
+                    await producer.flush()
+                    if on_chunk is not None:
+                        await asyncio.get_running_loop().run_in_executor(None, on_chunk, i)
+                    await asyncio.sleep(pause_s)
         await producer.flush()
-        for record, future in pending:
+        placed = []
+        for record, sent_ms, future in pending:
             meta = await future
-            placed.append(Placed(record, meta.topic, meta.partition, meta.offset))
+            placed.append(Placed(record, meta.topic, meta.partition, meta.offset, sent_ms))
+        return placed
     finally:
         await producer.stop()
-    return placed
 
 
 # -- what came out ------------------------------------------------------------------------------------------
@@ -566,7 +583,7 @@ class Pipeline:
 
     # -- traffic and judgement -------------------------------------------------------------------------
 
-    def send(self, records: Sequence[Hostile], **options: Any) -> None:
+    def send(self, records: Sequence[Hostile] | Callable[[int], list[Hostile]], **options: Any) -> None:
         """Produce ``records`` (options as for ``produce``) and remember where they landed."""
         self.placed += asyncio.run(produce(self.settings, records, **options))
 
@@ -609,7 +626,7 @@ class Pipeline:
             nonlocal verdict, view
             if choices:
                 verdict, view = expected(asyncio.run(read_dlq(self.settings)).reasons)
-            fingerprints = alert_fingerprints(view, lookback_s, self.alert_level)
+            fingerprints = alert_fingerprints(view, lookback_s, self.alert_level) if self.routers else set()
             return not compare(view, got(), windows) and set(self.receiver.fired()) >= fingerprints
 
         with contextlib.suppress(AssertionError):
@@ -625,7 +642,7 @@ class Pipeline:
         else:
             lost, doubled = tally(verdict, counted_cells, window=tally_by, named_only=True)
             counted = verdict.counted - lost + doubled
-        fingerprints = alert_fingerprints(view, lookback_s, self.alert_level)
+        fingerprints = alert_fingerprints(view, lookback_s, self.alert_level) if self.routers else set()
         fired = self.receiver.fired()
         delivered = len(set(fired) & fingerprints)
         duplicated = sum(n - 1 for n in fired.values())
@@ -639,8 +656,14 @@ class Pipeline:
         if self.receiver.bad_signatures:
             problems.append(f"alerts with a bad signature: {self.receiver.bad_signatures}")
         if self.crashes:
-            logs = "\n---\n".join(p.log_tail(20) for p in self.processes)
-            problems.append(f"processes died unasked: {self.crashes}; logs:\n{logs}")
+            why = "\n---\n".join(last_error(p.log_path) for p in self.processes)
+            problems.append(
+                f"processes died unasked ({self.crashes} times): the last error in each log:\n{why}"
+            )
+        if not self.routers:
+            return Outcome(
+                FaultRow(fault, len(self.placed), counted, lost, doubled, crashes=self.crashes), problems
+            )
         row = FaultRow(
             fault,
             len(self.placed),
@@ -653,6 +676,17 @@ class Pipeline:
             self.crashes,
         )
         return Outcome(row, problems)
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b")
+
+
+def last_error(log: Path, lines: int = 8) -> str:
+    """The last exception in a process log, with the lines before it (its tail if there is none)."""
+    text = log.read_text(errors="replace").splitlines()
+    marks = [i for i, line in enumerate(text) if _EXCEPTION_LINE.match(line)]
+    end = marks[-1] + 1 if marks else len(text)
+    return f"{log.name}:\n" + "\n".join(text[max(0, end - lines) : end])
 
 
 def _now_ms() -> int:
