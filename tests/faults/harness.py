@@ -340,9 +340,10 @@ def recent(cells: Mapping[Cell, list[int]], since_s: float) -> dict[Cell, list[i
 
 
 class Receiver:
-    """A webhook target on loopback: checks the HMAC signature, takes every alert, answers 200."""
+    """A webhook target on loopback: checks the HMAC signature, takes every alert, answers 200 (after
+    ``delay_s``: a slow chat service keeps deliveries in flight)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.alerts: list[tuple[dict[str, Any], str]] = []
         self.bad_signatures = 0
         self.lock = threading.Lock()
@@ -352,6 +353,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                time.sleep(delay_s)
                 with receiver.lock:
                     if hmac.compare_digest(self.headers.get("X-Adpulse-Signature", ""), expected):
                         receiver.alerts.append((orjson.loads(body), self.headers.get("Idempotency-Key", "")))
@@ -382,10 +384,13 @@ class Receiver:
         with self.lock:
             return Counter(str(a["fingerprint"]) for a, _ in self.alerts if a.get("change") == "fired")
 
-    def keys(self) -> Counter[str]:
-        """Deliveries per idempotency key."""
+    def keys(self) -> dict[str, set[str]]:
+        """The idempotency keys each fingerprint was delivered with."""
         with self.lock:
-            return Counter(key for _, key in self.alerts)
+            keys: dict[str, set[str]] = defaultdict(set)
+            for alert, key in self.alerts:
+                keys[str(alert["fingerprint"])].add(key)
+            return dict(keys)
 
 
 class RouterProcess:
@@ -568,6 +573,27 @@ class Pipeline:
                 process.start()
                 self.expected_down.discard(id(process))
 
+    def join(self) -> WorkerProcess:
+        """Start one more worker (it joins the consumer groups; partitions move to it)."""
+        worker = WorkerProcess(
+            self.settings.model_copy(update={"web_port": free_port()}),
+            self.tmp / f"worker-{len(self.workers)}.log",
+        )
+        with self._lock:
+            self.expected_down.add(id(worker))
+            self.workers.append(worker)
+            worker.start()
+        worker.wait_ready()
+        with self._lock:
+            self.expected_down.discard(id(worker))
+        return worker
+
+    def leave(self, worker: WorkerProcess) -> None:
+        """Stop a worker for good (SIGTERM, as a scale-down does; its partitions move to the others)."""
+        with self._lock:
+            self.expected_down.add(id(worker))
+        worker.stop()
+
     def _supervise(self) -> None:
         while self._supervising.is_set():
             with self._lock:
@@ -687,6 +713,23 @@ def last_error(log: Path, lines: int = 8) -> str:
     marks = [i for i, line in enumerate(text) if _EXCEPTION_LINE.match(line)]
     end = marks[-1] + 1 if marks else len(text)
     return f"{log.name}:\n" + "\n".join(text[max(0, end - lines) : end])
+
+
+def fault_seed() -> int:
+    """Seed of a scenario's random points: ``ADPULSE_FAULT_SEED``, else a fresh one (the table shows it)."""
+    return int(os.environ.get("ADPULSE_FAULT_SEED") or random.randrange(1_000_000))
+
+
+def write_alerts(settings: Settings, alerts: Sequence[Mapping[str, Any]]) -> None:
+    """Put alerts on the stream the router reads, as the workers' sink does."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for alert in alerts:
+            pipe.xadd(f"{settings.redis_prefix}:alerts", {"alert": orjson.dumps(alert)})
+        pipe.execute()
+    finally:
+        client.close()
 
 
 def _now_ms() -> int:
