@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from adpulse.settings import Settings
 from adpulse.stack import free_port
+from streams.topics import SOURCE_TOPICS
 from tests.faults.hostile import (
     OK,
     SLOTS,
@@ -536,6 +537,8 @@ class Pipeline:
             worker.wait_ready()
         for router in self.routers:
             router.wait_ready()
+        if self.workers:
+            wait_for(self._folding, 60, "the fold stages to take every source partition")
         self._supervising.set()
         self._supervisor.start()
         return self
@@ -572,6 +575,12 @@ class Pipeline:
             with self._lock:
                 process.start()
                 self.expected_down.discard(id(process))
+
+    def _folding(self) -> bool:
+        """Whether the fold stages took every source partition (each logs where it resumes one)."""
+        logs = "".join(w.log_path.read_text(errors="replace") for w in self.workers if w.log_path.exists())
+        taken = set(re.findall(r"fold: (\S+) resumes at offset", logs))
+        return len(taken) >= len(SOURCE_TOPICS) * self.settings.partitions
 
     def join(self) -> WorkerProcess:
         """Start one more worker (it joins the consumer groups; partitions move to it)."""

@@ -36,9 +36,12 @@ def _during(pipeline: Pipeline, records: Sequence[Hostile], seconds: float) -> N
     pipeline.send(records, chunk=max(1, len(records) // chunks), pause_s=seconds / chunks)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["worker-running", "worker-restarted-meanwhile"])
 def test_redis_down_60s_under_a_working_worker_and_router(
-    tmp_path: Path, fault_row: Callable[[FaultRow], None]
+    tmp_path: Path, fault_row: Callable[[FaultRow], None], restart: bool
 ) -> None:
+    """``restart``: the worker is also killed during the outage and comes back while Redis is still down
+    (its partitions are assigned to it with no checkpoint to read)."""
     traffic = fault_traffic(EVENTS, two_hours_ago_ms(), 40 * 60_000, seed=21)
     third = len(traffic) // 3
     with (
