@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test test-unit test-integration test-deploy bench lint clean
+.PHONY: install tools demo test test-unit test-integration test-deploy faults bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,8 @@ tools:  ## promtool, prometheus, amtool (deploy tests) and chromium (report test
 demo: $(STAMP)  ## the embedded stack, a worker, simulated traffic and a live view (Ctrl-C stops it all)
 	$(BIN)/adpulse demo
 
-test: $(STAMP) tools  ## unit, integration (real broker + Redis on loopback), e2e and deploy tests
-	$(BIN)/python -m pytest tests -q
+test: $(STAMP) tools  ## unit, integration (real broker + Redis on loopback), e2e, deploy and the short fault tests
+	$(BIN)/python -m pytest tests -q -m "not faults_long"
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
@@ -31,6 +31,9 @@ test-integration: $(STAMP)
 
 test-deploy: $(STAMP) tools  ## compose, Dockerfile, Prometheus rules, dashboards; a real Prometheus on loopback
 	$(BIN)/python -m pytest tests/deploy -q
+
+faults: $(STAMP)  ## every fault scenario, the long ones too (docs/reliability.md); prints the fault table
+	$(BIN)/python -m pytest tests/faults -q
 
 lint: $(STAMP)  ## ruff's rules, ruff's format check and mypy (config in pyproject.toml); CI runs it first
 	$(BIN)/ruff check .

@@ -65,18 +65,21 @@ def test_broker_down_under_a_working_worker_and_router(
     tmp_path: Path, fault_row: Callable[[FaultRow], None], down_s: int
 ) -> None:
     traffic = fault_traffic(EVENTS, two_hours_ago_ms(), 40 * 60_000, seed=22)
-    half = len(traffic) // 2
     with (
         own_stack(tmp_path / "home") as (base, _),
         gated_broker(base, tmp_path / "broker") as (settings, gate),
         Pipeline(settings.model_copy(update=TUNING), tmp_path, workers=1, routers=1) as pipeline,
     ):
-        # The last chunks are still being folded when the broker goes: partials and DLQ records in flight.
-        pipeline.send(traffic[:half], chunk=5_000, pause_s=0.2)
-        gate.shut()
-        time.sleep(down_s)
-        gate.open()
-        pipeline.send(traffic[half:], chunk=2_000, pause_s=0.3)
+
+        def outage(sent: int) -> None:
+            # Right after a chunk reached the broker: the worker is folding it, partials and DLQ records in
+            # flight, when every connection drops.
+            if sent == len(traffic) // 2:
+                gate.shut()
+                time.sleep(down_s)
+                gate.open()
+
+        pipeline.send(traffic, chunk=4_000, pause_s=0.3, on_chunk=outage)
         outcome = pipeline.settle(f"broker down {down_s} s", timeout_s=300)
     fault_row(outcome.row)
     outcome.check()
