@@ -14,24 +14,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar
 
 import orjson
 from prometheus_client import CollectorRegistry
 
 from adpulse.settings import Settings
-from agents.buckets import BucketIndex, bucket_key
-from agents.fold import Checkpoint, FoldConfig, FoldOutput, PartitionFold
+from agents.buckets import FAUST_MAX_REQUEST_BYTES, BucketIndex, bucket_key, parse_partial
+from agents.fold import Checkpoint, ClockStep, FoldConfig, FoldOutput, PartitionFold, encode_partial
 from agents.metrics import SnapshotCollector
-from agents.partials import BucketValue, merge, totals
+from agents.partials import BucketValue, encoded_over, merge, totals
 from agents.snapshot import build_rows, closed_rows
 from alerts.rules import default_rules, evaluate_thresholds
-from streams.dlq import dlq_headers, dlq_value
-from streams.windows import WINDOWS, Calendar
-from tests.faults.hostile import BROKER_LIMIT, Cell, Placed, Pos
+from streams.dlq import dlq_headers, dlq_key, dlq_value
+from streams.topics import value_limit
+from streams.windows import Calendar
+from tests.faults.hostile import Cell, Placed, Pos
 
 #: Room a record batch needs around one record (batch header, record framing).
-_FRAMING = 512
+_FRAMING = 128
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -46,6 +47,7 @@ class SourceRecord:
     timestamp: int
     key: bytes | None
     value: bytes | None
+    timestamp_type: int = 0  # CreateTime: the tracker's clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class DataPath:
         self.table: dict[str, BucketValue] = {}
         self.cells: dict[str, tuple[str, str, int]] = {}
         self.result = RunResult()
+        self._clock_ms = 0
+        self._steps: dict[tuple[str, int], list[ClockStep]] = {}
         # Cases of the records folded since the last flush, per partition: the suspects when a flush raises.
         self._unflushed: dict[tuple[str, int], set[str]] = {}
 
@@ -120,7 +124,10 @@ class DataPath:
                 folded += len(batch)
                 cases = [case for _, case in batch]
                 self._unflushed.setdefault(tp, set()).update(cases)
-                out = self._guard("fold", cases, folds[tp].process, [r for r, _ in batch])
+                # The worker's clock, read once per fetch and never backwards.
+                self._clock_ms = max(self._clock_ms, int(time.time() * 1000))
+                out = self._guard("fold", cases, folds[tp].process, [r for r, _ in batch], self._clock_ms)
+                self._steps.setdefault(tp, []).extend(out.steps)
                 self._emit(out, cases)
                 if out.checkpoints:
                     checkpoints[tp] = out.checkpoints[-1]
@@ -143,10 +150,13 @@ class DataPath:
         self, tp: tuple[str, int], checkpoint: Checkpoint, records: list[tuple[SourceRecord, str]]
     ) -> PartitionFold:
         short = tp[0].rsplit(".", 1)[-1]
-        fold = PartitionFold(short, tp[1], self.config, self.calendar, checkpoint)
+        # The clock steps the stage saved, from the rebuild point on (as it reads them back from Redis).
+        steps = [step for step in self._steps.get(tp, []) if step.last >= checkpoint.rebuild_from]
+        fold = PartitionFold(short, tp[1], self.config, self.calendar, checkpoint, steps)
         if checkpoint.rebuild_from < checkpoint.offset:
             span = records[checkpoint.rebuild_from : checkpoint.offset]
             self._guard("dedup rebuild", [case for _, case in span], fold.rebuild, [r for r, _ in span])
+            fold.finish_rebuild()
         return fold
 
     def _flush(self, folds: dict[tuple[str, int], PartitionFold]) -> None:
@@ -155,12 +165,13 @@ class DataPath:
             self._emit(FoldOutput(partials=self._guard("flush", cases, fold.flush)), cases)
 
     def _emit(self, out: FoldOutput, cases: list[str]) -> None:
+        limit = self.settings.max_message_bytes
         for record, rejection in out.rejects:
-            value = dlq_value(record, rejection)
+            value = dlq_value(record, rejection, value_limit(limit))
             headers = sum(len(k) + len(v) for k, v in dlq_headers(rejection))
-            size = len(record.key or b"") + len(value) + headers
+            size = len(dlq_key(record) or b"") + len(value) + headers
             where = f"{record.topic}/{record.partition}@{record.offset}"
-            if size > BROKER_LIMIT - _FRAMING:
+            if size + _FRAMING > limit:
                 self.result.problems.append(f"DLQ record over the broker's limit: {where} gives {size} bytes")
             if not rejection.reason or not rejection.detail:
                 self.result.problems.append(f"DLQ record without reason or detail: {where} {rejection}")
@@ -179,39 +190,41 @@ class DataPath:
                     f"verdict changed on replay: {where} {earlier!r}, then {rejection.reason!r}"
                 )
         for partial in out.partials:
-            wire = orjson.dumps(
-                {"src": partial.src, "blk": partial.block, "upto": partial.upto, "rows": partial.rows}
-            )
             key = partial.channel.encode()
-            if len(wire) + len(key) > BROKER_LIMIT - _FRAMING:
-                self.result.problems.append(
-                    f"partial over the broker's limit: {partial.src} block {partial.block}, channel "
-                    f"{partial.channel[:40]!r}, {len(wire) + len(key)} bytes ({len(partial.rows)} rows)"
-                )
-            self._guard(
-                "merge",
-                cases,
-                self._merge,
-                partial.channel,
-                partial.src,
-                partial.block,
-                partial.upto,
-                partial.rows,
-            )
+            for piece in encode_partial(partial, value_limit(limit)):
+                if len(piece) + len(key) + _FRAMING > limit:
+                    self.result.problems.append(
+                        f"partial over the broker's limit: {partial.src} block {partial.block}, channel "
+                        f"{partial.channel[:40]!r}, {len(piece) + len(key)} bytes"
+                    )
+                self._guard("merge", cases, self._merge, key, piece)
 
     # -- the Faust agent and what the worker renders ------------------------------------------------------
 
-    def _merge(self, channel: str, src: str, block: int, upto: int, rows: list[list[object]]) -> None:
-        grouped: dict[tuple[str, int], dict[str, list[int]]] = {}
-        for window, start, campaign, *counts in rows:
-            # As the agent reads them: the partial's JSON holds a string, an int, a string and ints.
-            grouped.setdefault((str(window), cast(int, start)), {})[str(campaign)] = cast(list[int], counts)
+    def _merge(self, key: bytes, message: bytes) -> None:
+        """What the bucket agent does with one partials message (a piece of a partial)."""
+        channel, src, block, upto, grouped = parse_partial(key, orjson.loads(message))
+        limit = value_limit(min(self.settings.max_message_bytes, FAUST_MAX_REQUEST_BYTES))
         for (window, start), campaigns in grouped.items():
-            key = bucket_key(channel, window, start)
-            merged = merge(self.table.get(key), src, block, upto, campaigns)
-            if merged is not None:
-                self.table[key] = merged
-                self.cells[key] = (channel, window, start)
+            table_key = bucket_key(channel, window, start)
+            merged = merge(
+                self.table.get(table_key),
+                src,
+                block,
+                upto,
+                campaigns,
+                self.settings.max_campaigns_per_channel,
+            )
+            if merged is None:
+                continue
+            size = encoded_over(merged, limit)
+            if size is not None:
+                self.result.problems.append(
+                    f"bucket over its changelog record: {(channel, window, start)} would be {size} bytes"
+                )
+                continue
+            self.table[table_key] = merged
+            self.cells[table_key] = (channel, window, start)
 
     def _render(self) -> None:
         for key, value in self.table.items():
@@ -232,7 +245,8 @@ class DataPath:
         rows = self._guard("snapshot", cases, build_rows, channels, lookup, self.calendar, now, grace)
         zone = self.calendar.zone
         for channel in channels:
-            for window in WINDOWS:
+            # Hours and days: every name and campaign the minutes hold is in them too, at a tenth of the rows.
+            for window in ("1h", "1d"):
                 starts = sorted(index.starts(channel, window))
                 rows += self._guard(
                     "closed windows", cases, closed_rows, channel, window, starts, lookup, self.calendar

@@ -48,7 +48,7 @@ START_MS = (int(time.time()) // 60 * 60 - 3 * 3600) * 1000
 plans = st.builds(
     Plan,
     fetch_sizes=st.lists(st.integers(1, 400), min_size=1, max_size=4).map(tuple),
-    flush_records=st.integers(20, 2000),
+    flush_records=st.integers(300, 3000),
     crashes=st.frozensets(st.integers(1, 30), max_size=3),
 )
 
@@ -58,8 +58,8 @@ def examples(draw: st.DrawFn, n: int) -> tuple[list[Hostile], Plan, int]:
     """One example: hostile traffic (sometimes with a campaign flood in it), a run plan, a block size."""
     records = draw(traffic(f"x{n}", START_MS, min_records=150, max_records=650, step_ms=4_000))
     block = draw(st.sampled_from((10, 64, 500, 5000)))
-    if draw(st.integers(0, 14)) == 0:
-        flood = campaign_flood(f"x{n}-flood", draw(st.sampled_from(CHANNEL_POOL)), START_MS + 60_000, 2_500)
+    if draw(st.integers(0, 39)) == 0:
+        flood = campaign_flood(f"x{n}-flood", draw(st.sampled_from(CHANNEL_POOL)), START_MS + 60_000, 2_100)
         at = draw(st.integers(0, len(records)))
         records[at:at] = flood
         block = 5000  # the whole flood in one block: one partial would carry every campaign
