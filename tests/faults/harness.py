@@ -294,7 +294,14 @@ def redis_view(
         )
         for cell in targets:
             view[cell] = [a + b for a, b in zip(view[cell], vector, strict=True)]
-    return dict(view)
+    return {cell: _as_shown(vector) for cell, vector in view.items()}
+
+
+def _as_shown(vector: list[int]) -> list[int]:
+    """Money as Redis shows it: micro-units divided into a double, read back (``_vector``). Above 2**53
+    micro-units (about 9 billion currency units) a double cannot hold every micro-unit of a sum."""
+    money = (SLOTS.index("gmv"), SLOTS.index("spend"))
+    return [round(v / 1_000_000 * 1_000_000) if i in money else v for i, v in enumerate(vector)]
 
 
 def events_in(vector: Sequence[int]) -> list[int]:
@@ -671,11 +678,16 @@ class Pipeline:
         dlq = asyncio.run(read_dlq(self.settings))
         verdict, view = expected(dlq.reasons)
         counted_cells = got()
-        problems = verdict.problems + dlq.problems + compare(view, counted_cells, windows)
+        differences = compare(view, counted_cells, windows)
+        problems = verdict.problems + dlq.problems + differences
         if tally_by == "events":
             counted, lost, doubled = events_tally(view, counted_cells)
         else:
-            lost, doubled = tally(verdict, counted_cells, window=tally_by, named_only=True)
+            lost, doubled = (
+                tally(verdict, counted_cells, truth=view, window=tally_by, named_only=True)
+                if differences
+                else (0, 0)
+            )
             counted = verdict.counted - lost + doubled
         fingerprints = alert_fingerprints(view, lookback_s, self.alert_level) if self.routers else set()
         fired = self.receiver.fired()
