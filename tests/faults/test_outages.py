@@ -52,10 +52,13 @@ def test_redis_down_60s_under_a_working_worker_and_router(
         stack.down(["redis"])
         down_at = time.monotonic()
         _during(pipeline, traffic[third : 2 * third], 50.0)
+        if restart:
+            pipeline.kill9(pipeline.workers[0])
         time.sleep(max(0.0, 60.0 - (time.monotonic() - down_at)))
         stack.up()
         pipeline.send(traffic[2 * third :], chunk=2_000, pause_s=0.3)
-        outcome = pipeline.settle("Redis down 60 s", timeout_s=240)
+        fault = "Redis down 60 s" + (", the worker restarted meanwhile" if restart else "")
+        outcome = pipeline.settle(fault, timeout_s=240)
     fault_row(outcome.row)
     outcome.check()
 
