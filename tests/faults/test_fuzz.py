@@ -38,6 +38,8 @@ from tests.faults.hostile import (
 from tests.faults.pure import CrashError, DataPath, Plan
 from tests.faults.table import FaultRow
 
+pytestmark = pytest.mark.timeout(600)
+
 #: Records to draw at least (the campaign floods come on top).
 RECORDS = 100_000
 EXAMPLES = 280
