@@ -6,7 +6,7 @@ came out against the ground truth: every window in Redis, every DLQ record, ever
   events, not in sums).
 - ``Pipeline``: a stack's workers and routers, started and supervised as ``restart: unless-stopped`` does (a
   process that dies unasked is counted as a crash and started again), a webhook receiver, the threshold rule
-  ``CTR below 10^9`` on 1-minute windows (so every channel and campaign with impressions fires exactly once,
+  ``CTR below 10^300`` on 1-minute windows (so every channel and campaign with impressions fires exactly once,
   which makes the alerts expected exact), and ``settle()`` to wait for the end and judge it.
 """
 
@@ -325,7 +325,7 @@ def events_tally(view: Mapping[Cell, list[int]], got: Mapping[Cell, list[int]]) 
 
 
 def alert_fingerprints(view: Mapping[Cell, list[int]], since_s: float, level: str) -> set[str]:
-    """What the rule ``CTR below 10^9`` on 1-minute windows fires: once for every channel (and campaign, at
+    """What the rule ``CTR below 10^300`` on 1-minute windows fires: once for every channel (and campaign, at
     ``level`` both) with impressions in a minute that ended after ``since_s`` (older ones are history)."""
     impressions = SLOTS.index("impressions")
     return {
@@ -477,9 +477,8 @@ def write_routes(path: Path, receiver: Receiver) -> Path:
 def write_rules(path: Path, level: str) -> Path:
     """One rule every 1-minute window with impressions breaks: each series of ``level`` (``channel`` or
     ``both``: channels and campaigns) fires once and stays firing."""
-    path.write_text(
-        f"rules:\n  - metric: ctr\n    below: 1000000000\n    windows: [1m]\n    level: {level}\n"
-    )
+    # Far above any CTR: a hostile click count of 10^9 over one impression must not look like a recovery.
+    path.write_text(f"rules:\n  - metric: ctr\n    below: 1.0e300\n    windows: [1m]\n    level: {level}\n")
     return path
 
 

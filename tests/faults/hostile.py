@@ -750,10 +750,10 @@ def judge(
     allows a choice; ``rejected`` maps a record's position to the DLQ reason it got.
 
     Per source partition: a record counts once if its base verdict is "ok", its ``event_id`` was not taken
-    on the partition before (by any valid, non-future record), and its 1-minute window had not closed (window
-    end + grace ≤ the partition's watermark). The watermark is the newest event time counted there, never
-    ahead of the trusted clock (when the record was sent, else ``trusted_now_ms``): a tracker's clock cannot
-    move it into the future.
+    on the partition before (by any valid, non-future record; else it is a ``duplicate``), and its 1-minute
+    window had not closed (window end + grace ≤ the partition's watermark; else it is ``late``). The
+    watermark is the newest event time counted there, never ahead of the trusted clock (when the record was
+    sent, else ``trusted_now_ms``): a tracker's clock cannot move it into the future.
     """
     out = Judgement()
     by_partition: dict[tuple[str, int], list[Placed]] = defaultdict(list)
@@ -766,7 +766,8 @@ def judge(
             record, reason = item.record, rejected.get(item.pos)
             out.cases[record.case] += 1
             where = f"{item.topic}/{item.partition}@{item.offset} {record.describe()}"
-            if reason is not None and reason != "late":
+            judged = reason in ("late", "duplicate")  # the partition's state decides these, not the record
+            if reason is not None and not judged:
                 if reason in record.allowed:
                     continue
                 out.problems.append(
@@ -775,8 +776,9 @@ def judge(
                 if "ok" not in record.allowed:
                     continue
                 # The contract counts it: it goes on as if it had not been rejected, so it shows as lost.
+                reason = None
             elif "ok" not in record.allowed or record.event is None:
-                verdict = "rejected as 'late'" if reason else "not rejected"
+                verdict = f"rejected as {reason!r}" if reason else "not rejected"
                 out.problems.append(
                     f"{verdict}, allowed only {sorted(record.allowed)} [{record.case}]: {where}"
                 )
@@ -786,14 +788,15 @@ def judge(
             minute_end = event.ts_ms - event.ts_ms % 60_000 + 60_000
             closed = minute_end + grace_ms <= watermark
             if event.event_id in seen:
-                # A copy of an id whose window closed may be judged late (its id forgotten) instead.
-                if reason == "late" and not closed:
-                    out.problems.append(
-                        f"duplicate rejected as 'late', its window open [{record.case}]: {where}"
-                    )
+                # A copy of an id whose window closed may be judged late instead (its id forgotten with it).
+                if reason != "duplicate" and not (reason == "late" and closed):
+                    verdict = f"rejected as {reason!r}, its window open" if reason else "not rejected"
+                    out.problems.append(f"duplicate {verdict} [{record.case}]: {where}")
                 continue
             seen.add(event.event_id)
-            if closed and reason is None:
+            if reason == "duplicate":
+                out.problems.append(f"rejected as 'duplicate', its id new [{record.case}]: {where}")
+            elif closed and reason is None:
                 out.problems.append(f"not rejected as 'late' [{record.case}]: watermark {watermark}, {where}")
             elif reason == "late" and not closed:
                 out.problems.append(
