@@ -698,7 +698,13 @@ class Pipeline:
                 f"alerts differ: {len(missing)} missing (e.g. {missing[:3]}), unexpected {extra[:3]}"
             )
         if duplicated:
-            problems.append(f"alerts delivered twice: {[fp for fp, n in fired.items() if n > 1][:5]}")
+            twice = {fp for fp, n in fired.items() if n > 1}
+            shown = [
+                (a["fingerprint"], a.get("id"), a.get("fired_at"), a.get("window_start"), key)
+                for a, key in self.receiver.alerts
+                if a.get("fingerprint") in twice
+            ]
+            problems.append(f"alerts delivered twice: {len(twice)}, deliveries: {shown[:6]}")
         if self.receiver.bad_signatures:
             problems.append(f"alerts with a bad signature: {self.receiver.bad_signatures}")
         if self.crashes:

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(600)
 
 #: Records to draw at least (the campaign floods come on top).
 RECORDS = 100_000
-EXAMPLES = 280
+EXAMPLES = 300
 PARTITIONS = 2
 #: Event time of the examples: three hours ago, so that nothing honest is ahead of the clock.
 START_MS = (int(time.time()) // 60 * 60 - 3 * 3600) * 1000
@@ -60,7 +60,8 @@ def examples(draw: st.DrawFn, n: int) -> tuple[list[Hostile], Plan, int]:
     """One example: hostile traffic (sometimes with a campaign flood in it), a run plan, a block size."""
     records = draw(traffic(f"x{n}", START_MS, min_records=150, max_records=650, step_ms=4_000))
     block = draw(st.sampled_from((10, 64, 500, 5000)))
-    if draw(st.integers(0, 39)) == 0:
+    # Not hypothesis's own choice: it favours the edges, and an edge here would flood every tenth example.
+    if random.Random(draw(st.integers(0, 2**64 - 1))).random() < 1 / 40:
         flood = campaign_flood(f"x{n}-flood", draw(st.sampled_from(CHANNEL_POOL)), START_MS + 60_000, 2_100)
         at = draw(st.integers(0, len(records)))
         records[at:at] = flood
