@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test test-unit test-integration test-deploy kafka bench lint clean
+.PHONY: install tools demo test test-unit test-integration test-deploy kafka faults bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ demo: $(STAMP)  ## the embedded stack, a worker, simulated traffic and a live vi
 
 # Integration tests marked `kafka` run twice: on the embedded Tansu and on a real Apache Kafka, and those marked
 # `cluster` on a 3-node Kafka (Java 17 and Maven needed; without them these are skipped, except under CI=true).
-test: $(STAMP) tools  ## unit, integration (real brokers + Redis on loopback), e2e and deploy tests
-	$(BIN)/python -m pytest tests -q
+test: $(STAMP) tools  ## unit, integration (real brokers + Redis on loopback), e2e, deploy and the short fault tests
+	$(BIN)/python -m pytest tests -q -m "not faults_long"
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
@@ -33,6 +33,9 @@ test-integration: $(STAMP)
 
 test-deploy: $(STAMP) tools  ## compose, Dockerfile, Prometheus rules, dashboards; a real Prometheus on loopback
 	$(BIN)/python -m pytest tests/deploy -q
+
+faults: $(STAMP)  ## every fault scenario, the long ones too (docs/reliability.md); prints the fault table
+	$(BIN)/python -m pytest tests/faults -q
 
 lint: $(STAMP)  ## ruff's rules, ruff's format check and mypy (config in pyproject.toml); CI runs it first
 	$(BIN)/ruff check .

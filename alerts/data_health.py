@@ -395,10 +395,7 @@ def withhold_funnel(
         for kind in ("anomaly", "threshold")
         for metric in FUNNEL_METRICS
     ]
-    # A fingerprint is kind:metric:channel:campaign[:extra]; names hold no ':' (streams.events.NAME_RULE).
-    still = {
-        fp: value
-        for fp, value in judged.items()
-        if not any(fp.startswith(p) and ":" not in fp[len(p) :] for p in prefixes)
-    }
+    # A fingerprint is kind:metric:channel:campaign[:extra] (a threshold rule's ends in its window); names
+    # hold no ':' (streams.events.NAME_RULE), so the prefix names exactly one channel.
+    still = {fp: value for fp, value in judged.items() if not any(fp.startswith(p) for p in prefixes)}
     return kept, still

@@ -18,7 +18,8 @@ from alerts.data_health import (
     withhold_funnel,
 )
 from alerts.model import Finding, Fingerprint
-from streams.codec import Rejection
+from alerts.rules import default_rules, evaluate_thresholds
+from streams.codec import SLOT_NAMES, Rejection
 
 
 @dataclass
@@ -141,6 +142,19 @@ def test_a_silent_window_withholds_funnel_findings_and_their_verdicts() -> None:
         ("data_health", "events", "wechat"),
     ]
     assert set(still) == {"anomaly:spend:wechat:-", "anomaly:ctr:douyin:-"}
+
+
+def test_withheld_threshold_verdicts_include_those_that_name_their_window() -> None:
+    # A threshold rule's fingerprint ends in its window (threshold:ctr:wechat:-:1h): withholding only the
+    # finding left its verdict "judged, fine", and two such rounds resolved a firing alert (which fired again
+    # at the next clean window: one more message in chat). Found by tests/faults/test_hostile_broker.py.
+    bounds = ("2026-11-24T10:00:00+08:00", "2026-11-24T11:00:00+08:00")
+    counts = {**dict.fromkeys(SLOT_NAMES, 0.0), "impressions": 10_000.0, "clicks": 1.0}
+    findings, judged = evaluate_thresholds(default_rules(), "wechat", None, "1h", counts, bounds)
+    assert findings and any(fp.startswith("threshold:ctr:wechat:") for fp in judged)
+    kept, still = withhold_funnel(findings, judged, {"wechat"})
+    assert not [f for f in kept if f.metric == "ctr"]
+    assert not [fp for fp in still if fp.startswith("threshold:ctr:")]
 
 
 # -- the fold stage's tally -------------------------------------------------------------------------------
