@@ -14,11 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from adpulse.metrics_page import metric_sum
 from adpulse.settings import Settings
 from adpulse.stack import free_port
+from streams.metadata import topic_partitions
 from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -238,11 +239,10 @@ async def _events_of(settings: Settings, path: Path) -> int:
     )
     await consumer.start()
     try:
-        await consumer.topics()
         partitions = [
-            TopicPartition(settings.topic(topic), p)
+            tp
             for topic in ("clicks", "orders", "spend")
-            for p in sorted(consumer.partitions_for_topic(settings.topic(topic)) or ())
+            for tp in await topic_partitions(settings.kafka_client_options(), settings.topic(topic))
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
