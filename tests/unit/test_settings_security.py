@@ -210,7 +210,12 @@ def test_a_weak_or_placeholder_token_key_is_refused_with_the_command_to_make_one
     assert len(key) < 10 or key not in message, "the message never repeats the key"
 
 
-@pytest.mark.parametrize("key", [secrets.token_hex(32), secrets.token_hex(16), secrets.token_urlsafe(32)])
+# Ids that do not name the keys: test collection must be the same in every process (pytest-xdist).
+@pytest.mark.parametrize(
+    "key",
+    [secrets.token_hex(32), secrets.token_hex(16), secrets.token_urlsafe(32)],
+    ids=["hex32", "hex16", "urlsafe32"],
+)
 def test_a_random_token_key_is_accepted(key: str, tmp_path: Path) -> None:
     assert Settings(router_token_key=key, _env_file=None).token_key() == key.encode()
     path = tmp_path / "key"
