@@ -634,11 +634,15 @@ def _is_ours(record: _PidRecord) -> bool:
     """Whether ``record.pid`` is still the process we started: same start time, same binary."""
     if _start_ticks(record.pid) != record.start_ticks:
         return False  # gone, or the pid was recycled
+    # The executable first: Valkey rewrites its title to "<argv0> host:port" and, while it does, has an
+    # empty command line for an instant (a health check there took a server just started for a dead one).
+    with contextlib.suppress(OSError):
+        if os.readlink(f"/proc/{record.pid}/exe") == os.path.realpath(record.binary):
+            return True
     try:
         cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
     except OSError:
         return False
-    # Valkey rewrites its title to "<argv0> host:port", so compare a prefix rather than argv[0] exactly.
     return cmdline.startswith(os.fsencode(record.binary))
 
 
