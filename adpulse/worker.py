@@ -19,6 +19,7 @@ from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig
 from agents.health import HealthMonitor
 from agents.metrics import PipelineMetrics, SnapshotCollector
+from agents.redis_retry import RedisRetry
 from alerts.budgets import BudgetBook
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
@@ -32,6 +33,8 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
     """The worker's Faust app with the fold stage, the bucket table, the snapshot timer and /metrics."""
     registry = registry or CollectorRegistry()
     metrics = PipelineMetrics(registry)
+    # One view of Redis for the whole process: an outage is logged and counted once, whoever meets it.
+    retry = RedisRetry(metrics)
     holder = SnapshotHolder()
     registry.register(SnapshotCollector(lambda: holder.rows, settings.max_channels))
     calendar = Calendar(settings.zone)
@@ -54,7 +57,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
 
     def health_monitor() -> HealthMonitor:
         if "health" not in clients:
-            clients["health"] = HealthMonitor(health, redis(), settings.redis_prefix, calendar)
+            clients["health"] = HealthMonitor(health, redis(), settings.redis_prefix, calendar, retry=retry)
         made: HealthMonitor = clients["health"]
         return made
 
@@ -75,6 +78,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
                 budgets,
                 settings.max_channels,
                 registry=registry,
+                retry=retry,
             )
         made: Evaluator = clients["evaluator"]
         return made
@@ -103,6 +107,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         metrics,
         evaluator,
         health_monitor,
+        retry,
     )
     stage_config = FoldStageConfig(
         kafka=settings.kafka_client_options(),
@@ -127,7 +132,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
 
     @app.task  # type: ignore[untyped-decorator]
     async def fold_stage() -> None:
-        stage = FoldStage(stage_config, redis(), calendar, metrics)
+        stage = FoldStage(stage_config, redis(), calendar, metrics, retry=retry)
         try:
             await stage.run()
         except asyncio.CancelledError:

@@ -27,6 +27,7 @@ from agents.evaluate import Evaluator
 from agents.health import HealthMonitor
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
 from agents.partials import CEILING, BucketValue, encoded_over, merge, overflowing
+from agents.redis_retry import RedisRetry
 from agents.snapshot import (
     KpiRow,
     build_rows,
@@ -219,8 +220,12 @@ def install(
     metrics: PipelineMetrics,
     evaluator: Callable[[], Evaluator] | None = None,
     health: Callable[[], HealthMonitor] | None = None,
+    retry: RedisRetry | None = None,
 ) -> TableT[str, BucketValue]:
-    """Register the bucket table, its agent and the snapshot timer on ``app``."""
+    """Register the bucket table, its agent and the snapshot timer on ``app``. The timer's Redis writes wait
+    for Redis through ``retry`` (``agents.redis_retry``): a tick that cannot write waits, and the windows it
+    closed are recorded and judged once Redis answers."""
+    retry = retry if retry is not None else RedisRetry(metrics)
     source = app.topic(
         config.partials_topic,
         key_serializer="raw",
@@ -351,9 +356,15 @@ def install(
                 quarantine.add(channel, "closing", exc)
                 continue
             closer.recorded(channel, window)
-        await _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark)
+        await retry.call(
+            "writing the KPI snapshot",
+            lambda: _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark),
+        )
         if closed:
-            await _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s)
+            await retry.call(
+                "recording closed windows",
+                lambda: _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s),
+            )
         if evaluator is not None:
             try:
                 await _judge(evaluator(), owned, closed, lookup, index, watermark, now, health)

@@ -27,6 +27,7 @@ from typing import Protocol
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
 from agents.partials import BucketValue, totals
+from agents.redis_retry import RedisRetry
 from agents.snapshot import KpiRow, counts_of
 from alerts.acks import read_acks
 from alerts.budgets import (
@@ -219,10 +220,13 @@ class Evaluator:
         max_channels: int,
         registry: CollectorRegistry = REGISTRY,
         clock: Callable[[], float] = time.time,
+        retry: RedisRetry | None = None,
     ) -> None:
+        """``retry``: how Redis calls wait out an outage (``agents.redis_retry``; the worker shares one)."""
         self.config = config
         self.sink = sink
         self.redis = redis
+        self.retry = retry if retry is not None else RedisRetry()
         self.redis_prefix = redis_prefix
         self.calendar = calendar
         self.budgets = budgets
@@ -260,13 +264,15 @@ class Evaluator:
         """(Re)load the lifecycle state of the owned channels when ownership changes (start, rebalance)."""
         if owned.partitions == self._owned:
             return
-        assert self.sink is not None, "an offline judge (no sink) has no saved state to load"
-        state = await self.sink.load_state(channels=owned)
+        sink = self.sink
+        assert sink is not None, "an offline judge (no sink) has no saved state to load"
+        state = await self.retry.call("loading alert state", lambda: sink.load_state(channels=owned))
         self.book = AlertBook.from_state(state, self.config.policy)
         if self.sequential is not None:
             self.sequential.forget()  # rebuilt from the buckets of the channels owned now
         self._minute_vectors.clear()
-        self._judged = {as_text(k): int(v) for k, v in (await self._redis.hgetall(self._judged_key)).items()}
+        judged = await self.retry.call("loading alert state", lambda: self._redis.hgetall(self._judged_key))
+        self._judged = {as_text(k): int(v) for k, v in judged.items()}
         self._owned = owned.partitions
         log.info(
             "alerts: judging the channels of partitions %s, %d alerts firing",
@@ -297,7 +303,10 @@ class Evaluator:
     async def save_progress(self) -> None:
         """Persist which windows were judged (after their alerts were published)."""
         if self._progress:
-            await self._redis.hset(self._judged_key, mapping=self._progress)
+            progress = self._progress
+            await self.retry.call(
+                "saving judged windows", lambda: self._redis.hset(self._judged_key, mapping=progress)
+            )
             self._progress = {}
 
     def judge_windows(
@@ -515,7 +524,9 @@ class Evaluator:
         alerts, payloads = self.decide(findings, judged, now)
         if any(alert.change == "repeat" for alert in alerts):
             # Someone acknowledged or snoozed it (chat link, `adpulse alerts ack`): no repeats.
-            acks = await read_acks(self._redis, self.redis_prefix)
+            acks = await self.retry.call(
+                "reading acknowledgements", lambda: read_acks(self._redis, self.redis_prefix)
+            )
             kept = [
                 i
                 for i, (alert, payload) in enumerate(zip(alerts, payloads, strict=True))
@@ -526,8 +537,11 @@ class Evaluator:
                 )
             ]
             alerts, payloads = [alerts[i] for i in kept], [payloads[i] for i in kept]
-        assert self.sink is not None, "an offline judge (no sink) cannot publish: use decide()"
-        written = await self.sink.publish(payloads, self.book.pop_changes())
+        sink = self.sink
+        assert sink is not None, "an offline judge (no sink) cannot publish: use decide()"
+        changes = self.book.pop_changes()
+        # Safe to send again: the sink writes each alert id once (a retry after a lost reply writes nothing).
+        written = await self.retry.call("publishing alerts", lambda: sink.publish(payloads, changes))
         new = [alert for alert, fresh in zip(alerts, written, strict=True) if fresh]
         self.metrics.observe(new)
         done_s = self.clock()
@@ -546,7 +560,8 @@ class Evaluator:
 
     async def approvals(self) -> dict[str, bytes | str | None]:
         """Every recorded approval (few: one per budget and period)."""
-        raw = await self._redis.hgetall(Keys(self.redis_prefix).approvals)
+        key = Keys(self.redis_prefix).approvals
+        raw = await self.retry.call("reading budget approvals", lambda: self._redis.hgetall(key))
         return {as_text(k): v for k, v in raw.items()}
 
 

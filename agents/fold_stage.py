@@ -17,6 +17,13 @@ refilled past the checkpoint is told from the old log only that way. A newly ass
 is paused while its dedup set is rebuilt in the background (read up to the checkpoint, which lies
 within the log seen at assignment), so a long rebuild holds up neither the rebalance nor the other
 partitions.
+
+Redis errors are transient (``agents.redis_retry``): the stage keeps polling the broker and holds progress
+back instead. A partition whose checkpoint cannot be read at assignment stays paused, its start tried again
+until Redis answers. A partition whose clock steps or checkpoint cannot be written publishes nothing more:
+it is dropped and paused, and resumes from its last written checkpoint once Redis answers, as after a
+``kill -9`` (nothing is held in memory meanwhile, nothing decided by an unsaved clock is published, and no
+offset is committed past a checkpoint not written).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from agents.fold import (
 from agents.health import HealthConfig, HealthTally, write_tally
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
 from agents.outbox import Batch, Lane
+from agents.redis_retry import RedisRetry, RedisUnavailableError
 from streams.dlq import dlq_headers, dlq_key, dlq_value
 from streams.events import OVERFLOW_CAMPAIGN
 from streams.keys import Keys
@@ -131,12 +139,16 @@ class FoldStage:
         calendar: Calendar,
         metrics: PipelineMetrics,
         clock: Callable[[], float] = time.time,
+        retry: RedisRetry | None = None,
     ) -> None:
         self.config = config
         self.redis = redis
+        self.retry = retry if retry is not None else RedisRetry(metrics)
         self.calendar = calendar
         self.metrics = metrics
         self.parts: dict[TopicPartition, _Partition] = {}
+        #: Assigned partitions whose checkpoint Redis could not give yet: paused, their start tried again.
+        self.unstarted: set[TopicPartition] = set()
         self._clock = clock
         self._clock_ms = 0
         self._short = {config.topic(short): short for short in SOURCE_TOPICS}
@@ -214,6 +226,7 @@ class FoldStage:
                 await self._publish_marks()
                 await self._write_health()
             await self._settle()
+            await self._start_waiting()
 
     async def _fold(self, batches: dict[TopicPartition, list[Any]]) -> None:
         # The trusted clock: read once per fetch, and never backwards within this process.
@@ -230,7 +243,15 @@ class FoldStage:
         steps = [(part, out.steps) for _, part, out in outputs if out.steps]
         if steps:
             # Before anything decided by this clock is published: a replay must decide the same way.
-            await self._save_steps(steps)
+            try:
+                await self.retry.attempt("saving fold clock steps", lambda: self._save_steps(steps))
+            except RedisUnavailableError:
+                # Not published, so not decided yet: these partitions decide again once Redis answers.
+                unsaved = {id(part) for part, _ in steps}
+                for tp, part, _ in outputs:
+                    if id(part) in unsaved:
+                        await self._replay(tp)
+                outputs = [output for output in outputs if id(output[1]) not in unsaved]
         for tp, part, out in outputs:
             self._emit(part, out)
             await self._pump(part)
@@ -247,13 +268,14 @@ class FoldStage:
         self._consumer.pause(*new)  # each until its dedup set is rebuilt
         bounds = await self._log_bounds(new)
         for tp in new:
-            await self._start(tp, bounds[tp])
+            await self._start_or_wait(tp, bounds[tp])
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Publish what was folded and forget the partitions; their next owner replays from the checkpoint."""
         await self._give_up(revoked)
 
     async def _give_up(self, tps: set[TopicPartition]) -> None:
+        self.unstarted -= tps
         parts = {tp: part for tp, part in self.parts.items() if tp in tps}
         for part in parts.values():
             if part.rebuild is not None:
@@ -282,15 +304,37 @@ class FoldStage:
         ends = await self._consumer.end_offsets(tps)
         return {tp: (starts[tp], ends[tp]) for tp in tps}
 
-    async def _start(self, tp: TopicPartition, bounds: tuple[int, int]) -> None:
-        """Resume ``tp`` (paused) where ``resume_point`` says, with ``bounds`` its log start and end now."""
+    async def _start_or_wait(self, tp: TopicPartition, bounds: tuple[int, int] | None = None) -> None:
+        """Start ``tp`` (paused); if Redis cannot give its checkpoint now, leave it paused, to be started by
+        ``_start_waiting`` once Redis answers: never folded from a guessed position, never left unfolded."""
+        self.unstarted.discard(tp)
+        try:
+            await self._start(tp, bounds)
+        except RedisUnavailableError:
+            assert self._consumer is not None
+            if tp in self._consumer.assignment():
+                self.unstarted.add(tp)
+
+    async def _start_waiting(self) -> None:
+        """Start the partitions waiting for their checkpoint, when Redis is due to be asked again."""
+        for tp in sorted(self.unstarted):
+            if not self.retry.due():
+                return
+            await self._start_or_wait(tp)
+
+    async def _start(self, tp: TopicPartition, bounds: tuple[int, int] | None) -> None:
+        """Resume ``tp`` (paused) where ``resume_point`` says, with ``bounds`` its log start and end now
+        (learnt here if ``None``); :class:`RedisUnavailableError` if Redis cannot give or take what it needs
+        (then nothing of ``tp`` changed: starting it again is safe)."""
         consumer = self._consumer
         assert consumer is not None
         short = self._short[tp.topic]
         src = f"{short}/{tp.partition}"
-        saved = await self._saved(src)
+        if not self.retry.due():
+            raise RedisUnavailableError("Redis is not to be asked again yet")
+        saved = await self.retry.attempt("reading fold checkpoints", lambda: self._saved(src))
         committed = await consumer.committed(tp)
-        log_start, log_end = bounds
+        log_start, log_end = bounds if bounds is not None else (await self._log_bounds([tp]))[tp]
         same_log = None
         anchor = saved.anchor if saved is not None else None
         if anchor is not None and anchor.offset >= log_start:
@@ -310,20 +354,27 @@ class FoldStage:
             # Not yet proof of a new log: the embedded broker reports the start of its last record batch.
             log_end = await fetched_log_end(self.config.kafka, tp, log_end)
         resume = resume_point(saved, committed, log_start, log_end, self.config.fold.block_records, same_log)
-        self._report(tp, src, saved, resume, log_start, log_end)
         checkpoint = resume.checkpoint
         clock_key = self._keys.fold_clock(src)
         steps: list[ClockStep] = []
         if not resume.keep_steps:
-            await self.redis.delete(clock_key)  # they describe records of another log
+            # They describe records of another log.
+            await self.retry.attempt("clearing fold clock steps", lambda: self.redis.delete(clock_key))
         else:
-            steps = [
-                _step(member)
-                for member in await self.redis.zrangebyscore(clock_key, checkpoint.rebuild_from, "+inf")
-            ]
+            members = await self.retry.attempt(
+                "reading fold clock steps",
+                lambda: self.redis.zrangebyscore(clock_key, checkpoint.rebuild_from, "+inf"),
+            )
+            steps = [_step(member) for member in members]
         if resume.problem == "recreated":
             # Before the first partial of the new blocks, so that a restart finds them numbered the same.
-            await self.redis.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint))
+            await self.retry.attempt(
+                "writing fold checkpoints",
+                lambda: self.redis.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint)),
+            )
+        # Once, after the last Redis call: a start that waits for Redis is tried again from the top.
+        self._report(tp, src, saved, resume, log_start, log_end)
+        if resume.problem == "recreated":
             with contextlib.suppress(Exception):  # advisory, as every commit: the old one is past the log
                 await consumer.commit({tp: OffsetAndMetadata(checkpoint.offset, "")})
         if tp not in consumer.assignment():
@@ -435,6 +486,11 @@ class FoldStage:
 
     async def _restart_partition(self, tp: TopicPartition, error: BaseException) -> None:
         log.error("fold: a send for %s failed (%s); replaying it from its last checkpoint", tp, error)
+        await self._replay(tp)
+
+    async def _replay(self, tp: TopicPartition) -> None:
+        """Drop what ``tp`` folded since its last written checkpoint and resume it there (paused until then,
+        and until Redis answers)."""
         part = self.parts.pop(tp, None)
         if part is not None:
             if part.rebuild is not None:
@@ -443,7 +499,8 @@ class FoldStage:
         assert self._consumer is not None
         if tp in self._consumer.assignment():  # else its next owner replays it
             self._consumer.pause(tp)
-            await self._start(tp, (await self._log_bounds([tp]))[tp])
+            log.debug("fold: %s dropped; it resumes from its last written checkpoint", tp)
+            await self._start_or_wait(tp)
 
     # -- Redis ---------------------------------------------------------------------------------
 
@@ -544,10 +601,22 @@ class FoldStage:
     async def _write_health(self) -> None:
         health = self.config.health
         ttl_s = health.window_s + health.baseline_s + 2 * health.bucket_s
+        tally = self.health.drain()
+        if not tally:
+            return
+        if not self.retry.due():
+            # Kept for when Redis answers (bounded: channels beyond the tally's bound count as "(other)").
+            self.health.put_back(tally)
+            return
         try:
-            await write_tally(
-                self.redis, self.config.redis_prefix, self.health.drain(), health.bucket_s, ttl_s, time.time()
+            await self.retry.attempt(
+                "adding data-health counters",
+                lambda: write_tally(
+                    self.redis, self.config.redis_prefix, tally, health.bucket_s, ttl_s, time.time()
+                ),
             )
+        except RedisUnavailableError:
+            self.health.put_back(tally)
         except Exception as exc:  # noqa: BLE001 - data-health counters must never stop the folding
             log.warning("fold: data-health counters not written (%s)", exc)
 
@@ -583,15 +652,16 @@ class FoldStage:
             checkpoint = part.lane.checkpoint_due()
             if checkpoint is not None:
                 due[tp] = (part, checkpoint)
-        if not due:
+        if not due or not self.retry.due():
+            return  # during an outage, until Redis is to be asked again (the lanes hold what follows)
+        try:
+            await self.retry.attempt("writing fold checkpoints", lambda: self._write_checkpoints(due))
+        except RedisUnavailableError:
+            # Rather than hold their output for as long as Redis is away: resume them there once it is back.
+            for tp, (part, _) in due.items() if restart else ():
+                if self.parts.get(tp) is part:
+                    await self._replay(tp)
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for part, checkpoint in due.values():
-            src = part.fold.src
-            pipe.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint))
-            # After the checkpoint, so that Redis cannot keep the trim but lose the checkpoint.
-            pipe.zremrangebyscore(self._keys.fold_clock(src), "-inf", f"({checkpoint.rebuild_from}")
-        await pipe.execute()
         for tp, (part, checkpoint) in due.items():
             if self.parts.get(tp) is part:  # not given up or restarted meanwhile
                 part.lane.checkpoint_written(checkpoint)
@@ -604,6 +674,15 @@ class FoldStage:
         except Exception as exc:  # noqa: BLE001 - the Redis checkpoint already holds; the commit is advisory
             log.warning("fold: offset commit failed (%s); the Redis checkpoint stands", exc)
 
+    async def _write_checkpoints(self, due: dict[TopicPartition, tuple[_Partition, Checkpoint]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for part, checkpoint in due.values():
+            src = part.fold.src
+            pipe.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint))
+            # After the checkpoint, so that Redis cannot keep the trim but lose the checkpoint.
+            pipe.zremrangebyscore(self._keys.fold_clock(src), "-inf", f"({checkpoint.rebuild_from}")
+        await pipe.execute()
+
     async def _publish_marks(self) -> None:
         """Send every partition's delivered watermark to every partials partition, after the partials.
 
@@ -611,9 +690,9 @@ class FoldStage:
         everything the mark covers: windows never close ahead of their data. A mark covers only what is
         acknowledged (a lost partial must not close its windows), so it trails the flush by a round
         trip. Every assigned partition is listed, also before its first record: one not read yet must
-        hold event time back (a backlog is not silence).
+        hold event time back (a backlog is not silence), and so must one waiting for its checkpoint.
         """
-        if not self.parts:
+        if not self.parts and not self.unstarted:
             return
         assert self._consumer is not None and self._producer is not None
         marks = {}
@@ -631,6 +710,9 @@ class FoldStage:
                 and now_ms - polled < CAUGHT_UP_POLL_MS
             )
             marks[part.fold.src] = [watermark_ms, self._last_seen.get(tp, 0.0), caught_up]
+        for tp in self.unstarted:
+            # Watermark 0: event time unknown until its checkpoint is read.
+            marks[f"{self._short[tp.topic]}/{tp.partition}"] = [0, self._last_seen.get(tp, 0.0), False]
         value = orjson.dumps({"marks": marks, "at": time.time()})
         topic = self.config.topic("partials")
         for partition in range(self.config.partials_partitions):

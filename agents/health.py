@@ -18,10 +18,12 @@ import logging
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.evaluate import vector_counts
 from agents.fold import SourceRecord
 from agents.partials import BucketValue
+from agents.redis_retry import RedisRetry
 from agents.snapshot import KpiRow
 from alerts.data_health import (
     AHEAD,
@@ -113,6 +115,12 @@ class HealthTally:
         drained, self._counts = self._counts, {}
         return drained
 
+    def put_back(self, drained: Mapping[str, Mapping[str, int]]) -> None:
+        """Add a drained tally that could not be written (Redis away) back, to go with the next one."""
+        for channel, counts in drained.items():
+            for what, n in counts.items():
+                self.add(channel, what, n)
+
 
 async def write_tally(
     redis: AsyncRedis,
@@ -154,9 +162,12 @@ class HealthMonitor:
         prefix: str,
         calendar: Calendar,
         clock: Callable[[], float] = time.time,
+        retry: RedisRetry | None = None,
     ) -> None:
+        """``retry``: how Redis calls wait out an outage (``agents.redis_retry``; the worker shares one)."""
         self.config = config
         self.redis = redis
+        self.retry = retry if retry is not None else RedisRetry()
         self.prefix = prefix
         self.calendar = calendar
         self.clock = clock
@@ -174,10 +185,14 @@ class HealthMonitor:
         self._judged_end = end
         keys = Keys(self.prefix)
         starts = range(end - cfg.window_s - cfg.baseline_s, end, cfg.bucket_s)
-        pipe = self.redis.pipeline(transaction=False)
-        for start in starts:
-            pipe.hgetall(keys.health(start))
-        raws = await pipe.execute()
+
+        async def read() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for start in starts:
+                pipe.hgetall(keys.health(start))
+            return await pipe.execute()
+
+        raws = await self.retry.call("reading data-health counters", read)
         current: dict[str, dict[str, int]] = {}
         baseline: dict[str, dict[str, int]] = {}
         for start, raw in zip(starts, raws, strict=True):

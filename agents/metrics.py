@@ -79,6 +79,22 @@ class PipelineMetrics:
             ["topic", "reason"],
             registry=registry,
         )
+        self.redis_outages = Counter(
+            "adpulse_redis_outages",
+            "Redis outages this worker rode out (from the first failed call to the first that succeeded)",
+            registry=registry,
+        )
+        self.redis_retries = Counter(
+            "adpulse_redis_retries",
+            "Redis calls that failed with a transient error and wait to be retried, by what they were for",
+            ["operation"],
+            registry=registry,
+        )
+        self.redis_unavailable = Gauge(
+            "adpulse_redis_unavailable",
+            "1 while this worker cannot reach Redis (its progress is held back), else 0",
+            registry=registry,
+        )
         self.snapshot_seconds = Histogram(
             "adpulse_snapshot_seconds",
             "Time to compute and write one KPI snapshot",

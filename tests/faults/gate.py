@@ -4,6 +4,9 @@ The embedded broker keeps everything in memory, so stopping it would lose the to
 broker restarting from its disks does not. Instead the broker advertises the gate's port and every client
 reaches it through the gate; ``shut()`` cuts every connection and closes the port (clients see what they
 see of a broker that went down: reset connections, then refused ones), ``open()`` serves again.
+
+``gated_redis`` puts the same gate in front of a running Redis: an outage in a second, without restarting
+the server (the long scenarios stop and start the real one).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from adpulse.settings import Settings
 from adpulse.stack import ensure_topics, free_port, tansu_binary
@@ -140,3 +144,20 @@ def gated_broker(settings: Settings, home: Path) -> Iterator[tuple[Settings, Gat
         except subprocess.TimeoutExpired:
             broker.kill()
             broker.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def gated_redis(settings: Settings) -> Iterator[tuple[Settings, Gate]]:
+    """A gate in front of the Redis of ``settings``; yields the settings pointing at the gate (same database),
+    and the gate, open."""
+    upstream = urlsplit(settings.redis_url)
+    assert upstream.port is not None, settings.redis_url
+    gate = Gate(upstream.port, free_port())
+    userinfo = upstream.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{gate.port}" if userinfo else f"127.0.0.1:{gate.port}"
+    gated = settings.model_copy(update={"redis_url": urlunsplit(upstream._replace(netloc=netloc))})
+    gate.open()
+    try:
+        yield gated, gate
+    finally:
+        gate.shut()
