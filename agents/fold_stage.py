@@ -144,6 +144,7 @@ class FoldStage:
         self.config = config
         self.redis = redis
         self.retry = retry if retry is not None else RedisRetry(metrics)
+        self._turns = self.retry.schedule()
         self.calendar = calendar
         self.metrics = metrics
         self.parts: dict[TopicPartition, _Partition] = {}
@@ -244,7 +245,7 @@ class FoldStage:
         if steps:
             # Before anything decided by this clock is published: a replay must decide the same way.
             try:
-                await self.retry.attempt("saving fold clock steps", lambda: self._save_steps(steps))
+                await self._turns.attempt("saving fold clock steps", lambda: self._save_steps(steps))
             except RedisUnavailableError:
                 # Not published, so not decided yet: these partitions decide again once Redis answers.
                 unsaved = {id(part) for part, _ in steps}
@@ -318,7 +319,7 @@ class FoldStage:
     async def _start_waiting(self) -> None:
         """Start the partitions waiting for their checkpoint, when Redis is due to be asked again."""
         for tp in sorted(self.unstarted):
-            if not self.retry.due():
+            if not self._turns.due():
                 return
             await self._start_or_wait(tp)
 
@@ -330,9 +331,9 @@ class FoldStage:
         assert consumer is not None
         short = self._short[tp.topic]
         src = f"{short}/{tp.partition}"
-        if not self.retry.due():
+        if not self._turns.due():
             raise RedisUnavailableError("Redis is not to be asked again yet")
-        saved = await self.retry.attempt("reading fold checkpoints", lambda: self._saved(src))
+        saved = await self._turns.attempt("reading fold checkpoints", lambda: self._saved(src))
         committed = await consumer.committed(tp)
         log_start, log_end = bounds if bounds is not None else (await self._log_bounds([tp]))[tp]
         same_log = None
@@ -359,16 +360,16 @@ class FoldStage:
         steps: list[ClockStep] = []
         if not resume.keep_steps:
             # They describe records of another log.
-            await self.retry.attempt("clearing fold clock steps", lambda: self.redis.delete(clock_key))
+            await self._turns.attempt("clearing fold clock steps", lambda: self.redis.delete(clock_key))
         else:
-            members = await self.retry.attempt(
+            members = await self._turns.attempt(
                 "reading fold clock steps",
                 lambda: self.redis.zrangebyscore(clock_key, checkpoint.rebuild_from, "+inf"),
             )
             steps = [_step(member) for member in members]
         if resume.problem == "recreated":
             # Before the first partial of the new blocks, so that a restart finds them numbered the same.
-            await self.retry.attempt(
+            await self._turns.attempt(
                 "writing fold checkpoints",
                 lambda: self.redis.hset(self._keys.fold_checkpoints, src, _checkpoint_json(checkpoint)),
             )
@@ -604,12 +605,12 @@ class FoldStage:
         tally = self.health.drain()
         if not tally:
             return
-        if not self.retry.due():
+        if not self._turns.due():
             # Kept for when Redis answers (bounded: channels beyond the tally's bound count as "(other)").
             self.health.put_back(tally)
             return
         try:
-            await self.retry.attempt(
+            await self._turns.attempt(
                 "adding data-health counters",
                 lambda: write_tally(
                     self.redis, self.config.redis_prefix, tally, health.bucket_s, ttl_s, time.time()
@@ -652,10 +653,10 @@ class FoldStage:
             checkpoint = part.lane.checkpoint_due()
             if checkpoint is not None:
                 due[tp] = (part, checkpoint)
-        if not due or not self.retry.due():
+        if not due or not self._turns.due():
             return  # during an outage, until Redis is to be asked again (the lanes hold what follows)
         try:
-            await self.retry.attempt("writing fold checkpoints", lambda: self._write_checkpoints(due))
+            await self._turns.attempt("writing fold checkpoints", lambda: self._write_checkpoints(due))
         except RedisUnavailableError:
             # Rather than hold their output for as long as Redis is away: resume them there once it is back.
             for tp, (part, _) in due.items() if restart else ():

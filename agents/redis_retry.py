@@ -8,9 +8,10 @@ worker's parts share one :class:`RedisRetry`:
   failover) is retried; any other error (a bug, a wrong command) still raises;
 - ``call`` waits until Redis answers, with capped exponential backoff: for the snapshot timer and the judge,
   which have nothing else to do meanwhile;
-- ``attempt`` tries once and raises :class:`RedisUnavailableError`: for the fold stage, which must keep
-  polling the broker (a consumer that stops polling is put out of its group) and instead pauses the
-  partitions that wait for Redis, asking again when ``due`` says so;
+- a :class:`Schedule` (``schedule()``) tries once and raises :class:`RedisUnavailableError`: for the fold
+  stage, which must keep polling the broker (a consumer that stops polling is put out of its group) and
+  instead pauses the partitions that wait for Redis, asking again when its ``due`` says so. Each caller
+  backs off on its own schedule: with a shared one, the caller waiting in ``call`` would take every turn;
 - each outage is logged once, a WARNING when it starts and an INFO with its length when Redis answers
   again, and counted: ``adpulse_redis_outages_total``, ``adpulse_redis_retries_total{operation}`` (the calls
   that failed, by what they were for) and ``adpulse_redis_unavailable`` (1 during an outage).
@@ -49,7 +50,7 @@ class RedisUnavailableError(Exception):
 
 
 class RedisRetry:
-    """One process's view of whether Redis answers, with the backoff of its retries; see the module."""
+    """One process's view of whether Redis answers: the outage's log lines and metrics; see the module."""
 
     def __init__(
         self,
@@ -63,21 +64,24 @@ class RedisRetry:
         self.metrics = metrics
         self.first_s = first_s
         self.cap_s = cap_s
-        self._clock = clock
+        self.clock = clock
         self._sleep = sleep
         self._down_since: float | None = None
         self._failures = 0
-        self._next_try = 0.0
 
     @property
     def down(self) -> bool:
         """Whether the last call failed and none has succeeded since."""
         return self._down_since is not None
 
-    def due(self) -> bool:
-        """Whether Redis may be asked now: it answered last time, or the backoff since the last failure is
-        over."""
-        return self._down_since is None or self._clock() >= self._next_try
+    def backoff(self, failures: int) -> float:
+        """The wait after ``failures`` (at least 1) failures in a row: doubling from ``first_s`` up to
+        ``cap_s``."""
+        return min(self.cap_s, self.first_s * 2.0 ** max(0, failures - 1))
+
+    def schedule(self) -> Schedule:
+        """A caller's own schedule of single attempts."""
+        return Schedule(self)
 
     async def attempt(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """``await op()`` once; :class:`RedisUnavailableError` if Redis did not answer. ``what`` names the
@@ -95,24 +99,21 @@ class RedisRetry:
     async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """``await op()`` until Redis answers, waiting with capped backoff in between. ``op`` must build its
         command afresh each time (a redis-py pipeline is empty after a failed ``execute``)."""
+        failures = 0
         while True:
             try:
                 return await self.attempt(what, op)
             except RedisUnavailableError:
-                await self._sleep(self._backoff())
-
-    def _backoff(self) -> float:
-        return min(self.cap_s, self.first_s * 2.0 ** max(0, self._failures - 1))
+                failures += 1
+                await self._sleep(self.backoff(failures))
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        now = self._clock()
         self._failures += 1
-        self._next_try = now + self._backoff()
         if self.metrics is not None:
             self.metrics.redis_retries.labels(what).inc()
         if self._down_since is not None:
             return
-        self._down_since = now
+        self._down_since = self.clock()
         if self.metrics is not None:
             self.metrics.redis_outages.inc()
             self.metrics.redis_unavailable.set(1)
@@ -129,9 +130,34 @@ class RedisRetry:
     def _answered(self) -> None:
         if self._down_since is None:
             return
-        lasted = self._clock() - self._down_since
+        lasted = self.clock() - self._down_since
         log.info("Redis is back after %.1f s (%d failed calls retried); resuming", lasted, self._failures)
         self._down_since = None
         self._failures = 0
         if self.metrics is not None:
             self.metrics.redis_unavailable.set(0)
+
+
+class Schedule:
+    """One caller's turns at Redis during an outage: ``due`` once its own backoff since its last failure is
+    over, or at once when anyone saw Redis answer since."""
+
+    def __init__(self, retry: RedisRetry) -> None:
+        self.retry = retry
+        self._failures = 0
+        self._next_try = 0.0
+
+    def due(self) -> bool:
+        """Whether this caller may ask Redis now."""
+        return not self.retry.down or self.retry.clock() >= self._next_try
+
+    async def attempt(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """``RedisRetry.attempt``, this caller's next turn moved back after a failure."""
+        try:
+            result = await self.retry.attempt(what, op)
+        except RedisUnavailableError:
+            self._failures += 1
+            self._next_try = self.retry.clock() + self.retry.backoff(self._failures)
+            raise
+        self._failures = 0
+        return result

@@ -1,6 +1,7 @@
 """More than 100,000 hostile records through the worker's data path in memory (fold stage, table, rendering),
 with crashes and replays at drawn points: nothing raises, every rejected record gets a DLQ record (with a
-reason, under the broker's size limit), and every window equals the ground truth of the contract.
+reason, under the broker's size limit), and every window equals the ground truth of the contract. That run is
+``make faults``'; ``make test`` runs a sample of 10,000 (every case drawn all the same).
 
 Hypothesis draws the records (``tests.faults.hostile``) and the run plan; the test goes through every
 example and reports all findings at the end, grouped by case, rather than stopping at the first (the set
@@ -40,9 +41,6 @@ from tests.faults.table import FaultRow
 
 pytestmark = pytest.mark.timeout(600)
 
-#: Records to draw at least (the campaign floods come on top).
-RECORDS = 100_000
-EXAMPLES = 300
 PARTITIONS = 2
 #: Event time of the examples: three hours ago, so that nothing honest is ahead of the clock.
 START_MS = (int(time.time()) // 60 * 60 - 3 * 3600) * 1000
@@ -81,9 +79,24 @@ def place(records: list[Hostile]) -> list[Placed]:
     return placed
 
 
+@pytest.mark.faults_long
 def test_hostile_records_never_crash_the_data_path_and_count_exactly(
     fault_row: Callable[[FaultRow], None], tmp_path: Path
 ) -> None:
+    _fuzz(100_000, 300, "hostile records, data path in memory", fault_row, tmp_path)
+
+
+def test_a_sample_of_hostile_records_never_crashes_the_data_path(
+    fault_row: Callable[[FaultRow], None], tmp_path: Path
+) -> None:
+    _fuzz(10_000, 35, "hostile records (a sample), data path in memory", fault_row, tmp_path)
+
+
+def _fuzz(
+    records_at_least: int, examples_n: int, name: str, fault_row: Callable[[FaultRow], None], tmp_path: Path
+) -> None:
+    """``examples_n`` examples of hostile traffic, ``records_at_least`` records in all (the campaign floods
+    on top), every case among them."""
     run_seed = int(os.environ.get("ADPULSE_FUZZ_SEED") or random.randrange(2**32))
     seen: Counter[str] = Counter()
     findings: list[str] = []
@@ -92,7 +105,7 @@ def test_hostile_records_never_crash_the_data_path_and_count_exactly(
 
     @seed(run_seed)
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples_n,
         deadline=None,
         database=None,
         phases=[Phase.generate],
@@ -126,7 +139,7 @@ def test_hostile_records_never_crash_the_data_path_and_count_exactly(
     run()
     fault_row(
         FaultRow(
-            "hostile records, data path in memory",
+            name,
             totals["sent"],
             totals["counted"] + totals["doubled"],
             totals["lost"],
@@ -137,6 +150,6 @@ def test_hostile_records_never_crash_the_data_path_and_count_exactly(
     if findings:
         replay = f"seed {run_seed} (ADPULSE_FUZZ_SEED={run_seed} replays it)"
         pytest.fail(f"{replay}:\n{summarize(findings, examples=1)}", pytrace=False)
-    assert totals["sent"] - seen["campaign-flood"] >= RECORDS, f"only {totals['sent']} records drawn"
+    assert totals["sent"] - seen["campaign-flood"] >= records_at_least, f"only {totals['sent']} records drawn"
     assert not set(CASES) - set(seen), f"cases never drawn: {sorted(set(CASES) - set(seen))}"
     assert totals["replays"] > 0

@@ -1,7 +1,8 @@
 """Outages under a working worker and router, with traffic before, during and after: Redis down for 60 s
-(stopped and started again on its append-only file), the broker down for 30 s and for 45 s (every connection
-cut and the port closed, its data kept, as a broker restarting from its disks; 45 s outlasts the producers'
-40 s request timeout). Afterwards every window equals the ground truth and every alert was delivered once.
+(stopped and started again on its append-only file) and cut (every connection cut and the port
+closed by a gate in front of it: the short one, in ``make test``), the broker down for 30 s and for 45 s (the
+same gate, its data kept, as a broker restarting from its disks; 45 s outlasts the producers' 40 s request
+timeout). Afterwards every window equals the ground truth and every alert was delivered once.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from adpulse.metrics_page import metric_sum
+from adpulse.settings import Settings
 from tests.conftest import own_stack
-from tests.faults.gate import gated_broker
+from tests.faults.gate import gated_broker, gated_redis
 from tests.faults.harness import Pipeline, fault_traffic, two_hours_ago_ms
 from tests.faults.hostile import Hostile
 from tests.faults.table import FaultRow
+from tests.support.processes import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults_long, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.integration
 
 EVENTS = 40_000
 TUNING = {
@@ -36,33 +40,81 @@ def _during(pipeline: Pipeline, records: Sequence[Hostile], seconds: float) -> N
     pipeline.send(records, chunk=max(1, len(records) // chunks), pause_s=seconds / chunks)
 
 
+def _redis_outage(
+    pipeline: Pipeline,
+    traffic: Sequence[Hostile],
+    down: Callable[[], object],
+    up: Callable[[], object],
+    down_s: float,
+    restart: bool,
+) -> None:
+    """A third of ``traffic`` before Redis goes ``down``, a third during the (at least) ``down_s`` it stays
+    away, a third after it is ``up`` again. ``restart``: the worker is also killed during the outage and comes
+    back while Redis is still away; Redis stays away until the new worker has met that at the assignment of
+    its source partitions (it has no checkpoint to read), however long the worker takes to start."""
+    third = len(traffic) // 3
+    chunk = max(1, third // 10)
+    worker = pipeline.workers[0]
+    pipeline.send(traffic[:third], chunk=chunk, pause_s=0.3)
+    down()
+    down_at = time.monotonic()
+    _during(pipeline, traffic[third : 2 * third], down_s * 5 / 6)
+    if restart:
+        pipeline.kill9(worker)
+        wait_for(
+            lambda: (
+                metric_sum(
+                    worker.metrics(), "adpulse_redis_retries_total", operation="reading fold checkpoints"
+                )
+                > 0
+            ),
+            180,
+            "the restarted worker waiting for its checkpoints",
+        )
+    time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))
+    assert metric_sum(worker.metrics(), "adpulse_redis_unavailable") == 1, "the worker did not see the outage"
+    up()
+    pipeline.send(traffic[2 * third :], chunk=chunk, pause_s=0.3)
+
+
+@pytest.mark.faults_long
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("restart", [False, True], ids=["worker-running", "worker-restarted-meanwhile"])
 def test_redis_down_60s_under_a_working_worker_and_router(
     tmp_path: Path, fault_row: Callable[[FaultRow], None], restart: bool
 ) -> None:
-    """``restart``: the worker is also killed during the outage and comes back while Redis is still down
-    (its partitions are assigned to it with no checkpoint to read)."""
+    """Redis stopped for 60 s and started again on its append-only file."""
     traffic = fault_traffic(EVENTS, two_hours_ago_ms(), 40 * 60_000, seed=21)
-    third = len(traffic) // 3
     with (
         own_stack(tmp_path / "home") as (base, stack),
         Pipeline(base.model_copy(update=TUNING), tmp_path, workers=1, routers=1) as pipeline,
     ):
-        pipeline.send(traffic[:third], chunk=2_000, pause_s=0.3)
-        stack.down(["redis"])
-        down_at = time.monotonic()
-        _during(pipeline, traffic[third : 2 * third], 50.0)
-        if restart:
-            pipeline.kill9(pipeline.workers[0])
-        time.sleep(max(0.0, 60.0 - (time.monotonic() - down_at)))
-        stack.up()
-        pipeline.send(traffic[2 * third :], chunk=2_000, pause_s=0.3)
+        _redis_outage(pipeline, traffic, lambda: stack.down(["redis"]), stack.up, 60.0, restart)
         fault = "Redis down 60 s" + (", the worker restarted meanwhile" if restart else "")
         outcome = pipeline.settle(fault, timeout_s=240)
     fault_row(outcome.row)
     outcome.check()
 
 
+@pytest.mark.timeout(300)
+def test_redis_cut_while_the_worker_restarts(
+    make_settings: Callable[..., Settings], tmp_path: Path, fault_row: Callable[[FaultRow], None]
+) -> None:
+    """The short Redis outage of ``make test``: every connection to Redis cut and its port closed (a gate in
+    front of it), the worker killed after 5 s and Redis back once the new worker met it (some 20 s on)."""
+    traffic = fault_traffic(9_000, two_hours_ago_ms(), 20 * 60_000, seed=24)
+    with (
+        gated_redis(make_settings(**TUNING)) as (settings, gate),
+        Pipeline(settings, tmp_path, workers=1, routers=1) as pipeline,
+    ):
+        _redis_outage(pipeline, traffic, gate.shut, gate.open, 6.0, restart=True)
+        outcome = pipeline.settle("Redis cut, the worker restarted meanwhile", timeout_s=180)
+    fault_row(outcome.row)
+    outcome.check()
+
+
+@pytest.mark.faults_long
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("down_s", [30, 45])
 def test_broker_down_under_a_working_worker_and_router(
     tmp_path: Path, fault_row: Callable[[FaultRow], None], down_s: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,11 +20,13 @@ class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
         self.slept: list[float] = []
+        self.on_sleep: Callable[[], None] = lambda: None
 
     def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        self.on_sleep()
         self.slept.append(seconds)
         self.now += seconds
 
@@ -72,33 +75,54 @@ def test_call_waits_with_capped_backoff_and_logs_and_counts_the_outage_once(
     assert not retry.down
 
 
-def test_attempt_raises_and_due_waits_for_the_backoff() -> None:
+def test_a_schedule_attempts_once_and_waits_its_own_backoff() -> None:
     registry, clock = CollectorRegistry(), Clock()
     retry = _retry(registry, clock)
+    turns = retry.schedule()
     loading = Flaky(2, BusyLoadingError("Redis is loading the dataset in memory"))
 
     def state() -> tuple[bool, bool]:
         """(down, due) now."""
-        return retry.down, retry.due()
+        return retry.down, turns.due()
 
     with pytest.raises(RedisUnavailableError, match="while reading fold checkpoints"):
-        asyncio.run(retry.attempt("reading fold checkpoints", loading))
+        asyncio.run(turns.attempt("reading fold checkpoints", loading))
     assert state() == (True, False)
     assert registry.get_sample_value("adpulse_redis_unavailable") == 1
     clock.now += 0.25
     assert state() == (True, True)
     with pytest.raises(RedisUnavailableError):
-        asyncio.run(retry.attempt("reading fold checkpoints", loading))
+        asyncio.run(turns.attempt("reading fold checkpoints", loading))
     clock.now += 0.4
     assert state() == (True, False)  # the second failure doubled the wait
     clock.now += 0.1
-    assert asyncio.run(retry.attempt("reading fold checkpoints", loading)) == "ok"
+    assert asyncio.run(turns.attempt("reading fold checkpoints", loading)) == "ok"
     assert state() == (False, True)
 
     # A second outage is counted again.
     with pytest.raises(RedisUnavailableError):
-        asyncio.run(retry.attempt("writing fold checkpoints", Flaky(1, OSError("Connection reset by peer"))))
+        asyncio.run(turns.attempt("writing fold checkpoints", Flaky(1, OSError("Connection reset by peer"))))
     assert registry.get_sample_value("adpulse_redis_outages_total") == 2
+
+
+def test_a_caller_waiting_in_call_takes_no_turn_from_a_schedule() -> None:
+    """The snapshot timer fails again at every end of its backoff: between its failures the fold stage's
+    schedule still gets its turns (with one backoff shared, each failure of the timer pushed them back, and
+    the fold stage only asked again once Redis was back), and it goes at once when the timer sees Redis
+    answer."""
+    registry, clock = CollectorRegistry(), Clock()
+    retry = _retry(registry, clock)
+    turns = retry.schedule()
+    down = RedisConnectionError("Connection refused")
+    with pytest.raises(RedisUnavailableError):
+        asyncio.run(turns.attempt("reading fold checkpoints", Flaky(1, down)))  # its next turn: 0.25 s on
+    due_after_the_timer_failed: list[bool] = []
+    clock.on_sleep = lambda: due_after_the_timer_failed.append(turns.due())
+
+    asyncio.run(retry.call("writing the KPI snapshot", Flaky(3, down)))  # fails at 0, 0.25 and 0.75 s
+
+    assert due_after_the_timer_failed == [False, True, True]
+    assert clock.now == 1001.75 and not retry.down and turns.due()
 
 
 def test_errors_that_are_not_an_outage_still_raise() -> None:
