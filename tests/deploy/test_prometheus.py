@@ -86,6 +86,7 @@ def test_every_alert_says_what_it_is_how_bad_and_where_its_runbook_is() -> None:
         "AdpulseNoEvents",
         "AdpulseDLQRatioHigh",
         "AdpulseEventTimeLagHigh",
+        "AdpulseRedisUnavailable",
         "AdpulseRouterDown",
         "AdpulseRouterDeliveryFailing",
         "AdpulseCriticalAlertUnacknowledged",

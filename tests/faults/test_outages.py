@@ -1,8 +1,9 @@
 """Outages under a working worker and router, with traffic before, during and after: Redis down for 60 s
-(stopped and started again on its append-only file) and cut (every connection cut and the port
-closed by a gate in front of it: the short one, in ``make test``), the broker down for 30 s and for 45 s (the
-same gate, its data kept, as a broker restarting from its disks; 45 s outlasts the producers' 40 s request
-timeout). Afterwards every window equals the ground truth and every alert was delivered once.
+(stopped and started again on its append-only file; the worker also restarted meanwhile, after a ``kill -9``
+or a SIGTERM) and cut for 20 s (every connection cut and the port closed by a gate in front of it: the short
+one, in ``make test``), the broker down for 30 s and for 45 s (the same gate, its data kept, as a broker
+restarting from its disks; 45 s outlasts the producers' 40 s request timeout). Afterwards every window
+equals the ground truth and every alert was delivered once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tests.faults.gate import gated_broker, gated_redis
 from tests.faults.harness import Pipeline, fault_traffic, two_hours_ago_ms
 from tests.faults.hostile import Hostile
 from tests.faults.table import FaultRow
-from tests.support.processes import wait_for
+from tests.support.processes import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +47,12 @@ def _redis_outage(
     down: Callable[[], object],
     up: Callable[[], object],
     down_s: float,
-    restart: bool,
+    restart: Callable[[WorkerProcess], None] | None,
 ) -> None:
     """A third of ``traffic`` before Redis goes ``down``, a third during the (at least) ``down_s`` it stays
-    away, a third after it is ``up`` again. ``restart``: the worker is also killed during the outage and comes
-    back while Redis is still away; Redis stays away until the new worker has met that at the assignment of
-    its source partitions (it has no checkpoint to read), however long the worker takes to start."""
+    away, a third after it is ``up`` again. ``restart``: how the worker is also stopped and started during
+    the outage (it comes back while Redis is still away; Redis stays away until the new worker has met that
+    at the assignment of its source partitions, with no checkpoint to read, however long that takes)."""
     third = len(traffic) // 3
     chunk = max(1, third // 10)
     worker = pipeline.workers[0]
@@ -59,15 +60,11 @@ def _redis_outage(
     down()
     down_at = time.monotonic()
     _during(pipeline, traffic[third : 2 * third], down_s * 5 / 6)
-    if restart:
-        pipeline.kill9(worker)
+    if restart is not None:
+        restart(worker)
+        waiting = {"operation": "reading fold checkpoints"}
         wait_for(
-            lambda: (
-                metric_sum(
-                    worker.metrics(), "adpulse_redis_retries_total", operation="reading fold checkpoints"
-                )
-                > 0
-            ),
+            lambda: metric_sum(worker.metrics(), "adpulse_redis_retries_total", **waiting) > 0,
             180,
             "the restarted worker waiting for its checkpoints",
         )
@@ -77,38 +74,47 @@ def _redis_outage(
     pipeline.send(traffic[2 * third :], chunk=chunk, pause_s=0.3)
 
 
+def _restart(pipeline: Pipeline, worker: WorkerProcess) -> None:
+    """Stop ``worker`` as a deployment does (SIGTERM) and start it again."""
+    with pipeline.stopped(worker):
+        pass
+
+
 @pytest.mark.faults_long
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("restart", [False, True], ids=["worker-running", "worker-restarted-meanwhile"])
+@pytest.mark.parametrize("restart", ["", "killed", "stopped"], ids=lambda r: f"worker-{r or 'running'}")
 def test_redis_down_60s_under_a_working_worker_and_router(
-    tmp_path: Path, fault_row: Callable[[FaultRow], None], restart: bool
+    tmp_path: Path, fault_row: Callable[[FaultRow], None], restart: str
 ) -> None:
-    """Redis stopped for 60 s and started again on its append-only file."""
+    """Redis stopped for 60 s and started again on its append-only file; ``restart``: the worker is also
+    killed (``kill -9``) or stopped (SIGTERM, as a deployment does: it gives its partitions up while Redis is
+    away) during the outage, and started again."""
     traffic = fault_traffic(EVENTS, two_hours_ago_ms(), 40 * 60_000, seed=21)
     with (
         own_stack(tmp_path / "home") as (base, stack),
         Pipeline(base.model_copy(update=TUNING), tmp_path, workers=1, routers=1) as pipeline,
     ):
-        _redis_outage(pipeline, traffic, lambda: stack.down(["redis"]), stack.up, 60.0, restart)
-        fault = "Redis down 60 s" + (", the worker restarted meanwhile" if restart else "")
+        how = {"killed": pipeline.kill9, "stopped": lambda worker: _restart(pipeline, worker)}.get(restart)
+        _redis_outage(pipeline, traffic, lambda: stack.down(["redis"]), stack.up, 60.0, how)
+        fault = "Redis down 60 s" + (f", the worker {restart} and started meanwhile" if restart else "")
         outcome = pipeline.settle(fault, timeout_s=240)
     fault_row(outcome.row)
     outcome.check()
 
 
 @pytest.mark.timeout(300)
-def test_redis_cut_while_the_worker_restarts(
+def test_redis_cut_for_20s_under_a_working_worker_and_router(
     make_settings: Callable[..., Settings], tmp_path: Path, fault_row: Callable[[FaultRow], None]
 ) -> None:
-    """The short Redis outage of ``make test``: every connection to Redis cut and its port closed (a gate in
-    front of it), the worker killed after 5 s and Redis back once the new worker met it (some 20 s on)."""
+    """The short Redis outage of ``make test``: every connection to Redis cut and its port closed for 20 s (a
+    gate in front of it)."""
     traffic = fault_traffic(9_000, two_hours_ago_ms(), 20 * 60_000, seed=24)
     with (
         gated_redis(make_settings(**TUNING)) as (settings, gate),
         Pipeline(settings, tmp_path, workers=1, routers=1) as pipeline,
     ):
-        _redis_outage(pipeline, traffic, gate.shut, gate.open, 6.0, restart=True)
-        outcome = pipeline.settle("Redis cut, the worker restarted meanwhile", timeout_s=180)
+        _redis_outage(pipeline, traffic, gate.shut, gate.open, 20.0, None)
+        outcome = pipeline.settle("Redis cut 20 s", timeout_s=180)
     fault_row(outcome.row)
     outcome.check()
 
