@@ -304,6 +304,7 @@ def install(
                             bool(caught_up),
                             float(message["at"]),
                         )
+                    closer.sources(message.get("sources"))
                     continue
                 channel, src, block, upto, grouped = parse_partial(event.key, message)
             except Exception as exc:  # noqa: BLE001 - not what the fold stage sends: skip it, go on

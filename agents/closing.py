@@ -19,7 +19,12 @@ class WindowCloser:
 
     - Each partials partition has its own event time: the marks that reached it. Silence is judged as of
       when a mark was sent (the agent may read it late), and a mark not renewed for ``stale_mark_s`` (its
-      fold stage died or stalls) is no proof of silence: it holds time back.
+      fold stage died or stalls) is no proof of silence: it holds time back. So does a source partition of
+      which no mark reached this worker at all (the fold stages name every source partition there is with
+      their marks): a worker that takes a partition over after a ``kill -9`` reads only the marks sent
+      since the last commit, none from the fold stage that died, and would otherwise take the sources
+      still listed as all there is (seen: every window closed, the dead stage's channels not yet replayed,
+      and their data, arriving later, never recorded).
     - Event time never goes back: a closed window stays closed (late data only revises its record).
     - A window closes when the channel's event time passes its end plus ``grace_s``; a closed window whose
       bucket is written again is recorded again.
@@ -41,6 +46,8 @@ class WindowCloser:
         # partials partition -> source partition -> (watermark_s, last active wall time, caught up, sent at).
         self._marks: dict[int, dict[str, tuple[float, float, bool, float]]] = {}
         self._highest: dict[int, float] = {}
+        # Every source partition there is, as the fold stages' metadata last listed them.
+        self._sources: frozenset[str] = frozenset()
         # (channel, window) -> start of the newest bucket already recorded as closed.
         self._emitted: dict[tuple[str, str], int] = {}
         # Buckets written since the last tick: a closed window that changes is recorded again.
@@ -54,6 +61,15 @@ class WindowCloser:
         flushed before the mark is merged by now."""
         self._marks.setdefault(partition, {})[src] = (watermark_s, active_at, caught_up, sent_at)
 
+    def sources(self, srcs: object) -> None:
+        """Every source partition there is, as a fold stage listed them with its marks (``None``: not
+        listed, as by an older fold stage); ValueError if it is not a list of names."""
+        if srcs is None:
+            return
+        if not isinstance(srcs, list) or not all(isinstance(src, str) for src in srcs):
+            raise ValueError(f"sources must be a list of source partition names, got {srcs!r:.200}")
+        self._sources = frozenset(srcs)
+
     def touched(self, channel: str, window: str, start: int) -> None:
         """A bucket was written (merged into)."""
         self._touched.add((channel, window, start))
@@ -61,21 +77,17 @@ class WindowCloser:
     def watermarks(self, partitions: Iterable[int]) -> dict[int, float]:
         """The event time of each of ``partitions`` that has one now (never lower than it was)."""
         now = self.clock()
-        watermarks = {
-            p: w
-            for p in partitions
-            if (
-                w := global_watermark(
-                    (
-                        (mark, seen + (now - sent), caught_up and now - sent < self.stale_mark_s)
-                        for mark, seen, caught_up, sent in self._marks.get(p, {}).values()
-                    ),
-                    now,
-                    self.idle_partition_s,
-                )
-            )
-            is not None
-        }
+        watermarks = {}
+        for p in partitions:
+            marks = self._marks.get(p, {})
+            known = [
+                (mark, seen + (now - sent), caught_up and now - sent < self.stale_mark_s)
+                for mark, seen, caught_up, sent in marks.values()
+            ]
+            unknown = [(0.0, 0.0, False) for src in self._sources if src not in marks]
+            w = global_watermark([*known, *unknown], now, self.idle_partition_s)
+            if w is not None:
+                watermarks[p] = w
         for p, w in watermarks.items():
             watermarks[p] = self._highest[p] = max(w, self._highest.get(p, w))
         return watermarks

@@ -714,12 +714,22 @@ class FoldStage:
         for tp in self.unstarted:
             # Watermark 0: event time unknown until its checkpoint is read.
             marks[f"{self._short[tp.topic]}/{tp.partition}"] = [0, self._last_seen.get(tp, 0.0), False]
-        value = orjson.dumps({"marks": marks, "at": time.time()})
+        value = orjson.dumps({"marks": marks, "sources": self._sources(), "at": time.time()})
         topic = self.config.topic("partials")
         for partition in range(self.config.partials_partitions):
             # A mark that fails is only late: the next flush sends the next one.
             (await self._producer.send(topic, value, partition=partition)).add_done_callback(_swallow)
         self.metrics.dedup_ids.set(sum(part.fold.dedup_size for part in self.parts.values()))
+
+    def _sources(self) -> list[str]:
+        """Every source partition the broker's metadata lists, this stage's or not: a worker that has read
+        no mark of one yet holds event time back for it (``agents.closing``)."""
+        assert self._consumer is not None
+        return sorted(
+            f"{short}/{partition}"
+            for topic, short in self._short.items()
+            for partition in self._consumer.partitions_for_topic(topic) or ()
+        )
 
 
 async def read_range(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from adpulse.settings import Settings
@@ -91,3 +91,26 @@ async def _two_outages(settings: Settings, gate: Gate, registry: CollectorRegist
     finally:
         await redis.aclose()
     assert saved is not None and orjson.loads(saved)["offset"] == 50
+    # Its marks name every source partition, its own or not (a worker taking over after a crash must know
+    # which sources it has no mark of yet).
+    assert await last_mark_sources(settings) == ["clicks/0", "orders/0", "spend/0"]
+
+
+async def last_mark_sources(settings: Settings) -> object:
+    """The ``sources`` of the last mark on partials partition 0."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    tp = TopicPartition(settings.topic("partials"), 0)
+    sources: object = None
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, ()):
+                message = orjson.loads(record.value)
+                if "marks" in message:
+                    sources = message.get("sources")
+    finally:
+        await consumer.stop()
+    return sources

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from agents.closing import WindowCloser
 from streams.windows import Calendar
 
@@ -60,6 +62,31 @@ def test_the_slowest_source_holds_event_time_back_until_it_is_idle() -> None:
     wc.mark(0, "clicks-0", T0 - 5, T0, True, T0 + 40)
     wc.mark(0, "orders-0", T0 - 100, T0, True, T0 + 40)
     assert wc.watermarks([0]) == {0: T0 + 40 - IDLE_S}
+
+
+def test_a_source_of_which_no_mark_was_read_holds_event_time_back() -> None:
+    """A worker takes a partials partition over after another's ``kill -9``: since the last commit it reads
+    marks of the surviving fold stage only (caught up, silent: its trackers are done), none of the dead
+    stage's sources, not replayed yet. Before, event time jumped to the wall clock and every window closed
+    ahead of the dead stage's data (seen in the fault suite: a channel's later minutes never recorded)."""
+    clock = Clock(T0 + 100)
+    wc = closer(clock)
+    wc.sources(["clicks-0", "clicks-1", "orders-0", "orders-1"])
+    for src in ("clicks-1", "orders-1"):
+        wc.mark(0, src, T0 - 300, T0 - 50, True, T0 + 99)  # caught up, silent for 149 s > IDLE_S
+    assert wc.watermarks([0]) == {}
+    # The sources' new owner reports them (not caught up yet): event time is theirs.
+    wc.mark(0, "clicks-0", T0 - 200, T0 + 99, False, T0 + 100)
+    wc.mark(0, "orders-0", T0 - 250, T0 + 99, False, T0 + 100)
+    assert wc.watermarks([0]) == {0: T0 - 250}
+    # Marks of an older fold stage list no sources: what is known stays known (here on partials partition
+    # 1, where only the surviving stage's marks arrived so far).
+    wc.sources(None)
+    for src in ("clicks-1", "orders-1"):
+        wc.mark(1, src, T0 - 300, T0 - 50, True, T0 + 99)
+    assert wc.watermarks([1]) == {}
+    with pytest.raises(ValueError, match="list of source partition names"):
+        wc.sources("clicks-0")
 
 
 def test_a_mark_not_renewed_is_no_proof_of_silence() -> None:
