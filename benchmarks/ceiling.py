@@ -21,9 +21,15 @@ from streams.metadata import topic_partitions
 
 
 async def consume(
-    bootstrap: str, topics: list[str], events: int, broker_pid: int | None, timeout_s: float
+    bootstrap: str,
+    topics: list[str],
+    events: int,
+    broker_pid: int | None,
+    timeout_s: float,
+    partition: int | None = None,
 ) -> dict:
-    """Read ``events`` records from the start of ``topics``; the rate excludes the first fetch."""
+    """Read ``events`` records from the start of ``topics`` (only their partition ``partition`` if one is
+    given); the rate excludes the first fetch."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -36,7 +42,9 @@ async def consume(
     try:
         partitions = []
         for topic in topics:
-            partitions += await _partitions(bootstrap, topic)
+            partitions += [
+                tp for tp in await _partitions(bootstrap, topic) if partition in (None, tp.partition)
+            ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         per_channel: dict[str, int] = {}
@@ -106,9 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--broker-pid", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--partition", type=int, default=None, help="read only this partition of each topic (one consumer's)"
+    )
     args = parser.parse_args(argv)
     result = asyncio.run(
-        consume(args.bootstrap, args.topics.split(","), args.events, args.broker_pid, args.timeout)
+        consume(
+            args.bootstrap, args.topics.split(","), args.events, args.broker_pid, args.timeout, args.partition
+        )
     )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 

@@ -26,8 +26,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ from harness import (
     REPO,
     Started,
     command_and_machine,
-    free_port,
     free_ports,
     section_head,
     write_markdown,
@@ -327,13 +326,66 @@ def outcomes_counted(port: int) -> dict[str, float] | None:
     return None if text is None else sums_by(text, "adpulse_events_total", "outcome")
 
 
+def redis_command_calls(client: Any) -> dict[str, int]:
+    """Command -> calls so far on the server (``INFO commandstats``), this benchmark's ``info`` left out."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in stats.items()
+        if name != "cmdstat_info"
+    }
+
+
+def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Calls per command made between two ``redis_command_calls`` readings (commands not called left out)."""
+    grown = {name: calls - before.get(name, 0) for name, calls in after.items()}
+    return {name: calls for name, calls in sorted(grown.items(), key=lambda kv: -kv[1]) if calls > 0}
+
+
+async def group_members(bootstrap: str, group_ids: list[str]) -> list[frozenset[str] | None]:
+    """Per group: its member ids while it is Stable, or None while it rebalances (Tansu does not report
+    the members' assignments, so the members are all there is to go by)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    found: list[frozenset[str] | None] = []
+    try:
+        for group_id in group_ids:
+            for response in await admin.describe_consumer_groups([group_id]):
+                for _error, _gid, state, _ptype, _protocol, members, *_ in response.groups:
+                    found.append(frozenset(m[0] for m in members) if state == "Stable" else None)
+    finally:
+        await admin.close()
+    return found
+
+
+def wait_settled(
+    bootstrap: str, group_ids: list[str], members: int, timeout_s: float, check: Callable[[], None]
+) -> list[frozenset[str] | None]:
+    """Wait until every group is Stable with ``members`` members, the same ones two polls 1 s apart;
+    returns them."""
+    deadline = time.perf_counter() + timeout_s
+    last: list[frozenset[str] | None] = []
+    while True:
+        check()
+        now = asyncio.run(group_members(bootstrap, group_ids))
+        if now == last and all(m is not None and len(m) == members for m in now):
+            return now
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the groups {group_ids} did not settle with {members} members: {now}")
+        last = now
+        time.sleep(1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One poll of the worker: time, events counted and CPU seconds so far (worker, broker, machine)."""
+    """One poll of the workers: time, events counted (all workers) and CPU seconds so far (each worker,
+    the broker, the machine, this script)."""
 
     t: float
     counted: float
-    cpu: float
+    cpu: tuple[float, ...]
     broker_cpu: float | None
     busy: float
     run_delay: float
@@ -355,6 +407,60 @@ class WorkerRun:
     outcomes: dict[str, int]
     exact: bool
     problems: list[str]
+    #: CPU (cores) of each worker over the measured interval; their sum is ``cpu_cores``.
+    cpu_per_worker: list[float] = field(default_factory=list)
+    #: Events counted before the measured interval began (while the preload ran, with ``load``).
+    counted_before: int = 0
+    #: Redis commands the workers made over the measured interval, per command.
+    redis_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def redis_per_event(self) -> float:
+        """Redis commands per event counted in the measured interval."""
+        counted = sum(self.outcomes.values()) - self.counted_before
+        return sum(self.redis_calls.values()) / counted if counted > 0 else float("nan")
+
+
+def worker_env(
+    args: argparse.Namespace, st: Stack, prefix: str, tag: str, port: int, workdir: Path
+) -> dict[str, str]:
+    """The environment of a benchmark worker: this run's topics, consumer groups and Redis prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADPULSE_")}
+    env.update(
+        ADPULSE_KAFKA_BOOTSTRAP=st.bootstrap,
+        ADPULSE_REDIS_URL=st.redis_url,
+        ADPULSE_WEB_PORT=str(port),
+        ADPULSE_TOPIC_PREFIX=prefix,
+        ADPULSE_REDIS_PREFIX=f"bench-{tag}",
+        ADPULSE_PARTITIONS=str(args.partitions),
+        ADPULSE_APP_ID=f"bench-{tag}",
+        ADPULSE_HOME=str(workdir / "home"),
+        ADPULSE_ENV_FILE=str(workdir / "no.env"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    return env
+
+
+def start_worker(started: Started, env: dict[str, str], run_dir: Path, name: str) -> subprocess.Popen[bytes]:
+    """One worker process (``run_worker(Settings())``) logging to ``run_dir/name.log``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / f"{name}.log").open("ab") as log_file:
+        return started.add(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER_CODE],
+                cwd=run_dir,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log, for an error message."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def run_worker(
@@ -367,66 +473,95 @@ def run_worker(
     n: int,
     tag: str,
     pyspy_out: Path | None = None,
+    *,
+    workers: int = 1,
+    load: Callable[[], object] | None = None,
 ) -> WorkerRun:
-    """Start one worker on the preloaded topics, time it, check its results, stop it."""
-    port = free_port()
+    """Start ``workers`` workers on the topics, time them, check their results, stop them.
+
+    Without ``load`` the topics are preloaded and the rate runs from the first poll that sees a counted
+    event. With ``load``, the workers start on empty topics and their consumer groups settle (every worker
+    in both groups); the workers are then stopped (SIGSTOP) while ``load()`` preloads the records, and
+    continued (SIGCONT): the rate runs from there, every worker consuming from a full backlog with no
+    producer competing for the CPU. A preload longer than the groups' session timeout (10 s) would make
+    them rebalance: the groups' members are compared before and after, and a change is a problem."""
     redis_prefix = f"bench-{tag}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADPULSE_")}
-    env.update(
-        ADPULSE_KAFKA_BOOTSTRAP=st.bootstrap,
-        ADPULSE_REDIS_URL=st.redis_url,
-        ADPULSE_WEB_PORT=str(port),
-        ADPULSE_TOPIC_PREFIX=prefix,
-        ADPULSE_REDIS_PREFIX=redis_prefix,
-        ADPULSE_PARTITIONS=str(args.partitions),
-        ADPULSE_APP_ID=f"bench-{tag}",
-        ADPULSE_HOME=str(workdir / "home"),
-        ADPULSE_ENV_FILE=str(workdir / "no.env"),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-    )
     run_dir = workdir / tag
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "worker.log"
-    with log_path.open("wb") as log_file:
-        proc = started.add(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER_CODE],
-                cwd=run_dir,
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
+    ports = free_ports(workers)
+    names = ["worker"] if workers == 1 else [f"worker-{i + 1}" for i in range(workers)]
+    procs = [
+        start_worker(started, worker_env(args, st, prefix, tag, port, workdir), run_dir, name)
+        for port, name in zip(ports, names, strict=True)
+    ]
+    import redis
+
+    client = redis.Redis.from_url(st.redis_url)
     spy: subprocess.Popen[bytes] | None = None
     try:
         spawned = time.perf_counter()
-        samples: list[Sample] = []
         deadline = spawned + args.timeout
+
+        def alive() -> None:
+            for proc, name in zip(procs, names, strict=True):
+                if proc.poll() is not None:
+                    log_path = run_dir / f"{name}.log"
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode}; last lines of {log_path}:\n"
+                        + log_tail(log_path)
+                    )
+
+        def counted_now() -> dict[str, float] | None:
+            pages = [outcomes_counted(port) for port in ports]
+            if any(page is None for page in pages):
+                return None
+            total: dict[str, float] = {}
+            for page in pages:
+                for outcome, count in (page or {}).items():
+                    total[outcome] = total.get(outcome, 0.0) + count
+            return total
+
+        def sample(counted: float) -> Sample:
+            return Sample(
+                time.perf_counter(),
+                counted,
+                tuple(cpu_seconds(proc.pid) or 0.0 for proc in procs),
+                cpu_seconds(st.broker_pid) if st.broker_pid else None,
+                machine_busy_seconds(),
+                sum(run_delay_seconds(proc.pid) or 0.0 for proc in procs),
+                time.process_time(),
+            )
+
+        samples: list[Sample] = []
         outcomes: dict[str, float] = {}
+        calls0: dict[str, int] = {}
+        groups = [f"bench-{tag}-fold", f"bench-{tag}"]
+        members: list[frozenset[str] | None] = []
+        if load is not None:
+            while counted_now() is None:
+                alive()
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"the workers' /metrics did not answer; see {run_dir}")
+                time.sleep(0.5)
+            members = wait_settled(st.bootstrap, groups, workers, deadline - time.perf_counter(), alive)
+            outcomes = counted_now() or {}
+            for proc in procs:
+                os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                load()
+            finally:
+                for proc in procs:
+                    os.kill(proc.pid, signal.SIGCONT)
+            calls0 = redis_command_calls(client)
+            samples.append(sample(sum(outcomes.values())))
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the worker exited with {proc.returncode}; last lines of {log_path}:\n"
-                    + "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
-                )
-            got = outcomes_counted(port)
-            now = time.perf_counter()
+            alive()
+            got = counted_now()
             if got is not None:
                 outcomes = got
                 counted = sum(got.values())
-                samples.append(
-                    Sample(
-                        now,
-                        counted,
-                        cpu_seconds(proc.pid) or 0.0,
-                        cpu_seconds(st.broker_pid) if st.broker_pid else None,
-                        machine_busy_seconds(),
-                        run_delay_seconds(proc.pid) or 0.0,
-                        time.process_time(),
-                    )
-                )
+                if not samples and counted > 0:
+                    calls0 = redis_command_calls(client)
+                samples.append(sample(counted))
                 if counted > 0 and pyspy_out is not None and spy is None:
                     spy = started.add(
                         subprocess.Popen(
@@ -434,7 +569,7 @@ def run_worker(
                                 shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
                                 "record",
                                 "--pid",
-                                str(proc.pid),
+                                str(procs[0].pid),
                                 "--format",
                                 "raw",
                                 "--output",
@@ -452,20 +587,26 @@ def run_worker(
                     )
                 if counted >= n:
                     break
-            if now > deadline:
+            if time.perf_counter() > deadline:
                 raise TimeoutError(
-                    f"the worker counted {sum(outcomes.values()):.0f} of {n} events in "
-                    f"{args.timeout:.0f} s; see {log_path}"
+                    f"the workers counted {sum(outcomes.values()):.0f} of {n} events in "
+                    f"{args.timeout:.0f} s; see {run_dir}"
                 )
             time.sleep(args.poll)
+        calls = calls_between(calls0, redis_command_calls(client))
+        problems: list[str] = []
+        if load is not None and asyncio.run(group_members(st.bootstrap, groups)) != members:
+            problems.append(
+                "the consumer groups rebalanced during the run (a preload past the session timeout?)"
+            )
         if spy is not None:
             started.stop(spy, signal.SIGINT, timeout_s=30)
-        a = next(s for s in samples if s.counted > 0)
+        a = samples[0] if load is not None else next(s for s in samples if s.counted > 0)
         b = samples[-1]
         t0, t1, c0 = a.t, b.t, a.counted
         wall = t1 - t0
         rate = (b.counted - c0) / wall if wall > 0 else float("nan")
-        interior = [s for s in samples if 0 < s.counted < n]
+        interior = [s for s in samples if c0 < s.counted < n]
         steady = (
             (interior[-1].counted - c0) / (interior[-1].t - t0)
             if len(interior) >= 2 and interior[-1].t > t0
@@ -474,10 +615,11 @@ def run_worker(
         broker_cpu = (
             (b.broker_cpu - a.broker_cpu) if a.broker_cpu is not None and b.broker_cpu is not None else None
         )
-        problems: list[str] = []
-        want_outcomes = expected.outcomes
+        per_worker = [
+            (cb - ca) / wall if wall > 0 else float("nan") for ca, cb in zip(a.cpu, b.cpu, strict=True)
+        ]
         got_outcomes = {k: int(v) for k, v in outcomes.items()}
-        for outcome, count in want_outcomes.items():
+        for outcome, count in expected.outcomes.items():
             if got_outcomes.get(outcome, 0) != count:
                 problems.append(f"outcome {outcome}: expected {count}, got {got_outcomes.get(outcome, 0)}")
         redis_wait_end = time.perf_counter() + 60
@@ -488,32 +630,42 @@ def run_worker(
             time.sleep(0.1)
         redis_after = time.perf_counter() - t1
         problems += mismatch
-        peak_kb = status_kb(proc.pid, "VmHWM") or 0
+        peak_kb = max(status_kb(proc.pid, "VmHWM") or 0 for proc in procs)
+        cpu_delta = sum(b.cpu) - sum(a.cpu)
         return WorkerRun(
             events_per_s=rate,
             steady_events_per_s=steady,
             startup_s=t0 - spawned,
-            counting_s=t1 - t0,
+            counting_s=wall,
             redis_after_s=redis_after,
             peak_rss_mb=peak_kb / 1024,
-            cpu_cores=(b.cpu - a.cpu) / wall if wall > 0 else float("nan"),
+            cpu_cores=cpu_delta / wall if wall > 0 else float("nan"),
             broker_cpu_cores=broker_cpu / wall if broker_cpu is not None and wall > 0 else None,
-            others_cores=((b.busy - a.busy) - (b.cpu - a.cpu) - (broker_cpu or 0.0) - (b.own - a.own)) / wall
+            others_cores=((b.busy - a.busy) - cpu_delta - (broker_cpu or 0.0) - (b.own - a.own)) / wall
             if wall > 0
             else float("nan"),
             cpu_wait_share=(b.run_delay - a.run_delay) / wall if wall > 0 else float("nan"),
             outcomes=got_outcomes,
             exact=not problems,
             problems=problems,
+            cpu_per_worker=per_worker,
+            counted_before=int(c0),
+            redis_calls=calls,
         )
     finally:
         if spy is not None:
             started.stop(spy, signal.SIGINT, timeout_s=30)
-        started.stop(proc)
+        for proc in procs:
+            started.stop(proc)
+        client.close()
         redis_cleanup(st.redis_url, redis_prefix)
 
 
-def run_ceiling(st: Stack, prefix: str, n: int, timeout_s: float) -> dict[str, Any]:
+def run_ceiling(
+    st: Stack, prefix: str, n: int, timeout_s: float, partition: int | None = None
+) -> dict[str, Any]:
+    """The raw consumer (``ceiling.py``) over ``n`` records of the source topics, or of their partition
+    ``partition`` only."""
     command = [
         sys.executable,
         str(HERE / "ceiling.py"),
@@ -528,6 +680,8 @@ def run_ceiling(st: Stack, prefix: str, n: int, timeout_s: float) -> dict[str, A
     ]
     if st.broker_pid:
         command += ["--broker-pid", str(st.broker_pid)]
+    if partition is not None:
+        command += ["--partition", str(partition)]
     done = subprocess.run(command, capture_output=True, check=False, timeout=timeout_s + 30)
     if done.returncode != 0:
         raise RuntimeError(f"the ceiling consumer failed:\n{done.stderr.decode(errors='replace')[-3000:]}")
@@ -572,8 +726,15 @@ COLUMNS: tuple[tuple[str, Any], ...] = (
     ("startup + group join", lambda r: f"{r.worker.startup_s:.1f} s"),
     ("KPIs in Redis after the last count", lambda r: f"{r.worker.redis_after_s:.1f} s"),
     ("worker peak RSS", lambda r: f"{r.worker.peak_rss_mb:.0f} MiB"),
+    ("Redis commands per event", lambda r: f"{r.worker.redis_per_event:.4f}"),
     ("exact", lambda r: "yes" if r.worker.exact else "NO"),
 )
+TARGET_REDIS_PER_EVENT = 0.01
+
+
+def top_calls(calls: dict[str, int], n: int = 5) -> str:
+    """The ``n`` most called Redis commands, for the report."""
+    return ", ".join(f"`{name}` {count:,}" for name, count in list(calls.items())[:n]) or "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,6 +745,7 @@ class Summary:
     ratio: float
     peak_rss_mb: float
     exact: bool
+    redis_per_event: float
 
     @classmethod
     def of(cls, rounds: list[Round]) -> Summary:
@@ -596,6 +758,7 @@ class Summary:
             ratio=worker / ceiling,
             peak_rss_mb=max(r.worker.peak_rss_mb for r in rounds),
             exact=all(r.worker.exact for r in rounds),
+            redis_per_event=statistics.median(r.worker.redis_per_event for r in rounds),
         )
 
 
@@ -608,8 +771,10 @@ def print_table(rounds: list[Round]) -> None:
     print(
         f"median: ceiling {fmt_rate(m.ceiling)} events/s, worker {fmt_rate(m.worker)} events/s "
         f"(steady {fmt_rate(m.steady)}), ratio {m.ratio:.3f}, peak RSS {m.peak_rss_mb:.0f} MiB, "
-        f"exact: {'yes' if m.exact else 'NO'}"
+        f"Redis commands per event {m.redis_per_event:.4f}, exact: {'yes' if m.exact else 'NO'}"
     )
+    for r in rounds:
+        print(f"  round {r.index} Redis commands: {top_calls(r.worker.redis_calls, 8)}")
 
 
 def markdown(
@@ -653,6 +818,10 @@ def markdown(
         f"**{'met' if m.worker >= TARGET_EVENTS_PER_S else 'missed'}**; ≥ {TARGET_RATIO:.0%} of the ceiling "
         f"— **{'met' if m.ratio >= TARGET_RATIO else 'missed'}**. Exact in every round: "
         f"**{'yes' if m.exact else 'NO'}**.",
+        "",
+        f"Redis commands per event: **{m.redis_per_event:.4f}** (median; target ≤ {TARGET_REDIS_PER_EVENT} — "
+        f"**{'met' if m.redis_per_event <= TARGET_REDIS_PER_EVENT else 'missed'}**); the most called in "
+        f"round {rounds[0].index}: {top_calls(rounds[0].worker.redis_calls)}.",
         *[
             f"\nRound {r.index} is **not exact** ({len(r.worker.problems)} differences), e.g.: "
             + "; ".join(r.worker.problems[:4])
@@ -687,6 +856,9 @@ def markdown(
         "steal included) minus the measured process, the broker and this script (valkey and everything else "
         "on the machine remain in it). Peak RSS is `VmHWM` from /proc/PID/status just before the worker is "
         "stopped.",
+        "- *Redis commands per event*: `INFO commandstats` of the run's own valkey at the first counted "
+        "event and at the last, the calls of every command but `INFO` added up, ÷ the events counted in "
+        "between (the worker is the only other client meanwhile).",
     ]
     if profile_md is not None and profile_run is not None:
         lines += [

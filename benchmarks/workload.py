@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -74,11 +75,26 @@ class Expected:
         row[name] += amount
 
 
-def generate(n: int, now_ms: int, seed: int = 7, mix: Mix = Mix()) -> tuple[list[Record], Expected]:
-    """``n`` records in send order and the totals they must produce."""
+def numbered_channels(n: int) -> tuple[str, ...]:
+    """``n`` channel names ``ch0000``… (for workloads wider than the ten named channels)."""
+    return tuple(f"ch{i:04d}" for i in range(n))
+
+
+def generate(
+    n: int,
+    now_ms: int,
+    seed: int = 7,
+    mix: Mix = Mix(),
+    channels: Sequence[str] = CHANNELS,
+    weights: Sequence[float] = CHANNEL_WEIGHTS,
+) -> tuple[list[Record], Expected]:
+    """``n`` records in send order and the totals they must produce, over ``channels`` drawn with
+    ``weights``."""
+    if len(channels) != len(weights):
+        raise ValueError(f"{len(channels)} channels but {len(weights)} weights")
     rng = random.Random(seed)
     expected = Expected()
-    campaigns = {ch: [f"{ch}-c{i}" for i in range(CAMPAIGNS_PER_CHANNEL)] for ch in CHANNELS}
+    campaigns = {ch: [f"{ch}-c{i}" for i in range(CAMPAIGNS_PER_CHANNEL)] for ch in channels}
     type_names = [name for name, _ in CLICK_TYPES]
     type_weights = [weight for _, weight in CLICK_TYPES]
     start_ms = now_ms - int(mix.span_s * 1000)
@@ -88,10 +104,10 @@ def generate(n: int, now_ms: int, seed: int = 7, mix: Mix = Mix()) -> tuple[list
     # orjson's bytes keep a ~4 KiB allocation each; a right-sized copy keeps 500k records at ~100 MB, not
     # 2 GB.
     dumps = _compact_dumps
-    channel_cum = list(accumulate(CHANNEL_WEIGHTS))
+    channel_cum = list(accumulate(weights))
     type_cum = list(accumulate(type_weights))
     for i in range(n):
-        channel = rng.choices(CHANNELS, cum_weights=channel_cum)[0]
+        channel = rng.choices(channels, cum_weights=channel_cum)[0]
         key = channel.encode()
         roll = rng.random()
         if roll < mix.duplicate and recent:
