@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test test-unit test-integration test-deploy kafka faults bench lint clean
+.PHONY: install tools demo test test-unit test-integration test-deploy kafka faults bench soak lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ kafka: $(STAMP) tools  ## every test on real Apache Kafka: the Kafka half of `ma
 
 bench: $(STAMP)  ## throughput of one worker against the raw aiokafka ceiling (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/throughput.py
+
+SOAK_MINUTES ?= 30
+
+soak: $(STAMP)  ## one worker, simulated traffic with scenarios for SOAK_MINUTES (30): CSV + PNG in benchmarks/results/
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .adpulse .pytest_cache .hypothesis .ruff_cache .mypy_cache

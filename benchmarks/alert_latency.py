@@ -31,6 +31,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -166,6 +167,11 @@ class RunResult:
     startup_s: float
     problems: list[str] = field(default_factory=list)
     fetch_probe: dict[int, list[float]] = field(default_factory=dict)
+    #: Background traffic asked of ``adpulse simulate`` (records/s), and what it says it sent.
+    rate_asked: int = 0
+    rate_sent: float | None = None
+    #: The share of the sustained one-worker throughput that ``rate_asked`` is (None: a fixed --rate).
+    load: float | None = None
 
     def budget_latencies(self) -> list[float]:
         return [s.latency for s in self.budget if s.latency is not None]
@@ -508,14 +514,24 @@ def is_window_alert(alert: dict) -> bool:
     )
 
 
-def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started: Started) -> RunResult:
-    """A fresh embedded stack, one worker, live traffic; the measurements; everything stopped again."""
+def one_run(
+    args: argparse.Namespace,
+    config: RunConfig,
+    workdir: Path,
+    started: Started,
+    rate: int | None = None,
+    load: float | None = None,
+) -> RunResult:
+    """A fresh embedded stack, one worker, live traffic (``rate`` records/s, default ``--rate``); the
+    measurements; everything stopped again."""
     from adpulse.stack import EmbeddedStack
 
+    traffic_rate = rate or args.rate
     kafka_port, redis_port, worker_port = free_ports(3)
     run_dir = workdir / (
         f"tick{config.tick_s:g}-flush{config.flush_s:g}"
         + (f"-fetchwait{config.fetch_wait_ms}" if config.fetch_wait_ms else "")
+        + (f"-rate{traffic_rate}" if load is not None else "")
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
@@ -593,9 +609,8 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
                     "adpulse",
                     "simulate",
                     "--rate",
-                    str(args.rate),
+                    str(traffic_rate),
                     "--flat",
-                    "--quiet",
                     "--seed",
                     str(args.seed),
                 ],
@@ -629,13 +644,28 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
                 problems.append(f"{name} exited early with {proc.returncode}")
         started.stop(traffic, signal.SIGTERM)
         started.stop(worker, signal.SIGTERM)
+        sent = simulate_sent(run_dir / "simulate.log")
         missing = [s.channel for s in samples if s.xadd_s is None] + [
             w.channel for w in windows if w.xadd_s is None
         ]
         if missing:
             problems.append(f"no alert within the timeout for {', '.join(missing)}")
         return RunResult(
-            config, shown, samples, windows, rate, cores, lags, tick_mean, tick_n, startup_s, problems, probes
+            config,
+            shown,
+            samples,
+            windows,
+            rate,
+            cores,
+            lags,
+            tick_mean,
+            tick_n,
+            startup_s,
+            problems,
+            probes,
+            rate_asked=traffic_rate,
+            rate_sent=sent,
+            load=load,
         )
     finally:
         for proc in list(started.procs):
@@ -646,12 +676,21 @@ def one_run(args: argparse.Namespace, config: RunConfig, workdir: Path, started:
 # --------------------------------------------------------------------------------------------- report
 
 
+def simulate_sent(log: Path) -> float | None:
+    """Records per second ``adpulse simulate`` says it sent (its summary line), or None."""
+    found = re.search(
+        r"sent (\d+) records in ([\d.]+)s", log.read_text(errors="replace") if log.exists() else ""
+    )
+    return int(found[1]) / float(found[2]) if found and float(found[2]) > 0 else None
+
+
 def stats(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
         "min": min(values, default=float("nan")),
         "p50": percentile(values, 0.5),
         "p95": percentile(values, 0.95),
+        "p99": percentile(values, 0.99),
         "max": max(values, default=float("nan")),
         "mean": statistics.fmean(values) if values else float("nan"),
     }
@@ -906,6 +945,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1500, 500],
         help="fetch_max_wait_ms values of the probe (default 1500 = Faust's, 500 = aiokafka's)",
     )
+    parser.add_argument(
+        "--load",
+        dest="loads",
+        type=float,
+        action="append",
+        metavar="FRACTION",
+        help="instead of the plain runs: background traffic at this fraction of the sustained one-worker "
+        "throughput (repeatable, e.g. --load 0.1 --load 0.5 --load 0.9); writes its own section",
+    )
+    parser.add_argument(
+        "--sustained",
+        type=float,
+        help="the sustained one-worker throughput (events/s) the loads are fractions of; default: measured "
+        "first, as throughput.py does, on --sustained-events preloaded records",
+    )
+    parser.add_argument(
+        "--sustained-events",
+        type=int,
+        default=300_000,
+        help="records of the sustained-throughput measurement (default 300000)",
+    )
     parser.add_argument("--seed", type=int, default=11, help="seed of the spacing and of the traffic")
     parser.add_argument(
         "--output",
@@ -923,9 +983,115 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs in the temp dir")
     args = parser.parse_args(argv)
     args.runs = args.runs or [RunConfig(0.5, 0.25)]
+    if args.loads and not all(0 < load <= 2 for load in args.loads):
+        parser.error("--load takes fractions in (0, 2]")
     if args.channels < 1 or not 0.8 < args.share < 1.0 or args.spacing_min > args.spacing_max:
         parser.error("--channels ≥ 1, 0.8 < --share < 1, --spacing-min ≤ --spacing-max")
     return args
+
+
+@dataclass
+class Sustained:
+    """The one-worker throughput the background loads are fractions of."""
+
+    events_per_s: float
+    #: How it was had: measured in this run (throughput.py's method) or given with --sustained.
+    measured: bool
+    events: int = 0
+    exact: bool = True
+    ceiling_per_s: float | None = None
+
+
+def measure_sustained(args: argparse.Namespace, workdir: Path, started: Started) -> Sustained:
+    """One worker's events/s on preloaded records, as ``throughput.py`` measures it, on a stack of its own."""
+    import throughput
+    from workload import generate
+
+    options = argparse.Namespace(
+        bootstrap=None,
+        redis_url=None,
+        broker_pid=None,
+        broker=args.broker,
+        partitions=args.partitions,
+        timeout=600.0,
+        poll=0.1,
+    )
+    records, expected = generate(args.sustained_events, int(time.time() * 1000), seed=args.seed)
+    with throughput.stack(options, workdir / "sustained", started) as st:
+        prefix = f"bench-{uuid.uuid4().hex[:6]}."
+        asyncio.run(throughput.create_topics(st.bootstrap, prefix, args.partitions))
+        asyncio.run(throughput.preload(st.bootstrap, prefix, records, args.partitions))
+        ceiling = throughput.run_ceiling(st, prefix, len(records), 600.0)
+        run = throughput.run_worker(
+            options, st, started, prefix, workdir, expected, len(records), "sustained-" + prefix[6:12]
+        )
+    print(
+        f"sustained: one worker {run.events_per_s:,.0f} events/s on {len(records):,} preloaded records "
+        f"(ceiling {ceiling['events_per_s']:,.0f}), exact={run.exact}"
+    )
+    return Sustained(run.events_per_s, True, len(records), run.exact, ceiling["events_per_s"])
+
+
+def load_markers(broker: str) -> tuple[str, str]:
+    """The markers of the section the --load runs write (one per broker), beside the plain section."""
+    suffix = "" if broker == "tansu" else f" --broker {broker}"
+    return (
+        f"<!-- benchmarks/alert_latency.py --load{suffix}: begin (generated; rerun the script to "
+        "refresh) -->",
+        f"<!-- benchmarks/alert_latency.py --load{suffix}: end -->",
+    )
+
+
+def load_markdown(
+    runs: list[RunResult], info: dict[str, str], command: str, args: argparse.Namespace, sustained: Sustained
+) -> str:
+    """The section of the runs under a background load at fractions of the sustained throughput."""
+    how = (
+        f"measured first in this run as `benchmarks/throughput.py` does (one worker on {sustained.events:,} "
+        f"preloaded records, a stack of its own, exact: {'yes' if sustained.exact else 'NO'}; the raw "
+        f"ceiling {sustained.ceiling_per_s or float('nan'):,.0f} events/s)"
+        if sustained.measured
+        else "given with `--sustained`"
+    )
+    lines = [
+        *section_head(
+            load_markers(args.broker)[0],
+            "Alert latency under load" + (" on Apache Kafka" if args.broker == "kafka" else ""),
+            command,
+            info,
+        ),
+        f"Sustained one-worker throughput: **{sustained.events_per_s:,.0f} events/s**, {how}. Each run is "
+        "the budget-crossing measurement of the section above (fresh stack, one worker, "
+        f"{args.channels} budgets, one spend event of {args.share:.0%} per channel {args.spacing_min:g}–"
+        f"{args.spacing_max:g} s apart; latency = XADD time of the 80 % warning − broker ack of the spend "
+        "event) with the background traffic of `adpulse simulate --flat` (6 channels, in its own process) "
+        "at the given fraction of that throughput. Percentiles interpolate linearly between ranks; with "
+        f"{args.channels} alerts a run's p99 is close to its maximum.",
+        "",
+        "| load | traffic asked (records/s) | simulate sent (records/s) | worker counted (events/s) | worker "
+        "CPU (cores) | event-time lag p50 / max | budget alerts | p50 | p95 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        b = stats(r.budget_latencies())
+        lag = stats(r.event_time_lag_s)
+        lines.append(
+            f"| {r.load or 0:.0%} ({r.config.label}) | {r.rate_asked:,} | "
+            + ("n/a" if r.rate_sent is None else f"{r.rate_sent:,.0f}")
+            + f" | {r.traffic_events_per_s:,.0f} | {r.worker_cpu_cores:.2f} | {lag['p50']:.1f} s / "
+            f"{lag['max']:.1f} s | {b['n']} of {len(r.budget)} | {ms(b['p50'])} | **{ms(b['p95'])}** | "
+            f"{ms(b['p99'])} | {ms(b['max'])} |"
+        )
+    at_half = [r for r in runs if r.load is not None and abs(r.load - 0.5) < 1e-9]
+    if at_half:
+        p95 = percentile(at_half[0].budget_latencies(), 0.95)
+        verdict = "met" if p95 <= TARGET_P95_S else f"missed by {ms(p95 - TARGET_P95_S)}"
+        lines += ["", f"Target p95 ≤ 1 s at 50 % of the sustained throughput: **{verdict}** ({ms(p95)})."]
+    problems = [f"{r.load or 0:.0%}: {p}" for r in runs for p in r.problems]
+    if problems:
+        lines += ["", "Problems: " + "; ".join(problems) + "."]
+    lines.append(load_markers(args.broker)[1])
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -934,8 +1100,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="adpulse-latency-"))
     started = Started()
     runs: list[RunResult] = []
+    sustained: Sustained | None = None
     try:
-        plan = list(args.runs)
+        if args.loads:
+            sustained = (
+                Sustained(args.sustained, False)
+                if args.sustained
+                else measure_sustained(args, workdir, started)
+            )
+            args.fetch_probe = 0  # measured by the plain runs; the load does not change the broker's wake-up
+            for load in args.loads:
+                for config in args.runs:
+                    rate = max(1, round(load * sustained.events_per_s))
+                    print(f"[{config.label}] load {load:.0%}: {rate:,} records/s of background traffic")
+                    result = one_run(args, config, workdir, started, rate=rate, load=load)
+                    runs.append(result)
+                    print_run(result)
+        plan = [] if args.loads else list(args.runs)
         while plan:
             config = plan.pop(0)
             result = one_run(args, config, workdir, started)
@@ -961,9 +1142,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"work dir kept: {workdir}")
     if not args.no_write and runs:
-        write_markdown(args.output, markdown(runs, info, command, args), *markers(args.broker))
+        if sustained is not None:
+            text = load_markdown(runs, info, command, args, sustained)
+            write_markdown(args.output, text, *load_markers(args.broker))
+        else:
+            write_markdown(args.output, markdown(runs, info, command, args), *markers(args.broker))
         print(f"wrote {args.output}")
-    return 0 if runs and all(not r.problems for r in runs) else 1
+    elif sustained is not None and runs:
+        print(load_markdown(runs, info, command, args, sustained))
+    return 0 if runs and all(not r.problems for r in runs) and (sustained is None or sustained.exact) else 1
 
 
 if __name__ == "__main__":
