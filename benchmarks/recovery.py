@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -210,6 +211,28 @@ class Probe:
 # --------------------------------------------------------------------------------------------- one kill
 
 
+def log_milestones(text: str, app_id: str) -> dict[str, float]:
+    """When (epoch s) the worker's log first says that its Faust consumer group synced, that its table was
+    recovered from the changelog, and that the fold stage's group synced (the log stamps local time)."""
+    patterns = {
+        "faust_synced": re.compile(rf"Successfully synced group {re.escape(app_id)} with"),
+        "recovered": re.compile(r"\[\^---Recovery\]: Recovery complete"),
+        "fold_synced": re.compile(rf"Successfully synced group {re.escape(app_id)}-fold with"),
+    }
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        stamp = STAMP.match(line)
+        if stamp is None:
+            continue
+        for name, pattern in patterns.items():
+            if name not in found and pattern.search(line):
+                found[name] = time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1000
+    return found
+
+
+STAMP = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
+
+
 @dataclass
 class Kill:
     """Seconds from the kill to each sign of life of the restarted worker (None: not seen)."""
@@ -217,6 +240,9 @@ class Kill:
     index: int
     down_s: float
     metrics_s: float | None = None
+    faust_synced_s: float | None = None
+    recovered_s: float | None = None
+    fold_synced_s: float | None = None
     counting_s: float | None = None
     partial_s: float | None = None
     changelog_s: float | None = None
@@ -299,6 +325,8 @@ def kill_once(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
         started.procs.remove(proc)
+        log_path = run_dir / "worker.log"
+        log_from = log_path.stat().st_size
         with Probe(st.bootstrap, clicks, f"probe{index}", args.probe_interval):
             time.sleep(args.down_s)
             proc = start_worker(started, env, run_dir, "worker")
@@ -321,6 +349,13 @@ def kill_once(
                 time.sleep(0.05)
         partial = asyncio.run(first_after(st.bootstrap, partials, marks[partials], t_start))
         merged = asyncio.run(first_after(st.bootstrap, changelog, marks[changelog], t_start))
+        with log_path.open("rb") as log:
+            log.seek(log_from)
+            stamps = log_milestones(log.read().decode(errors="replace"), env["ADPULSE_APP_ID"])
+        result.faust_synced_s, result.recovered_s, result.fold_synced_s = (
+            stamps[name] - t_kill if name in stamps else None
+            for name in ("faust_synced", "recovered", "fold_synced")
+        )
         result.partial_s = None if partial is None else partial - t_kill
         result.changelog_s = None if merged is None else merged - t_kill
         settle = time.monotonic() + 120
@@ -370,13 +405,15 @@ def markdown(
         f"values), from {setup['changelog']:,.0f} changelog records** (what a restart reads back); worker "
         f"peak RSS {setup['rss_mb']:.0f} MiB.",
         "",
-        "| kill | down | /metrics answers | counting again | first partial published | first changelog "
-        "record (table recovered, merging) | **probe row in Redis** | preloaded totals exact after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kill | down | /metrics answers | Faust group synced | table recovered | fold group synced | "
+        "counting again | first partial published | first changelog record | **probe row in Redis** | "
+        "preloaded totals exact after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for k in kills:
         lines.append(
-            f"| {k.index} | {k.down_s:g} s | {secs(k.metrics_s)} | {secs(k.counting_s)} | "
+            f"| {k.index} | {k.down_s:g} s | {secs(k.metrics_s)} | {secs(k.faust_synced_s)} | "
+            f"{secs(k.recovered_s)} | {secs(k.fold_synced_s)} | {secs(k.counting_s)} | "
             f"{secs(k.partial_s)} | {secs(k.changelog_s)} | **{secs(k.redis_s)}** | "
             f"{'yes' if k.exact_after else 'NO'} |"
         )
@@ -391,7 +428,10 @@ def markdown(
         f"command starts again after the down time. From the kill on, a probe channel gets one impression "
         f"every {args.probe_interval:g} s (`send_and_wait`, acks=all). */metrics answers* and *counting "
         "again* are the first polls (every 50 ms) where the new process serves /metrics and counts events "
-        "(the fold stage runs again). *First partial* and *first changelog record* are the CreateTime of the "
+        "(the fold stage runs again). *Faust group synced*, *table recovered* and *fold group synced* are "
+        "the first lines of the new process's log saying so (`Successfully synced group <app id>`, Faust's "
+        "`Recovery complete`, `Successfully synced group <app id>-fold`): the fold stage joins its group "
+        "once Faust is ready. *First partial* and *first changelog record* are the CreateTime of the "
         "first record on `adpulse.partials` and on the `buckets` table's changelog stamped after the new "
         "process started (Faust has read the changelog back and the agent merges). *Probe row in Redis*: the "
         "probe channel's all-time row appears in `<redis_prefix>:kpis`. *Exact after*: every preloaded "
@@ -505,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 kills.append(kill)
                 print(
-                    f"kill {index}: /metrics {secs(kill.metrics_s)}, counting {secs(kill.counting_s)}, "
+                    f"kill {index}: /metrics {secs(kill.metrics_s)}, "
+                    f"Faust synced {secs(kill.faust_synced_s)}, recovered {secs(kill.recovered_s)}, fold synced {secs(kill.fold_synced_s)}, "
+                    f"counting {secs(kill.counting_s)}, "
                     f"partial {secs(kill.partial_s)}, changelog {secs(kill.changelog_s)}, probe in Redis "
                     f"{secs(kill.redis_s)}, exact after: {kill.exact_after}"
                     + (f" {kill.problems}" if kill.problems else "")

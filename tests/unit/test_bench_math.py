@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from harness import percentile
-from recovery import VALID_SHARE, workload_size
+from recovery import VALID_SHARE, log_milestones, workload_size
 from scale_out import balanced_channels, records_per_partition, spread
 from soak import consumer_lag, growth_per_hour, per_second, scenario_args
 from throughput import WorkerRun, calls_between
@@ -111,3 +111,21 @@ def test_scenarios_are_placed_after_the_history_in_the_simulations_run() -> None
     assert (start, end) == (3600.0 + 180.0, 3600.0 + 180.0 + 360.0)
     assert all(3600.0 <= s < e <= 3600.0 + 1800.0 for _spec, s, e in placed)
     assert scenario_args(0.0, 600.0)[1][0] == "bad-records:fraction=0.05,at=150s,for=30s"
+
+
+def test_log_milestones_take_the_first_line_of_each_for_this_app() -> None:
+    log = "\n".join(
+        [
+            "[2026-12-07 00:18:20,059] [1] [INFO] Joined group 'bench-a' (generation 2) with member_id x",
+            "[2026-12-07 00:18:33,186] [1] [INFO] Successfully synced group bench-ab with generation 2",
+            "[2026-12-07 00:18:33,500] [1] [INFO] Successfully synced group bench-a with generation 2",
+            "[2026-12-07 00:18:40,932] [1] [INFO] [^---Recovery]: Recovery complete ",
+            "[2026-12-07 00:18:41,932] [1] [INFO] [^---Recovery]: Recovery complete ",
+            "| table | continued without a stamp |",
+            "[2026-12-07 00:18:46,037] [1] [INFO] Successfully synced group bench-a-fold with generation 2",
+        ]
+    )
+    got = log_milestones(log, "bench-a")
+    assert got["recovered"] - got["faust_synced"] == pytest.approx(7.432)
+    assert got["fold_synced"] - got["faust_synced"] == pytest.approx(12.537)
+    assert log_milestones("nothing here", "bench-a") == {}
