@@ -546,8 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 kills.append(kill)
                 print(
                     f"kill {index}: /metrics {secs(kill.metrics_s)}, "
-                    f"Faust synced {secs(kill.faust_synced_s)}, recovered {secs(kill.recovered_s)}, fold synced {secs(kill.fold_synced_s)}, "
-                    f"counting {secs(kill.counting_s)}, "
+                    f"Faust synced {secs(kill.faust_synced_s)}, recovered {secs(kill.recovered_s)}, "
+                    f"fold synced {secs(kill.fold_synced_s)}, counting {secs(kill.counting_s)}, "
                     f"partial {secs(kill.partial_s)}, changelog {secs(kill.changelog_s)}, probe in Redis "
                     f"{secs(kill.redis_s)}, exact after: {kill.exact_after}"
                     + (f" {kill.problems}" if kill.problems else "")
