@@ -1,9 +1,9 @@
 """Soak: one worker under simulated traffic with scenarios for a long time, sampled every few seconds.
 
 A fresh embedded stack (Tansu or Kafka, and valkey, on loopback ports), ONE ``python -m adpulse worker`` and
-``python -m adpulse simulate`` in processes of their own. The simulation first backfills ``--history``
-minutes at full speed (so the anomaly detectors have a baseline), then runs live at ``--rate`` records/s for
-``--minutes``, with scenarios spread over the live part: a CTR drop, a spend surge, a tracker outage, a
+``python -m adpulse simulate`` in processes of their own: the first backfills ``--history`` minutes at full
+speed (so the anomaly detectors have a baseline); once the worker has folded them, the second runs live at
+``--rate`` records/s for ``--minutes``, with scenarios spread over the live part: a CTR drop, a spend surge, a tracker outage, a
 burst of malformed records, late events and duplicates. Every ``--interval`` seconds the script samples the
 worker's resident memory (VmRSS), CPU, events/s (``adpulse_events_total``), the fold stage's consumer lag
 (end offsets of the source topics − the group's committed offsets), the event-time lag, the DLQ count
@@ -67,12 +67,12 @@ def markers(broker: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------- pure helpers
 
 
-def scenario_args(history_s: float, live_s: float) -> list[tuple[str, float, float]]:
-    """``(--scenario value, start s, end s)`` of every scenario, its times in the simulation's run (the
-    backfilled history comes first, so the live part starts ``history_s`` into it)."""
+def scenario_args(live_s: float) -> list[tuple[str, float, float]]:
+    """``(--scenario value, start s, end s)`` of every scenario of a live run of ``live_s`` seconds, its
+    times counted from the run's start."""
     out = []
     for spec, at, length in SCENARIOS:
-        start = history_s + at * live_s
+        start = at * live_s
         end = start + length * live_s
         sep = "," if ":" in spec else ":"
         out.append((f"{spec}{sep}at={start:.0f}s,for={end - start:.0f}s", start, end))
@@ -167,7 +167,7 @@ def plot(rows: list[Row], spans: list[tuple[str, float, float]], live_from_s: fl
     panels = (
         ("worker RSS (MiB)", [r.rss_mb for r in rows]),
         ("events/s", [r.events_per_s for r in rows]),
-        ("consumer lag (records)", [float(r.consumer_lag) for r in rows]),
+        ("uncommitted records\n(fold group)", [float(r.consumer_lag) for r in rows]),
         ("event-time lag (s)", [r.event_time_lag_s for r in rows]),
         ("DLQ records (total)", [r.dlq_total for r in rows]),
         ("alerts fired (total)", [r.alerts_total for r in rows]),
@@ -191,7 +191,8 @@ def plot(rows: list[Row], spans: list[tuple[str, float, float]], live_from_s: fl
             va="bottom",
         )
     axes[-1].set_xlabel(
-        "minutes since the worker started (dashed: history backfilled, live traffic from here)"
+        "minutes since the history's traffic started (dashed: the worker caught up; live traffic with "
+        "scenarios from here)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -217,8 +218,8 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
     env.update(settings.to_env())
     env["ADPULSE_ENV_FILE"] = str(workdir / "no.env")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    history_s, live_s = args.history * 60.0, args.minutes * 60.0
-    spans = scenario_args(history_s, live_s)
+    live_s = args.minutes * 60.0
+    spans = scenario_args(live_s)
     embedded = EmbeddedStack(settings, broker=args.broker)
     status = embedded.up(timeout_s=120.0 if args.broker == "kafka" else 30.0)
     try:
@@ -243,32 +244,40 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
             if worker.poll() is not None or time.monotonic() - began > 120:
                 raise RuntimeError(f"the worker did not start; see {out / 'worker.log'}")
             time.sleep(0.5)
-        simulate = ["simulate", "--rate", str(args.rate), "--flat", "--seed", str(args.seed)]
-        if args.history > 0:
-            simulate += ["--start", f"-{args.history:g}m"]
-        for spec, _start, _end in spans:
-            simulate += ["--scenario", spec]
-        traffic = spawn("simulate", simulate)
+        base = ["simulate", "--rate", str(args.rate), "--flat"]
         t0 = time.monotonic()
-        # The simulation's run starts at the backfill's first event time; the plot runs on the worker's
-        # clock, where the history takes however long the backfill does: the spans are shifted when the
-        # live part begins (event-time lag back near zero).
+        # The history first, as fast as the broker takes it (simulate stops once it reaches the present);
+        # the live traffic with the scenarios once the worker has folded it (event-time lag back near zero),
+        # so that the scenarios' times, counted from the live run's start, are times on the plot too.
+        traffic = (
+            spawn("history", [*base, "--seed", str(args.seed + 1), "--start", f"-{args.history:g}m", "-q"])
+            if args.history > 0
+            else None
+        )
         rows: list[Row] = []
-        live_from: float | None = None if args.history > 0 else 0.0
+        live_from: float | None = None
         prev: tuple[float, float, float] | None = None
-        end_at = None if args.history > 0 else t0 + live_s
+        end_at: float | None = None
         while end_at is None or time.monotonic() < end_at:
-            for proc, name in ((worker, "worker"), (traffic, "simulate")):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {out / (name + '.log')}")
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}; see {out / 'worker.log'}")
+            # The history's simulate ends by itself (exit 0); the live one runs until it is stopped.
+            if (
+                traffic is not None
+                and traffic.poll() is not None
+                and (live_from is not None or traffic.returncode)
+            ):
+                raise RuntimeError(f"simulate exited with {traffic.returncode}; see the logs in {out}")
             text = read_metrics(f"http://127.0.0.1:{worker_port}/metrics")
             now = time.monotonic()
             cpu = cpu_seconds(worker.pid) or 0.0
             events = metric_sum(text, "adpulse_events_total")
             lag_s = metric_sum(text, "adpulse_event_time_lag_seconds")
-            if live_from is None and events > 0 and lag_s < 5.0:
+            if live_from is None and (traffic is None or traffic.poll() == 0 and lag_s < 5.0):
                 live_from = now - t0
                 end_at = now + live_s
+                scenarios = [arg for spec, _s, _e in spans for arg in ("--scenario", spec)]
+                traffic = spawn("simulate", [*base, "--seed", str(args.seed), *scenarios])
                 print(f"history folded after {live_from:.0f} s; live for {args.minutes:g} min")
             rate = per_second(prev[1], events, now - prev[0]) if prev else 0.0
             cores = per_second(prev[2], cpu, now - prev[0]) if prev else 0.0
@@ -295,15 +304,15 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
             if end_at is None and now - t0 > args.history_timeout:
                 raise TimeoutError(f"the history was not folded in {args.history_timeout:.0f} s")
             time.sleep(max(0.0, args.interval - (time.monotonic() - now)))
-        started.stop(traffic, signal.SIGTERM)
+        if traffic is not None:
+            started.stop(traffic, signal.SIGTERM)
         peak_mb = (status_kb(worker.pid, "VmHWM") or 0) / 1024
         started.stop(worker, signal.SIGTERM)
     finally:
         for proc in list(started.procs):
             started.stop(proc)
         embedded.down(components=status.started)
-    offset = (live_from or 0.0) - history_s
-    shifted = [(spec, start + offset, end + offset) for spec, start, end in spans]
+    shifted = [(spec, start + (live_from or 0.0), end + (live_from or 0.0)) for spec, start, end in spans]
     return rows, Facts(live_from or 0.0, peak_mb, shifted)
 
 
@@ -330,7 +339,7 @@ def markdown(
         f"{facts.live_from_s:.0f} s), then {args.minutes:g} minutes live. Scenarios (minutes into the live "
         "part): "
         + "; ".join(
-            f"`{spec.split(',at=')[0]}` {at * args.minutes:.0f}–{(at + length) * args.minutes:.0f}"
+            f"`{spec.split(',at=')[0]}` {at * args.minutes:.1f}–{(at + length) * args.minutes:.1f}"
             for spec, at, length in SCENARIOS
         )
         + f". Sampled every {args.interval:g} s: {len(rows)} samples, {len(live)} live; CSV and plot in "
@@ -354,8 +363,9 @@ def markdown(
         "",
         "*RSS* is VmRSS of the worker process; *events/s* the growth of `adpulse_events_total` (every "
         "outcome) between samples; *consumer lag* the end offsets of the source topics minus the fold "
-        "group's committed offsets (the fold stage commits once per block or flush, so a few thousand "
-        "records is its resting value); *alerts* `adpulse_alerts_total` (firing state changes).",
+        "group's committed offsets (the fold stage commits when a block closes, every "
+        "`ADPULSE_BLOCK_RECORDS` records of a partition, so up to that many per partition rest uncommitted "
+        "at low rates: the event-time lag is the finer measure of keeping up); *alerts* `adpulse_alerts_total` (firing state changes).",
         markers(args.broker)[1],
     ]
     return "\n".join(lines) + "\n"

@@ -104,13 +104,13 @@ def test_growth_per_hour_is_the_least_squares_slope() -> None:
     assert growth_per_hour([5.0, 5.0], [1.0, 2.0]) == 0.0
 
 
-def test_scenarios_are_placed_after_the_history_in_the_simulations_run() -> None:
-    placed = scenario_args(3600.0, 1800.0)
+def test_scenarios_are_spread_over_the_live_run() -> None:
+    placed = scenario_args(1800.0)
     first_spec, start, end = placed[0]
-    assert first_spec == "ctr-drop:channel=douyin,at=3780s,for=360s"
-    assert (start, end) == (3600.0 + 180.0, 3600.0 + 180.0 + 360.0)
-    assert all(3600.0 <= s < e <= 3600.0 + 1800.0 for _spec, s, e in placed)
-    assert scenario_args(0.0, 600.0)[1][0] == "bad-records:fraction=0.05,at=150s,for=30s"
+    assert first_spec == "ctr-drop:channel=douyin,at=180s,for=360s"
+    assert (start, end) == (180.0, 540.0)
+    assert all(0.0 <= s < e <= 1800.0 for _spec, s, e in placed)
+    assert scenario_args(600.0)[1][0] == "bad-records:fraction=0.05,at=150s,for=30s"
 
 
 def test_log_milestones_take_the_first_line_of_each_for_this_app() -> None:
