@@ -3,13 +3,13 @@
 A fresh embedded stack (Tansu or Kafka, and valkey, on loopback ports), ONE ``python -m adpulse worker`` and
 ``python -m adpulse simulate`` in processes of their own: the first backfills ``--history`` minutes at full
 speed (so the anomaly detectors have a baseline); once the worker has folded them, the second runs live at
-``--rate`` records/s for ``--minutes``, with scenarios spread over the live part: a CTR drop, a spend surge, a tracker outage, a
-burst of malformed records, late events and duplicates. Every ``--interval`` seconds the script samples the
-worker's resident memory (VmRSS), CPU, events/s (``adpulse_events_total``), the fold stage's consumer lag
-(end offsets of the source topics − the group's committed offsets), the event-time lag, the DLQ count
-(``adpulse_dlq_records_total``) and the alerts (``adpulse_alerts_total``: firing state changes). The
-samples go to a CSV and a PNG plot under ``--out`` (default ``benchmarks/results/``, git-ignored), the
-figures to a section of BENCHMARKS.md.
+``--rate`` records/s for ``--minutes``, with scenarios spread over the live part: a CTR drop, a spend
+surge, a tracker outage, a burst of malformed records, late events and duplicates. Every ``--interval``
+seconds the script samples the worker's resident memory (VmRSS), CPU, events/s (``adpulse_events_total``),
+the fold group's uncommitted records (end offsets of the source topics − its committed offsets), the
+event-time lag, the DLQ count (``adpulse_dlq_records_total``) and the alerts (``adpulse_alerts_total``:
+firing state changes). The samples go to a CSV and a PNG plot under ``--out`` (default
+``benchmarks/results/``, git-ignored), the figures to a section of BENCHMARKS.md.
 
     python benchmarks/soak.py --minutes 30          # or: make soak
 """
@@ -364,8 +364,9 @@ def markdown(
         "*RSS* is VmRSS of the worker process; *events/s* the growth of `adpulse_events_total` (every "
         "outcome) between samples; *consumer lag* the end offsets of the source topics minus the fold "
         "group's committed offsets (the fold stage commits when a block closes, every "
-        "`ADPULSE_BLOCK_RECORDS` records of a partition, so up to that many per partition rest uncommitted "
-        "at low rates: the event-time lag is the finer measure of keeping up); *alerts* `adpulse_alerts_total` (firing state changes).",
+        "`ADPULSE_BLOCK_RECORDS` records of a partition, so up to that many per partition rest "
+        "uncommitted at low rates: the event-time lag is the finer measure of keeping up); *alerts* "
+        "`adpulse_alerts_total` (firing state changes).",
         markers(args.broker)[1],
     ]
     return "\n".join(lines) + "\n"
