@@ -59,6 +59,7 @@ from harness import (
     free_ports,
     percentile,
     section_head,
+    section_markers,
     write_markdown,
 )
 from procstat import cpu_seconds
@@ -69,8 +70,6 @@ from adpulse.settings import Settings, redacted_url
 from streams.keys import Keys
 
 TARGET_P95_S = 1.0
-BEGIN = "<!-- benchmarks/alert_latency.py: begin (generated; rerun the script to refresh) -->"
-END = "<!-- benchmarks/alert_latency.py: end -->"
 
 
 #: How the report names each broker.
@@ -79,13 +78,7 @@ BROKER_NAMES = {"tansu": "Tansu", "kafka": f"Apache Kafka {KAFKA_VERSION}, one K
 
 def markers(broker: str) -> tuple[str, str]:
     """The generated section's markers: one section per broker, so both stay in BENCHMARKS.md."""
-    if broker == "tansu":
-        return BEGIN, END
-    return (
-        f"<!-- benchmarks/alert_latency.py --broker {broker}: begin (generated; rerun the script to "
-        "refresh) -->",
-        f"<!-- benchmarks/alert_latency.py --broker {broker}: end -->",
-    )
+    return section_markers("alert_latency.py", broker)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -1034,12 +1027,7 @@ def measure_sustained(args: argparse.Namespace, workdir: Path, started: Started)
 
 def load_markers(broker: str) -> tuple[str, str]:
     """The markers of the section the --load runs write (one per broker), beside the plain section."""
-    suffix = "" if broker == "tansu" else f" --broker {broker}"
-    return (
-        f"<!-- benchmarks/alert_latency.py --load{suffix}: begin (generated; rerun the script to "
-        "refresh) -->",
-        f"<!-- benchmarks/alert_latency.py --load{suffix}: end -->",
-    )
+    return section_markers("alert_latency.py", broker, "--load")
 
 
 def load_markdown(

@@ -6,6 +6,7 @@ The scripts run as ``python benchmarks/<script>.py``; this module and :mod:`proc
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shlex
@@ -133,3 +134,36 @@ def write_markdown(path: Path, section: str, begin: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def section_markers(script: str, broker: str = "tansu", flag: str = "") -> tuple[str, str]:
+    """The begin and end markers of a script's generated section of BENCHMARKS.md: one section per broker
+    (and per ``flag``, such as ``--load``), so that each stays when another is rerun."""
+    what = (
+        f"benchmarks/{script}"
+        + (f" {flag}" if flag else "")
+        + ("" if broker == "tansu" else f" --broker {broker}")
+    )
+    return f"<!-- {what}: begin (generated; rerun the script to refresh) -->", f"<!-- {what}: end -->"
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    """``--broker``, ``--output`` and ``--no-write``, as the scripts that write a section take them."""
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="broker to start: the embedded Tansu (default) or Apache Kafka (needs Java 17 and Maven)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file whose section is rewritten"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
+
+
+def publish(text: str, args: argparse.Namespace, markers: tuple[str, str]) -> None:
+    """Print a generated section and, unless ``--no-write``, put it into ``--output``."""
+    print(text)
+    if not args.no_write:
+        write_markdown(args.output, text, *markers)
+        print(f"wrote {args.output}")

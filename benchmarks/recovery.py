@@ -41,7 +41,15 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import REPO, Started, command_and_machine, free_port, section_head, write_markdown
+from harness import (
+    Started,
+    add_report_args,
+    command_and_machine,
+    free_port,
+    publish,
+    section_head,
+    section_markers,
+)
 from procstat import status_kb
 from throughput import (
     Stack,
@@ -61,20 +69,13 @@ from adpulse.settings import redacted_url
 from streams.keys import Keys
 
 TARGET_S = 30.0
-BEGIN = "<!-- benchmarks/recovery.py: begin (generated; rerun the script to refresh) -->"
-END = "<!-- benchmarks/recovery.py: end -->"
 #: Records of the workload that fold into buckets (the rest are malformed or duplicates).
 VALID_SHARE = 0.98
 
 
 def markers(broker: str) -> tuple[str, str]:
     """The generated section's markers: one section per broker."""
-    if broker == "tansu":
-        return BEGIN, END
-    return (
-        f"<!-- benchmarks/recovery.py --broker {broker}: begin (generated; rerun the script to refresh) -->",
-        f"<!-- benchmarks/recovery.py --broker {broker}: end -->",
-    )
+    return section_markers("recovery.py", broker)
 
 
 def workload_size(rows: int, channels: int, per_minute: float) -> tuple[int, int]:
@@ -467,12 +468,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lookback-s", type=float, default=300.0, help="ADPULSE_ALERT_LOOKBACK_S of the worker (default 300)"
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
-    parser.add_argument(
-        "--broker", choices=("tansu", "kafka"), default="tansu", help="broker to start (default tansu)"
-    )
+    add_report_args(parser)
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a step after this")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
     parser.add_argument("--keep-workdir", action="store_true", help="keep worker logs in the temp dir")
     args = parser.parse_args(argv)
     if args.rows < 100 or args.channels < 1 or args.kills < 1:
@@ -484,6 +481,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM stops the run like Ctrl-C: the processes it started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command, info = command_and_machine("recovery.py", argv)
     minutes, n = workload_size(args.rows, args.channels, args.per_minute)
     channels = numbered_channels(args.channels)
@@ -558,11 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"work dir kept: {workdir}")
-    text = markdown(kills, info, command, args, setup, expected)
-    print(text)
-    if not args.no_write:
-        write_markdown(args.output, text, *markers(args.broker))
-        print(f"wrote {args.output}")
+    publish(markdown(kills, info, command, args, setup, expected), args, markers(args.broker))
     return 0 if kills and all(k.exact_after and k.redis_s is not None for k in kills) else 1
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import REPO, Started, command_and_machine, section_head, write_markdown
+from harness import Started, add_report_args, command_and_machine, publish, section_head, section_markers
 from throughput import (
     Stack,
     WorkerRun,
@@ -57,11 +57,7 @@ TARGET_TWO_WORKERS = 1.6
 
 def markers(broker: str) -> tuple[str, str]:
     """The generated section's markers: one section per broker."""
-    suffix = "" if broker == "tansu" else f" --broker {broker}"
-    return (
-        f"<!-- benchmarks/scale_out.py{suffix}: begin (generated; rerun the script to refresh) -->",
-        f"<!-- benchmarks/scale_out.py{suffix}: end -->",
-    )
+    return section_markers("scale_out.py", broker)
 
 
 def balanced_channels(n: int, partitions: int) -> tuple[str, ...]:
@@ -315,16 +311,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=60, help="channels of equal weight (default 60)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds; the report gives medians (default 1)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
-    parser.add_argument(
-        "--broker", choices=("tansu", "kafka"), default="tansu", help="broker to start (default tansu)"
-    )
+    add_report_args(parser)
     parser.add_argument("--bootstrap", help="reuse this Kafka-compatible broker instead of starting one")
     parser.add_argument("--broker-pid", type=int, help="pid of a reused broker, to report its CPU use")
     parser.add_argument("--redis-url", help="reuse this Redis instead of starting valkey-server")
     parser.add_argument("--poll", type=float, default=0.1, help="seconds between /metrics polls")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on a configuration after this")
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
     parser.add_argument("--keep-workdir", action="store_true", help="keep worker logs in the temp dir")
     args = parser.parse_args(argv)
     if args.events < 1000 or args.rounds < 1 or not args.workers or min(args.workers) < 1:
@@ -359,11 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"work dir kept: {workdir}")
-    text = markdown(configs, info, command, args, expected, per_partition, busiest)
-    print(text)
-    if not args.no_write:
-        write_markdown(args.output, text, *markers(args.broker))
-        print(f"wrote {args.output}")
+    publish(
+        markdown(configs, info, command, args, expected, per_partition, busiest), args, markers(args.broker)
+    )
     return 0 if all(c.run.exact for c in configs) else 1
 
 

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import csv
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -34,14 +35,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import REPO, Started, command_and_machine, free_ports, section_head, write_markdown
+from harness import (
+    REPO,
+    Started,
+    add_report_args,
+    command_and_machine,
+    free_ports,
+    publish,
+    section_head,
+    section_markers,
+)
 from procstat import cpu_seconds, status_kb
 
 from adpulse.metrics_page import metric_sum, read_metrics
 from adpulse.settings import Settings, redacted_url
 
-BEGIN = "<!-- benchmarks/soak.py: begin (generated; rerun the script to refresh) -->"
-END = "<!-- benchmarks/soak.py: end -->"
 SOURCES = ("clicks", "orders", "spend")
 #: Scenarios of the live part: (simulate scenario, start and length as fractions of the live minutes).
 SCENARIOS: tuple[tuple[str, float, float], ...] = (
@@ -56,12 +64,7 @@ SCENARIOS: tuple[tuple[str, float, float], ...] = (
 
 def markers(broker: str) -> tuple[str, str]:
     """The generated section's markers: one section per broker."""
-    if broker == "tansu":
-        return BEGIN, END
-    return (
-        f"<!-- benchmarks/soak.py --broker {broker}: begin (generated; rerun the script to refresh) -->",
-        f"<!-- benchmarks/soak.py --broker {broker}: end -->",
-    )
+    return section_markers("soak.py", broker)
 
 
 # --------------------------------------------------------------------------------------------- pure helpers
@@ -77,6 +80,18 @@ def scenario_args(live_s: float) -> list[tuple[str, float, float]]:
         sep = "," if ":" in spec else ":"
         out.append((f"{spec}{sep}at={start:.0f}s,for={end - start:.0f}s", start, end))
     return out
+
+
+def sent_records(log: str) -> int | None:
+    """The records a finished ``adpulse simulate`` says it sent (its summary line), or None."""
+    found = re.search(r"^sent (\d+) records in", log, re.MULTILINE)
+    return int(found[1]) if found else None
+
+
+def folded(events: float, history_log: Path) -> bool:
+    """Whether the worker counted every record the (finished) history run sent."""
+    sent = sent_records(history_log.read_text(errors="replace")) if history_log.exists() else None
+    return sent is not None and events >= sent
 
 
 def per_second(before: float, after: float, seconds: float) -> float:
@@ -250,7 +265,7 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
         # the live traffic with the scenarios once the worker has folded it (event-time lag back near zero),
         # so that the scenarios' times, counted from the live run's start, are times on the plot too.
         traffic = (
-            spawn("history", [*base, "--seed", str(args.seed + 1), "--start", f"-{args.history:g}m", "-q"])
+            spawn("history", [*base, "--seed", str(args.seed + 1), "--start", f"-{args.history:g}m"])
             if args.history > 0
             else None
         )
@@ -273,7 +288,7 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
             cpu = cpu_seconds(worker.pid) or 0.0
             events = metric_sum(text, "adpulse_events_total")
             lag_s = metric_sum(text, "adpulse_event_time_lag_seconds")
-            if live_from is None and (traffic is None or traffic.poll() == 0 and lag_s < 5.0):
+            if live_from is None and (traffic is None or folded(events, out / "history.log")):
                 live_from = now - t0
                 end_at = now + live_s
                 scenarios = [arg for spec, _s, _e in spans for arg in ("--scenario", spec)]
@@ -388,9 +403,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples (default 10)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the adpulse topics")
     parser.add_argument("--seed", type=int, default=3, help="seed of the traffic")
-    parser.add_argument(
-        "--broker", choices=("tansu", "kafka"), default="tansu", help="broker to start (default tansu)"
-    )
+    add_report_args(parser)
     parser.add_argument(
         "--history-timeout", type=float, default=1800.0, help="give up if the history takes longer (s)"
     )
@@ -400,8 +413,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO / "benchmarks" / "results",
         help="directory of the CSV, the PNG and the logs (default benchmarks/results, git-ignored)",
     )
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
-    parser.add_argument("--no-write", action="store_true", help="leave the markdown file alone")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.history < 0 or args.interval <= 0 or args.rate <= 0:
         parser.error("--minutes, --interval and --rate must be positive, --history ≥ 0")
@@ -410,6 +421,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A SIGTERM stops the run like Ctrl-C: the processes it started are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command, info = command_and_machine("soak.py", argv)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
     out = args.out / f"soak-{stamp}"
@@ -426,12 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
     plot(rows, facts.spans, facts.live_from_s, out / "soak.png")
-    text = markdown(rows, facts, info, command, args, out)
-    print(text)
     print(f"wrote {out / 'soak.csv'} and {out / 'soak.png'}")
-    if not args.no_write:
-        write_markdown(args.output, text, *markers(args.broker))
-        print(f"wrote {args.output}")
+    publish(markdown(rows, facts, info, command, args, out), args, markers(args.broker))
     return 0
 
 

@@ -45,6 +45,7 @@ from harness import (
     command_and_machine,
     free_ports,
     section_head,
+    section_markers,
     write_markdown,
 )
 from procstat import (
@@ -65,19 +66,11 @@ WORKER_CODE = (
 )
 TARGET_EVENTS_PER_S = 60_000
 TARGET_RATIO = 0.20
-BEGIN = "<!-- benchmarks/throughput.py: begin (generated; rerun the script to refresh) -->"
-END = "<!-- benchmarks/throughput.py: end -->"
 
 
 def markers(broker: str) -> tuple[str, str]:
     """The generated section's markers: one section per broker, so both stay in BENCHMARKS.md."""
-    if broker == "tansu":
-        return BEGIN, END
-    return (
-        f"<!-- benchmarks/throughput.py --broker {broker}: begin (generated; rerun the script to refresh) "
-        "-->",
-        f"<!-- benchmarks/throughput.py --broker {broker}: end -->",
-    )
+    return section_markers("throughput.py", broker)
 
 
 def broker_name(broker: str) -> str:

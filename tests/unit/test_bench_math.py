@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from harness import percentile
 from recovery import VALID_SHARE, log_milestones, workload_size
 from scale_out import balanced_channels, records_per_partition, spread
-from soak import consumer_lag, growth_per_hour, per_second, scenario_args
+from soak import consumer_lag, growth_per_hour, per_second, scenario_args, sent_records
 from throughput import WorkerRun, calls_between
 from workload import generate, numbered_channels
 
@@ -129,3 +129,9 @@ def test_log_milestones_take_the_first_line_of_each_for_this_app() -> None:
     assert got["recovered"] - got["faust_synced"] == pytest.approx(7.432)
     assert got["fold_synced"] - got["faust_synced"] == pytest.approx(12.537)
     assert log_milestones("nothing here", "bench-a") == {}
+
+
+def test_sent_records_reads_the_summary_of_simulate() -> None:
+    log = "simulate backfill | sent=19783 rate=0/s\nsent 59852 records in 0.4s (133,844/s), backfill max\n"
+    assert sent_records(log) == 59852
+    assert sent_records("simulate backfill | sent=19783 rate=0/s") is None
