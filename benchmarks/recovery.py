@@ -403,8 +403,9 @@ def markdown(
         f"span are kept, `ADPULSE_ALERT_LOOKBACK_S={args.lookback_s:g}` so that the history is not judged); "
         f"{expected.outcomes['accepted']:,} valid. ONE worker folded them in {setup['load_s']:.0f} s. "
         f"**The bucket table then held {setup['keys']:,.0f} keys ({setup['bytes'] / 2**20:,.0f} MiB of "
-        f"values), from {setup['changelog']:,.0f} changelog records** (what a restart reads back); worker "
-        f"peak RSS {setup['rss_mb']:.0f} MiB.",
+        f"values), from {setup['changelog']:,.0f} changelog records** (what a restart reads back; this "
+        f"script's bare consumer read them at {setup['read_per_s']:,.0f} records/s); worker peak RSS "
+        f"{setup['rss_mb']:.0f} MiB.",
         "",
         "| kill | down | /metrics answers | Faust group synced | table recovered | fold group synced | "
         "counting again | first partial published | first changelog record | **probe row in Redis** | "
@@ -522,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
             changelog = f"bench-{tag}-buckets-changelog"
             proc = start_worker(started, env, run_dir, "worker")
             load_s = wait_loaded(proc, port, n, st, f"bench-{tag}", expected, args, changelog)
+            read_from = time.perf_counter()
             census = asyncio.run(changelog_census(st.bootstrap, changelog))
+            read_s = time.perf_counter() - read_from
             setup = {
                 "records": float(n),
                 "minutes": float(minutes),
@@ -532,10 +535,12 @@ def main(argv: list[str] | None = None) -> int:
                 "keys": float(census[1]),
                 "bytes": float(census[2]),
                 "rss_mb": (status_kb(proc.pid, "VmHWM") or 0) / 1024,
+                "read_per_s": census[0] / read_s if read_s > 0 else float("nan"),
             }
             print(
                 f"folded in {load_s:.0f} s: the table holds {census[1]:,} keys from {census[0]:,} changelog "
-                f"records ({census[2] / 2**20:,.0f} MiB of values)"
+                f"records ({census[2] / 2**20:,.0f} MiB of values), read back at {census[0] / read_s:,.0f} "
+                "records/s"
             )
             topics = (prefix + "clicks", prefix + "partials", changelog)
             for index in range(1, args.kills + 1):
