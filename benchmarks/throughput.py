@@ -339,13 +339,19 @@ async def group_members(bootstrap: str, group_ids: list[str]) -> list[frozenset[
     """Per group: its member ids while it is Stable, or None while it rebalances (Tansu does not report
     the members' assignments, so the members are all there is to go by)."""
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     found: list[frozenset[str] | None] = []
     try:
         for group_id in group_ids:
-            for response in await admin.describe_consumer_groups([group_id]):
+            try:
+                responses = await admin.describe_consumer_groups([group_id])
+            except KafkaError:  # no coordinator yet (Kafka creates __consumer_offsets on first use)
+                found.append(None)
+                continue
+            for response in responses:
                 for _error, _gid, state, _ptype, _protocol, members, *_ in response.groups:
                     found.append(frozenset(m[0] for m in members) if state == "Stable" else None)
     finally:
