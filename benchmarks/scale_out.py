@@ -248,7 +248,10 @@ def markdown(
     lines = [
         *section_head(
             begin,
-            "Scale-out: 1, 2 and 3 workers" + (" on Apache Kafka" if args.broker == "kafka" else ""),
+            "Scale-out: "
+            + ", ".join(str(k) for k in args.workers)
+            + " workers"
+            + (" on Apache Kafka" if args.broker == "kafka" else ""),
             command,
             info,
             ' (the machine is shared: see "other processes")',
