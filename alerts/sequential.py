@@ -11,38 +11,51 @@ stages visits/clicks, carts/visits, orders/carts — the judge keeps:
 - **A baseline rate** ``p0`` (:class:`Baseline`): the pooled rate of the previous ``history_hours`` closed
   hours plus the same hour on up to ``seasonal_days`` earlier days, once ``min_hours`` hours exist; before
   that (cold start) the subject's own earlier minutes, once ``warmup_minutes`` of them have settled. Hours
-  and minutes that belong to a detected drop are left out, so a long incident does not become the normal
-  (and while a run of evidence looks like a drop, so are its own hours). The alert says which baseline it
-  used.
-- **The CUSUM** ``S = max(0, S + LLR / φ)``, where LLR is the binomial (Poisson for ROI: GMV in baseline
-  order values per unit of spend) log-likelihood ratio of "the rate fell to ``design_ratio`` × p0" against
-  "it is p0", for this minute's counts, and φ the over-dispersion measured on the subject's last six hours
-  of 10-minute blocks (not every ratio is binomial: orders need not come from tracked carts, and GMV
-  varies with the basket). The baseline is lowered by one standard error of it here (a baseline of a few
-  hundred events that happens to be high must not make ordinary minutes look like a drop). ``S`` only
-  grows while the observed rate is below the midpoint r* = (1 − r1) / −ln r1 of the two (0.78 for
-  r1 = 0.6): wobbles smaller than a ~22 % dip pull it back to 0. The false-alarm rate is set by
-  ``threshold`` h: for the exact likelihood the mean time between false alarms is at least e^h minutes
-  (Lorden), e^11 ≈ 60,000 minutes, six weeks, per subject and KPI; the two gates below make it rarer.
+  and minutes that belong to a detected drop are left out, so a long incident does not become the normal,
+  and so are the hours of a likely drop (a run whose evidence reached ``LIKELY`` of its threshold, at
+  least ``min_drop`` deep) that was never confirmed (and while a run of evidence looks like a drop, so
+  are its own hours). The alert says which baseline it used.
+- **Two CUSUMs** ``S = max(0, S + LLR / φ)``, where LLR is the binomial (Poisson for ROI: GMV in baseline
+  order values per unit of spend) log-likelihood ratio of "the rate fell to r1 × p0" against "it is p0",
+  for this minute's counts: one tuned for a moderate drop (r1 = ``design_ratio``, 0.6), one for a deep one
+  (r1 = ``deep_ratio``, 0.3), which gathers evidence of a collapse faster. φ is the over-dispersion
+  measured on the subject's last six hours of 10-minute blocks (not every ratio is binomial: orders need
+  not come from tracked carts, and GMV varies with the basket; blocks of a drop, found or likely, never
+  count). The baseline is lowered by one standard error of it here (a baseline of a few hundred events
+  that happens to be high must not make ordinary minutes look like a drop). ``S`` only grows while the
+  observed rate is below the midpoint r* = (1 − r1) / −ln r1 (0.78 for r1 = 0.6, 0.58 for 0.3): smaller
+  wobbles pull it back to 0.
+- **A threshold per volume.** A CUSUM pages by chance about as often as its evidence would reach h were it
+  a random walk losing I nats a minute (I: its expected loss of evidence per stationary minute, the
+  Kullback-Leibler divergence of its design rate from the baseline times the KPI's denominator per
+  minute, over φ), about once in e^h / I minutes. So h = ln(I × ``alarm_minutes``): a KPI with few events
+  a minute needs less evidence for the same false-alarm rate (at 5k impressions an hour CTR gets h ≈ 10,
+  at 100k 12), a campaign as much as if it had all its channel's campaigns' information (together they
+  page by chance as rarely as their channel). Between ``min_threshold`` and ``threshold``; e^h minutes
+  is a lower bound on the mean time between false alarms whatever the volume (Lorden).
 - **Two gates on the run** (the minutes since ``S`` last left 0: the drop's likely start), checked when
   ``S`` reaches h: the run's rate must be at least ``min_drop`` below the baseline (big enough to matter)
-  and its z-score must pass with a variance that includes the KPI's measured hour-to-hour wobble τ (real
-  CTR moves with the hour beyond binomial noise) and the baseline's own uncertainty (few hours or minutes
-  of history are less certain): ``Var = φE + τ²E² + E²φ/B``, E the expected numerator over the run and B
-  the baseline's. The bar is ``z_min_counting`` (3) where counting noise dominates that variance (the
-  CUSUM has weighed it already) and rises to ``z_min`` (4) where the wobble does: on a big channel, where
-  every dip is "significant", only a dip well beyond the usual wobble passes.
+  and its z-score must pass with a variance that includes the KPI's hour-to-hour wobble τ (real CTR moves
+  with the hour beyond binomial noise; each clock hour of the run its own draw) and the baseline's own
+  uncertainty (few hours or minutes of history are less certain): ``Var = φE + τ²ΣE_h² + E²φ/B``, E the
+  expected numerator over the run, E_h over its part in clock hour h, and B the baseline's. τ is measured
+  on the baseline's hours (their mean excess variance over counting noise, an odd hour winsorised) and
+  weighed against ``tau_floor`` by how much those hours can say about it: hours of a few orders say
+  little, and their lumpy counts must not pass for wobble. The bar is ``z_min_counting`` (3) where
+  counting noise dominates that variance (the CUSUM has weighed it already) and rises to ``z_min`` (4)
+  where the wobble does: on a big channel, where every dip is "significant", only a dip well beyond the
+  usual wobble passes.
 
-Recovery is evidence too: while firing, ``S`` is capped at h, and the alert counts as recovered only once
-good data has pulled ``S`` back to 0 (at least ``threshold`` nats of evidence for "the rate is back near
-p0") and the ``recover_minutes`` since then have the rate back near p0 (within its counting noise, and
+Recovery is evidence too: while firing, each ``S`` is capped at its h, and the alert counts as recovered
+only once good data has pulled both back to 0 (at least h nats of evidence for "the rate is back near p0")
+and the ``recover_minutes`` since then have the rate back near p0 (within its counting noise, and
 10 % at least); in between, neither finding nor recovery is reported, so the alert holds instead of
 flapping, also when the hour's wobble masks a moderate drop for a while.
 
 One cause, one alert: a campaign's drop is not reported while (or after) its channel's same KPI reports
 the drop it is part of, and ROI not while the same subject's CVR explains it.
 
-Cost: O(1) per subject, KPI and minute (running sums); the baseline is recomputed once per hour.
+Cost: O(1) per subject, KPI and minute (running sums); the baseline and φ are recomputed once per hour.
 """
 
 from __future__ import annotations
@@ -55,7 +68,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Final
 
 from alerts.model import Finding, Fingerprint, Severity, fingerprint
-from alerts.stats import CHI2_1_MEDIAN, median, norm_cdf
+from alerts.stats import norm_cdf
 from streams.events import NO_CAMPAIGN
 
 MINUTE_S: Final = 60
@@ -66,13 +79,18 @@ DAY_S: Final = 86_400
 BLOCK_S: Final = 600
 BLOCKS: Final = 36
 PEARSON_CAP: Final = 25.0
+#: φ is measured again once this many new blocks settled (an hour's).
+REMEASURE: Final = 6
 PRIOR_BLOCKS: Final = 12.0
-#: A run whose evidence reached this share of the threshold is a likely drop: its hours and minutes are
-#: kept out of baselines and out of the over-dispersion (by chance, once in ~e^(0.75 h) minutes).
+#: A run whose evidence reached this share of its threshold is a likely drop: its blocks are kept out of
+#: the over-dispersion and, if it is at least ``min_drop`` deep, its hours out of the hourly baselines.
 LIKELY: Final = 0.75
-#: The hour-to-hour wobble is estimated from this many hours at least (fewer: ``tau_floor``), and shrunk
-#: towards ``tau_floor`` as if that many more hours had shown it.
+#: The hour-to-hour wobble is estimated from this many hours at least (fewer: ``tau_floor``).
 MIN_WOBBLE_HOURS: Final = 6
+#: Beyond this many standard deviations an hour counts towards the wobble as if it were this many.
+WINSOR: Final = 3.0
+#: How far from ``tau_floor``² the wobble τ² of a KPI may plausibly be before its hours are measured.
+PRIOR_WOBBLE: Final = 0.01
 
 #: Named counts of one minute or hour (money in currency units), as ``agents.snapshot.counts_of`` gives.
 Counts = Mapping[str, float]
@@ -152,8 +170,17 @@ class SequentialConfig:
 
     #: The drop the CUSUM is tuned for: the rate at ``design_ratio`` × baseline (a 40 % drop).
     design_ratio: float = 0.6
-    #: Alarm threshold h in nats: at least e^h minutes between false alarms per subject and KPI.
-    threshold: float = 11.0
+    #: A second CUSUM tuned for deep drops (the rate at ``deep_ratio`` × baseline, a 70 % drop): it gathers
+    #: evidence of a collapse faster than the first (None: none).
+    deep_ratio: float | None = 0.3
+    #: The alarm threshold h in nats of a subject's KPI is what makes false alarms as rare as once in
+    #: ``alarm_minutes`` for the information its counts carry (h = ln(I × alarm_minutes), I the expected
+    #: evidence a stationary minute takes away): a KPI with few events per minute needs less evidence
+    #: for the same false-alarm rate, a busy one more. Never more than ``threshold``, never less than
+    #: ``min_threshold``; e^h minutes is a lower bound on the mean time between false alarms (Lorden).
+    alarm_minutes: float = 100_000.0
+    threshold: float = 12.0
+    min_threshold: float = 6.0
     #: The run's rate must be at least this far below the baseline.
     min_drop: float = 0.25
     #: The run's z-score (hour-to-hour wobble and baseline uncertainty included) must be below −z_min
@@ -161,7 +188,8 @@ class SequentialConfig:
     #: already weighed that), and in between in proportion.
     z_min: float = 4.0
     z_min_counting: float = 3.0
-    #: Hour-to-hour relative wobble of a KPI assumed at least (estimated from the history above it).
+    #: Hour-to-hour relative wobble of a KPI assumed at least, and until its hours show more (estimated
+    #: from the history above it).
     tau_floor: float = 0.05
     #: Baselines: closed hours before the current one, and the same hour on earlier days.
     history_hours: int = 24
@@ -188,8 +216,14 @@ class SequentialConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.design_ratio < 1.0:
             raise ValueError(f"design_ratio must be in (0, 1), got {self.design_ratio!r}")
-        if not self.threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {self.threshold!r}")
+        if self.deep_ratio is not None and not 0.0 < self.deep_ratio < self.design_ratio:
+            raise ValueError(f"deep_ratio must be in (0, design_ratio), got {self.deep_ratio!r}")
+        if not 0 < self.min_threshold <= self.threshold:
+            raise ValueError(
+                f"need 0 < min_threshold <= threshold, got {self.min_threshold!r}, {self.threshold!r}"
+            )
+        if not self.alarm_minutes > 0:
+            raise ValueError(f"alarm_minutes must be > 0, got {self.alarm_minutes!r}")
         if not 0.0 <= self.min_drop < 1.0:
             raise ValueError(f"min_drop must be in [0, 1), got {self.min_drop!r}")
 
@@ -197,6 +231,11 @@ class SequentialConfig:
     def midpoint(self) -> float:
         """The rate ratio below which the CUSUM grows: (1 − r1) / −ln r1."""
         return (1.0 - self.design_ratio) / -math.log(self.design_ratio)
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """The design ratios of a track's CUSUMs: the main one first."""
+        return (self.design_ratio,) if self.deep_ratio is None else (self.design_ratio, self.deep_ratio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,14 +276,63 @@ class Verdict:
 
 
 @dataclass(slots=True)
-class _Track:
-    """The CUSUM of one subject and KPI, and the sums of its current run."""
+class _Cusum:
+    """One CUSUM of a track (tuned for the rate at ``ratio`` × baseline) and the sums of its current run:
+    numerator seen, expected, denominator, since the statistic last left 0; and Σ over its clock hours of
+    the expected numerator squared (the wobble moves the rate hour by hour: each hour its own draw)."""
 
+    ratio: float
+    h: float  # its alarm threshold in nats
     s: float = 0.0
     run_start: int | None = None
     x: float = 0.0
     e: float = 0.0
     n: float = 0.0
+    hours_e2: float = 0.0  # the run's earlier clock hours
+    hour: int = -1
+    hour_e: float = 0.0  # the current clock hour
+
+    def add(self, x: float, e: float, n: float, start_s: int) -> None:
+        """Add a minute to the run."""
+        if self.run_start is None:
+            self.run_start = start_s
+        self.x, self.e, self.n = self.x + x, self.e + e, self.n + n
+        hour = start_s - start_s % HOUR_S
+        if hour != self.hour:
+            self.hours_e2 += self.hour_e**2
+            self.hour, self.hour_e = hour, 0.0
+        self.hour_e += e
+
+    def reset(self) -> None:
+        self.run_start, self.x, self.e, self.n = None, 0.0, 0.0, 0.0
+        self.hours_e2, self.hour, self.hour_e = 0.0, -1, 0.0
+
+    @property
+    def e2(self) -> float:
+        """Σ over the run's clock hours of its expected numerator in each, squared."""
+        return self.hours_e2 + self.hour_e**2
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """What a minute adds to a track's CUSUMs against ``baseline`` at dispersion ``phi`` and ``per_minute``
+    denominator units a minute: x × slope + n × offset for each, and each one's threshold h (``peers``:
+    the subjects that share the false-alarm rate of one)."""
+
+    baseline: Baseline
+    phi: float
+    per_minute: float
+    peers: int
+    p0: float
+    terms: tuple[tuple[float, float, float], ...]
+
+
+@dataclass(slots=True)
+class _Track:
+    """The CUSUMs of one subject and KPI."""
+
+    cusums: list[_Cusum]
+    weights: Weights | None = None
     alarmed: bool = False
     marked: bool = False
     last_alarmed: int | None = None  # the last minute this KPI was found dropped
@@ -255,13 +343,25 @@ class _Track:
     flagged: set[int] = field(default_factory=set)
     hourly: tuple[tuple[int, int, int | None], Baseline | None] | None = None
     # The measured over-dispersion φ: the last ``BLOCKS`` settled 10-minute blocks (numerator,
-    # denominator, orders) outside drops, those still settling, the block being filled, the start of the
-    # last drop found (its blocks never settle), and φ itself (None: fewer than 3 blocks yet).
+    # denominator, orders) outside drops, those still settling, the block being filled, the last drops
+    # found or likely (start, end; None while on: their blocks never settle, also when a likely one
+    # fizzles out: a drop nobody caught must not pass for noise), and φ itself (None: fewer than 3
+    # blocks yet).
     blocks: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=BLOCKS))
     waiting: deque[tuple[int, tuple[float, float, float]]] = field(default_factory=deque)
     block: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    alarmed_since: int | None = None
+    drops: deque[tuple[int, int | None]] = field(default_factory=lambda: deque(maxlen=8))
     phi: float | None = None
+    per_minute: float = 0.0  # the denominator per minute over the same blocks
+    fresh: int = 0  # blocks settled since φ was measured
+    # The start of the earliest current run that looks like a drop: evidence ``LIKELY`` of its threshold.
+    likely: int | None = None
+
+    @property
+    def run_start(self) -> int | None:
+        """The start of the earliest current run (None: all quiet)."""
+        starts = [c.run_start for c in self.cusums if c.run_start is not None]
+        return min(starts) if starts else None
 
 
 @dataclass(slots=True)
@@ -336,13 +436,15 @@ class SequentialJudge:
             if name != NO_CAMPAIGN:
                 subjects[name] = per_campaign.get(name, {})
         channel_alarms: set[str] = set()
+        campaigns = max(1, len(subjects) - 1)
         for campaign, counts in subjects.items():
             subject = state.subjects.get(campaign)
             if subject is None:
                 subject = state.subjects[campaign] = _Subject()
             baselines = self._baselines(state, subject, channel, campaign, start_s, hours)
+            peers = 1 if campaign is None else campaigns
             for kpi in KPIS:
-                result = self._judge(subject, kpi, baselines.get(kpi.name), counts, start_s)
+                result = self._judge(subject, kpi, baselines.get(kpi.name), counts, start_s, peers)
                 if verdict is None or result is None:
                     continue
                 fp = fingerprint("anomaly", kpi.name, channel, campaign)
@@ -350,7 +452,7 @@ class SequentialJudge:
                     verdict.recovered[fp] = result.value
                     continue
                 cvr = subject.tracks.get("cvr")
-                if kpi.money and cvr is not None and (cvr.alarmed or cvr.s >= LIKELY * self.config.threshold):
+                if kpi.money and cvr is not None and (cvr.alarmed or cvr.likely is not None):
                     continue  # fewer orders per click explain the lower ROI: the CVR alert says it
                 channel_track = state.subjects[None].tracks[kpi.name]
                 own = subject.tracks[kpi.name]
@@ -370,74 +472,136 @@ class SequentialJudge:
             self._settle(subject, counts, start_s)
 
     def _judge(
-        self, subject: _Subject, kpi: Kpi, baseline: Baseline | None, counts: Counts, start_s: int
+        self,
+        subject: _Subject,
+        kpi: Kpi,
+        baseline: Baseline | None,
+        counts: Counts,
+        start_s: int,
+        peers: int = 1,
     ) -> Finding | _Recovered | None:
         """One KPI's minute: a finding (a drop detected), recovered (the statistic is back at 0), or
-        ``None`` when the minute proves nothing either way (the alert, if any, holds)."""
-        cfg = self.config
-        track = subject.tracks.get(kpi.name)
-        if track is None:
-            track = subject.tracks[kpi.name] = _Track()
+        ``None`` when the minute proves nothing either way (the alert, if any, holds). ``peers``: how many
+        subjects share one false-alarm rate (a campaign: the channel's campaigns)."""
+        track = self._track(subject, kpi)
         self._measure(track, kpi, counts, start_s)
         if baseline is None or track.phi is None:
             return None
-        phi = track.phi
         n = counts.get(kpi.denominator, 0.0)
         x = counts.get(kpi.numerator, 0.0) / baseline.unit
         e = 0.0
+        weights = track.weights
         if n > 0 or x > 0:
             # The quasi-likelihood ratio is linear in the counts, so a minute's clicks reported before its
             # impressions (trackers batch them) count the same as if they came together.
-            # Judged against the baseline less one standard error of it: a baseline of a few hundred events
-            # (a new channel) that happens to be high must not make ordinary minutes look like a drop.
-            p0 = baseline.rate * (1.0 - math.sqrt(phi / max(baseline.events, 1.0)))
-            r1 = cfg.design_ratio
-            e = p0 * n
-            if baseline.binomial:
-                c = math.log1p(-r1 * p0) - math.log1p(-p0)
-                llr = x * (math.log(r1) - c) + n * c
-            else:
-                llr = x * math.log(r1) + e * (1.0 - r1)
-            track.s = max(0.0, track.s + llr / phi)
-            if track.s > 0.0:
-                if track.run_start is None:
-                    track.run_start = start_s
-                track.x, track.e, track.n = track.x + x, track.e + e, track.n + n
-            if track.alarmed:
-                track.s = min(track.s, cfg.threshold)
-        if track.s <= 0.0:
-            track.run_start, track.x, track.e, track.n = None, 0.0, 0.0, 0.0
+            if (
+                weights is None
+                or weights.baseline is not baseline
+                or weights.phi != track.phi
+                or weights.per_minute != track.per_minute
+                or weights.peers != peers
+            ):
+                weights = track.weights = weigh(self.config, baseline, track.phi, track.per_minute, peers)
+            e = weights.p0 * n
+            for cusum, (slope, offset, h) in zip(track.cusums, weights.terms, strict=True):
+                cusum.h = h
+                cusum.s = max(0.0, cusum.s + x * slope + n * offset)
+                if cusum.s > 0.0:
+                    cusum.add(x, e, n, start_s)
+                if track.alarmed:
+                    cusum.s = min(cusum.s, h)
+        quiet, likely, peak = True, None, False
+        for cusum in track.cusums:
+            if cusum.s <= 0.0:
+                if cusum.run_start is not None:
+                    cusum.reset()
+                continue
+            quiet = False
+            if cusum.s >= LIKELY * cusum.h and cusum.run_start is not None:
+                likely = cusum.run_start if likely is None else min(likely, cusum.run_start)
+                peak = peak or cusum.s >= cusum.h
+                if cusum.x <= (1.0 - self.config.min_drop) * cusum.e:
+                    track.flagged.update(
+                        range(cusum.run_start - cusum.run_start % HOUR_S, start_s + 1, HOUR_S)
+                    )
+        track.likely = likely
+        if likely is not None:
+            self._suspect(track, likely)
+        elif not track.alarmed and track.drops and track.drops[-1][1] is None:
+            track.drops[-1] = (track.drops[-1][0], start_s + MINUTE_S)
+        if quiet:
             track.marked = False
             if track.alarmed and track.recovery is None:
                 track.recovery = [0.0, 0.0, 0]
-        if track.alarmed and track.recovery is not None and track.s < cfg.threshold:
-            return self._recovering(track, x, e, phi, counts, kpi)
+        if track.alarmed and track.recovery is not None and not peak:
+            return self._recovering(track, x, e, track.phi, counts, kpi, start_s)
         track.recovery = None
-        if track.s <= 0.0:
-            n = counts.get(kpi.denominator, 0.0)
+        if quiet:
             return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
-        if track.s < cfg.threshold or track.run_start is None or track.e <= 0:
+        if peak:
+            for cusum in track.cusums:
+                z = self._gated(cusum, baseline, track.phi)
+                if z is not None:
+                    return self._alarm(subject, kpi, track, cusum, baseline, z, start_s)
+        return None
+
+    def _gated(self, cusum: _Cusum, baseline: Baseline, phi: float) -> float | None:
+        """The z-score of ``cusum``'s run if it is evidence of a drop: the statistic at the threshold, the run
+        at least ``min_drop`` below the baseline and beyond its wobble (see the module's docstring)."""
+        cfg = self.config
+        if cusum.s < cusum.h or cusum.run_start is None or cusum.e <= 0:
             return None
-        observed = track.x / track.e
-        beyond = baseline.tau2 * track.e**2 + track.e**2 * phi / max(baseline.events, 1.0)
-        variance = phi * track.e + beyond
-        z = (track.x - track.e) / math.sqrt(variance)
+        beyond = baseline.tau2 * cusum.e2 + cusum.e**2 * phi / max(baseline.events, 1.0)
+        variance = phi * cusum.e + beyond
+        z = (cusum.x - cusum.e) / math.sqrt(variance)
         required = cfg.z_min_counting + (cfg.z_min - cfg.z_min_counting) * beyond / variance
-        if 1.0 - observed < cfg.min_drop or z > -required:
+        if 1.0 - cusum.x / cusum.e < cfg.min_drop or z > -required:
             return None
+        return z
+
+    def _alarm(
+        self,
+        subject: _Subject,
+        kpi: Kpi,
+        track: _Track,
+        cusum: _Cusum,
+        baseline: Baseline,
+        z: float,
+        start_s: int,
+    ) -> Finding:
+        """A drop found by ``cusum``: keep its minutes and hours out of the baselines, and word it."""
+        begun = track.run_start
+        assert begun is not None
         track.alarmed = True
-        track.alarmed_since, track.last_alarmed = track.run_start, start_s
-        # A drop: its hours leave this KPI's hourly baselines, its minutes the own-minutes one.
-        track.flagged.update(range(track.run_start - track.run_start % HOUR_S, start_s + 1, HOUR_S))
+        track.last_alarmed = start_s
+        self._suspect(track, begun)
+        # A drop: its hours leave this KPI's hourly baselines, its minutes the own-minutes one (from the
+        # earliest run: the main CUSUM's may have begun before the deep one's).
+        track.flagged.update(range(begun - begun % HOUR_S, start_s + 1, HOUR_S))
         if not track.marked:
             track.marked = True
             for i, (minute, pending, _) in enumerate(subject.pending):
-                if minute >= track.run_start:
+                if minute >= begun:
                     subject.pending[i] = (minute, pending, True)
-        return self._finding(kpi, track, baseline, z, start_s)
+        return self._finding(kpi, track, cusum, baseline, z, start_s)
+
+    @staticmethod
+    def _suspect(track: _Track, since: int) -> None:
+        """A drop found or likely since ``since``: its blocks do not settle until it is over."""
+        if track.drops and track.drops[-1][1] is None:
+            track.drops[-1] = (min(track.drops[-1][0], since), None)
+        else:
+            track.drops.append((since, None))
+
+    def _track(self, subject: _Subject, kpi: Kpi) -> _Track:
+        track = subject.tracks.get(kpi.name)
+        if track is None:
+            cusums = [_Cusum(ratio, self.config.threshold) for ratio in self.config.ratios]
+            track = subject.tracks[kpi.name] = _Track(cusums)
+        return track
 
     def _recovering(
-        self, track: _Track, x: float, e: float, phi: float, counts: Counts, kpi: Kpi
+        self, track: _Track, x: float, e: float, phi: float, counts: Counts, kpi: Kpi, start_s: int
     ) -> _Recovered | None:
         """After a drop, from the minute its evidence first fell back to 0: recovered once ``recover_minutes``
         minutes with data have passed since, with the rate over them back near the baseline (within its
@@ -451,16 +615,18 @@ class SequentialJudge:
             recovery[1] += e
             recovery[2] += 1
         seen, expected, minutes = recovery
-        if minutes < cfg.recover_minutes or expected <= 0 or track.s >= LIKELY * cfg.threshold:
+        if minutes < cfg.recover_minutes or expected <= 0 or track.likely is not None:
             return None
         if seen / expected < 1.0 - max(0.1, 2.0 * math.sqrt(phi / expected)):
             return None
         track.alarmed, track.recovery = False, None
+        track.drops[-1] = (track.drops[-1][0], start_s + MINUTE_S)
         n = counts.get(kpi.denominator, 0.0)
         return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
 
     def _measure(self, track: _Track, kpi: Kpi, counts: Counts, start_s: int) -> None:
-        """Add the minute to its 10-minute block; blocks count towards φ once ``settle_minutes`` old.
+        """Add the minute to its 10-minute block; blocks count towards φ once ``settle_minutes`` old, and
+        φ is measured again every ``REMEASURE`` settled blocks (it moves slowly).
 
         The delay keeps a drop from passing for noise: its blocks are still waiting when it is found,
         and a found drop's blocks never count (see ``_judge``).
@@ -474,16 +640,19 @@ class SequentialJudge:
         if block[1] > 0:
             track.waiting.append((start_s + MINUTE_S - BLOCK_S, (block[0], block[1], block[2])))
         track.block = [0.0, 0.0, 0.0]
-        settled = False
         while track.waiting and track.waiting[0][0] <= start_s - self.config.settle_minutes * MINUTE_S:
             began, counted = track.waiting.popleft()
-            if track.alarmed_since is None or began + BLOCK_S <= track.alarmed_since:
+            if not any(a < began + BLOCK_S and (b is None or began < b) for a, b in track.drops):
                 track.blocks.append(counted)
-                settled = True
-        if settled or track.phi is None:
-            track.phi = _dispersion(
-                kpi, [*track.blocks, *(b for _, b in track.waiting)] if track.phi is None else track.blocks
-            )
+                track.fresh += 1
+        if track.fresh >= REMEASURE or track.phi is None:
+            track.fresh = 0
+            rows = list(track.blocks)
+            if track.phi is None:
+                rows += [b for _, b in track.waiting]
+            track.phi = _dispersion(kpi, rows)
+            if rows:
+                track.per_minute = sum(b[1] for b in rows) / (len(rows) * BLOCK_S / MINUTE_S)
 
     # -- the baseline ------------------------------------------------------------------------------------
 
@@ -499,21 +668,21 @@ class SequentialJudge:
         """Every KPI's baseline for this minute: from hours where there are enough, else its own minutes.
 
         The hourly ones are computed once per hour, and again when the KPI's left-out hours change: the
-        hours of its past alarms, and while a run of evidence looks like a drop, that run's hours (a drop
-        must not dilute its own baseline); the own-minutes one comes from running sums.
+        hours of its past alarms and of likely drops of at least ``min_drop`` (a drop nobody caught must
+        not become the normal, nor pass for the usual wobble), and while a run of evidence looks like a
+        drop, that run's hours (a drop must not dilute its own baseline); the own-minutes one comes from
+        running sums.
         """
         hour = start_s - start_s % HOUR_S
         result: dict[str, Baseline | None] = {}
         history: dict[int, Counts] | None = None
         for kpi in KPIS:
-            track = subject.tracks.get(kpi.name)
-            if track is None:
-                track = subject.tracks[kpi.name] = _Track()
-            running = (
-                track.run_start - track.run_start % HOUR_S
-                if track.run_start is not None and track.s >= LIKELY * self.config.threshold
-                else None
-            )
+            track = self._track(subject, kpi)
+            likely = track.likely
+            running = likely - likely % HOUR_S if likely is not None else None
+            if track.hourly is not None and track.hourly[0][0] != hour and track.flagged:
+                oldest = hour - self.config.seasonal_days * DAY_S
+                track.flagged = {flagged for flagged in track.flagged if flagged >= oldest}
             key = (hour, len(track.flagged), running)
             if track.hourly is None or track.hourly[0] != key:
                 if history is None:
@@ -579,10 +748,7 @@ class SequentialJudge:
             return None
         rate = numerator / denominator
         if hourly and len(windows) >= MIN_WOBBLE_HOURS:
-            measured = _wobble(kpi, windows, rate)
-            tau2 = max(
-                tau2, (len(windows) * measured + MIN_WOBBLE_HOURS * tau2) / (len(windows) + MIN_WOBBLE_HOURS)
-            )
+            tau2 = max(tau2, _wobble(kpi, windows, rate, tau2))
         return Baseline(rate, numerator, denominator, tau2, source)
 
     def _settle(self, subject: _Subject, counts: Counts, start_s: int) -> None:
@@ -602,21 +768,23 @@ class SequentialJudge:
 
     # -- wording -----------------------------------------------------------------------------------------
 
-    def _finding(self, kpi: Kpi, track: _Track, baseline: Baseline, z: float, start_s: int) -> Finding:
+    def _finding(
+        self, kpi: Kpi, track: _Track, cusum: _Cusum, baseline: Baseline, z: float, start_s: int
+    ) -> Finding:
         assert track.phi is not None
         cfg = self.config
-        assert track.run_start is not None
+        assert cusum.run_start is not None
         end_s = start_s + MINUTE_S
-        span = end_s - track.run_start
+        span = end_s - cusum.run_start
         base_value = baseline.value
-        value = track.x * baseline.unit / track.n if track.n > 0 else 0.0
+        value = cusum.x * baseline.unit / cusum.n if cusum.n > 0 else 0.0
         drop = 1.0 - value / base_value
         p_value = norm_cdf(z)
         severity: Severity = "critical" if drop >= cfg.critical_drop else "warning"
         if kpi.money and value < cfg.red_line:
             severity = "critical"
         shown = _shown(kpi)
-        volume = _volume(track.n)
+        volume = _volume(cusum.n)
         summary = (
             f"{kpi.label} fell {drop * 100:.0f} % over the last {_span(span)} "
             f"({shown(base_value)} → {shown(value)}, {volume} {kpi.denominator}, {_p(p_value)})"
@@ -626,9 +794,10 @@ class SequentialJudge:
         numerator_name = "orders' worth of GMV" if kpi.money else kpi.numerator
         description = (
             f"{{where}}: {kpi.label} over the last {_span(span)} was {shown(value)} against a baseline of "
-            f"{shown(base_value)} from {baseline.source}; {track.x:,.0f} {numerator_name} where "
-            f"{track.e:,.0f} were expected ({track.n:,.0f} {kpi.denominator}). Sequential test (one-sided "
-            f"CUSUM of log-likelihood ratios, minute by minute): evidence {track.s:.1f} ≥ {cfg.threshold:g}; "
+            f"{shown(base_value)} from {baseline.source}; {cusum.x:,.0f} {numerator_name} where "
+            f"{cusum.e:,.0f} were expected ({cusum.n:,.0f} {kpi.denominator}). Sequential test (one-sided "
+            f"CUSUM of log-likelihood ratios, minute by minute, tuned for a "
+            f"{(1.0 - cusum.ratio) * 100:.0f} % drop): evidence {cusum.s:.1f} ≥ {cusum.h:.1f}; "
             f"z = {z:.1f} with the usual hour-to-hour wobble (±{math.sqrt(baseline.tau2) * 100:.0f} %) and "
             f"the baseline's own uncertainty allowed for, {_p(p_value)}.\n{kpi.check}"
         )
@@ -645,16 +814,16 @@ class SequentialJudge:
             threshold=base_value * (1.0 - cfg.min_drop),
             change_pct=-drop * 100.0,
             evidence={
-                kpi.numerator: track.x * baseline.unit,
-                kpi.denominator: track.n,
-                f"expected_{kpi.numerator}": track.e * baseline.unit,
+                kpi.numerator: cusum.x * baseline.unit,
+                kpi.denominator: cusum.n,
+                f"expected_{kpi.numerator}": cusum.e * baseline.unit,
                 f"baseline_{kpi.numerator}": baseline.value * baseline.denominator,
                 f"baseline_{kpi.denominator}": baseline.denominator,
                 "baseline_from": baseline.source,
                 "run_minutes": span // MINUTE_S,
-                "cusum": track.s,
-                "cusum_threshold": cfg.threshold,
-                "design_drop": 1.0 - cfg.design_ratio,
+                "cusum": cusum.s,
+                "cusum_threshold": cusum.h,
+                "design_drop": 1.0 - cusum.ratio,
                 "z": z,
                 "p_value": p_value,
                 "wobble": math.sqrt(baseline.tau2),
@@ -665,9 +834,39 @@ class SequentialJudge:
                 + " log-likelihood ratios on minute counts",
             },
             window=f"{span // MINUTE_S}m",
-            window_start=datetime.fromtimestamp(track.run_start, self.zone).isoformat(),
+            window_start=datetime.fromtimestamp(cusum.run_start, self.zone).isoformat(),
             window_end=datetime.fromtimestamp(end_s, self.zone).isoformat(),
         )
+
+
+def weigh(
+    config: SequentialConfig, baseline: Baseline, phi: float, per_minute: float, peers: int = 1
+) -> Weights:
+    """The CUSUMs' weights against ``baseline``, and their thresholds for the information they gather.
+
+    Judged against the baseline less one standard error of it: a baseline of a few hundred events (a new
+    channel) that happens to be high must not make ordinary minutes look like a drop. A CUSUM's
+    information is the evidence it loses per stationary minute (its drift under the baseline: the
+    Kullback-Leibler divergence of its design rate from the baseline, per unit of denominator, over φ),
+    at ``per_minute`` units of denominator a minute. Its ``peers`` share the rate: the campaigns of a
+    channel together page by chance as rarely as the channel (each as if it had ``peers`` times the
+    information).
+    """
+    p0 = baseline.rate * (1.0 - math.sqrt(phi / max(baseline.events, 1.0)))
+    terms = []
+    for ratio in config.ratios:
+        if baseline.binomial:
+            c = math.log1p(-ratio * p0) - math.log1p(-p0)
+            slope, offset = (math.log(ratio) - c) / phi, c / phi
+        else:
+            slope, offset = math.log(ratio) / phi, p0 * (1.0 - ratio) / phi
+        information = -(slope * p0 + offset) * per_minute
+        h = config.threshold
+        if information > 0:
+            wanted = math.log(information * config.alarm_minutes * peers)
+            h = min(config.threshold, max(config.min_threshold, wanted))
+        terms.append((slope, offset, h))
+    return Weights(baseline, phi, per_minute, peers, p0, tuple(terms))
 
 
 def _placed(finding: Finding, channel: str, campaign: str | None) -> Finding:
@@ -728,13 +927,16 @@ def _dispersion(kpi: Kpi, blocks: Iterable[tuple[float, float, float]]) -> float
     return max(1.0, (sum(squares) + PRIOR_BLOCKS) / (len(squares) + PRIOR_BLOCKS))
 
 
-def _wobble(kpi: Kpi, windows: Iterable[Counts], rate: float) -> float:
+def _wobble(kpi: Kpi, windows: Iterable[Counts], rate: float, prior: float) -> float:
     """τ²: the hour-to-hour relative variance of the KPI beyond counting noise.
 
-    Each hour's squared relative deviation is (τ² + its counting noise) × χ²₁; τ² is the value that
-    makes the median of the standardised squares the median of χ²₁ (robust: one odd hour does not set it),
-    raised by ~1.5 standard errors of that estimate (a median of k squares is uncertain to about
-    1/√k in the log): with a day of hours, a wobble underestimated by chance would let it page.
+    Each hour's squared relative deviation has the expectation τ² + its counting noise; the hours' mean
+    excess over their counting noise estimates τ², with an hour beyond ``WINSOR`` standard deviations
+    counted as that many (one odd hour, a drop nobody caught, does not set it; a median would, for hours
+    of a few orders, mistake the lumpy counts for wobble). Where counting noise swamps the wobble, that
+    estimate is mostly noise: it is weighed against the ``prior`` τ² (uncertain by ``PRIOR_WOBBLE``) by
+    the precision of each, and raised by its standard error in the share the hours have in it (with a day
+    of hours, a wobble underestimated by chance would let a busy channel page).
     """
     squares, noise = [], []
     for w in windows:
@@ -743,18 +945,16 @@ def _wobble(kpi: Kpi, windows: Iterable[Counts], rate: float) -> float:
             squares.append(((w.get(kpi.numerator, 0.0) - expected) / expected) ** 2)
             noise.append((1.0 - rate if rate < 1.0 else 1.0) / expected)
     if len(squares) < 3:
-        return 0.0
-
-    def standardised(tau2: float) -> float:
-        return median([s / (n + tau2) for s, n in zip(squares, noise, strict=True)])
-
-    if standardised(0.0) <= CHI2_1_MEDIAN:
-        return 0.0
-    low, high = 0.0, max(squares) / CHI2_1_MEDIAN
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (middle, high) if standardised(middle) > CHI2_1_MEDIAN else (low, middle)
-    return high * (1.0 + 1.5 / math.sqrt(len(squares)))
+        return prior
+    estimate = 0.0
+    for _ in range(8):  # the cap grows with τ²: from 0 up to its fixed point
+        capped = [
+            min(s, WINSOR**2 * (n + max(estimate, 0.0))) - n for s, n in zip(squares, noise, strict=True)
+        ]
+        estimate = sum(capped) / len(capped)
+    error = math.sqrt(2.0 / len(squares)) * (sum(noise) / len(noise) + max(estimate, 0.0))
+    share = PRIOR_WOBBLE**2 / (PRIOR_WOBBLE**2 + error**2)
+    return share * (estimate + error) + (1.0 - share) * prior
 
 
 def _shown(kpi: Kpi) -> Callable[[float], str]:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from alerts.model import Finding
-from alerts.sequential import Counts, SequentialConfig, SequentialJudge, Verdict
+from alerts.sequential import (
+    KPIS,
+    Baseline,
+    Counts,
+    SequentialConfig,
+    SequentialJudge,
+    Verdict,
+    _Cusum,
+    _wobble,
+    weigh,
+)
 
 ORIGIN = 1_780_000_000 - 1_780_000_000 % 86_400
 CAMPAIGNS = (("spring", 0.6), ("brand", 0.4))
@@ -101,7 +113,7 @@ def test_a_sustained_drop_is_caught_by_pooled_evidence_no_single_window_would_sh
     assert re.fullmatch(
         r"the previous 2 h|its own last \d+ min \(no hourly history yet\)", finding.evidence["baseline_from"]
     )
-    assert finding.evidence["cusum"] >= SequentialConfig().threshold
+    assert finding.evidence["cusum"] >= finding.evidence["cusum_threshold"]
     assert finding.summary.startswith("CTR fell")
     assert all(f.campaign is None for _, f in fired), "the channel's alert covers its campaigns"
     assert not [f for _, v in verdicts for f in v.findings if f.metric != "ctr"], "nothing else fell"
@@ -210,8 +222,9 @@ def test_a_minute_costs_one_bucket_read_and_hours_are_read_once_an_hour() -> Non
 
 
 def test_stationary_traffic_pages_at_most_once_in_six_channel_days() -> None:
-    """Binomial traffic at 50k impressions an hour, two campaigns, every KPI: 18 CUSUMs per channel. By
-    Lorden's bound each pages by chance at most once in e^11 ≈ 60,000 minutes; the gates make it rarer."""
+    """Binomial traffic at 50k impressions an hour, two campaigns, every KPI: 36 CUSUMs per channel, each
+    with a threshold for the information its counts carry (e^h minutes at least between false alarms by
+    Lorden's bound; the gates make it rarer)."""
     alerts = set()
     for seed in range(6):
         channel = Channel(100 + seed, 50_000, 26 * 60)
@@ -224,4 +237,164 @@ def test_the_config_is_checked() -> None:
         SequentialConfig(design_ratio=1.0)
     with pytest.raises(ValueError):
         SequentialConfig(threshold=0.0)
+    with pytest.raises(ValueError):
+        SequentialConfig(min_threshold=13.0, threshold=12.0)
+    with pytest.raises(ValueError):
+        SequentialConfig(deep_ratio=0.7)  # not deeper than the main CUSUM's 0.6
+    with pytest.raises(ValueError):
+        SequentialConfig(alarm_minutes=0.0)
     assert 0.78 < SequentialConfig().midpoint < 0.79
+    assert SequentialConfig().ratios == (0.6, 0.3)
+    assert SequentialConfig(deep_ratio=None).ratios == (0.6,)
+
+
+def test_the_dispersion_is_measured_again_once_a_drop_is_over() -> None:
+    """The blocks of a found drop never count towards φ; those after its recovery do: when the channel's
+    CTR turns lumpy after a first drop, the second drop's alert measures that, not the calm before."""
+    channel = Channel(11, 20_000, 12 * 60)
+    channel.drop("ctr", 0.8, 200, 30)
+    rng = np.random.default_rng(16)
+    for start in range(260, 560, 10):  # each 10-minute block its own CTR: φ of a few
+        factor = rng.lognormal(0.0, 0.3)
+        for i in range(start, start + 10):
+            for counts in channel.minutes[i].values():
+                counts["clicks"] = float(rng.binomial(int(counts["impressions"]), min(1.0, 0.025 * factor)))
+    channel.drop("ctr", 0.9, 600, 60)
+    verdicts = judge_all(channel, 0, 12 * 60)
+    fired = [(i, f) for i, f in findings(verdicts) if f.campaign is None]
+    first = [f for i, f in fired if 200 <= i < 240]
+    second = [f for i, f in fired if 600 <= i < 660]
+    assert first and second
+    assert first[0].evidence["dispersion"] < 1.5 < second[0].evidence["dispersion"]
+
+
+CTR = next(kpi for kpi in KPIS if kpi.name == "ctr")
+CVR = next(kpi for kpi in KPIS if kpi.name == "cvr")
+
+
+def test_the_threshold_follows_the_information_a_kpi_gathers() -> None:
+    """h = ln(I × alarm_minutes): e times the denominator per minute is one nat more; a campaign that
+    shares the false-alarm rate with two others needs ln 3 more than alone; always within the bounds."""
+    config = SequentialConfig()
+    baseline = Baseline(0.025, 5_000.0, 200_000.0, 0.0025, "test")
+
+    def h(per_minute: float, peers: int = 1, phi: float = 1.0) -> float:
+        return weigh(config, baseline, phi, per_minute, peers).terms[0][2]
+
+    assert h(100.0 * math.e) == pytest.approx(h(100.0) + 1.0)
+    assert h(100.0, peers=3) == pytest.approx(h(100.0) + math.log(3))
+    # 100 impressions a minute (6k an hour): the main CUSUM loses ~0.28 nats a minute, h = ln(0.28 × 1e5).
+    assert 9.5 < h(100.0) < 10.5
+    assert h(1e6) == config.threshold
+    assert h(0.01) == config.min_threshold
+    # Over-dispersion: φ = 2 halves the evidence a minute gives, and the information.
+    assert h(200.0, phi=2.0) == pytest.approx(h(100.0), abs=0.02)
+    # The deep CUSUM loses more evidence a minute under the baseline: its threshold is higher.
+    terms = weigh(config, baseline, 1.0, 100.0).terms
+    assert terms[1][2] > terms[0][2]
+
+
+def test_a_small_channel_is_judged_on_less_evidence_than_a_big_one() -> None:
+    """The same 80 % CTR drop at 3k and at 100k impressions an hour: both caught, the small channel on a
+    lower threshold; with the big channel's threshold the small one's drop is found later, if at all."""
+    thresholds, first = {}, {}
+    for per_hour in (3_000, 100_000):
+        channel = Channel(12, per_hour, 6 * 60)
+        channel.drop("ctr", 0.8, 240, 90)
+        fired = [(i, f) for i, f in findings(judge_all(channel, 0, 6 * 60)) if f.campaign is None]
+        assert fired, per_hour
+        first[per_hour], finding = fired[0]
+        thresholds[per_hour] = finding.evidence["cusum_threshold"]
+    assert thresholds[3_000] < thresholds[100_000] - 1.0
+    channel = Channel(12, 3_000, 6 * 60)
+    channel.drop("ctr", 0.8, 240, 90)
+    fixed = SequentialJudge(SequentialConfig(min_threshold=12.0, threshold=12.0))
+    late = [i for i, f in findings(judge_all(channel, 0, 6 * 60, fixed)) if f.campaign is None]
+    assert not late or late[0] > first[3_000]
+
+
+def test_a_collapse_is_caught_sooner_by_the_cusum_tuned_for_deep_drops() -> None:
+    channel = Channel(13, 6_000, 6 * 60)
+    channel.drop("ctr", 0.9, 240, 60)
+    deep = [(i, f) for i, f in findings(judge_all(channel, 0, 6 * 60)) if f.campaign is None]
+    main_only = SequentialJudge(SequentialConfig(deep_ratio=None))
+    moderate = [i for i, f in findings(judge_all(channel, 0, 6 * 60, main_only)) if f.campaign is None]
+    assert deep and moderate
+    assert deep[0][0] < moderate[0]
+    assert deep[0][1].evidence["design_drop"] == pytest.approx(0.7)
+    assert "tuned for a 70 % drop" in deep[0][1].description
+
+
+def test_the_wobble_of_a_few_events_an_hour_is_not_read_from_their_lumpy_counts() -> None:
+    """Hours of ~5 orders (Poisson, no wobble at all): their squared deviations are lumpy (the median of
+    (x − 5)²/5 is 0.8, not χ²₁'s 0.45), and say next to nothing about a wobble: τ² stays near the prior."""
+    rng = np.random.default_rng(14)
+    hours = [{"orders": float(rng.poisson(5.0)), "clicks": 100.0} for _ in range(31)]
+    prior = 0.05**2
+    assert _wobble(CVR, hours, 0.05, prior) < 0.08**2  # a median-matching estimate: τ ≈ 40 %
+
+
+def test_the_wobble_of_a_busy_kpi_is_measured_and_one_odd_hour_does_not_set_it() -> None:
+    rng = np.random.default_rng(15)
+    clicks = [float(rng.binomial(200_000, 0.025 * rng.lognormal(-0.005, 0.1))) for _ in range(31)]
+    hours = [{"clicks": c, "impressions": 200_000.0} for c in clicks]
+    measured = _wobble(CTR, hours, 0.025, 0.05**2)
+    assert 0.006 < measured < 0.02  # τ = 10 %: τ² = 0.01, raised by its standard error
+    hours[7] = {"clicks": 1_000.0, "impressions": 200_000.0}  # −80 %: a drop nobody caught
+    assert _wobble(CTR, hours, 0.025, 0.05**2) < 1.5 * measured
+
+
+def test_the_wobble_of_a_run_counts_each_clock_hour_as_its_own_draw() -> None:
+    cusum = _Cusum(0.6, 10.0)
+    for minute in range(50, 70):  # 10 minutes in one hour, 10 in the next
+        cusum.add(1.0, 2.0, 80.0, ORIGIN + minute * 60)
+    assert cusum.e == 40.0
+    assert cusum.e2 == pytest.approx(20.0**2 + 20.0**2)
+    cusum.reset()
+    assert cusum.e2 == 0.0 and cusum.run_start is None
+
+
+class Steady:
+    """A channel without noise: 1,000 impressions and 25 clicks every minute, except where set."""
+
+    def __init__(self, minutes: int) -> None:
+        self.clicks = [25.0] * minutes
+
+    def minute(self, start_s: int) -> Mapping[str, Counts] | None:
+        i = (start_s - ORIGIN) // 60
+        if not 0 <= i < len(self.clicks):
+            return None
+        return {"spring": {"impressions": 1_000.0, "clicks": self.clicks[i]}}
+
+    def hour(self, start_s: int) -> Mapping[str, Counts] | None:
+        i = (start_s - ORIGIN) // 60
+        if i < 0 or i + 60 > len(self.clicks):
+            return None
+        return {"spring": {"impressions": 60_000.0, "clicks": sum(self.clicks[i : i + 60])}}
+
+
+def test_a_likely_drop_that_was_never_confirmed_stays_out_of_the_baseline() -> None:
+    """Clicks fall 60 % until the evidence passes three quarters of the threshold, then come back before it
+    is reached: no alert, but that hour no longer counts as normal. A later drop's alert is judged on the
+    hours without it."""
+    steady = Steady(8 * 60)
+    judge = SequentialJudge()
+    for i in range(5 * 60):
+        assert not judge.minute("douyin", ORIGIN + i * 60, steady.minute, steady.hour).findings
+    # 60k impressions an hour: both CUSUMs' thresholds are at their highest (12). At 10 clicks where 25
+    # are expected the main one gains ~4.9 nats a minute, the deep one ~5.4: two minutes reach three
+    # quarters of the threshold, not all of it.
+    for i in range(5 * 60, 5 * 60 + 2):
+        steady.clicks[i] = 10.0
+    for i in range(7 * 60, 8 * 60):
+        steady.clicks[i] = 2.0
+    fired = [
+        f
+        for i in range(5 * 60, 8 * 60)
+        for f in judge.minute("douyin", ORIGIN + i * 60, steady.minute, steady.hour).findings
+        if f.campaign is None and f.metric == "ctr"
+    ]
+    assert fired
+    assert fired[0].window_start == datetime.fromtimestamp(ORIGIN + 7 * 3600, UTC).isoformat()
+    # Hours 0–6 closed before the second drop; hour 5 held the likely one.
+    assert fired[0].evidence["baseline_from"] == "the previous 6 h"
