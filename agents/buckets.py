@@ -26,7 +26,7 @@ from agents.closing import WindowCloser
 from agents.evaluate import Evaluator
 from agents.health import HealthMonitor
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
-from agents.partials import CEILING, BucketValue, encoded_over, merge, overflowing
+from agents.partials import CEILING, BucketValue, campaigns_of, encoded_over, merge, overflowing, retire
 from agents.redis_retry import RedisRetry
 from agents.snapshot import (
     KpiRow,
@@ -43,6 +43,8 @@ from streams.windows import TOTAL, WINDOWS, Calendar
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
+#: How often (in event time) a partition's buckets are checked against their retention.
+SWEEP_S = 60.0
 #: Faust's ``producer_max_request_size`` (its default, which ``streams.app.make_app`` keeps).
 FAUST_MAX_REQUEST_BYTES = 1_000_000
 
@@ -242,7 +244,7 @@ def install(
     closer = WindowCloser(calendar, config.grace_s, config.idle_partition_s, config.stale_mark_s)
     quarantine = Quarantine(metrics)
     overflow_logged: set[str] = set()
-    expired_at: dict[str, float] = {}
+    swept_at: dict[int, float] = {}
 
     def lookup(channel: str, window: str, start: int) -> BucketValue | None:
         return table.get(bucket_key(channel, window, start))
@@ -285,6 +287,46 @@ def install(
                         window,
                     )
 
+    def sweep(partition: int) -> None:
+        """Retention, in event time: once per ``SWEEP_S`` of ``partition``'s event time, drop the buckets of
+        its channels older than their window's retention, and the all-time rows of campaigns no retained
+        day bucket holds (a channel no day bucket holds any more goes altogether). Event time, not the
+        wall clock: a backfill keeps what it needs, and a fast replay of a month still stays bounded."""
+        now = closer.event_time(partition)
+        if now is None or now - swept_at.get(partition, -SWEEP_S) < SWEEP_S:
+            return
+        swept_at[partition] = now
+        for channel in index.channels():
+            if partition_of(channel, config.partitions) != partition:
+                continue
+            expired = _expired(index, channel, config.retention_s, now)
+            for window, start in expired:
+                key = bucket_key(channel, window, start)
+                if key in table:
+                    del table[key]
+                index.discard(channel, window, start)
+            if any(window == "1d" for window, _ in expired):
+                retire_total(channel)
+
+    def retire_total(channel: str) -> None:
+        key = bucket_key(channel, TOTAL, 0)
+        value = table.get(key)
+        if value is None or key in quarantine:
+            return
+        days = index.starts(channel, "1d")
+        if not days:
+            del table[key]
+            index.discard(channel, TOTAL, 0)
+            return
+        live: set[str] = set()
+        for start in days:
+            day = table.get(bucket_key(channel, "1d", start))
+            if day is not None:
+                live |= campaigns_of(day)
+        retired = retire(value, live)
+        if retired is not None:
+            table[key] = retired
+
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -305,18 +347,16 @@ def install(
                             float(message["at"]),
                         )
                     closer.sources(message.get("sources"))
-                    continue
-                channel, src, block, upto, grouped = parse_partial(event.key, message)
+                else:
+                    channel, src, block, upto, grouped = parse_partial(event.key, message)
             except Exception as exc:  # noqa: BLE001 - not what the fold stage sends: skip it, go on
                 quarantine.skip_message(event.message.partition, exc)
                 continue
+            if "marks" in message:
+                sweep(event.message.partition)
+                continue
             merge_rows(channel, src, block, upto, grouped)
-            now = time.time()
-            if now - expired_at.get(channel, 0.0) > 60.0:
-                expired_at[channel] = now
-                for window, start in _expired(index, channel, config.retention_s, now):
-                    del table[bucket_key(channel, window, start)]
-                    index.discard(channel, window, start)
+            sweep(event.message.partition)
 
     @app.timer(interval=config.tick_s, name="kpi-snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
@@ -419,7 +459,8 @@ async def _judge(
 def _expired(
     index: BucketIndex, channel: str, retention_s: dict[str, float], now: float
 ) -> list[tuple[str, int]]:
-    """This channel's buckets older than their window's retention (the all-time total never expires)."""
+    """This channel's buckets older than their window's retention at event time ``now`` (the all-time total
+    has none: its campaigns retire with their last day bucket, see ``agents.partials.retire``)."""
     return [
         (window, start)
         for window in WINDOWS
