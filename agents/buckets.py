@@ -439,6 +439,7 @@ def install(
                     health,
                     offload,
                     lambda: assigned() == owned.partitions and not app.rebalancing,
+                    config.retention_s,
                 )
             except Exception:
                 # Judge these windows again next tick: recompute what closed, reload progress from Redis.
@@ -470,6 +471,7 @@ async def _judge(
     health: Callable[[], HealthMonitor] | None,
     offload: Offload,
     still_owned: Callable[[], bool],
+    retention_s: dict[str, float],
 ) -> bool:
     """Judge the windows closed since the last judged one, in event-time order, one lifecycle round each
     (a backfill closes many at once), then the budgets, then the data health of the fold's counters.
@@ -489,6 +491,7 @@ async def _judge(
             return False
         await judge.publish(findings, judged, at_s=end)
     await judge.save_progress()
+    await judge.prune(watermark, retention_s)
     await judge.publish(
         *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark),
         evidence_s=watermark,

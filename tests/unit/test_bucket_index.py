@@ -134,3 +134,13 @@ def test_closed_window_days_are_pruned_by_event_time_once_each() -> None:
     # Event time leaps a month ahead (a fast replay): every day in between goes, once.
     leap = expired_days(calendar, retention, watermark + 31 * day, pruned)
     assert len([d for w, d in leap if w == "1m"]) == 30
+
+
+def test_judged_marks_expire_with_their_windows_retention() -> None:
+    from agents.evaluate import _judged_expired
+
+    retention = {"1m": 3600.0, "1h": 86_400.0, "1d": 30 * 86_400.0}
+    assert _judged_expired("douyin|spring|1m", 0, 3601.0, retention)
+    assert not _judged_expired("douyin|spring|1h", 0, 3601.0, retention)
+    assert not _judged_expired("douyin|-|1m", 0, 3600.0, retention)
+    assert not _judged_expired("douyin|-|weird", 0, 1e12, retention)
