@@ -520,11 +520,11 @@ def _judge_round(
 class _Built:
     """What one tick computed off the event loop, for the loop to write and judge."""
 
-    mapping: dict[str, bytes] = field(default_factory=dict)
+    mapping: dict[str, str] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     channel_rows: list[KpiRow] = field(default_factory=list)
     closed: list[KpiRow] = field(default_factory=list)
-    closed_fields: dict[tuple[str, str], dict[str, bytes]] = field(default_factory=dict)
+    closed_fields: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     recorded: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str, Exception]] = field(default_factory=list)
 
@@ -543,7 +543,9 @@ def _build(
         watermark_of, lookup, lambda channel, exc: built.failed.append((channel, "snapshot", exc))
     )
     zone = calendar.zone
-    built.mapping = {row.field: orjson.dumps(row.to_json(zone)) for row in delta.changed}
+    # As text: orjson's bytes keep a buffer of kilobytes each, and a tick that closes an hour holds a row for
+    # every campaign (seen: 300 MB for 10 channels × 1000 campaigns, kept by the allocator afterwards).
+    built.mapping = {row.field: orjson.dumps(row.to_json(zone)).decode() for row in delta.changed}
     built.deleted = delta.deleted
     built.channel_rows = delta.channel_rows
     broken = {channel for channel, _, _ in built.failed}
@@ -575,7 +577,7 @@ def _expired(
 
 
 async def _write_snapshot(
-    client: AsyncRedis, prefix: str, mapping: dict[str, bytes], deleted: list[str], watermark: float
+    client: AsyncRedis, prefix: str, mapping: dict[str, str], deleted: list[str], watermark: float
 ) -> None:
     """One pipelined write per tick: the rows that changed, and the fields of rows that are gone."""
     keys = Keys(prefix)
@@ -593,13 +595,13 @@ def closed_key(prefix: str, window: str, day: str) -> str:
     return Keys(prefix).closed_windows(window, day)
 
 
-def closed_fields(rows: list[KpiRow], calendar: Calendar) -> dict[tuple[str, str], dict[str, bytes]]:
+def closed_fields(rows: list[KpiRow], calendar: Calendar) -> dict[tuple[str, str], dict[str, str]]:
     """Closed windows' rows encoded for Redis, by (window, local day of their start)."""
-    by_day: dict[tuple[str, str], dict[str, bytes]] = {}
+    by_day: dict[tuple[str, str], dict[str, str]] = {}
     for row in rows:
         day = datetime.fromtimestamp(row.window_start, calendar.zone).date().isoformat()
         field = f"{row.channel}|{row.campaign}|{row.window_start}"
-        by_day.setdefault((row.window, day), {})[field] = orjson.dumps(row.to_json(calendar.zone))
+        by_day.setdefault((row.window, day), {})[field] = orjson.dumps(row.to_json(calendar.zone)).decode()
     return by_day
 
 
@@ -624,7 +626,7 @@ def expired_days(
 async def _write_closed(
     client: AsyncRedis,
     prefix: str,
-    by_day: dict[tuple[str, str], dict[str, bytes]],
+    by_day: dict[tuple[str, str], dict[str, str]],
     retention_s: dict[str, float],
     expired: list[tuple[str, str]],
 ) -> None:
