@@ -46,6 +46,8 @@ SEP = "\x1f"
 #: Days before the retention cutoff a worker deletes closed-window hashes of when it starts (older ones
 #: went by their TTL).
 PRUNE_DAYS = 14
+#: The merge agent gives the event loop a turn after running this long without one.
+YIELD_AFTER_S = 0.02
 #: How often (in event time) a partition's buckets are checked against their retention.
 SWEEP_S = 60.0
 #: Faust's ``producer_max_request_size`` (its default, which ``streams.app.make_app`` keeps).
@@ -341,7 +343,13 @@ def install(
 
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
+        ran_since = time.perf_counter()
         async for event in stream.events():
+            if time.perf_counter() - ran_since > YIELD_AFTER_S:
+                # Buffered events come without a pause: let the consumers' heartbeats and the fold stage
+                # run between big buckets' merges.
+                await asyncio.sleep(0)
+                ran_since = time.perf_counter()
             try:
                 message = orjson.loads(event.value)
                 if "marks" in message:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -113,14 +114,46 @@ class EvaluationConfig:
     grace_s: float = 60.0
 
 
+class _Sums:
+    """A bucket's totals per campaign and its channel total, for the bucket values read lately.
+
+    Bucket values never change in place (a merge makes a new one), so the same object has the same sums:
+    the judges read the same buckets again and again within a tick (the all-time total once per round, the
+    minutes of overlapping rolling windows), and summing one costs all its campaigns. Kept by identity, a
+    few hundred at most (holding a value keeps it alive).
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: OrderedDict[int, tuple[BucketValue, dict[str, list[int]], list[int]]] = OrderedDict()
+
+    def of(self, value: BucketValue) -> tuple[dict[str, list[int]], list[int]]:
+        """(totals per campaign, channel total) of ``value``; do not change them."""
+        key = id(value)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is value:
+            return hit[1], hit[2]
+        per_campaign = totals(value)
+        whole = [0] * N_SLOTS
+        for vector in per_campaign.values():
+            for slot in range(N_SLOTS):
+                whole[slot] += vector[slot]
+        self._items[key] = (value, per_campaign, whole)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return per_campaign, whole
+
+
+_SUMS = _Sums()
+
+
 def add_bucket(summed: list[int], value: BucketValue | None, campaign: str | None) -> list[int]:
     """Add one bucket's counter vector (raw slots, money in micros) into ``summed`` and return it: the
     channel's (``campaign=None``, all campaigns) or one campaign's."""
     if value is not None:
-        per_campaign = totals(value)
-        for vector in (
-            per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]
-        ):
+        per_campaign, whole = _SUMS.of(value)
+        vector = whole if campaign is None else per_campaign.get(campaign)
+        if vector is not None:
             for slot in range(N_SLOTS):
                 summed[slot] += vector[slot]
     return summed
