@@ -119,12 +119,13 @@ class _Sums:
 
     Bucket values never change in place (a merge makes a new one), so the same object has the same sums:
     the judges read the same buckets again and again within a tick (the all-time total once per round, the
-    minutes of overlapping rolling windows), and summing one costs all its campaigns. Kept by identity, a
-    few hundred at most (holding a value keeps it alive).
+    minutes of overlapping rolling windows), and summing one costs all its campaigns. Kept by identity, the
+    latest ones up to ``max_rows`` campaign rows in all (holding a value keeps it alive).
     """
 
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
+    def __init__(self, max_rows: int = 20_000) -> None:
+        self.max_rows = max_rows
+        self._rows = 0
         self._items: OrderedDict[int, tuple[BucketValue, dict[str, list[int]], list[int]]] = OrderedDict()
 
     def of(self, value: BucketValue) -> tuple[dict[str, list[int]], list[int]]:
@@ -138,9 +139,13 @@ class _Sums:
         for vector in per_campaign.values():
             for slot in range(N_SLOTS):
                 whole[slot] += vector[slot]
+        if hit is not None:
+            self._rows -= len(hit[1])
         self._items[key] = (value, per_campaign, whole)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._rows += len(per_campaign)
+        while self._rows > self.max_rows and len(self._items) > 1:
+            _, (_, gone, _) = self._items.popitem(last=False)
+            self._rows -= len(gone)
         return per_campaign, whole
 
 
