@@ -395,11 +395,15 @@ class Evaluator:
                 for key in gone:
                     del self._judged[key]
                     self._progress.pop(key, None)
-                await self._redis.hdel(self._judged_key, *gone)
+                await self.retry.call(
+                    "pruning judged windows", lambda: self._redis.hdel(self._judged_key, *gone)
+                )
         now = self.clock()
         if now - self._acks_pruned_s >= PRUNE_EVERY_S:
             self._acks_pruned_s = now
-            await prune_acks(self._redis, self.redis_prefix, now)
+            await self.retry.call(
+                "pruning acknowledgements", lambda: prune_acks(self._redis, self.redis_prefix, now)
+            )
 
     def judge_windows(
         self, fresh: Iterable[KpiRow], lookup: Lookup

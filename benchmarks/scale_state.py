@@ -33,7 +33,16 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import REPO, Started, command_and_machine, free_port, section_head, write_markdown
+from harness import (
+    REPO,
+    Started,
+    add_report_args,
+    command_and_machine,
+    free_port,
+    publish,
+    section_head,
+    section_markers,
+)
 from procstat import status_kb
 from throughput import WORKER_CODE, create_topics, stack
 
@@ -41,8 +50,6 @@ from adpulse.metrics_page import metric_sum, read_metrics
 from adpulse.settings import redacted_url
 from streams.keys import Keys
 
-BEGIN = "<!-- benchmarks/scale_state.py: begin (generated; rerun the script to refresh) -->"
-END = "<!-- benchmarks/scale_state.py: end -->"
 DAY_S = 86_400
 HOUR_S = 3_600
 #: The worker may fall this far behind the producer (event time) before the producer waits.
@@ -318,7 +325,9 @@ def growth(days: list[Day]) -> tuple[float, float]:
 
 def markdown(days: list[Day], args: argparse.Namespace, info: dict[str, str], command: str) -> str:
     mean_growth, max_growth = growth(days)
-    lines = section_head(BEGIN, "Bounded state over a simulated month", command, info)
+    begin, end = section_markers("scale_state.py", args.broker)
+    title = "Bounded state over a simulated month" + ("" if args.broker == "tansu" else " on Apache Kafka")
+    lines = section_head(begin, title, command, info)
     lines += [
         f"{args.channels} channels × {args.campaigns:,} live campaigns, {args.churn:.0%} of them replaced "
         f"each day ({days[-1].campaigns_seen:,} campaigns seen in all), {args.records_per_minute:,} records "
@@ -340,7 +349,7 @@ def markdown(days: list[Day], args: argparse.Namespace, info: dict[str, str], co
         f"RSS growth per simulated day after the first: mean {mean_growth:.2f} %, largest {max_growth:.2f} % "
         f"(target ≤ 2 %); longest event-loop stall {max(d.max_lag_s for d in days):.3f} s (target ≤ 0.1 s).",
         "",
-        END,
+        end,
         "",
     ]
     return "\n".join(lines)
@@ -361,15 +370,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flush-interval", type=float, default=1.0, help="ADPULSE_FLUSH_INTERVAL_S (1.0)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu")
     parser.add_argument("--bootstrap", help="reuse this Kafka-compatible broker instead of starting one")
     parser.add_argument("--broker-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help="reuse this Redis instead of starting valkey-server")
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="longest wait for the worker to catch up"
     )
-    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave the markdown file alone")
+    add_report_args(parser)
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--workdir", type=Path, help="where the stack and the worker's log live (a temp dir)")
     args = parser.parse_args(argv)
@@ -382,9 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command, info = command_and_machine("scale_state.py", argv)
     days = run(args)
-    if not args.no_write:
-        write_markdown(args.output, markdown(days, args, info, command), BEGIN, END)
-        print(f"wrote {args.output}")
+    publish(markdown(days, args, info, command), args, section_markers("scale_state.py", args.broker))
     return 0
 
 
