@@ -7,6 +7,7 @@ per-channel counters are read from the latest snapshot at scrape time by ``Snaps
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -121,12 +122,36 @@ class PipelineMetrics:
             "Window buckets this worker's table holds (its retention bounds them)",
             registry=registry,
         )
+        self.gc_pause = Histogram(
+            "adpulse_gc_pause_seconds",
+            "Garbage collections by generation and how long each held the process",
+            ["generation"],
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
         self.judge_seconds = Histogram(
             "adpulse_judge_seconds",
             "Time to judge one tick's closed windows and budgets (off the event loop where it is heavy)",
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+
+
+def watch_gc(metrics: PipelineMetrics, clock: Callable[[], float] = time.perf_counter) -> Callable[[], None]:
+    """Time every garbage collection into ``adpulse_gc_pause_seconds`` (by generation): a collection of the
+    oldest generation walks every tracked object, the table's buckets included, and holds every thread
+    meanwhile. Returns the function that stops watching."""
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [clock()]
+        elif started:
+            metrics.gc_pause.labels(str(info.get("generation", -1))).observe(clock() - started[0])
+            started.clear()
+
+    gc.callbacks.append(callback)
+    return lambda: gc.callbacks.remove(callback)
 
 
 #: Event-loop lag buckets: a tick of the snapshot timer is 0.5 s, a consumer's session 10 s.

@@ -70,6 +70,7 @@ class Day:
     snapshot_ticks: float
     judge_mean_ms: float
     stalls: float
+    gc_pauses: float
     max_lag_s: float
     redis_mb: float
     kpi_rows: int
@@ -171,10 +172,10 @@ def histogram(text: str | None, name: str) -> tuple[float, float]:
     return metric_sum(text, f"{name}_sum"), metric_sum(text, f"{name}_count")
 
 
-def stalls(text: str | None) -> float:
-    """Event-loop lag observations above ``STALL_S`` so far."""
-    total = metric_sum(text, "adpulse_event_loop_lag_seconds_count")
-    within = metric_sum(text, "adpulse_event_loop_lag_seconds_bucket", le=f"{STALL_S}")
+def over(text: str | None, histogram_name: str, bound_s: float = STALL_S) -> float:
+    """Observations of a histogram (all label values) above ``bound_s`` so far."""
+    total = metric_sum(text, f"{histogram_name}_count")
+    within = metric_sum(text, f"{histogram_name}_bucket", le=f"{bound_s}")
     return total - within
 
 
@@ -227,14 +228,8 @@ def run(args: argparse.Namespace) -> list[Day]:
                 )
             url = f"http://127.0.0.1:{port}/metrics"
             began = time.perf_counter()
-            previous = (
-                "",
-                0.0,
-                0.0,
-                0.0,
-                0.0,
-                0.0,
-            )  # metrics text, snapshot sum/count, judge sum/count, stalls
+            # snapshot sum/count, judge sum/count, stalls, garbage collections over 0.1 s, so far
+            previous = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             for day in range(args.days):
                 for hour in range(24):
                     hour_s = first_day + day * DAY_S + hour * HOUR_S
@@ -252,8 +247,9 @@ def run(args: argparse.Namespace) -> list[Day]:
                 text = read_metrics(url) or ""
                 snap_sum, snap_count = histogram(text, "adpulse_snapshot_seconds")
                 judge_sum, judge_count = histogram(text, "adpulse_judge_seconds")
-                stalled = stalls(text)
-                _, p_snap_sum, p_snap_count, p_judge_sum, p_judge_count, p_stalls = previous
+                stalled = over(text, "adpulse_event_loop_lag_seconds")
+                collections = over(text, "adpulse_gc_pause_seconds")
+                p_snap_sum, p_snap_count, p_judge_sum, p_judge_count, p_stalls, p_collections = previous
                 memory, rows, judged, _ = redis_sample(st.redis_url, redis_prefix)
                 sample = Day(
                     day=day + 1,
@@ -264,18 +260,20 @@ def run(args: argparse.Namespace) -> list[Day]:
                     snapshot_ticks=snap_count - p_snap_count,
                     judge_mean_ms=1000 * (judge_sum - p_judge_sum) / max(1.0, judge_count - p_judge_count),
                     stalls=stalled - p_stalls,
+                    gc_pauses=collections - p_collections,
                     max_lag_s=metric_sum(text, "adpulse_event_loop_lag_max_seconds"),
                     redis_mb=memory,
                     kpi_rows=rows,
                     judged_marks=judged,
                     campaigns_seen=len(traffic.seen),
                 )
-                previous = (text, snap_sum, snap_count, judge_sum, judge_count, stalled)
+                previous = (snap_sum, snap_count, judge_sum, judge_count, stalled, collections)
                 days.append(sample)
                 print(
                     f"day {sample.day:>2}: {sample.wall_s:7.0f} s, RSS {sample.rss_mb:6.0f} MiB, "
                     f"{sample.bucket_keys:6.0f} buckets, snapshot {sample.snapshot_mean_ms:6.1f} ms, "
-                    f"judge {sample.judge_mean_ms:6.1f} ms, stalls>{STALL_S}s {sample.stalls:3.0f}, max lag "
+                    f"judge {sample.judge_mean_ms:6.1f} ms, stalls>{STALL_S}s {sample.stalls:3.0f} "
+                    f"(gc {sample.gc_pauses:.0f}), max lag "
                     f"{sample.max_lag_s:5.3f} s, Redis {sample.redis_mb:6.0f} MiB, {sample.kpi_rows} rows, "
                     f"{sample.judged_marks} judged, {sample.campaigns_seen} campaigns seen",
                     flush=True,
@@ -335,13 +333,14 @@ def markdown(days: list[Day], args: argparse.Namespace, info: dict[str, str], co
         f"flush every {args.flush_interval} s, default retentions. Wall time {days[-1].wall_s / 60:.0f} min.",
         "",
         "| day | wall s | worker RSS MiB | buckets | snapshot ms (mean) | judging ms (mean per tick) "
-        "| stalls > 0.1 s | max stall s | Redis MiB | snapshot rows | judged marks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stalls > 0.1 s | GC pauses > 0.1 s | max stall s | Redis MiB | snapshot rows | judged marks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in days:
         lines.append(
             f"| {d.day} | {d.wall_s:.0f} | {d.rss_mb:.0f} | {d.bucket_keys:.0f} | {d.snapshot_mean_ms:.1f} | "
-            f"{d.judge_mean_ms:.1f} | {d.stalls:.0f} | {d.max_lag_s:.3f} | {d.redis_mb:.0f} | "
+            f"{d.judge_mean_ms:.1f} | {d.stalls:.0f} | {d.gc_pauses:.0f} | {d.max_lag_s:.3f} | "
+            f"{d.redis_mb:.0f} | "
             f"{d.kpi_rows:,} | {d.judged_marks:,} |"
         )
     lines += [

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.metrics import PipelineMetrics, SnapshotCollector, watch_loop_lag
+from agents.metrics import PipelineMetrics, SnapshotCollector, watch_gc, watch_loop_lag
 from agents.snapshot import KpiRow
 
 NAMES = ("impressions", "clicks", "visits", "carts", "orders", "gmv", "spend", "new_customers")
@@ -236,3 +236,17 @@ def test_the_loop_lag_watch_records_a_stall_of_the_event_loop() -> None:
     assert metrics.max_lag_s >= 0.25
     assert registry.get_sample_value("adpulse_event_loop_lag_max_seconds") == metrics.max_lag_s
     assert (registry.get_sample_value("adpulse_event_loop_lag_seconds_sum") or 0.0) >= 0.25
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    import gc
+
+    registry = CollectorRegistry()
+    stop = watch_gc(PipelineMetrics(registry))
+    try:
+        gc.collect()
+    finally:
+        stop()
+    assert (registry.get_sample_value("adpulse_gc_pause_seconds_count", {"generation": "2"}) or 0) >= 1
+    gc.collect()  # not watched any more
+    assert registry.get_sample_value("adpulse_gc_pause_seconds_count", {"generation": "2"}) == 1
