@@ -314,8 +314,8 @@ def wait_for_watermark(
 
 
 def growth(days: list[Day]) -> tuple[float, float]:
-    """Mean and largest day-over-day RSS growth (%) after the first day."""
-    steps = [100.0 * (b.rss_mb - a.rss_mb) / a.rss_mb for a, b in zip(days[1:], days[2:], strict=False)]
+    """Mean and largest day-over-day RSS growth (%) after the first day (from its end on)."""
+    steps = [100.0 * (b.rss_mb - a.rss_mb) / a.rss_mb for a, b in zip(days, days[1:], strict=False)]
     if not steps:
         return float("nan"), float("nan")
     return sum(steps) / len(steps), max(steps)
