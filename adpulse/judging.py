@@ -15,6 +15,7 @@ from alerts.data_health import HealthBounds
 from alerts.lifecycle import Policy
 from alerts.payload import Links
 from alerts.rules import load_rules
+from alerts.sequential import SequentialConfig
 from streams.redis_client import AsyncRedis
 from streams.windows import Calendar
 
@@ -29,6 +30,7 @@ def evaluation_config(settings: Settings) -> EvaluationConfig:
         currency=settings.currency,
         lookback_s=settings.alert_lookback_s,
         grace_s=settings.grace_s,
+        sequential=SequentialConfig(max_campaigns=settings.max_campaigns_per_channel),
     )
 
 

@@ -18,7 +18,7 @@ from agents.evaluate import Evaluator
 from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig
 from agents.health import HealthMonitor
-from agents.metrics import PipelineMetrics, SnapshotCollector
+from agents.metrics import PipelineMetrics, SnapshotCollector, watch_gc, watch_loop_lag
 from agents.redis_retry import RedisRetry
 from alerts.budgets import BudgetBook
 from alerts.sinks.redis_sink import RedisAlertSink
@@ -140,6 +140,14 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         except Exception:
             log.exception("fold stage crashed; stopping the worker so that it restarts from its checkpoints")
             raise
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def loop_lag() -> None:
+        stop_gc_watch = watch_gc(metrics)
+        try:
+            await watch_loop_lag(metrics)
+        finally:
+            stop_gc_watch()
 
     @app.task  # type: ignore[untyped-decorator]
     async def budget_feed() -> None:

@@ -11,12 +11,14 @@ counted in ``adpulse_quarantined_total``, left out from then on); the other keys
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
 import faust
 import orjson
@@ -26,13 +28,11 @@ from agents.closing import WindowCloser
 from agents.evaluate import Evaluator
 from agents.health import HealthMonitor
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
-from agents.partials import CEILING, BucketValue, encoded_over, merge, overflowing
+from agents.partials import CEILING, BucketValue, campaigns_of, encoded_over, merge, overflowing, retire
 from agents.redis_retry import RedisRetry
-from agents.snapshot import (
-    KpiRow,
-    build_rows,
-    closed_rows,
-)
+from agents.snapshot import KpiRow, closed_rows
+from agents.snapshot_rows import SnapshotRows
+from alerts.model import Finding, Fingerprint
 from streams.codec import N_SLOTS
 from streams.events import MAX_TS_MS, name_problem
 from streams.keys import Keys
@@ -43,6 +43,13 @@ from streams.windows import TOTAL, WINDOWS, Calendar
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"
+#: Days before the retention cutoff a worker deletes closed-window hashes of when it starts (older ones
+#: went by their TTL).
+PRUNE_DAYS = 14
+#: The merge agent gives the event loop a turn after running this long without one.
+YIELD_AFTER_S = 0.02
+#: How often (in event time) a partition's buckets are checked against their retention.
+SWEEP_S = 60.0
 #: Faust's ``producer_max_request_size`` (its default, which ``streams.app.make_app`` keeps).
 FAUST_MAX_REQUEST_BYTES = 1_000_000
 
@@ -61,6 +68,15 @@ def split_key(key: str) -> tuple[str, str, int]:
 
 
 _WINDOW_NAMES = frozenset((*WINDOWS, TOTAL))
+_T = TypeVar("_T")
+
+
+class Offload(Protocol):
+    """Runs a pure computation off the event loop and awaits its result."""
+
+    def __call__(self, fn: Callable[..., _T], *args: Any) -> Awaitable[_T]: ...
+
+
 Rows = dict[tuple[str, int], dict[str, list[int]]]
 
 
@@ -242,7 +258,7 @@ def install(
     closer = WindowCloser(calendar, config.grace_s, config.idle_partition_s, config.stale_mark_s)
     quarantine = Quarantine(metrics)
     overflow_logged: set[str] = set()
-    expired_at: dict[str, float] = {}
+    swept_at: dict[int, float] = {}
 
     def lookup(channel: str, window: str, start: int) -> BucketValue | None:
         return table.get(bucket_key(channel, window, start))
@@ -285,9 +301,55 @@ def install(
                         window,
                     )
 
+    def sweep(partition: int) -> None:
+        """Retention, in event time: once per ``SWEEP_S`` of ``partition``'s event time, drop the buckets of
+        its channels older than their window's retention, and the all-time rows of campaigns no retained
+        day bucket holds (a channel no day bucket holds any more goes altogether). Event time, not the
+        wall clock: a backfill keeps what it needs, and a fast replay of a month still stays bounded."""
+        now = closer.event_time(partition)
+        if now is None or now - swept_at.get(partition, -SWEEP_S) < SWEEP_S:
+            return
+        swept_at[partition] = now
+        for channel in index.channels():
+            if partition_of(channel, config.partitions) != partition:
+                continue
+            expired = _expired(index, channel, config.retention_s, now)
+            for window, start in expired:
+                key = bucket_key(channel, window, start)
+                if key in table:
+                    del table[key]
+                index.discard(channel, window, start)
+            if any(window == "1d" for window, _ in expired):
+                retire_total(channel)
+
+    def retire_total(channel: str) -> None:
+        key = bucket_key(channel, TOTAL, 0)
+        value = table.get(key)
+        if value is None or key in quarantine:
+            return
+        days = index.starts(channel, "1d")
+        if not days:
+            del table[key]
+            index.discard(channel, TOTAL, 0)
+            return
+        live: set[str] = set()
+        for start in days:
+            day = table.get(bucket_key(channel, "1d", start))
+            if day is not None:
+                live |= campaigns_of(day)
+        retired = retire(value, live)
+        if retired is not None:
+            table[key] = retired
+
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
+        ran_since = time.perf_counter()
         async for event in stream.events():
+            if time.perf_counter() - ran_since > YIELD_AFTER_S:
+                # Buffered events come without a pause: let the consumers' heartbeats and the fold stage
+                # run between big buckets' merges.
+                await asyncio.sleep(0)
+                ran_since = time.perf_counter()
             try:
                 message = orjson.loads(event.value)
                 if "marks" in message:
@@ -305,30 +367,35 @@ def install(
                             float(message["at"]),
                         )
                     closer.sources(message.get("sources"))
-                    continue
-                channel, src, block, upto, grouped = parse_partial(event.key, message)
+                else:
+                    channel, src, block, upto, grouped = parse_partial(event.key, message)
             except Exception as exc:  # noqa: BLE001 - not what the fold stage sends: skip it, go on
                 quarantine.skip_message(event.message.partition, exc)
                 continue
+            if "marks" in message:
+                sweep(event.message.partition)
+                continue
             merge_rows(channel, src, block, upto, grouped)
-            now = time.time()
-            if now - expired_at.get(channel, 0.0) > 60.0:
-                expired_at[channel] = now
-                for window, start in _expired(index, channel, config.retention_s, now):
-                    del table[bucket_key(channel, window, start)]
-                    index.discard(channel, window, start)
+            sweep(event.message.partition)
+
+    snapshot_rows = SnapshotRows(calendar, config.grace_s)
+    pruned_days: dict[str, date] = {}
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adpulse-snapshot")
+
+    def assigned() -> frozenset[int]:
+        return frozenset(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic
+        )
+
+    async def offload(fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     @app.timer(interval=config.tick_s, name="kpi-snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
         started = time.perf_counter()
         client = redis()
         index.sync(len(table), lambda: list(table.keys()), lambda key, exc: quarantine.add(key, "index", exc))
-        owned = OwnedChannels(
-            frozenset(
-                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == config.partials_topic
-            ),
-            config.partitions,
-        )
+        owned = OwnedChannels(assigned(), config.partitions)
         now = time.time()
         closer.keep_only(owned.__contains__)
         watermarks = closer.watermarks(owned.partitions)
@@ -341,40 +408,59 @@ def install(
                 by_partition.setdefault(p, set()).add(channel)
         watermark_of = {c: watermarks[p] for p, cs in by_partition.items() for c in cs}
         watermark = min(watermarks.values())
-        rows: list[KpiRow] = []
-        for p, cs in sorted(by_partition.items()):
-            for channel in sorted(cs):
-                try:
-                    rows.extend(build_rows([channel], lookup, calendar, watermarks[p], config.grace_s))
-                except Exception as exc:  # noqa: BLE001 - one channel never stops the tick
-                    quarantine.add(channel, "snapshot", exc)
-                    del watermark_of[channel]
-        closed: list[KpiRow] = []
-        for channel, window, todo in closer.due(watermark_of, index.starts):
-            try:
-                closed.extend(closed_rows(channel, window, todo, lookup, calendar))
-            except Exception as exc:  # noqa: BLE001 - one channel never stops the tick
-                quarantine.add(channel, "closing", exc)
-                continue
+        metrics.bucket_keys.set(len(table))
+        due = list(closer.due(watermark_of, index.starts))
+        # The rows are built off the event loop (thousands of campaigns take longer than a heartbeat
+        # may wait); only this timer touches the snapshot's state, and table values never change in place.
+        built = await offload(_build, snapshot_rows, watermark_of, due, lookup, calendar)
+        for channel, where, exc in built.failed:
+            quarantine.add(channel, where, exc)
+        for channel, window in built.recorded:
             closer.recorded(channel, window)
-        await retry.call(
-            "writing the KPI snapshot",
-            lambda: _write_snapshot(client, config.redis_prefix, rows, calendar, holder, watermark),
-        )
-        if closed:
+        try:
+            await retry.call(
+                "writing the KPI snapshot",
+                lambda: _write_snapshot(client, config.redis_prefix, built.mapping, built.deleted, watermark),
+            )
+        except Exception:
+            snapshot_rows.forget()  # rewrite every row next tick: Redis may hold some of them, or none
+            raise
+        expired = expired_days(calendar, config.retention_s, watermark, pruned_days)
+        if built.closed_fields or expired:
             await retry.call(
                 "recording closed windows",
-                lambda: _write_closed(client, config.redis_prefix, closed, calendar, config.retention_s),
+                lambda: _write_closed(
+                    client, config.redis_prefix, built.closed_fields, config.retention_s, expired
+                ),
             )
         if evaluator is not None:
+            judge_started = time.perf_counter()
             try:
-                await _judge(evaluator(), owned, closed, lookup, index, watermark, now, health)
+                judged = await _judge(
+                    evaluator(),
+                    owned,
+                    built.closed,
+                    lookup,
+                    index,
+                    watermark,
+                    now,
+                    health,
+                    offload,
+                    lambda: assigned() == owned.partitions and not app.rebalancing,
+                    config.retention_s,
+                )
             except Exception:
                 # Judge these windows again next tick: recompute what closed, reload progress from Redis.
                 closer.forget()
                 evaluator().invalidate()
                 raise
-        holder.rows = rows
+            if not judged:
+                # The partitions moved while the judge ran (off the loop): what it read of the table may
+                # be half revoked. Its rounds are not saved; whoever owns the channels now judges them.
+                closer.forget()
+                evaluator().invalidate()
+            metrics.judge_seconds.observe(time.perf_counter() - judge_started)
+        holder.rows = built.channel_rows
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))
         metrics.snapshot_seconds.observe(time.perf_counter() - started)
@@ -390,10 +476,17 @@ async def _judge(
     index: BucketIndex,
     watermark: float,
     now: float,
-    health: Callable[[], HealthMonitor] | None = None,
-) -> None:
+    health: Callable[[], HealthMonitor] | None,
+    offload: Offload,
+    still_owned: Callable[[], bool],
+    retention_s: dict[str, float],
+) -> bool:
     """Judge the windows closed since the last judged one, in event-time order, one lifecycle round each
-    (a backfill closes many at once), then the budgets, then the data health of the fold's counters."""
+    (a backfill closes many at once), then the budgets, then the data health of the fold's counters.
+
+    The windows are judged off the event loop (``offload``): with many campaigns a round takes longer than
+    the loop may stall. Returns False, having published nothing more, if the partitions moved meanwhile.
+    """
     await judge.ensure_loaded(owned)
     rounds: dict[int, list[KpiRow]] = {}
     for row in closed:
@@ -401,11 +494,12 @@ async def _judge(
             rounds.setdefault(row.window_end or 0, []).append(row)
     log.debug("tick: watermark %s, %d windows closed, %d judging rounds", watermark, len(closed), len(rounds))
     for end, batch in sorted(rounds.items()):
-        findings, judged = judge.judge_windows(batch, lookup)
-        if health is not None:
-            findings, judged = health().screen(findings, judged, batch, lookup)
+        findings, judged = await offload(_judge_round, judge, batch, lookup, health)
+        if not still_owned():
+            return False
         await judge.publish(findings, judged, at_s=end)
     await judge.save_progress()
+    await judge.prune(watermark, retention_s)
     await judge.publish(
         *judge.judge_budgets(owned, lookup, index.starts, await judge.approvals(), watermark),
         evidence_s=watermark,
@@ -414,12 +508,74 @@ async def _judge(
         counters = await health().judge_counters(owned, judge.book.firing())
         if counters is not None:
             await judge.publish(*counters)
+    return True
+
+
+def _judge_round(
+    judge: Evaluator,
+    batch: list[KpiRow],
+    lookup: Callable[[str, str, int], Any],
+    health: Callable[[], HealthMonitor] | None,
+) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
+    """One round's findings: the judge's, screened for data health (pure: runs off the event loop)."""
+    findings, judged = judge.judge_windows(batch, lookup)
+    if health is not None:
+        findings, judged = health().screen(findings, judged, batch, lookup)
+    return findings, judged
+
+
+@dataclass(slots=True)
+class _Built:
+    """What one tick computed off the event loop, for the loop to write and judge."""
+
+    mapping: dict[str, str] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    channel_rows: list[KpiRow] = field(default_factory=list)
+    closed: list[KpiRow] = field(default_factory=list)
+    closed_fields: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    recorded: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str, Exception]] = field(default_factory=list)
+
+
+def _build(
+    rows: SnapshotRows,
+    watermark_of: dict[str, float],
+    due: list[tuple[str, str, list[int]]],
+    lookup: Callable[[str, str, int], Any],
+    calendar: Calendar,
+) -> _Built:
+    """The snapshot's changed rows (encoded) and the closed windows' rows; a channel that raises is left
+    out and reported in ``failed`` (pure apart from ``rows``' own state: runs off the event loop)."""
+    built = _Built()
+    delta = rows.update(
+        watermark_of, lookup, lambda channel, exc: built.failed.append((channel, "snapshot", exc))
+    )
+    zone = calendar.zone
+    # As text: orjson's bytes keep a buffer of kilobytes each, and a tick that closes an hour holds a row for
+    # every campaign (seen: 300 MB for 10 channels × 1000 campaigns, kept by the allocator afterwards).
+    built.mapping = {row.field: orjson.dumps(row.to_json(zone)).decode() for row in delta.changed}
+    built.deleted = delta.deleted
+    built.channel_rows = delta.channel_rows
+    broken = {channel for channel, _, _ in built.failed}
+    for channel, window, todo in due:
+        if channel in broken:
+            continue
+        try:
+            built.closed.extend(closed_rows(channel, window, todo, lookup, calendar))
+        except Exception as exc:  # noqa: BLE001 - one channel never stops the tick
+            built.failed.append((channel, "closing", exc))
+            broken.add(channel)
+            continue
+        built.recorded.append((channel, window))
+    built.closed_fields = closed_fields(built.closed, calendar)
+    return built
 
 
 def _expired(
     index: BucketIndex, channel: str, retention_s: dict[str, float], now: float
 ) -> list[tuple[str, int]]:
-    """This channel's buckets older than their window's retention (the all-time total never expires)."""
+    """This channel's buckets older than their window's retention at event time ``now`` (the all-time total
+    has none: its campaigns retire with their last day bucket, see ``agents.partials.retire``)."""
     return [
         (window, start)
         for window in WINDOWS
@@ -429,23 +585,15 @@ def _expired(
 
 
 async def _write_snapshot(
-    client: AsyncRedis,
-    prefix: str,
-    rows: list[KpiRow],
-    calendar: Calendar,
-    holder: SnapshotHolder,
-    watermark: float,
+    client: AsyncRedis, prefix: str, mapping: dict[str, str], deleted: list[str], watermark: float
 ) -> None:
-    """One pipelined write per tick: every row as a hash field, stale fields of this worker removed."""
+    """One pipelined write per tick: the rows that changed, and the fields of rows that are gone."""
     keys = Keys(prefix)
-    key = keys.kpis
-    mapping = {row.field: orjson.dumps(row.to_json(calendar.zone)) for row in rows}
-    stale = {row.field for row in holder.rows} - mapping.keys()
     pipe = client.pipeline(transaction=False)
     if mapping:
-        pipe.hset(key, mapping=mapping)
-    if stale:
-        pipe.hdel(key, *stale)
+        pipe.hset(keys.kpis, mapping=mapping)
+    if deleted:
+        pipe.hdel(keys.kpis, *deleted)
     pipe.hset(keys.kpis_meta, mapping={"watermark_s": watermark, "updated_at": time.time()})
     await pipe.execute()
 
@@ -455,18 +603,48 @@ def closed_key(prefix: str, window: str, day: str) -> str:
     return Keys(prefix).closed_windows(window, day)
 
 
-async def _write_closed(
-    client: AsyncRedis, prefix: str, rows: list[KpiRow], calendar: Calendar, retention_s: dict[str, float]
-) -> None:
-    """Record closed windows once (re-recording after a restart overwrites with the same values)."""
-    by_day: dict[tuple[str, str], dict[str, bytes]] = {}
+def closed_fields(rows: list[KpiRow], calendar: Calendar) -> dict[tuple[str, str], dict[str, str]]:
+    """Closed windows' rows encoded for Redis, by (window, local day of their start)."""
+    by_day: dict[tuple[str, str], dict[str, str]] = {}
     for row in rows:
         day = datetime.fromtimestamp(row.window_start, calendar.zone).date().isoformat()
         field = f"{row.channel}|{row.campaign}|{row.window_start}"
-        by_day.setdefault((row.window, day), {})[field] = orjson.dumps(row.to_json(calendar.zone))
+        by_day.setdefault((row.window, day), {})[field] = orjson.dumps(row.to_json(calendar.zone)).decode()
+    return by_day
+
+
+def expired_days(
+    calendar: Calendar, retention_s: dict[str, float], watermark: float, pruned: dict[str, date]
+) -> list[tuple[str, str]]:
+    """(window, local day) of closed-window hashes past their retention in event time (and a day more, as
+    their TTL), not already pruned: the TTL alone counts wall-clock time, which a fast backfill or a replay
+    of a month outruns. ``pruned`` remembers the newest day pruned per window."""
+    found = []
+    for window, kept_s in retention_s.items():
+        cutoff = datetime.fromtimestamp(watermark - kept_s - 86400, calendar.zone).date()
+        first = pruned.get(window, cutoff - timedelta(days=PRUNE_DAYS))
+        day = first + timedelta(days=1)
+        while day < cutoff:
+            found.append((window, day.isoformat()))
+            day += timedelta(days=1)
+        pruned[window] = max(first, cutoff - timedelta(days=1))
+    return found
+
+
+async def _write_closed(
+    client: AsyncRedis,
+    prefix: str,
+    by_day: dict[tuple[str, str], dict[str, str]],
+    retention_s: dict[str, float],
+    expired: list[tuple[str, str]],
+) -> None:
+    """Record closed windows once (re-recording after a restart overwrites with the same values), and
+    delete the days past their retention."""
     pipe = client.pipeline(transaction=False)
     for (window, day), mapping in by_day.items():
         key = closed_key(prefix, window, day)
         pipe.hset(key, mapping=mapping)
         pipe.expire(key, int(retention_s[window] + 86400))
+    if expired:
+        pipe.delete(*(closed_key(prefix, window, day) for window, day in expired))
     await pipe.execute()

@@ -92,6 +92,10 @@ class WindowCloser:
             watermarks[p] = self._highest[p] = max(w, self._highest.get(p, w))
         return watermarks
 
+    def event_time(self, partition: int) -> float | None:
+        """The event time of ``partition`` as :meth:`watermarks` last found it (None: none yet)."""
+        return self._highest.get(partition)
+
     def due(
         self, watermark_of: Mapping[str, float], starts: Callable[[str, str], Iterable[int]]
     ) -> Iterator[tuple[str, str, list[int]]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 from agents.partials import BucketValue, totals
 from agents.redis_retry import RedisRetry
 from agents.snapshot import KpiRow, counts_of
-from alerts.acks import read_acks
+from alerts.acks import prune_acks, read_acks
 from alerts.budgets import (
     Approval,
     BudgetBook,
@@ -113,14 +114,51 @@ class EvaluationConfig:
     grace_s: float = 60.0
 
 
+class _Sums:
+    """A bucket's totals per campaign and its channel total, for the bucket values read lately.
+
+    Bucket values never change in place (a merge makes a new one), so the same object has the same sums:
+    the judges read the same buckets again and again within a tick (the all-time total once per round, the
+    minutes of overlapping rolling windows), and summing one costs all its campaigns. Kept by identity, the
+    latest ones up to ``max_rows`` campaign rows in all (holding a value keeps it alive).
+    """
+
+    def __init__(self, max_rows: int = 20_000) -> None:
+        self.max_rows = max_rows
+        self._rows = 0
+        self._items: OrderedDict[int, tuple[BucketValue, dict[str, list[int]], list[int]]] = OrderedDict()
+
+    def of(self, value: BucketValue) -> tuple[dict[str, list[int]], list[int]]:
+        """(totals per campaign, channel total) of ``value``; do not change them."""
+        key = id(value)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is value:
+            return hit[1], hit[2]
+        per_campaign = totals(value)
+        whole = [0] * N_SLOTS
+        for vector in per_campaign.values():
+            for slot in range(N_SLOTS):
+                whole[slot] += vector[slot]
+        if hit is not None:
+            self._rows -= len(hit[1])
+        self._items[key] = (value, per_campaign, whole)
+        self._rows += len(per_campaign)
+        while self._rows > self.max_rows and len(self._items) > 1:
+            _, (_, gone, _) = self._items.popitem(last=False)
+            self._rows -= len(gone)
+        return per_campaign, whole
+
+
+_SUMS = _Sums()
+
+
 def add_bucket(summed: list[int], value: BucketValue | None, campaign: str | None) -> list[int]:
     """Add one bucket's counter vector (raw slots, money in micros) into ``summed`` and return it: the
     channel's (``campaign=None``, all campaigns) or one campaign's."""
     if value is not None:
-        per_campaign = totals(value)
-        for vector in (
-            per_campaign.values() if campaign is None else [per_campaign.get(campaign, [0] * N_SLOTS)]
-        ):
+        per_campaign, whole = _SUMS.of(value)
+        vector = whole if campaign is None else per_campaign.get(campaign)
+        if vector is not None:
             for slot in range(N_SLOTS):
                 summed[slot] += vector[slot]
     return summed
@@ -189,11 +227,14 @@ def hourly_history(
     start_s: int,
     recent: int,
     days: int,
+    hours: HourCounts | None = None,
 ) -> list[Observation]:
     """The closed hour at ``start_s`` with its ``recent`` predecessors and the same hour ``days`` back.
 
     Recent hours are always there (a silent hour is evidence); earlier days only where data exists.
+    ``hours`` reads each hour bucket once for all the campaigns of a round (default: read it here).
     """
+    hours = hours or HourCounts(lookup)
     recent_starts = {start_s - k * 3600 for k in range(recent + 1)}
     seasonal = {
         s
@@ -201,9 +242,37 @@ def hourly_history(
         if (s := start_s - d * DAY_S) not in recent_starts and lookup(channel, "1h", s)
     }
     return [
-        Observation(s, calendar.end("1h", s), vector_counts(lookup(channel, "1h", s), campaign))
+        Observation(s, calendar.end("1h", s), hours.counts(channel, s, campaign))
         for s in sorted(recent_starts | seasonal)
     ]
+
+
+class HourCounts:
+    """The hour buckets of one judging round, each read and summed once: every campaign of a channel judges
+    its closed hour against the same 25-31 hours, and summing a bucket costs all its campaigns."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self.lookup = lookup
+        self._per_campaign: dict[tuple[str, int], dict[str, list[int]]] = {}
+        self._channel: dict[tuple[str, int], dict[str, float]] = {}
+
+    def counts(self, channel: str, start_s: int, campaign: str | None) -> dict[str, float]:
+        """Named counts of the hour at ``start_s`` for ``channel`` (``campaign=None``) or one campaign."""
+        key = (channel, start_s)
+        per_campaign = self._per_campaign.get(key)
+        if per_campaign is None:
+            value = self.lookup(channel, "1h", start_s)
+            per_campaign = self._per_campaign[key] = totals(value) if value is not None else {}
+        if campaign is not None:
+            return counts_of(per_campaign.get(campaign, [0] * N_SLOTS))
+        whole = self._channel.get(key)
+        if whole is None:
+            summed = [0] * N_SLOTS
+            for vector in per_campaign.values():
+                for slot in range(N_SLOTS):
+                    summed[slot] += vector[slot]
+            whole = self._channel[key] = counts_of(summed)
+        return whole
 
 
 class Evaluator:
@@ -239,6 +308,8 @@ class Evaluator:
         self._judged: dict[str, int] = {}
         self._progress: dict[str, int] = {}
         self._judged_key = Keys(redis_prefix).judged
+        self._judged_pruned_s = -PRUNE_EVERY_S
+        self._acks_pruned_s = -PRUNE_EVERY_S
         self.metrics = AlertMetrics(lambda: self.book.firing(), max_channels, registry=registry)
         self.latency = Histogram(
             "adpulse_alert_latency_seconds",
@@ -309,6 +380,31 @@ class Evaluator:
             )
             self._progress = {}
 
+    async def prune(self, watermark_s: float, retention_s: Mapping[str, float]) -> None:
+        """Once an hour of event time, forget the judged marks of series whose newest judged window is
+        older than its window's retention (no bucket is left to judge again: a campaign that stopped); once
+        an hour of wall-clock time, delete acknowledgements that can mute nothing any more."""
+        if watermark_s - self._judged_pruned_s >= PRUNE_EVERY_S:
+            self._judged_pruned_s = watermark_s
+            gone = [
+                key
+                for key, start in self._judged.items()
+                if _judged_expired(key, start, watermark_s, retention_s)
+            ]
+            if gone:
+                for key in gone:
+                    del self._judged[key]
+                    self._progress.pop(key, None)
+                await self.retry.call(
+                    "pruning judged windows", lambda: self._redis.hdel(self._judged_key, *gone)
+                )
+        now = self.clock()
+        if now - self._acks_pruned_s >= PRUNE_EVERY_S:
+            self._acks_pruned_s = now
+            await self.retry.call(
+                "pruning acknowledgements", lambda: prune_acks(self._redis, self.redis_prefix, now)
+            )
+
     def judge_windows(
         self, fresh: Iterable[KpiRow], lookup: Lookup
     ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
@@ -316,6 +412,7 @@ class Evaluator:
         findings: list[Finding] = []
         judged: dict[Fingerprint, float | None] = {}
         cfg = self.config
+        hours = HourCounts(lookup)
         for row in fresh:
             campaign = None if row.campaign == NO_CAMPAIGN else row.campaign
             shown = row.to_json(self.calendar.zone)
@@ -352,6 +449,7 @@ class Evaluator:
                     row.window_start,
                     cfg.hourly_history,
                     cfg.seasonal_days,
+                    hours,
                 )
                 findings += self._detect(cfg.hourly, history, row.channel, campaign, "1h", lookup, judged)
         return findings, judged
@@ -593,6 +691,17 @@ def recovered(finding: Finding, value: float | None) -> bool:
         line = finding.baseline * (1 - 2 * RECOVERY_BAND if falling else 1 + 2 * RECOVERY_BAND)
     midpoint = (finding.baseline + line) / 2
     return value >= midpoint if falling else value <= midpoint
+
+
+#: Judged marks and acknowledgements are pruned this often (event time and wall-clock time respectively).
+PRUNE_EVERY_S = 3600.0
+
+
+def _judged_expired(key: str, start: int, watermark_s: float, retention_s: Mapping[str, float]) -> bool:
+    """Whether a judged mark (``channel|campaign|window`` → newest judged start) is past its retention."""
+    window = key.rpartition("|")[2]
+    kept = retention_s.get(window)
+    return kept is not None and start + kept < watermark_s
 
 
 def _warm(baseline: list[Observation]) -> bool:

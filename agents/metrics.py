@@ -6,6 +6,9 @@ per-channel counters are read from the latest snapshot at scrape time by ``Snaps
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -23,6 +26,7 @@ class PipelineMetrics:
     """The worker's own counters and gauges."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.max_lag_s = 0.0
         self.events = Counter(
             "adpulse_events", "Source records by topic and outcome", ["topic", "outcome"], registry=registry
         )
@@ -101,6 +105,72 @@ class PipelineMetrics:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
+        self.loop_lag = Histogram(
+            "adpulse_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer (a stall: nothing else ran meanwhile, heartbeats "
+            "included)",
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
+        self.loop_lag_max = Gauge(
+            "adpulse_event_loop_lag_max_seconds",
+            "The longest event-loop stall since the worker started",
+            registry=registry,
+        )
+        self.bucket_keys = Gauge(
+            "adpulse_bucket_keys",
+            "Window buckets this worker's table holds (its retention bounds them)",
+            registry=registry,
+        )
+        self.gc_pause = Histogram(
+            "adpulse_gc_pause_seconds",
+            "Garbage collections by generation and how long each held the process",
+            ["generation"],
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
+        self.judge_seconds = Histogram(
+            "adpulse_judge_seconds",
+            "Time to judge one tick's closed windows and budgets (off the event loop where it is heavy)",
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+
+
+def watch_gc(metrics: PipelineMetrics, clock: Callable[[], float] = time.perf_counter) -> Callable[[], None]:
+    """Time every garbage collection into ``adpulse_gc_pause_seconds`` (by generation): a collection of the
+    oldest generation walks every tracked object, the table's buckets included, and holds every thread
+    meanwhile. Returns the function that stops watching."""
+    started: list[float] = []
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [clock()]
+        elif started:
+            metrics.gc_pause.labels(str(info.get("generation", -1))).observe(clock() - started[0])
+            started.clear()
+
+    gc.callbacks.append(callback)
+    return lambda: gc.callbacks.remove(callback)
+
+
+#: Event-loop lag buckets: a tick of the snapshot timer is 0.5 s, a consumer's session 10 s.
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+async def watch_loop_lag(
+    metrics: PipelineMetrics, interval_s: float = 0.1, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Sleep ``interval_s`` over and over and record how much later than asked the loop woke up: anything
+    that holds the event loop (a long computation, a blocking call) shows here, whoever caused it."""
+    while True:
+        asked = clock() + interval_s
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, clock() - asked)
+        metrics.loop_lag.observe(lag)
+        if lag > metrics.max_lag_s:
+            metrics.max_lag_s = lag
+            metrics.loop_lag_max.set(lag)
 
 
 _COUNTERS = (

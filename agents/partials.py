@@ -104,6 +104,35 @@ def totals(value: BucketValue) -> dict[str, Counts]:
     return result
 
 
+def campaigns_of(value: BucketValue) -> set[str]:
+    """The campaigns a bucket holds counts of (base and pending blocks)."""
+    found = set(value["b"])
+    for _block, _upto, rows in value["p"].values():
+        found.update(rows)
+    return found
+
+
+def retire(value: BucketValue, keep: set[str]) -> BucketValue | None:
+    """``value`` with the base rows of campaigns not in ``keep`` folded into ``OVERFLOW_CAMPAIGN`` (their
+    counts stay in the channel's totals, their own rows go); ``None`` when there is nothing to retire.
+
+    The all-time total uses it for campaigns that no retained day bucket saw: without it the total would
+    keep a row for every campaign ever seen, and once it held the cap of them, every new campaign would
+    be counted under ``OVERFLOW_CAMPAIGN`` from its first block on.
+    """
+    base = value["b"]
+    gone = [c for c in base if c not in keep and c not in (NO_CAMPAIGN, OVERFLOW_CAMPAIGN)]
+    if not gone:
+        return None
+    result = {campaign: counts for campaign, counts in base.items() if campaign not in gone}
+    other = list(result.get(OVERFLOW_CAMPAIGN, [0] * N_SLOTS))
+    for campaign in gone:
+        for slot, count in enumerate(base[campaign]):
+            other[slot] = min(other[slot] + count, CEILING)
+    result[OVERFLOW_CAMPAIGN] = other
+    return {"b": result, "p": value["p"], "f": value["f"]}
+
+
 def encoded_over(value: BucketValue, limit: int) -> int | None:
     """The size of ``value`` as JSON if that is over ``limit`` bytes, else ``None`` (cheap for small ones)."""
     rows = len(value["b"]) + sum(len(rows) for _block, _upto, rows in value["p"].values())

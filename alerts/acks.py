@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -62,6 +62,44 @@ async def read_acks(redis: AsyncRedis, prefix: str) -> dict[str, Ack]:
         if ack is not None:
             acks[as_text(field)] = ack
     return acks
+
+
+#: Acknowledgements and snoozes older than this (and whose snooze ran out) are deleted, unless the episode
+#: they were given for is still firing.
+ACK_RETENTION_S = 7 * 86400.0
+
+
+async def prune_acks(redis: AsyncRedis, prefix: str, now_s: float, max_age_s: float = ACK_RETENTION_S) -> int:
+    """Delete acknowledgements and snoozes that can no longer mute anything: given more than ``max_age_s``
+    ago, their snooze over, and their episode no longer firing (a resolved alert that fires again is a new
+    episode, which no old ack mutes). Malformed entries go too. Returns how many were deleted."""
+    keys = Keys(prefix)
+    raw = await redis.hgetall(keys.acks)
+    if not raw:
+        return 0
+    active = {as_text(fp): orjson.loads(body) for fp, body in (await redis.hgetall(keys.active)).items()}
+    stale = []
+    for field, value in raw.items():
+        fingerprint = as_text(field)
+        ack = Ack.from_json(value)
+        if ack is None:
+            stale.append(fingerprint)
+            continue
+        try:
+            given_s = datetime.fromisoformat(ack.at).timestamp()
+        except ValueError:
+            stale.append(fingerprint)
+            continue
+        firing = active.get(fingerprint)
+        if (
+            given_s < now_s - max_age_s
+            and (ack.until is None or ack.until < now_s)
+            and (firing is None or firing.get("fired_at") != ack.fired_at)
+        ):
+            stale.append(fingerprint)
+    if stale:
+        await redis.hdel(keys.acks, *stale)
+    return len(stale)
 
 
 async def find_active(redis: AsyncRedis, prefix: str, ref: str) -> AlertJson | None:

@@ -209,6 +209,12 @@ class SequentialConfig:
     recover_minutes: int = 10
     #: Minutes replayed silently when a channel is first seen (a restart, a rebalance) or after a gap.
     replay_minutes: int = 90
+    #: A campaign without data for this long (and no drop found on it) is forgotten: it starts afresh if
+    #: it comes back. Bounds the judge's memory by the campaigns active recently, not all ever seen.
+    forget_minutes: int = 360
+    #: Campaigns of a channel judged on their own at most (the first seen; more wait until some are
+    #: forgotten); their channel's judge still covers them.
+    max_campaigns: int = 2000
     #: A drop at least this deep is critical (and ROI below ``red_line``).
     critical_drop: float = 0.8
     red_line: float = 1.0
@@ -372,6 +378,8 @@ class _Subject:
     pending: deque[tuple[int, dict[str, float], bool]] = field(default_factory=deque)
     settled: deque[tuple[int, dict[str, float]]] = field(default_factory=deque)
     sums: dict[str, float] = field(default_factory=dict)
+    #: The last minute judged: a campaign is judged only in minutes it has data (see ``_catch_up``).
+    last: int | None = None
 
 
 @dataclass(slots=True)
@@ -379,6 +387,7 @@ class _Channel:
     last: int | None = None
     subjects: dict[str | None, _Subject] = field(default_factory=dict)
     hours: tuple[int, dict[int, Mapping[str, Counts]]] | None = None
+    swept: int = 0
 
 
 class SequentialJudge:
@@ -392,6 +401,11 @@ class SequentialJudge:
     def forget(self) -> None:
         """Drop every state (ownership changed): channels are replayed from their buckets when next seen."""
         self._channels.clear()
+
+    def campaigns(self, channel: str) -> set[str]:
+        """The campaigns of ``channel`` the judge keeps state for now."""
+        state = self._channels.get(channel)
+        return {c for c in state.subjects if c is not None} if state is not None else set()
 
     def minute(self, channel: str, start_s: int, minutes: Source, hours: Source) -> Verdict:
         """Judge the closed minute at ``start_s`` of ``channel``; ``minutes``/``hours`` read its buckets.
@@ -431,16 +445,25 @@ class SequentialJudge:
         for counts in per_campaign.values():
             for name, value in counts.items():
                 whole[name] = whole.get(name, 0.0) + value
+        # The channel every minute; a campaign only in minutes it has data: a minute without any changes
+        # none of its statistics, and what time alone does (blocks closing, minutes settling) is caught up
+        # when it next has data. So a minute costs what its active campaigns cost, however many are known.
         subjects: dict[str | None, Counts] = {None: whole}
-        for name in sorted(set(per_campaign) | {c for c in state.subjects if c is not None}):
+        for name in sorted(per_campaign):
             if name != NO_CAMPAIGN:
-                subjects[name] = per_campaign.get(name, {})
+                subjects[name] = per_campaign[name]
+        self._forget_idle(state, start_s)
         channel_alarms: set[str] = set()
         campaigns = max(1, len(subjects) - 1)
         for campaign, counts in subjects.items():
             subject = state.subjects.get(campaign)
             if subject is None:
+                if len(state.subjects) > self.config.max_campaigns:
+                    continue
                 subject = state.subjects[campaign] = _Subject()
+            elif subject.last is not None and subject.last < start_s - MINUTE_S:
+                self._catch_up(subject, start_s)
+            subject.last = start_s
             baselines = self._baselines(state, subject, channel, campaign, start_s, hours)
             peers = 1 if campaign is None else campaigns
             for kpi in KPIS:
@@ -470,6 +493,42 @@ class SequentialJudge:
                     continue  # the channel's alert covers this drop (and names its campaigns)
                 verdict.findings.append(_placed(result, channel, campaign))
             self._settle(subject, counts, start_s)
+
+    def _catch_up(self, subject: _Subject, start_s: int) -> None:
+        """What the minutes without data since ``subject.last`` would have done: close each KPI's 10-minute
+        blocks at their boundaries (settling waiting blocks, re-measuring φ), and settle queued minutes."""
+        first = subject.last + MINUTE_S if subject.last is not None else start_s
+        boundary = first + (-(first + MINUTE_S) % BLOCK_S)  # the first skipped minute that ends a block
+        for kpi in KPIS:
+            track = subject.tracks.get(kpi.name)
+            if track is None:
+                continue
+            minute = boundary
+            settle_s = self.config.settle_minutes * MINUTE_S
+            while minute < start_s:
+                self._measure(track, kpi, {}, minute)
+                if not track.waiting:
+                    break  # the next boundaries find an empty block and nothing to settle: no change
+                # Boundaries before the oldest waiting block settles change nothing either: skip them.
+                due = track.waiting[0][0] + settle_s
+                minute = max(minute + BLOCK_S, due + (-(due + MINUTE_S) % BLOCK_S))
+        self._settle(subject, {}, start_s - MINUTE_S)
+
+    def _forget_idle(self, state: _Channel, start_s: int) -> None:
+        """Once an hour: forget the campaigns without data for ``forget_minutes`` and no drop found."""
+        if start_s - state.swept < HOUR_S:
+            return
+        state.swept = start_s
+        horizon = start_s - self.config.forget_minutes * MINUTE_S
+        for campaign in [
+            c
+            for c, subject in state.subjects.items()
+            if c is not None
+            and subject.last is not None
+            and subject.last < horizon
+            and not any(track.alarmed for track in subject.tracks.values())
+        ]:
+            del state.subjects[campaign]
 
     def _judge(
         self,
@@ -762,9 +821,14 @@ class SequentialJudge:
                 continue
             subject.settled.append((minute, settled))
             _add(subject.sums, settled, 1.0)
-            while len(subject.settled) > cfg.cold_minutes:
-                _, old = subject.settled.popleft()
-                _add(subject.sums, old, -1.0)
+        # The last ``cold_minutes`` minutes, by time: a campaign with data now and then must not keep a
+        # day's worth of scattered minutes.
+        while subject.settled and (
+            len(subject.settled) > cfg.cold_minutes
+            or subject.settled[0][0] <= start_s - cfg.cold_minutes * MINUTE_S
+        ):
+            _, old = subject.settled.popleft()
+            _add(subject.sums, old, -1.0)
 
     # -- wording -----------------------------------------------------------------------------------------
 

@@ -382,3 +382,37 @@ def test_an_acknowledged_alert_is_not_repeated_by_the_worker(make_settings: Call
     assert asyncio.run(main()) == [2, 1]
     repeats = [a for a in stream_alerts(settings) if a["change"] == "repeat"]
     assert [a["channel"] for a in repeats] == ["taobao"], "douyin was acknowledged: no repeat"
+
+
+def test_old_acks_that_can_mute_nothing_are_pruned(make_settings: Callable[..., Settings]) -> None:
+    from alerts.acks import ACK_RETENTION_S, acknowledge, prune_acks
+
+    settings = make_settings()
+    now = 1_800_000_000.0
+    old = now - ACK_RETENTION_S - 3600
+
+    async def main() -> int:
+        client = aioredis.from_url(settings.redis_url)
+        prefix = settings.redis_prefix
+        try:
+            await acknowledge(client, prefix, "fp:resolved", "2027-01-01T00:00:00+00:00", "ops", old)
+            await acknowledge(client, prefix, "fp:recent", "2027-01-01T00:00:00+00:00", "ops", now - 60)
+            await acknowledge(client, prefix, "fp:firing", "2027-01-01T00:00:00+00:00", "ops", old)
+            await acknowledge(client, prefix, "fp:snoozed", None, "ops", old, snooze_s=ACK_RETENTION_S * 2)
+            await client.hset(f"{prefix}:alerts:acks", "fp:junk", b"not json")
+            await client.hset(
+                f"{prefix}:alerts:active",
+                "fp:firing",
+                orjson.dumps({"fired_at": "2027-01-01T00:00:00+00:00"}),
+            )
+            return await prune_acks(client, prefix, now)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == 2
+    client = sync_client(settings)
+    try:
+        kept = {k.decode() for k in client.hkeys(f"{settings.redis_prefix}:alerts:acks")}
+    finally:
+        client.close()
+    assert kept == {"fp:recent", "fp:firing", "fp:snoozed"}

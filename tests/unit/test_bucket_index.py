@@ -107,3 +107,40 @@ def test_a_partials_message_is_read_only_if_it_is_what_the_fold_stage_sends() ->
     for key, message in bad_messages:
         with pytest.raises(Exception):  # noqa: B017 - any exception: the agent skips the message
             parse_partial(key, message)
+
+
+def test_closed_window_days_are_pruned_by_event_time_once_each() -> None:
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from agents.buckets import expired_days
+    from streams.windows import Calendar
+
+    calendar = Calendar(ZoneInfo("UTC"))
+    retention = {"1m": 6 * 3600.0, "1d": 62 * 86400.0}
+    pruned: dict[str, date] = {}
+    day = 86400.0
+    watermark = 20_000 * day + 12 * 3600  # 2024-10-04 12:00 UTC
+    first = expired_days(calendar, retention, watermark, pruned)
+    # 1m: the cutoff is the day before (6 h + one day of TTL back): days before it, a fortnight at most.
+    minute_days = [d for w, d in first if w == "1m"]
+    assert minute_days[-1] == "2024-10-02" and len(minute_days) == 13
+    assert ("1m", "2024-10-03") not in first
+    assert expired_days(calendar, retention, watermark + 3600, pruned) == []
+    assert expired_days(calendar, retention, watermark + day, pruned) == [
+        ("1m", "2024-10-03"),
+        ("1d", "2024-08-02"),
+    ]
+    # Event time leaps a month ahead (a fast replay): every day in between goes, once.
+    leap = expired_days(calendar, retention, watermark + 31 * day, pruned)
+    assert len([d for w, d in leap if w == "1m"]) == 30
+
+
+def test_judged_marks_expire_with_their_windows_retention() -> None:
+    from agents.evaluate import _judged_expired
+
+    retention = {"1m": 3600.0, "1h": 86_400.0, "1d": 30 * 86_400.0}
+    assert _judged_expired("douyin|spring|1m", 0, 3601.0, retention)
+    assert not _judged_expired("douyin|spring|1h", 0, 3601.0, retention)
+    assert not _judged_expired("douyin|-|1m", 0, 3600.0, retention)
+    assert not _judged_expired("douyin|-|weird", 0, 1e12, retention)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.metrics import PipelineMetrics, SnapshotCollector
+from agents.metrics import PipelineMetrics, SnapshotCollector, watch_gc, watch_loop_lag
 from agents.snapshot import KpiRow
 
 NAMES = ("impressions", "clicks", "visits", "carts", "orders", "gmv", "spend", "new_customers")
@@ -215,3 +218,35 @@ def test_hostile_channel_names_stay_within_max_channels_and_the_exposition_parse
     assert counter_channels(registry, "adpulse_impressions_total")["other"] == sum(
         1000 - i for i in range(5, len(names))
     ) + (1000 - 3)
+
+
+def test_the_loop_lag_watch_records_a_stall_of_the_event_loop() -> None:
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+
+    async def main() -> None:
+        watch = asyncio.create_task(watch_loop_lag(metrics, interval_s=0.01))
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # holds the loop, as a long computation on it would
+        await asyncio.sleep(0.05)
+        watch.cancel()
+
+    asyncio.run(main())
+    # The loop could not wake the watch before the 0.3 s block ended: at least that much lag, measured.
+    assert metrics.max_lag_s >= 0.25
+    assert registry.get_sample_value("adpulse_event_loop_lag_max_seconds") == metrics.max_lag_s
+    assert (registry.get_sample_value("adpulse_event_loop_lag_seconds_sum") or 0.0) >= 0.25
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    import gc
+
+    registry = CollectorRegistry()
+    stop = watch_gc(PipelineMetrics(registry))
+    try:
+        gc.collect()
+    finally:
+        stop()
+    assert (registry.get_sample_value("adpulse_gc_pause_seconds_count", {"generation": "2"}) or 0) >= 1
+    gc.collect()  # not watched any more
+    assert registry.get_sample_value("adpulse_gc_pause_seconds_count", {"generation": "2"}) == 1

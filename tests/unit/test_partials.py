@@ -9,7 +9,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.partials import CEILING, BucketValue, empty, encoded_over, merge, overflowing, totals
+from agents.partials import (
+    CEILING,
+    BucketValue,
+    campaigns_of,
+    empty,
+    encoded_over,
+    merge,
+    overflowing,
+    retire,
+    totals,
+)
 from agents.snapshot import counts_of
 from streams.codec import N_SLOTS
 from streams.events import OVERFLOW_CAMPAIGN
@@ -272,3 +282,36 @@ def test_any_interleaving_of_replayed_sources_sums_the_final_blocks(
 
     got = totals(value) if value is not None else {}
     assert {c: v for c, v in got.items() if any(v)} == {c: v for c, v in expected.items() if any(v)}
+
+
+def test_retiring_campaigns_keeps_the_channel_total_and_frees_their_rows() -> None:
+    value = merged(
+        ("clicks/0", 0, 9, {"-": vec(1), "old": vec(10, 1), "live": vec(5)}),
+        ("clicks/0", 1, 19, {"new": vec(3)}),
+    )
+    assert value is not None
+    assert campaigns_of(value) == {"-", "old", "live", "new"}
+    retired = retire(value, keep={"live", "new"})
+    assert retired is not None
+    assert set(retired["b"]) == {"-", "live", OVERFLOW_CAMPAIGN}
+    assert retired["b"][OVERFLOW_CAMPAIGN] == vec(10, 1)
+    channel = [sum(counts[slot] for counts in totals(retired).values()) for slot in range(N_SLOTS)]
+    assert channel == [sum(counts[slot] for counts in totals(value).values()) for slot in range(N_SLOTS)]
+    assert retired["p"] == value["p"] and retired["f"] == value["f"]
+    assert retire(retired, keep={"live", "new"}) is None
+
+
+def test_a_total_at_the_cap_takes_new_campaigns_again_once_old_ones_retired() -> None:
+    # Two campaigns fill the cap; once they retire, a new one gets a row of its own instead of (other).
+    value = merged(("spend/0", 0, 9, {"a": vec(1), "b": vec(1)}), ("spend/0", 1, 19, {}))
+    assert value is not None
+    capped = merge(value, "spend/0", 2, 29, {"c": vec(0, 0, 0, 0, 0, 0, 7)}, max_campaigns=2)
+    assert capped is not None
+    folded = merge(capped, "spend/0", 3, 39, {}, max_campaigns=2)
+    assert folded is not None and "c" not in folded["b"]
+    retired = retire(value, keep=set())
+    assert retired is not None
+    capped = merge(retired, "spend/0", 2, 29, {"c": vec(0, 0, 0, 0, 0, 0, 7)}, max_campaigns=2)
+    assert capped is not None
+    folded = merge(capped, "spend/0", 3, 39, {}, max_campaigns=2)
+    assert folded is not None and folded["b"]["c"] == vec(0, 0, 0, 0, 0, 0, 7)

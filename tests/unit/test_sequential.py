@@ -398,3 +398,53 @@ def test_a_likely_drop_that_was_never_confirmed_stays_out_of_the_baseline() -> N
     assert fired[0].window_start == datetime.fromtimestamp(ORIGIN + 7 * 3600, UTC).isoformat()
     # Hours 0–6 closed before the second drop; hour 5 held the likely one.
     assert fired[0].evidence["baseline_from"] == "the previous 6 h"
+
+
+def sparse(channel: Channel, keep: float, seed: int) -> Channel:
+    """``channel`` with each campaign's minutes left out at random (a campaign with data now and then)."""
+    rng = np.random.default_rng(seed)
+    channel.minutes = [
+        {c: counts for c, counts in row.items() if rng.random() < keep} for row in channel.minutes
+    ]
+    return channel
+
+
+def test_a_campaign_minute_without_data_changes_nothing_whether_it_is_judged_or_skipped() -> None:
+    # The judge skips a campaign in minutes it has no data (the cost of a minute is its active campaigns):
+    # what it decides must be what judging those minutes as empty would have decided.
+    channel = sparse(Channel(11, 60_000, 8 * 60), keep=0.3, seed=3)
+    channel.drop("ctr", 0.7, 300, 90, campaigns=("brand",))
+    empty = Channel(11, 60_000, 8 * 60)
+    empty.minutes = [{c: row.get(c, {}) for c, _ in CAMPAIGNS} for row in channel.minutes]
+    skipped, judged = judge_all(channel, 0, 8 * 60), judge_all(empty, 0, 8 * 60)
+    assert findings(skipped), "the sparse campaign's drop was caught"
+
+    def decided(verdicts: list[tuple[int, Verdict]]) -> list[tuple[int, list[str]]]:
+        # Judged as empty, a campaign whose drop was found repeats the finding in its empty minutes.
+        return [
+            (
+                i,
+                sorted(
+                    f.fingerprint
+                    for f in v.findings
+                    if f.campaign is None or f.campaign in channel.minutes[i]
+                ),
+            )
+            for i, v in verdicts
+        ]
+
+    assert decided(skipped) == decided(judged)
+    assert [
+        (i, {fp: value for fp, value in v.recovered.items() if value is not None}) for i, v in skipped
+    ] == [(i, {fp: value for fp, value in v.recovered.items() if value is not None}) for i, v in judged]
+
+
+def test_a_campaign_without_data_for_the_forget_time_is_forgotten() -> None:
+    channel = Channel(12, 20_000, 10 * 60)
+    for i in range(60, 10 * 60):
+        channel.minutes[i] = {"spring": channel.minutes[i]["spring"]}  # brand stops after an hour
+    judge = SequentialJudge(SequentialConfig(forget_minutes=120))
+    judge_all(channel, 0, 2 * 60, judge)
+    assert judge.campaigns("douyin") == {"spring", "brand"}
+    judge_all(channel, 2 * 60, 10 * 60, judge)
+    assert judge.campaigns("douyin") == {"spring"}
