@@ -55,6 +55,10 @@ async def produce(settings: Settings, batch: list[tuple[str, int, bytes, bytes]]
         await producer.stop()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def test_buckets_snapshot_rows_and_judged_marks_stay_bounded_past_the_retention(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -89,9 +93,9 @@ def test_buckets_snapshot_rows_and_judged_marks_stay_bounded_past_the_retention(
 
         def total_rows() -> dict[str, dict[str, object]]:
             return {
-                k.decode(): orjson.loads(v)
+                _text(k): orjson.loads(v)
                 for k, v in client.hgetall(keys.kpis).items()
-                if k.decode().endswith("|total|total")
+                if _text(k).endswith("|total|total")
             }
 
         # The campaigns of days 0-1 left every retained day bucket: their all-time rows went, into (other).
@@ -112,13 +116,11 @@ def test_buckets_snapshot_rows_and_judged_marks_stay_bounded_past_the_retention(
         assert 0 < metric_sum(metrics, "adpulse_bucket_keys") <= len(CHANNELS) * (32 + 6 + 4 + 1)
         # Snapshot rows: current and last windows of the live campaigns, not every campaign ever seen.
         assert not [
-            name for name in client.hkeys(keys.kpis) if name.decode().split("|")[1].startswith(("d0-", "d1-"))
+            name for name in client.hkeys(keys.kpis) if _text(name).split("|")[1].startswith(("d0-", "d1-"))
         ]
         # Judged marks of campaigns whose windows are past the retention are pruned.
         assert not [
-            name
-            for name in client.hkeys(keys.judged)
-            if name.decode().split("|")[1].startswith(("d0-", "d1-"))
+            name for name in client.hkeys(keys.judged) if _text(name).split("|")[1].startswith(("d0-", "d1-"))
         ]
         # Closed-window history of minutes past their retention (and a day of TTL) is deleted by event time.
         day0 = datetime.fromtimestamp(first_day, settings.zone).date().isoformat()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -20,7 +21,7 @@ T0 = 1_764_000_000 - 1_764_000_000 % 86_400
 
 
 def applied(
-    reported: dict[str, KpiRow], rows: SnapshotRows, watermark_of: dict[str, float], table: dict
+    reported: dict[str, KpiRow], rows: SnapshotRows, watermark_of: dict[str, float], table: dict[Any, Any]
 ) -> None:
     delta = rows.update(watermark_of, lambda c, w, s: table.get((c, w, s)))
     for name in delta.deleted:
