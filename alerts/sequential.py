@@ -454,7 +454,9 @@ class SequentialJudge:
                 subjects[name] = per_campaign[name]
         self._forget_idle(state, start_s)
         channel_alarms: set[str] = set()
-        campaigns = max(1, len(subjects) - 1)
+        # Peers: every campaign the judge follows, with data this minute or not.
+        known = sum(1 for c in state.subjects if c is not None)
+        campaigns = max(1, known + sum(1 for c in subjects if c is not None and c not in state.subjects))
         for campaign, counts in subjects.items():
             subject = state.subjects.get(campaign)
             if subject is None:
