@@ -57,6 +57,9 @@ def _kill_at_random_points(
     return on_chunk
 
 
+# In make faults: make test already kills a worker (test_pipeline_exact) and a router (test_router) with
+# -9, and CI must stay under ~25 minutes on two cores.
+@pytest.mark.faults_long
 @pytest.mark.timeout(480)
 def test_kill9_of_a_worker_and_the_router_at_random_points(
     make_settings: Callable[..., Settings], tmp_path: Path, fault_row: Callable[[FaultRow], None]

@@ -102,6 +102,9 @@ def test_redis_down_60s_under_a_working_worker_and_router(
     outcome.check()
 
 
+# In make faults: make test keeps test_redis_outage (the fold stage through two Redis outages, both brokers)
+# and the router's Redis outage test, and CI must stay under ~25 minutes on two cores.
+@pytest.mark.faults_long
 @pytest.mark.timeout(300)
 def test_redis_cut_for_20s_under_a_working_worker_and_router(
     make_settings: Callable[..., Settings], tmp_path: Path, fault_row: Callable[[FaultRow], None]
