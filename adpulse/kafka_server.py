@@ -37,6 +37,8 @@ from typing import Any, Final, TypeVar
 from aiokafka.client import AIOKafkaClient
 from aiokafka.structs import TopicPartition
 
+from adpulse.processes import spawn_detached, start_ticks
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -428,22 +430,11 @@ class KafkaCluster:
         _require_free(node.port)
         _require_free(node.controller_port)
         command = self._java(jars, "kafka.Kafka", str(self._properties(node)))
-        with self.log_path(node.node_id).open("ab") as log_file:
-            log_file.write(
-                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} adpulse: starting node {node.node_id}\n".encode()
-            )
-            log_file.flush()
-            # A new session: the node outlives the command that started it and ignores the terminal's Ctrl-C.
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                start_new_session=True,
-            )
+        process = spawn_detached(
+            command, self.log_path(node.node_id), f"starting node {node.node_id}", self.root
+        )
         self._children[node.node_id] = process
-        ticks = _start_ticks(process.pid)
+        ticks = start_ticks(process.pid)
         if ticks is None:
             raise KafkaServerError(f"Kafka node {node.node_id} exited at once:\n{self._tail(node.node_id)}")
         partial = self._pid_path(node).with_suffix(".partial")
@@ -498,7 +489,7 @@ class KafkaCluster:
         except (OSError, ValueError):
             return None
         pid, ticks = int(record["pid"]), int(record["start_ticks"])
-        if _start_ticks(pid) != ticks:
+        if start_ticks(pid) != ticks:
             return None  # gone, or the pid was recycled for another program
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -641,19 +632,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _start_ticks(pid: int) -> int | None:
-    """Kernel start time of a live process, or None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _start_ticks(pid) is not None:
+    while start_ticks(pid) is not None:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)

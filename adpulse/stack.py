@@ -52,6 +52,8 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from adpulse.kafka_server import KafkaCluster, KafkaServerError, KafkaUnavailableError, formatted_size
+from adpulse.processes import spawn_detached
+from adpulse.processes import start_ticks as start_ticks_of
 from adpulse.settings import Settings
 from streams.keys import Keys
 from streams.topics import topic_specs
@@ -416,23 +418,9 @@ class EmbeddedStack:
     def _start(self, component: _Component, command: list[str]) -> _PidRecord:
         self.stack_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-        with component.log_path.open("ab") as log_file:
-            log_file.write(
-                f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} adpulse: {shlex.join(command)}\n".encode()
-            )
-            log_file.flush()
-            # A new session, so the server outlives the CLI and ignores the terminal's Ctrl-C.
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.stack_dir,
-                env=env,
-                start_new_session=True,
-            )
+        process = spawn_detached(command, component.log_path, shlex.join(command), self.stack_dir, env)
         _CHILDREN[process.pid] = process
-        start_ticks = _start_ticks(process.pid)
+        start_ticks = start_ticks_of(process.pid)
         if start_ticks is None:
             raise StackError(
                 f"the {component.name} exited at once; last lines of {component.log_path}:\n"
@@ -619,20 +607,9 @@ def _write_record(path: Path, record: _PidRecord) -> None:
     partial.replace(path)
 
 
-def _start_ticks(pid: int) -> int | None:
-    """Kernel start time of a live process, or None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may contain spaces; the fields after it start with the state (field 3).
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
 def _is_ours(record: _PidRecord) -> bool:
     """Whether ``record.pid`` is still the process we started: same start time, same binary."""
-    if _start_ticks(record.pid) != record.start_ticks:
+    if start_ticks_of(record.pid) != record.start_ticks:
         return False  # gone, or the pid was recycled
     # The executable first: Valkey rewrites its title to "<argv0> host:port" and, while it does, has an
     # empty command line for an instant (a health check there took a server just started for a dead one).
@@ -657,7 +634,7 @@ def _stop(record: _PidRecord, timeout_s: float) -> None:
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _start_ticks(pid) is not None:
+    while start_ticks_of(pid) is not None:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
