@@ -3,13 +3,13 @@
 A fresh embedded stack (Tansu or Kafka, and valkey, on loopback ports), ONE ``python -m adpulse worker`` and
 ``python -m adpulse simulate`` in processes of their own: the first backfills ``--history`` minutes at full
 speed (so the anomaly detectors have a baseline); once the worker has folded them, the second runs live at
-``--rate`` records/s for ``--minutes``, with scenarios spread over the live part: a CTR drop, a spend
-surge, a tracker outage, a burst of malformed records, late events and duplicates. Every ``--interval``
-seconds the script samples the worker's resident memory (VmRSS), CPU, events/s (``adpulse_events_total``),
-the fold group's uncommitted records (end offsets of the source topics − its committed offsets), the
-event-time lag, the DLQ count (``adpulse_dlq_records_total``) and the alerts (``adpulse_alerts_total``:
-firing state changes). The samples go to a CSV and a PNG plot under ``--out`` (default
-``benchmarks/results/``, git-ignored), the figures to a section of BENCHMARKS.md.
+``--rate`` records/s for ``--minutes``, with scenarios spread over the live part: a CTR drop, a spend surge, a
+site-tracker outage (clicks stop, spend goes on), a burst of malformed records, late events and duplicates.
+Every ``--interval`` seconds the script samples the worker's resident memory (VmRSS), CPU, events/s
+(``adpulse_events_total``), the fold group's uncommitted records (end offsets of the source topics − its
+committed offsets), the event-time lag, the DLQ count (``adpulse_dlq_records_total``) and the alerts
+(``adpulse_alerts_total``: firing state changes). The samples go to a CSV and a PNG plot under ``--out``
+(default ``benchmarks/results/``, git-ignored), the figures to a section of BENCHMARKS.md.
 
     python benchmarks/soak.py --minutes 30          # or: make soak
 """
@@ -57,7 +57,7 @@ SCENARIOS: tuple[tuple[str, float, float], ...] = (
     ("bad-records:fraction=0.05", 0.25, 0.05),
     ("spend-surge:channel=taobao", 0.35, 0.20),
     ("late-events:fraction=0.02", 0.50, 0.10),
-    ("tracker-outage:channel=wechat", 0.65, 0.10),
+    ("tracker-outage:channel=wechat,spend=keep", 0.65, 0.10),
     ("duplicates:fraction=0.02", 0.80, 0.10),
 )
 
