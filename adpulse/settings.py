@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     topic_prefix: str = "adpulse."
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the event topics")
     app_id: str = Field("adpulse", description="Kafka consumer-group / Faust app id")
+    instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description=(
+            "this worker's static member name in the Faust consumer group (group.instance.id): stable "
+            "across restarts and unique per worker; a restarted worker then rejoins at once"
+        ),
+    )
 
     # Domain.
     tz: str = Field("Asia/Shanghai", description="time zone for day windows and budget periods")

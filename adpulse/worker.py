@@ -48,6 +48,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         credentials=_faust_credentials(settings),
         fetch_wait_ms=settings.fetch_wait_ms,
         replication_factor=settings.topic_replication_factor,
+        instance_id=settings.instance_id,
     )
     clients: dict[str, Any] = {}
     budgets = BudgetBook()

@@ -469,6 +469,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--lookback-s", type=float, default=300.0, help="ADPULSE_ALERT_LOOKBACK_S of the worker (default 300)"
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
+    parser.add_argument(
+        "--dynamic-member",
+        action="store_true",
+        help="run the worker without ADPULSE_INSTANCE_ID (a new member of its group after each restart)",
+    )
     add_report_args(parser)
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a step after this")
     parser.add_argument("--keep-workdir", action="store_true", help="keep worker logs in the temp dir")
@@ -519,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
             env.update(
                 ADPULSE_RETENTION_1M_S=str(retention_1m_s), ADPULSE_ALERT_LOOKBACK_S=str(args.lookback_s)
             )
+            if not args.dynamic_member:
+                # As a supervisor restarts it: under the same name, a static member of its group.
+                env["ADPULSE_INSTANCE_ID"] = f"bench-{tag}-worker-1"
             run_dir = workdir / tag
             changelog = f"bench-{tag}-buckets-changelog"
             proc = start_worker(started, env, run_dir, "worker")

@@ -13,6 +13,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, TransportT
 
+from streams.store import SCHEME as STORE_SCHEME
+
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread with a configurable fetch wait.
@@ -127,6 +129,7 @@ def make_app(
     credentials: Any = None,
     fetch_wait_ms: int = 100,
     replication_factor: int = 1,
+    instance_id: str | None = None,
 ) -> faust.App:
     """A Faust app whose agents own adpulse's changelog-backed tables.
 
@@ -136,14 +139,19 @@ def make_app(
       it reports a partition's end offset as "last batch start + 1", and table recovery reads up to that
       end, so multi-record batches would make recovery stop short of the newest records. Kafka reports the
       true end; there it costs little (a few changelog records per channel and flush);
-    - no standby replicas: the in-memory store recovers from the changelog on assignment;
-    - ``fetch_wait_ms`` bounds how long an idle fetch waits (see :class:`_ConsumerThread`).
+    - no standby replicas: the in-memory store recovers from the changelog on assignment, in bulk
+      (:mod:`streams.store`);
+    - ``fetch_wait_ms`` bounds how long an idle fetch waits (see :class:`_ConsumerThread`);
+    - ``instance_id`` makes the worker a static member of its group (``group.instance.id``): after a
+      ``kill -9`` the restarted worker takes its place at once, where a new member waits for the dead one's
+      session to time out first. A static member does not leave the group when it stops either: its
+      partitions wait for the session timeout (or its return) before they move.
     """
     app = App(
         app_id,
         broker=[f"kafka://{server.strip()}" for server in bootstrap.split(",")],
         broker_credentials=credentials,
-        store="memory://",
+        store=f"{STORE_SCHEME}://",
         datadir=datadir,
         autodiscover=False,
         topic_partitions=partitions,
@@ -155,6 +163,7 @@ def make_app(
         broker_rebalance_timeout=10.0,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=instance_id,
         producer_max_batch_size=1,
         producer_linger=0.0,
         stream_wait_empty=False,

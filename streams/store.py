@@ -1,0 +1,139 @@
+"""The tables' store: Faust's in-memory store, read back from the changelog in bulk.
+
+Faust recovers a table one changelog record at a time, through its consumer, its conductor and a queue:
+measured, about 8,000 records/s (17 s for 134,000 records on Kafka), minutes for a million keys. When a
+changelog partition is newly assigned to this worker (a start, a restart after ``kill -9``, a rebalance that
+moves it here), this store reads it from its beginning with a bare consumer of its own in large fetches and
+applies the records in batches, with the table's own key and value codecs and Faust's semantics (the last
+value of a key wins, a ``None`` value deletes it). It then reports the offset it reached as persisted, so
+Faust's recovery reads only what was appended after, and starts the streams as usual.
+
+A partition kept across a rebalance is not read again: Faust goes on from where it was (as with its own
+in-memory store). Nothing is kept on disk: a new process always reads the whole changelog.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.stores import STORES
+from faust.stores import memory
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+#: The URL scheme of this store (``store="adpulse-memory://"``).
+SCHEME = "adpulse-memory"
+#: Bytes per partition and per fetch when reading a changelog back: large fetches are most of the speed.
+FETCH_PARTITION_BYTES = 8 * 1024 * 1024
+FETCH_BYTES = 32 * 1024 * 1024
+#: Records applied per batch (one ``getmany``); the event loop runs between batches.
+BATCH_RECORDS = 20_000
+
+
+class BulkRecoveryStore(memory.Store):  # type: ignore[misc]  # faust ships partial types
+    """Faust's in-memory store whose newly assigned changelog partitions are read back in bulk."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Changelog partition -> offset of the last record read back in bulk at the latest rebalance.
+        self._read_back: dict[TP, int] = {}
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        """The offset this store read ``tp`` up to at the latest rebalance (None: Faust reads it itself)."""
+        return self._read_back.get(tp)
+
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        """Read the newly assigned active changelog partitions back before Faust's recovery starts."""
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        # Only this rebalance's reads count: Faust keeps its own position in a partition kept since.
+        self._read_back = {}
+        changelog = self.table.changelog_topic.get_topic_name()
+        actives = self.app.assignor.assigned_actives()
+        tps = sorted(tp for tp in newly_assigned if tp.topic == changelog and tp in actives)
+        if not tps:
+            return
+        try:
+            self._read_back = await self._read_changelog(tps)
+        except Exception:
+            # What was applied is a prefix of the changelog: Faust's own recovery reads it all again.
+            log.exception("table %s: bulk read of the changelog failed; Faust recovers it", self.table_name)
+
+    async def _read_changelog(self, tps: list[TP]) -> dict[TP, int]:
+        started = time.perf_counter()
+        conf = self.app.conf
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=server_list(conf.broker, 9092),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
+            fetch_max_bytes=FETCH_BYTES,
+            request_timeout_ms=int(conf.broker_request_timeout * 1000),
+            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        )
+        await consumer.start()
+        last: dict[TP, int] = {}
+        records = 0
+        try:
+            # aiokafka's own partition type: Faust's TP is another (equal-looking) tuple.
+            parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            # The same end as Faust's recovery reads up to (its "highwater").
+            ends: Mapping[TopicPartition, int] = await consumer.end_offsets(parts)
+            todo = {part for part in parts if ends[part] > 0}
+            while todo:
+                fetched = await consumer.getmany(*todo, timeout_ms=1000, max_records=BATCH_RECORDS)
+                for part, batch in fetched.items():
+                    kept = [r for r in batch if r.offset < ends[part]]
+                    if kept:
+                        self._apply(part.partition, kept)
+                        last[TP(part.topic, part.partition)] = kept[-1].offset
+                        records += len(kept)
+                for part in list(todo):
+                    if await consumer.position(part) >= ends[part]:
+                        todo.discard(part)
+        finally:
+            await consumer.stop()
+        log.info(
+            "table %s: read %d changelog records of %d partitions back in %.1f s",
+            self.table_name,
+            records,
+            len(tps),
+            time.perf_counter() - started,
+        )
+        return last
+
+    def _apply(self, partition: int, records: Iterable[Any]) -> None:
+        """Apply changelog records in offset order, decoded as Faust's changelog events are."""
+        loads_key = self.app.serializers.loads_key
+        loads_value = self.app.serializers.loads_value
+        topic = self.table.changelog_topic
+        key_type, key_serializer = topic.key_type, topic.key_serializer
+        value_type, value_serializer = topic.value_type, topic.value_serializer
+        data, key_partition = self.data, self._key_partition
+        for record in records:
+            key = self.table._to_key(loads_key(key_type, record.key, serializer=key_serializer))  # noqa: SLF001
+            if record.value is None:
+                data.pop(key, None)
+                key_partition.pop(key, None)
+                continue
+            data[key] = self.table._to_value(  # noqa: SLF001 - Faust's own decoding step
+                loads_value(value_type, record.value, serializer=value_serializer)
+            )
+            key_partition[key] = partition
+
+
+STORES.aliases[SCHEME] = f"{__name__}:BulkRecoveryStore"
