@@ -139,6 +139,15 @@ class Settings(BaseSettings):
             "longest a fetch waits for new records (both consumers): bounds how stale an idle worker gets"
         ),
     )
+    changelog_batch_bytes: int = Field(
+        1,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description=(
+            "largest record batch the worker writes to its table's changelog; 1 (a record per batch) is what "
+            "the embedded broker (Tansu) needs; 65536 on Apache Kafka writes it many times faster"
+        ),
+    )
     retention_1m_s: float = Field(6 * 3600.0, gt=0, description="how long 1-minute buckets are kept")
     retention_1h_s: float = Field(8 * 86400.0, gt=0)
     retention_1d_s: float = Field(62 * 86400.0, gt=0)

@@ -49,6 +49,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         fetch_wait_ms=settings.fetch_wait_ms,
         replication_factor=settings.topic_replication_factor,
         instance_id=settings.instance_id,
+        changelog_batch_bytes=settings.changelog_batch_bytes,
     )
     clients: dict[str, Any] = {}
     budgets = BudgetBook()

@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from agents.snapshot import global_watermark, last_complete_start, newly_closed
 from streams.windows import WINDOWS, Calendar
 
+#: Buckets of never-recorded closed history (:meth:`WindowCloser.due`) handed out per tick.
+BACKLOG_BUCKETS_PER_TICK = 5_000
+
 
 class WindowCloser:
     """Event time from the marks, and the closed windows of each channel, as this worker sees them.
@@ -28,6 +31,9 @@ class WindowCloser:
     - Event time never goes back: a closed window stays closed (late data only revises its record).
     - A window closes when the channel's event time passes its end plus ``grace_s``; a closed window whose
       bucket is written again is recorded again.
+    - The closed history of a channel this worker has not recorded yet (after a start, a partition taken
+      over, :meth:`forget`) is handed out ``backlog_per_tick`` buckets a tick at most: after a restart with a
+      million buckets, recording them all in one tick took over a minute, and the tick's snapshot waited.
     """
 
     def __init__(
@@ -37,12 +43,14 @@ class WindowCloser:
         idle_partition_s: float,
         stale_mark_s: float,
         clock: Callable[[], float] = time.time,
+        backlog_per_tick: int = BACKLOG_BUCKETS_PER_TICK,
     ) -> None:
         self.calendar = calendar
         self.grace_s = grace_s
         self.idle_partition_s = idle_partition_s
         self.stale_mark_s = stale_mark_s
         self.clock = clock
+        self.backlog_per_tick = backlog_per_tick
         # partials partition -> source partition -> (watermark_s, last active wall time, caught up, sent at).
         self._marks: dict[int, dict[str, tuple[float, float, bool, float]]] = {}
         self._highest: dict[int, float] = {}
@@ -107,17 +115,25 @@ class WindowCloser:
         written to channels not asked about stay due until a tick asks about them: their partition has no
         event time this tick (a source not read yet holds it back, as after a rebalance), and forgotten, a
         closed window would keep its old record for good (seen on Kafka after a ``kill -9``).
+
+        A ``(channel, window)`` never recorded has its whole closed history due: once this call has handed
+        out ``backlog_per_tick`` buckets of such histories, the others are left out, due at a later tick.
         """
         revised: dict[tuple[str, str], set[int]] = {}
         for channel, window, start in self._touched:
             if channel in watermark_of:
                 revised.setdefault((channel, window), set()).add(start)
         self._touched = {touched for touched in self._touched if touched[0] not in watermark_of}
+        backlog = self.backlog_per_tick
         for channel, watermark in watermark_of.items():
             for window in WINDOWS:
                 done = self._emitted.get((channel, window))
                 last = last_complete_start(self.calendar, window, watermark, self.grace_s)
                 todo = set(newly_closed(self.calendar, window, starts(channel, window), done, last))
+                if done is None and todo:
+                    if backlog <= 0:
+                        continue  # not recorded, so still due next tick (its revisions are in ``todo`` too)
+                    backlog -= len(todo)
                 if done is not None:
                     todo.update(s for s in revised.get((channel, window), ()) if s <= done)
                 self._pending[(channel, window)] = max(last, done if done is not None else last)

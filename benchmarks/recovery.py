@@ -470,6 +470,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated workload")
     parser.add_argument(
+        "--changelog-batch-bytes",
+        type=int,
+        default=65536,
+        help="ADPULSE_CHANGELOG_BATCH_BYTES of the worker on Kafka (default 65536; Tansu keeps 1)",
+    )
+    parser.add_argument(
         "--dynamic-member",
         action="store_true",
         help="run the worker without ADPULSE_INSTANCE_ID (a new member of its group after each restart)",
@@ -524,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             env.update(
                 ADPULSE_RETENTION_1M_S=str(retention_1m_s), ADPULSE_ALERT_LOOKBACK_S=str(args.lookback_s)
             )
+            if args.broker == "kafka":
+                env["ADPULSE_CHANGELOG_BATCH_BYTES"] = str(args.changelog_batch_bytes)
             if not args.dynamic_member:
                 # As a supervisor restarts it: under the same name, a static member of its group.
                 env["ADPULSE_INSTANCE_ID"] = f"bench-{tag}-worker-1"

@@ -169,3 +169,18 @@ def test_a_channel_that_comes_back_records_its_closed_windows_again() -> None:
     wc.keep_only(lambda channel: channel != "douyin")  # its partition moved away: the new owner's to record
     wc.keep_only(lambda channel: True)  # and came back
     assert minutes_due(wc, {"douyin": T0 + 10}, data) == {"douyin": [T0 - 120]}
+
+
+def test_closed_history_not_recorded_yet_is_handed_out_a_bounded_number_of_buckets_a_tick() -> None:
+    """After a restart every closed bucket of the table is due; a tick takes a bounded share of them so that
+    its snapshot is not held back (seen: over a minute with a million buckets), and the rest come later."""
+    wc = WindowCloser(Calendar(UTC), GRACE_S, IDLE_S, STALE_S, clock=Clock(T0), backlog_per_tick=5)
+    data = {ch: {T0 - 60 * k for k in range(1, 4)} for ch in ("a", "b", "c", "d")}
+    watermark_of: dict[str, float] = {ch: T0 + 10.0 for ch in data}
+    first = minutes_due(wc, watermark_of, data)
+    # Whole histories only: "a" (3 buckets) and "b" (3 more, past the bound of 5), the others wait.
+    assert first == {"a": sorted(data["a"]), "b": sorted(data["b"])}
+    wc.touched("a", "1m", T0 - 60)  # a recorded channel's revision is not held back by the bound
+    second = minutes_due(wc, watermark_of, data)
+    assert second == {"a": [T0 - 60], "b": [], "c": sorted(data["c"]), "d": sorted(data["d"])}
+    assert minutes_due(wc, watermark_of, data) == {"a": [], "b": [], "c": [], "d": []}
