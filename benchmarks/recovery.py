@@ -405,7 +405,18 @@ def markdown(
         f"**The bucket table then held {setup['keys']:,.0f} keys ({setup['bytes'] / 2**20:,.0f} MiB of "
         f"values), from {setup['changelog']:,.0f} changelog records** (what a restart reads back; this "
         f"script's bare consumer read them at {setup['read_per_s']:,.0f} records/s); worker peak RSS "
-        f"{setup['rss_mb']:.0f} MiB.",
+        f"{setup['rss_mb']:.0f} MiB. "
+        + (
+            "The worker is a new member of its consumer group at each start (`--dynamic-member`)"
+            if args.dynamic_member
+            else "The worker is a static member of its Faust consumer group (`ADPULSE_INSTANCE_ID`, the same "
+            "name at each start)"
+        )
+        + (
+            f"; `ADPULSE_CHANGELOG_BATCH_BYTES={args.changelog_batch_bytes}`."
+            if args.broker == "kafka"
+            else "; `ADPULSE_CHANGELOG_BATCH_BYTES=1` (Tansu)."
+        ),
         "",
         "| kill | down | /metrics answers | Faust group synced | table recovered | fold group synced | "
         "counting again | first partial published | first changelog record | **probe row in Redis** | "
