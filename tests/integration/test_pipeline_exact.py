@@ -204,12 +204,18 @@ def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset,
         worker.stop()
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
-    make_settings, dataset: Dataset, tmp_path: Path
+    make_settings, dataset: Dataset, tmp_path: Path, static: bool
 ) -> None:
+    """``static``: the workers are static members of their Faust group (``ADPULSE_INSTANCE_ID``), and the
+    killed one comes back under its name, taking its place without a rebalance."""
     settings = _settings(make_settings)
-    first = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path / "w1.log").start()
-    second = WorkerProcess(settings, tmp_path / "w2.log").start()
+    names = [{"instance_id": f"{settings.app_id}-w{i}"} if static else {} for i in (1, 2)]
+    first = WorkerProcess(
+        settings.model_copy(update={"web_port": free_port(), **names[0]}), tmp_path / "w1.log"
+    ).start()
+    second = WorkerProcess(settings.model_copy(update=names[1]), tmp_path / "w2.log").start()
     workers = [first, second]
     killed = {"done": False}
 
