@@ -394,13 +394,15 @@ def install(
     async def snapshot() -> None:
         started = time.perf_counter()
         client = redis()
-        index.sync(len(table), lambda: list(table.keys()), lambda key, exc: quarantine.add(key, "index", exc))
         owned = OwnedChannels(assigned(), config.partitions)
         now = time.time()
         closer.keep_only(owned.__contains__)
         watermarks = closer.watermarks(owned.partitions)
         if not watermarks:
             return
+        # Not before: while the table is read back from its changelog (no marks yet) it grows between ticks,
+        # and rebuilding the index from every key at each tick slowed the read back (a million keys).
+        index.sync(len(table), lambda: list(table.keys()), lambda key, exc: quarantine.add(key, "index", exc))
         by_partition: dict[int, set[str]] = {}
         for channel in index.channels():
             p = partition_of(channel, config.partitions)
