@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import faust
 import orjson
@@ -28,7 +29,17 @@ from agents.closing import WindowCloser
 from agents.evaluate import Evaluator
 from agents.health import HealthMonitor
 from agents.metrics import MAX_LOGGED_OVERFLOWS, PipelineMetrics
-from agents.partials import CEILING, BucketValue, campaigns_of, encoded_over, merge, overflowing, retire
+from agents.partials import (
+    CEILING,
+    BucketValue,
+    Row,
+    campaigns_of,
+    compact,
+    encoded_over,
+    merge,
+    overflowing,
+    retire,
+)
 from agents.redis_retry import RedisRetry
 from agents.snapshot import KpiRow, closed_rows
 from agents.snapshot_rows import SnapshotRows
@@ -77,7 +88,7 @@ class Offload(Protocol):
     def __call__(self, fn: Callable[..., _T], *args: Any) -> Awaitable[_T]: ...
 
 
-Rows = dict[tuple[str, int], dict[str, list[int]]]
+Rows = dict[tuple[str, int], dict[str, Row]]
 
 
 def parse_partial(key: bytes | None, message: dict[str, Any]) -> tuple[str, str, int, int, Rows]:
@@ -102,7 +113,7 @@ def parse_partial(key: bytes | None, message: dict[str, Any]) -> tuple[str, str,
             or not all(type(count) is int and 0 <= count <= CEILING for count in counts)
         ):
             raise ValueError(f"malformed row for {window!r} {start!r} {campaign!r}")
-        grouped.setdefault((window, start), {})[campaign] = counts
+        grouped.setdefault((window, start), {})[sys.intern(campaign)] = tuple(counts)
     return channel, src, block, upto, grouped
 
 
@@ -216,6 +227,15 @@ class BucketIndex:
         return self._starts.get(channel, {}).get(window, set())
 
 
+class BucketTable(faust.Table[str, BucketValue]):
+    """The bucket table: values read back from its changelog (recovery) are compacted as merges leave
+    them (``agents.partials.compact``), or a recovered table would hold every row as a list the garbage
+    collector walks."""
+
+    def _to_value(self, v: Any) -> Any:
+        return compact(v)
+
+
 class OwnedChannels:
     """The channels whose partials land on the partitions this worker owns (a container for ``in``)."""
 
@@ -248,11 +268,18 @@ def install(
         value_serializer="raw",
         partitions=config.partitions,
     )
-    table: TableT[str, BucketValue] = app.Table(
-        "buckets",
-        default=None,
-        partitions=config.partitions,
-        key_type=str,
+    table = cast(
+        TableT[str, BucketValue],
+        app.tables.add(
+            BucketTable(
+                app,
+                name="buckets",
+                default=None,
+                beacon=app.tables.beacon,
+                partitions=config.partitions,
+                key_type=str,
+            )
+        ),
     )
     index = BucketIndex()
     closer = WindowCloser(calendar, config.grace_s, config.idle_partition_s, config.stale_mark_s)

@@ -15,6 +15,11 @@ message): each piece holds whole rows of some campaigns, so within a block a par
 campaigns it carries and keeps the others. That is exact because replays decide every record as the
 first run did: a campaign's counts at a given ``upto`` are the same whoever sends them.
 
+Rows are tuples of ints with interned campaign names (``compact``): the garbage collector stops tracking a
+tuple of ints once it has seen it, so its full collections no longer walk every row of every bucket (a
+list of counts is tracked for good), and a row costs less (measured in ``docs/operations.md``). A value
+read back from the changelog (JSON: lists, a fresh string per name) is compacted the same way.
+
 Bounds, so that a bucket's changelog record stays small whatever the sources send: the base keeps at
 most ``max_campaigns`` campaigns of its own (besides ``-``), the rest are counted under
 ``OVERFLOW_CAMPAIGN`` (channel totals stay exact; which campaigns keep their own row can depend on the
@@ -24,22 +29,27 @@ order blocks of different source partitions arrive in); and every count in the b
 
 from __future__ import annotations
 
-from typing import Any, Final, TypedDict
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TypedDict, cast
 
 import orjson
 
 from streams.codec import N_SLOTS
 from streams.events import NO_CAMPAIGN, OVERFLOW_CAMPAIGN
 
-Counts = list[int]
-#: ``[block, upto, {campaign: counts}]``: a list, as JSON gives it back from the changelog.
+#: One campaign's counts as a bucket keeps them (never changed in place: a merge makes new ones).
+Row = tuple[int, ...]
+#: Counts as they come in (a partial's rows, a test's lists): ``merge`` keeps them as a ``Row``.
+Counts = Sequence[int]
+#: ``[block, upto, {campaign: row}]``: a list, as JSON gives it back from the changelog.
 Pending = list[Any]
 
 
 class BucketValue(TypedDict):
     """One table entry (a plain dict at run time, for the changelog's JSON); the keys are short on purpose."""
 
-    b: dict[str, Counts]
+    b: dict[str, Row]
     p: dict[str, Pending]
     f: dict[str, int]
 
@@ -55,12 +65,30 @@ def empty() -> BucketValue:
     return {"b": {}, "p": {}, "f": {}}
 
 
+def compact_rows(rows: Mapping[str, Counts]) -> dict[str, Row]:
+    """``rows`` with interned campaign names and tuple rows (the same dict if they are already)."""
+    if isinstance(rows, dict) and all(type(counts) is tuple for counts in rows.values()):
+        # Names of tuple rows were interned where the tuples were made (here, ``compact``, the agent).
+        return cast(dict[str, Row], rows)
+    return {sys.intern(campaign): tuple(counts) for campaign, counts in rows.items()}
+
+
+def compact(value: Any) -> Any:
+    """A bucket value decoded from the changelog's JSON, with tuple rows and interned names; anything that
+    is not shaped like a bucket value is returned as it is (the merge that reads it quarantines its key)."""
+    try:
+        pending = {src: [block, upto, compact_rows(rows)] for src, (block, upto, rows) in value["p"].items()}
+        return {"b": compact_rows(value["b"]), "p": pending, "f": value["f"]}
+    except Exception:  # noqa: BLE001 - never stop a recovery over one record
+        return value
+
+
 def merge(
     value: BucketValue | None,
     src: str,
     block: int,
     upto: int,
-    rows: dict[str, Counts],
+    rows: Mapping[str, Counts],
     max_campaigns: int | None = None,
 ) -> BucketValue | None:
     """Merge one block partial (or one piece of it); returns the new value, or ``None`` when it changes
@@ -74,6 +102,7 @@ def merge(
       the others (they come in another piece): a re-sent piece changes nothing.
     """
     current = value if value is not None else empty()
+    new_rows = compact_rows(rows)
     folded = current["f"].get(src, -1)
     if block <= folded:
         return None
@@ -89,16 +118,16 @@ def merge(
             folds = {**folds, src: pending_block}
         else:
             # A campaign's counts are absolute and only grow with upto: the newest carried value is right.
-            rows = {**pending_rows, **rows}
-            if upto == pending_upto and rows == pending_rows:
+            new_rows = {**pending_rows, **new_rows}
+            if upto == pending_upto and new_rows == pending_rows:
                 return None
-    return {"b": base, "p": {**current["p"], src: [block, upto, rows]}, "f": folds}
+    return {"b": base, "p": {**current["p"], src: [block, upto, new_rows]}, "f": folds}
 
 
-def totals(value: BucketValue) -> dict[str, Counts]:
+def totals(value: BucketValue) -> dict[str, list[int]]:
     """Counts per campaign: the base plus every pending block (Python integers, unbounded: where they
     leave as JSON, ``agents.snapshot.counts_of`` saturates them)."""
-    result: dict[str, Counts] = {campaign: list(counts) for campaign, counts in value["b"].items()}
+    result: dict[str, list[int]] = {campaign: list(counts) for campaign, counts in value["b"].items()}
     for _block, _upto, rows in value["p"].values():
         result = _added(result, rows, in_place=True)
     return result
@@ -125,11 +154,11 @@ def retire(value: BucketValue, keep: set[str]) -> BucketValue | None:
     if not gone:
         return None
     result = {campaign: counts for campaign, counts in base.items() if campaign not in gone}
-    other = list(result.get(OVERFLOW_CAMPAIGN, [0] * N_SLOTS))
+    other = list(result.get(OVERFLOW_CAMPAIGN, (0,) * N_SLOTS))
     for campaign in gone:
         for slot, count in enumerate(base[campaign]):
             other[slot] = min(other[slot] + count, CEILING)
-    result[OVERFLOW_CAMPAIGN] = other
+    result[OVERFLOW_CAMPAIGN] = tuple(other)
     return {"b": result, "p": value["p"], "f": value["f"]}
 
 
@@ -147,7 +176,9 @@ def overflowing(value: BucketValue) -> bool:
     return OVERFLOW_CAMPAIGN in value["b"]
 
 
-def _added(base: dict[str, Counts], rows: dict[str, Counts], *, in_place: bool = False) -> dict[str, Counts]:
+def _added(
+    base: dict[str, list[int]], rows: Mapping[str, Counts], *, in_place: bool = False
+) -> dict[str, list[int]]:
     result = base if in_place else {campaign: list(counts) for campaign, counts in base.items()}
     for campaign, counts in rows.items():
         target = result.get(campaign)
@@ -159,9 +190,12 @@ def _added(base: dict[str, Counts], rows: dict[str, Counts], *, in_place: bool =
     return result
 
 
-def _folded(base: dict[str, Counts], rows: dict[str, Counts], max_campaigns: int | None) -> dict[str, Counts]:
-    """``base`` plus a finished block's ``rows``: the campaign cap applied, every count saturated."""
-    result = {campaign: list(counts) for campaign, counts in base.items()}
+def _folded(base: dict[str, Row], rows: dict[str, Row], max_campaigns: int | None) -> dict[str, Row]:
+    """``base`` plus a finished block's ``rows``: the campaign cap applied, every count saturated.
+
+    Rows are shared with ``base`` (never changed in place): only the dict is copied, and the rows that
+    change are new tuples."""
+    result = dict(base)
     own = len(result) - (NO_CAMPAIGN in result) - (OVERFLOW_CAMPAIGN in result)
     # Under a cap, campaigns join in name order: which ones keep a row must not depend on the order a
     # block's pieces and flushes happened to arrive in.
@@ -174,8 +208,7 @@ def _folded(base: dict[str, Counts], rows: dict[str, Counts], max_campaigns: int
             else:
                 own += 1
         if target is None:
-            result[campaign] = [min(count, CEILING) for count in counts]
+            result[campaign] = tuple([min(count, CEILING) for count in counts])
         else:
-            for slot in range(N_SLOTS):
-                target[slot] = min(target[slot] + counts[slot], CEILING)
+            result[campaign] = tuple([min(a + b, CEILING) for a, b in zip(target, counts, strict=True)])
     return result

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import orjson
 
@@ -69,9 +70,12 @@ class MemoryBuckets:
         value = self.values.get((channel, window, start))
         if value is None:
             value = self.values[(channel, window, start)] = {"b": {}, "p": {}, "f": {}}
-        vector: list[int] | None = value["b"].get(campaign)
+        # A replay adds into its rows in place (lists, not the table's tuples): nothing else holds them, and
+        # they live for one run.
+        rows = cast(dict[str, list[int]], value["b"])
+        vector = rows.get(campaign)
         if vector is None:
-            vector = value["b"][campaign] = [0] * N_SLOTS
+            vector = rows[campaign] = [0] * N_SLOTS
         return vector
 
     def _seen(self, channel: str, ts_s: int) -> None:

@@ -89,7 +89,7 @@ def test_a_partials_message_is_read_only_if_it_is_what_the_fold_stage_sends() ->
         "clicks/0",
         3,
         17,
-        {("1m", 60): {"c1": GOOD["rows"][0][3:]}},
+        {("1m", 60): {"c1": tuple(GOOD["rows"][0][3:])}},
     )
     bad_messages = [
         (b"dou\x1fyin", GOOD),

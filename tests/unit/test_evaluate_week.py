@@ -69,7 +69,7 @@ class Buckets:
         for window, span in (("1m", MINUTE_S), ("1h", HOUR_S)):
             for start_s in range(ORIGIN_S, ORIGIN_S + minutes * MINUTE_S - span + 1, span):
                 self.values[window, start_s] = {
-                    "b": {"campaign-a": self.vector(start_s, start_s + span)},
+                    "b": {"campaign-a": tuple(self.vector(start_s, start_s + span))},
                     "p": {},
                     "f": {},
                 }

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import random
+import sys
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
@@ -13,6 +16,7 @@ from agents.partials import (
     CEILING,
     BucketValue,
     campaigns_of,
+    compact,
     empty,
     encoded_over,
     merge,
@@ -33,6 +37,11 @@ A = {"-": vec(10, 1), "c1": vec(5)}
 B = {"-": vec(20, 2)}
 
 
+def plain(value: BucketValue | None) -> Any:
+    """``value`` as its changelog record holds it (JSON: rows are lists)."""
+    return orjson.loads(orjson.dumps(value))
+
+
 def merged(*partials: tuple[str, int, int, dict[str, list[int]]]) -> BucketValue | None:
     value: BucketValue | None = None
     for src, block, upto, rows in partials:
@@ -50,7 +59,7 @@ def test_empty() -> None:
 def test_first_partial_is_pending() -> None:
     value = merge(None, "clicks/0", 3, 310, A)
     pending: BucketValue = {"b": {}, "p": {"clicks/0": [3, 310, A]}, "f": {}}
-    assert value == pending
+    assert plain(value) == pending
     assert value is not None and totals(value) == A
 
 
@@ -101,11 +110,12 @@ def test_stale_partials_are_ignored() -> None:
 
 def test_newer_block_folds_the_pending_one_into_the_base() -> None:
     value = merged(("clicks/0", 0, 9, A), ("clicks/0", 1, 12, B))
-    assert value == {"b": A, "p": {"clicks/0": [1, 12, B]}, "f": {"clicks/0": 0}}
+    assert value is not None
+    assert plain(value) == {"b": A, "p": {"clicks/0": [1, 12, B]}, "f": {"clicks/0": 0}}
     assert totals(value) == {"-": vec(30, 3), "c1": vec(5)}
     value = merge(value, "clicks/0", 5, 55, {"c1": vec(1)})
     assert value is not None
-    assert value["b"] == {"-": vec(30, 3), "c1": vec(5)}
+    assert plain(value)["b"] == {"-": vec(30, 3), "c1": vec(5)}
     assert value["f"] == {"clicks/0": 1}
     assert totals(value) == {"-": vec(30, 3), "c1": vec(6)}
 
@@ -132,7 +142,7 @@ def test_merge_does_not_mutate_its_inputs() -> None:
     totals(later)
     totals(later)
     assert totals(later) == {"-": vec(30, 3), "c1": vec(5)}
-    assert later["b"] == A  # totals() must not add pending rows into the base in place
+    assert plain(later)["b"] == A  # totals() must not add pending rows into the base in place
 
 
 def test_the_base_keeps_at_most_the_cap_of_campaigns_and_counts_the_rest_under_other() -> None:
@@ -142,10 +152,10 @@ def test_the_base_keeps_at_most_the_cap_of_campaigns_and_counts_the_rest_under_o
     assert totals(value) == rows  # a pending block is not capped: its fold stage capped it already
     value = merge(value, "clicks/0", 1, 10, {"e": vec(6)}, max_campaigns=2)
     assert value is not None and overflowing(value)
-    assert value["b"] == {"-": vec(1), "a": vec(2), "b": vec(3), OVERFLOW_CAMPAIGN: vec(9)}
+    assert plain(value)["b"] == {"-": vec(1), "a": vec(2), "b": vec(3), OVERFLOW_CAMPAIGN: vec(9)}
     value = merge(value, "clicks/0", 2, 20, {}, max_campaigns=2)
     assert value is not None
-    assert value["b"] == {"-": vec(1), "a": vec(2), "b": vec(3), OVERFLOW_CAMPAIGN: vec(15)}
+    assert plain(value)["b"] == {"-": vec(1), "a": vec(2), "b": vec(3), OVERFLOW_CAMPAIGN: vec(15)}
     assert sum(counts[0] for counts in totals(value).values()) == 1 + 2 + 3 + 4 + 5 + 6
 
 
@@ -294,7 +304,7 @@ def test_retiring_campaigns_keeps_the_channel_total_and_frees_their_rows() -> No
     retired = retire(value, keep={"live", "new"})
     assert retired is not None
     assert set(retired["b"]) == {"-", "live", OVERFLOW_CAMPAIGN}
-    assert retired["b"][OVERFLOW_CAMPAIGN] == vec(10, 1)
+    assert plain(retired)["b"][OVERFLOW_CAMPAIGN] == vec(10, 1)
     channel = [sum(counts[slot] for counts in totals(retired).values()) for slot in range(N_SLOTS)]
     assert channel == [sum(counts[slot] for counts in totals(value).values()) for slot in range(N_SLOTS)]
     assert retired["p"] == value["p"] and retired["f"] == value["f"]
@@ -314,4 +324,32 @@ def test_a_total_at_the_cap_takes_new_campaigns_again_once_old_ones_retired() ->
     capped = merge(retired, "spend/0", 2, 29, {"c": vec(0, 0, 0, 0, 0, 0, 7)}, max_campaigns=2)
     assert capped is not None
     folded = merge(capped, "spend/0", 3, 39, {}, max_campaigns=2)
-    assert folded is not None and folded["b"]["c"] == vec(0, 0, 0, 0, 0, 0, 7)
+    assert folded is not None and plain(folded)["b"]["c"] == vec(0, 0, 0, 0, 0, 0, 7)
+
+
+def test_rows_are_tuples_with_interned_names_that_the_garbage_collector_stops_tracking() -> None:
+    name = "".join(["camp", "aign-1"])  # a fresh string, as JSON decoding makes one per bucket
+    value = merged(("clicks/0", 0, 9, {name: vec(300, 7)}), ("clicks/0", 1, 19, {name: vec(400, 9)}))
+    assert value is not None
+    gc.collect()
+    for row in [*value["b"].values(), *value["p"]["clicks/0"][2].values()]:
+        assert type(row) is tuple and not gc.is_tracked(row)
+    (kept,) = value["b"]
+    assert kept is sys.intern("campaign-1")
+
+
+def test_a_value_read_back_from_the_changelog_is_compacted_and_merges_on_as_before() -> None:
+    value = merged(
+        ("clicks/0", 0, 9, {"-": vec(1), "a": vec(300, 2)}),
+        ("clicks/0", 1, 19, {"b": vec(400, 3)}),
+        ("spend/0", 4, 40, {"a": vec(0, 0, 0, 0, 0, 0, 10**9)}),
+    )
+    assert value is not None
+    # The changelog's JSON (lists), as main's code wrote it and as this code writes it.
+    recovered = compact(orjson.loads(orjson.dumps(value)))
+    assert recovered == value
+    gc.collect()
+    assert all(type(row) is tuple and not gc.is_tracked(row) for row in recovered["b"].values())
+    for partial in (("clicks/0", 1, 19, {"b": vec(400, 3)}), ("clicks/0", 2, 29, {"a": vec(5)})):
+        assert merge(recovered, *partial) == merge(value, *partial)
+    assert compact({"not": "a bucket"}) == {"not": "a bucket"}  # left for the merge to quarantine
