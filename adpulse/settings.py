@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     max_campaigns_per_channel: int = Field(
         2000, ge=1, description="campaigns of their own per channel; the rest are counted under '(other)'"
     )
+    bucket_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="table keys a window bucket's campaigns are spread over (a changelog record each)",
+    )
 
     # Event time.
     grace_s: float = Field(60.0, ge=0, description="how long after a window ends events are still accepted")

@@ -96,6 +96,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             tick_s=settings.tick_s,
             stale_mark_s=max(10.0, 20 * settings.flush_interval_s),
             max_campaigns=settings.max_campaigns_per_channel,
+            shards=settings.bucket_shards,
             max_value_bytes=value_limit(min(settings.max_message_bytes, FAUST_MAX_REQUEST_BYTES)),
             retention_s={
                 "1m": settings.retention_1m_s,

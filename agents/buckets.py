@@ -1,8 +1,13 @@
 """The Faust side: the bucket table, the agent that merges partials into it, and the snapshot timer.
 
-Table keys are ``channel \\x1f window \\x1f bucket_start``; partials are keyed (and partitioned, see
-``streams.partitioning``) by channel, so every key of a channel lives on the partition that carries
-that channel's partials: the table is co-partitioned with its source by construction.
+Table keys are ``channel \\x1f window \\x1f bucket_start \\x1f shard``: a bucket's campaigns are spread over
+``BucketConfig.shards`` keys (``agents.partials.shard_of``), so that no changelog record holds a whole
+channel's campaigns; readers see a bucket's shards joined (``BucketViews``). A key without the shard is a
+bucket kept whole by a version before shards: it is read as it is, and cut into shards the first time a
+partial is merged into it. Partials are keyed (and partitioned, see ``streams.partitioning``) by channel,
+and Faust writes a table key's changelog record to the partition of the message being processed, so every
+key of a channel, each of its shards too, lives on the partition that carries that channel's partials: the
+table is co-partitioned with its source by construction.
 
 Nothing one key or one message holds stops the worker: a partials message that is not what the fold
 stage sends is skipped, and a key whose merge, snapshot or closing raises is quarantined (logged once,
@@ -14,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, KeysView
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -34,11 +41,15 @@ from agents.partials import (
     BucketValue,
     Row,
     campaigns_of,
+    combined,
     compact,
     encoded_over,
     merge,
     overflowing,
+    own_campaigns,
     retire,
+    shard_of,
+    split,
 )
 from agents.redis_retry import RedisRetry
 from agents.snapshot import KpiRow, closed_rows
@@ -65,17 +76,28 @@ SWEEP_S = 60.0
 FAUST_MAX_REQUEST_BYTES = 1_000_000
 
 
-def bucket_key(channel: str, window: str, start: int) -> str:
-    """The table key of one channel's window bucket."""
-    return f"{channel}{SEP}{window}{SEP}{start}"
+#: The shard of a key without one (a bucket kept whole, by a version before shards).
+WHOLE = -1
+#: ``BucketConfig.shards`` by default (``ADPULSE_BUCKET_SHARDS``).
+DEFAULT_SHARDS = 1
 
 
-def split_key(key: str) -> tuple[str, str, int]:
-    """``(channel, window, start)`` of a table key; ValueError if it is not one."""
-    channel, window, start = key.split(SEP)
+def bucket_key(channel: str, window: str, start: int, shard: int = WHOLE) -> str:
+    """The table key of one shard of a channel's window bucket (``WHOLE``: the bucket kept whole)."""
+    if shard == WHOLE:
+        return f"{channel}{SEP}{window}{SEP}{start}"
+    return f"{channel}{SEP}{window}{SEP}{start}{SEP}{shard}"
+
+
+def split_key(key: str) -> tuple[str, str, int, int]:
+    """``(channel, window, start, shard)`` of a table key (shard ``WHOLE`` for a key without one);
+    ValueError if it is not one."""
+    channel, window, start, *shard = key.split(SEP)
     if window not in _WINDOW_NAMES:
         raise ValueError(f"unknown window {window!r} in table key {key!r}")
-    return channel, window, int(start)
+    if len(shard) > 1 or (shard and not int(shard[0]) >= 0):
+        raise ValueError(f"not a bucket key: {key!r}")
+    return channel, window, int(start), int(shard[0]) if shard else WHOLE
 
 
 _WINDOW_NAMES = frozenset((*WINDOWS, TOTAL))
@@ -166,6 +188,8 @@ class BucketConfig:
     max_campaigns: int | None = None
     #: The largest bucket value the table's changelog takes (one Kafka message).
     max_value_bytes: int = value_limit(FAUST_MAX_REQUEST_BYTES)
+    #: Keys a bucket's campaigns are spread over (``agents.partials.shard_of``).
+    shards: int = DEFAULT_SHARDS
 
 
 @dataclass(slots=True)
@@ -176,28 +200,44 @@ class SnapshotHolder:
 
 
 class BucketIndex:
-    """channel → window → bucket starts present in the table, kept in step with it.
+    """channel → window → bucket start → the shards present in the table, kept in step with it.
 
     The agent updates it on every write and delete; when the table changes underneath (recovery
-    from the changelog, a rebalance), the sizes differ and the index is rebuilt from the keys.
+    from the changelog, a rebalance), the sizes (in keys) differ and the index is rebuilt from the keys.
     """
 
     def __init__(self) -> None:
-        self._starts: dict[str, dict[str, set[int]]] = {}
+        self._starts: dict[str, dict[str, dict[int, set[int]]]] = {}
         self._size = 0
+        self._buckets = 0
         self._unreadable = 0
 
-    def add(self, channel: str, window: str, start: int) -> None:
-        starts = self._starts.setdefault(channel, {}).setdefault(window, set())
-        if start not in starts:
-            starts.add(start)
+    def add(self, channel: str, window: str, start: int, shard: int = WHOLE) -> None:
+        starts = self._starts.setdefault(channel, {}).setdefault(window, {})
+        shards = starts.get(start)
+        if shards is None:
+            shards = starts[start] = set()
+            self._buckets += 1
+        if shard not in shards:
+            shards.add(shard)
             self._size += 1
 
-    def discard(self, channel: str, window: str, start: int) -> None:
+    def discard(self, channel: str, window: str, start: int, shard: int | None = None) -> None:
+        """Forget one shard of a bucket, or (``None``) all of them."""
         starts = self._starts.get(channel, {}).get(window)
-        if starts is not None and start in starts:
-            starts.remove(start)
-            self._size -= 1
+        shards = None if starts is None else starts.get(start)
+        if starts is None or shards is None:
+            return
+        gone = set(shards) if shard is None else shards & {shard}
+        shards -= gone
+        self._size -= len(gone)
+        if not shards:
+            del starts[start]
+            self._buckets -= 1
+
+    def buckets(self) -> int:
+        """How many buckets (channel, window, start) the table holds keys of."""
+        return self._buckets
 
     def sync(
         self,
@@ -209,22 +249,89 @@ class BucketIndex:
         not one (``split_key``) is left out and handed to ``unreadable``."""
         if size == self._size + self._unreadable:
             return
-        self._starts, self._size, self._unreadable = {}, 0, 0
+        self._starts, self._size, self._buckets, self._unreadable = {}, 0, 0, 0
         for key in keys():
             try:
-                channel, window, start = split_key(key)
+                channel, window, start, shard = split_key(key)
             except Exception as exc:  # noqa: BLE001 - one bad key (an older version's?) never stops a tick
                 self._unreadable += 1
                 if unreadable is not None:
                     unreadable(key, exc)
                 continue
-            self.add(channel, window, start)
+            self.add(channel, window, start, shard)
 
     def channels(self) -> set[str]:
         return {channel for channel, windows in self._starts.items() if any(windows.values())}
 
-    def starts(self, channel: str, window: str) -> set[int]:
-        return self._starts.get(channel, {}).get(window, set())
+    def starts(self, channel: str, window: str) -> KeysView[int]:
+        return self._starts.get(channel, {}).get(window, {}).keys()
+
+
+class BucketViews:
+    """A bucket's shards joined for reading (``agents.partials.combined``), the same object as long as none
+    of its shards changed: the snapshot and the judges tell an unchanged bucket by identity and keep sums
+    per value. A bucket kept whole (an older version's key) is read as it is.
+
+    Called on the event loop and in the snapshot's worker thread, so the cache is under a lock; it keeps
+    the views of up to ``max_rows`` campaign rows (a view holds its shards' values: a stale one keeps old
+    values alive until it is read again or evicted).
+    """
+
+    def __init__(
+        self, get: Callable[[str], BucketValue | None], shards: int, max_rows: int = 200_000
+    ) -> None:
+        self.get = get
+        self.shards = shards
+        self.max_rows = max_rows
+        self._rows = 0
+        self._views: OrderedDict[tuple[str, str, int], tuple[tuple[BucketValue, ...], BucketValue]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def __call__(self, channel: str, window: str, start: int) -> BucketValue | None:
+        whole = self.get(bucket_key(channel, window, start))
+        if whole is not None:
+            return whole
+        parts = tuple(
+            value
+            for shard in range(self.shards)
+            if (value := self.get(bucket_key(channel, window, start, shard))) is not None
+        )
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        bucket = (channel, window, start)
+        with self._lock:
+            hit = self._views.get(bucket)
+            if hit is not None and len(hit[0]) == len(parts) and all(map(_same, hit[0], parts)):
+                self._views.move_to_end(bucket)
+                return hit[1]
+        view = combined(parts)
+        with self._lock:
+            self._forget(bucket)
+            self._views[bucket] = (parts, view)
+            self._rows += _rows(view)
+            while self._rows > self.max_rows and len(self._views) > 1:
+                self._forget(next(iter(self._views)))
+        return view
+
+    def forget(self, channel: str, window: str, start: int) -> None:
+        """Drop the view of a bucket that is gone."""
+        with self._lock:
+            self._forget((channel, window, start))
+
+    def _forget(self, bucket: tuple[str, str, int]) -> None:
+        gone = self._views.pop(bucket, None)
+        if gone is not None:
+            self._rows -= _rows(gone[1])
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b
+
+
+def _rows(value: BucketValue) -> int:
+    return len(value["b"]) + sum(len(rows) for _block, _upto, rows in value["p"].values())
 
 
 class BucketTable(faust.Table[str, BucketValue]):
@@ -287,46 +394,90 @@ def install(
     overflow_logged: set[str] = set()
     swept_at: dict[int, float] = {}
 
-    def lookup(channel: str, window: str, start: int) -> BucketValue | None:
-        return table.get(bucket_key(channel, window, start))
+    shards = config.shards
+    lookup = BucketViews(table.get, shards)
+
+    def keys_of(channel: str, window: str, start: int) -> list[str]:
+        """Every key a bucket can have: kept whole, and each shard."""
+        return [bucket_key(channel, window, start, shard) for shard in range(WHOLE, shards)]
+
+    def cut_into_shards(channel: str, window: str, start: int) -> bool:
+        """Replace a bucket kept whole (an older version's key) by its shards; False if it cannot be.
+
+        Readers take the whole key while it exists, so the shards are written first and the whole key
+        deleted last: they never see both or half. The changelog keeps that order (one partition), so a
+        crash in between leaves the whole key, cut again the next time."""
+        key = bucket_key(channel, window, start)
+        if key in quarantine:
+            return False
+        try:
+            parts = split(table[key], shards)
+        except Exception as exc:  # noqa: BLE001 - one key never stops the agent
+            quarantine.add(key, "merge", exc)
+            return False
+        for shard, part in enumerate(parts):
+            table[bucket_key(channel, window, start, shard)] = part
+            index.add(channel, window, start, shard)
+        del table[key]
+        index.discard(channel, window, start, WHOLE)
+        return True
 
     def merge_rows(channel: str, src: str, block: int, upto: int, grouped: Rows) -> None:
         for (window, start), rows in grouped.items():
-            key = bucket_key(channel, window, start)
-            if key in quarantine:
+            if bucket_key(channel, window, start) in table and not cut_into_shards(channel, window, start):
                 continue
-            try:
-                current = table.get(key)
-                merged = merge(current, src, block, upto, rows, config.max_campaigns)
-                size = None if merged is None else encoded_over(merged, config.max_value_bytes)
-                if merged is not None and size is None:
-                    table[key] = merged
-            except Exception as exc:  # noqa: BLE001 - one key never stops the agent
-                quarantine.add(key, "merge", exc)
-                continue
-            if merged is None:
-                continue
-            if size is not None:
-                message = (
-                    f"the bucket would be {size} bytes, more than its changelog takes "
-                    f"({config.max_value_bytes}): its updates are dropped; lower "
-                    "ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL or shorten the campaign names"
-                )
-                quarantine.add(key, "size", ValueError(message))
-                continue
-            index.add(channel, window, start)
-            closer.touched(channel, window, start)
-            if overflowing(merged) and (current is None or not overflowing(current)):
-                metrics.overflowing_buckets.inc()
-                if channel not in overflow_logged and len(overflow_logged) < MAX_LOGGED_OVERFLOWS:
-                    overflow_logged.add(channel)
-                    log.warning(
-                        "channel %r has more than %s campaigns in a %s window; the others are counted under "
-                        "(other) (ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL; logged once per channel)",
-                        channel,
-                        config.max_campaigns,
-                        window,
+            by_shard: dict[int, dict[str, Row]] = {}
+            for campaign, row in rows.items():
+                by_shard.setdefault(shard_of(campaign, shards), {})[campaign] = row
+            parts = [table.get(bucket_key(channel, window, start, shard)) for shard in range(shards)]
+            # The cap is the channel's, over all shards: a shard takes new campaigns while the bucket's
+            # shards hold fewer than the cap of their own.
+            own = [own_campaigns(part) for part in parts]
+            was_overflowing = any(part is not None and overflowing(part) for part in parts)
+            # A shard the block carries no rows of still folds the source's older pending block, as a
+            # bucket kept whole did with any partial: else a shard whose campaigns went quiet would keep
+            # it pending for good, out of reach of the total's retirement (only the base retires).
+            for shard, part in enumerate(parts):
+                if shard not in by_shard and part is not None and part["p"].get(src, (block,))[0] < block:
+                    by_shard[shard] = {}
+            for shard, shard_rows in by_shard.items():
+                key = bucket_key(channel, window, start, shard)
+                if key in quarantine:
+                    continue
+                cap = None if config.max_campaigns is None else config.max_campaigns - sum(own) + own[shard]
+                try:
+                    merged = merge(parts[shard], src, block, upto, shard_rows, cap)
+                    size = None if merged is None else encoded_over(merged, config.max_value_bytes)
+                    if merged is not None and size is None:
+                        table[key] = merged
+                except Exception as exc:  # noqa: BLE001 - one key never stops the agent
+                    quarantine.add(key, "merge", exc)
+                    continue
+                if merged is None:
+                    continue
+                if size is not None:
+                    message = (
+                        f"the bucket's shard would be {size} bytes, more than its changelog takes "
+                        f"({config.max_value_bytes}): its updates are dropped; raise ADPULSE_BUCKET_SHARDS, "
+                        "lower ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL or shorten the campaign names"
                     )
+                    quarantine.add(key, "size", ValueError(message))
+                    continue
+                own[shard] = own_campaigns(merged)
+                index.add(channel, window, start, shard)
+                closer.touched(channel, window, start)
+                if overflowing(merged) and not was_overflowing:
+                    was_overflowing = True
+                    metrics.overflowing_buckets.inc()
+                    if channel not in overflow_logged and len(overflow_logged) < MAX_LOGGED_OVERFLOWS:
+                        overflow_logged.add(channel)
+                        log.warning(
+                            "channel %r has more than %s campaigns in a %s window; the others are counted "
+                            "under (other) (ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL; logged once per channel)",
+                            channel,
+                            config.max_campaigns,
+                            window,
+                        )
 
     def sweep(partition: int) -> None:
         """Retention, in event time: once per ``SWEEP_S`` of ``partition``'s event time, drop the buckets of
@@ -342,31 +493,34 @@ def install(
                 continue
             expired = _expired(index, channel, config.retention_s, now)
             for window, start in expired:
-                key = bucket_key(channel, window, start)
-                if key in table:
-                    del table[key]
-                index.discard(channel, window, start)
+                drop(channel, window, start)
             if any(window == "1d" for window, _ in expired):
                 retire_total(channel)
 
+    def drop(channel: str, window: str, start: int) -> None:
+        for key in keys_of(channel, window, start):
+            if key in table:
+                del table[key]
+        index.discard(channel, window, start)
+        lookup.forget(channel, window, start)
+
     def retire_total(channel: str) -> None:
-        key = bucket_key(channel, TOTAL, 0)
-        value = table.get(key)
-        if value is None or key in quarantine:
-            return
         days = index.starts(channel, "1d")
         if not days:
-            del table[key]
-            index.discard(channel, TOTAL, 0)
+            drop(channel, TOTAL, 0)
             return
         live: set[str] = set()
         for start in days:
-            day = table.get(bucket_key(channel, "1d", start))
+            day = lookup(channel, "1d", start)
             if day is not None:
                 live |= campaigns_of(day)
-        retired = retire(value, live)
-        if retired is not None:
-            table[key] = retired
+        for key in keys_of(channel, TOTAL, 0):
+            value = table.get(key)
+            if value is None or key in quarantine:
+                continue
+            retired = retire(value, live)
+            if retired is not None:
+                table[key] = retired
 
     @app.agent(source, name="merge-partials")
     async def merge_partials(stream: faust.StreamT[bytes]) -> None:
@@ -437,7 +591,7 @@ def install(
                 by_partition.setdefault(p, set()).add(channel)
         watermark_of = {c: watermarks[p] for p, cs in by_partition.items() for c in cs}
         watermark = min(watermarks.values())
-        metrics.bucket_keys.set(len(table))
+        metrics.bucket_keys.set(index.buckets())
         due = list(closer.due(watermark_of, index.starts))
         # The rows are built off the event loop (thousands of campaigns take longer than a heartbeat
         # may wait); only this timer touches the snapshot's state, and table values never change in place.

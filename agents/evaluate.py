@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -537,7 +538,7 @@ class Evaluator:
         self,
         owned: Container[str],
         lookup: Lookup,
-        index_starts: Callable[[str, str], set[int]],
+        index_starts: Callable[[str, str], AbstractSet[int]],
         approvals: Mapping[str, bytes | str | None],
         watermark_s: float,
     ) -> tuple[list[Finding], dict[Fingerprint, float | None]]:
@@ -570,7 +571,7 @@ class Evaluator:
     def _spend(
         self,
         lookup: Lookup,
-        index_starts: Callable[[str, str], set[int]],
+        index_starts: Callable[[str, str], AbstractSet[int]],
         channel: str,
         campaign: str | None,
         period: str,

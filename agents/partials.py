@@ -20,6 +20,12 @@ tuple of ints once it has seen it, so its full collections no longer walk every 
 list of counts is tracked for good), and a row costs less (measured in ``docs/operations.md``). A value
 read back from the changelog (JSON: lists, a fresh string per name) is compacted the same way.
 
+A bucket is kept in shards (``shard_of``: a stable hash of the campaign, the same in every process and
+version): each shard is a bucket value of its own holding the rows of its campaigns, merged on its own, so
+that a changelog record holds a part of a channel's campaigns and a merge rewrites only the shards the
+partial carries campaigns of. ``combined`` joins a bucket's shards for reading; ``split`` cuts a value kept
+whole (by a version before shards) into them.
+
 Bounds, so that a bucket's changelog record stays small whatever the sources send: the base keeps at
 most ``max_campaigns`` campaigns of its own (besides ``-``), the rest are counted under
 ``OVERFLOW_CAMPAIGN`` (channel totals stay exact; which campaigns keep their own row can depend on the
@@ -30,6 +36,7 @@ order blocks of different source partitions arrive in); and every count in the b
 from __future__ import annotations
 
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypedDict, cast
 
@@ -212,3 +219,59 @@ def _folded(base: dict[str, Row], rows: dict[str, Row], max_campaigns: int | Non
         else:
             result[campaign] = tuple([min(a + b, CEILING) for a, b in zip(target, counts, strict=True)])
     return result
+
+
+def shard_of(campaign: str, shards: int) -> int:
+    """The shard that holds ``campaign``'s rows: CRC-32 of its UTF-8 bytes (Python's ``hash`` of a string
+    differs between processes), modulo ``shards``."""
+    return zlib.crc32(campaign.encode("utf-8", "surrogatepass")) % shards
+
+
+def own_campaigns(value: BucketValue | None) -> int:
+    """How many campaigns of its own the base holds (``-`` and ``OVERFLOW_CAMPAIGN`` are none)."""
+    if value is None:
+        return 0
+    base = value["b"]
+    return len(base) - (NO_CAMPAIGN in base) - (OVERFLOW_CAMPAIGN in base)
+
+
+def combined(parts: Sequence[BucketValue]) -> BucketValue:
+    """A bucket's shards as one value to read (``totals``, ``campaigns_of``; not to merge into): the bases
+    joined, each shard's pending blocks kept apart. A campaign's rows are in one shard, except
+    ``OVERFLOW_CAMPAIGN``, which each shard at the cap or retiring campaigns has: its rows are added up
+    (not saturated: ``totals`` are unbounded). Rows are shared, not copied."""
+    if len(parts) == 1:
+        return parts[0]
+    base: dict[str, Row] = {}
+    pending: dict[str, Pending] = {}
+    for shard, part in enumerate(parts):
+        rows = part["b"]
+        both = base.keys() & rows.keys()
+        earlier = {campaign: base[campaign] for campaign in both}
+        base.update(rows)
+        for campaign in both:
+            base[campaign] = tuple([a + b for a, b in zip(earlier[campaign], rows[campaign], strict=True)])
+        for src, blocks in part["p"].items():
+            pending[f"{shard}:{src}"] = blocks
+    return {"b": base, "p": pending, "f": {}}
+
+
+def split(value: BucketValue, shards: int) -> list[BucketValue]:
+    """``value`` (a bucket kept whole) cut into its ``shards``: each holds the base and pending rows of its
+    campaigns, and every one the blocks folded and pending per source, so that a replayed block is
+    recognised whichever shard its rows go to (a row of a capped campaign went into another one's
+    ``OVERFLOW_CAMPAIGN`` row)."""
+    parts: list[BucketValue] = [
+        {
+            "b": {},
+            "p": {src: [block, upto, {}] for src, (block, upto, _rows) in value["p"].items()},
+            "f": dict(value["f"]),
+        }
+        for _ in range(shards)
+    ]
+    for campaign, row in value["b"].items():
+        parts[shard_of(campaign, shards)]["b"][campaign] = row
+    for src, (_block, _upto, rows) in value["p"].items():
+        for campaign, row in rows.items():
+            parts[shard_of(campaign, shards)]["p"][src][2][campaign] = row
+    return parts

@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> list[Day]:
                 ADPULSE_HOME=str(workdir / "home"),
                 ADPULSE_ENV_FILE=str(workdir / "no.env"),
                 ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL=str(args.max_campaigns or args.campaigns),
+                ADPULSE_BUCKET_SHARDS=str(args.bucket_shards),
                 # Judge the whole month (a first start judges only the last day of history by default),
                 # and never let the producer's pauses count as idle partitions.
                 ADPULSE_ALERT_LOOKBACK_S=str((args.days + 2) * DAY_S),
@@ -330,7 +331,8 @@ def markdown(days: list[Day], args: argparse.Namespace, info: dict[str, str], co
         f"{args.channels} channels × {args.campaigns:,} live campaigns, {args.churn:.0%} of them replaced "
         f"each day ({days[-1].campaigns_seen:,} campaigns seen in all), {args.records_per_minute:,} records "
         f"per simulated minute, {args.days} simulated days on {args.broker}, {args.partitions} partitions, "
-        f"flush every {args.flush_interval} s, default retentions. Wall time {days[-1].wall_s / 60:.0f} min.",
+        f"flush every {args.flush_interval} s, {args.bucket_shards} bucket shards, default retentions. "
+        f"Wall time {days[-1].wall_s / 60:.0f} min.",
         "",
         "| day | wall s | worker RSS MiB | buckets | snapshot ms (mean) | judging ms (mean per tick) "
         "| stalls > 0.1 s | GC pauses > 0.1 s | max stall s | Redis MiB | snapshot rows | judged marks |",
@@ -367,6 +369,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-campaigns", type=int, help="ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL (default --campaigns)"
     )
     parser.add_argument("--flush-interval", type=float, default=1.0, help="ADPULSE_FLUSH_INTERVAL_S (1.0)")
+    parser.add_argument("--bucket-shards", type=int, default=1, help="ADPULSE_BUCKET_SHARDS (1)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--bootstrap", help="reuse this Kafka-compatible broker instead of starting one")

@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from agents.buckets import SEP, BucketIndex, _expired, bucket_key, parse_partial, split_key
+from agents.buckets import (
+    SEP,
+    WHOLE,
+    BucketIndex,
+    BucketViews,
+    _expired,
+    bucket_key,
+    parse_partial,
+    split_key,
+)
+from agents.partials import BucketValue, merge, totals
 
 
 def test_index_follows_writes_and_deletes() -> None:
@@ -72,7 +82,7 @@ def test_a_key_that_does_not_split_is_handed_over_once_and_the_rest_are_indexed(
     assert index.channels() == {"wechat"}
     with pytest.raises(ValueError):
         split_key(keys[1])
-    assert split_key(keys[0]) == ("wechat", "1m", 120)
+    assert split_key(keys[0]) == ("wechat", "1m", 120, WHOLE)
 
 
 GOOD: dict[str, Any] = {
@@ -144,3 +154,79 @@ def test_judged_marks_expire_with_their_windows_retention() -> None:
     assert not _judged_expired("douyin|spring|1h", 0, 3601.0, retention)
     assert not _judged_expired("douyin|-|1m", 0, 3600.0, retention)
     assert not _judged_expired("douyin|-|weird", 0, 1e12, retention)
+
+
+def test_keys_name_a_shard_and_a_key_without_one_is_a_bucket_kept_whole() -> None:
+    assert split_key(bucket_key("wechat", "1h", 3600, 5)) == ("wechat", "1h", 3600, 5)
+    assert bucket_key("wechat", "1h", 3600) == f"wechat{SEP}1h{SEP}3600"  # what versions before shards wrote
+    for junk in (
+        f"wechat{SEP}1h{SEP}3600{SEP}x",
+        f"wechat{SEP}1h{SEP}0{SEP}-1",
+        f"a{SEP}1h{SEP}0{SEP}1{SEP}2",
+    ):
+        with pytest.raises(ValueError):
+            split_key(junk)
+
+
+def test_index_counts_keys_and_buckets_and_forgets_a_bucket_with_all_its_shards() -> None:
+    index = BucketIndex()
+    for shard in (0, 3, 3, WHOLE):
+        index.add("jd", "1d", 0, shard)
+    index.add("jd", "1m", 60, 1)
+    assert index.buckets() == 2 and index.starts("jd", "1d") == {0}
+    index.discard("jd", "1d", 0, WHOLE)  # the whole key, once cut into shards
+    index.discard("jd", "1d", 0, 0)
+    assert index.starts("jd", "1d") == {0} and index.buckets() == 2  # shard 3 is left
+    index.discard("jd", "1d", 0)
+    assert index.starts("jd", "1d") == set() and index.buckets() == 1
+    # In keys: a table of the same size as the index (one key per shard) is not listed again.
+    index.sync(1, lambda: pytest.fail("listed"))
+    keys = [bucket_key("jd", "1m", 60, 1), bucket_key("jd", "1m", 60, 2), bucket_key("jd", "1h", 0)]
+    rebuilt = BucketIndex()
+    rebuilt.sync(len(keys), lambda: keys)
+    assert rebuilt.buckets() == 2 and rebuilt.starts("jd", "1m") == {60}
+    rebuilt.sync(len(keys), lambda: pytest.fail("listed"))
+    assert rebuilt.buckets() == 2
+
+
+def test_views_join_a_buckets_shards_and_stay_the_same_object_while_none_changes() -> None:
+    table: dict[str, BucketValue] = {}
+
+    def put(shard: int, campaign: str, clicks: int) -> None:
+        value = merge(
+            table.get(bucket_key("jd", "1m", 60, shard)), "clicks/0", 0, clicks, {campaign: [clicks]}
+        )
+        assert value is not None
+        table[bucket_key("jd", "1m", 60, shard)] = value
+
+    views = BucketViews(table.get, shards=4)
+    assert views("jd", "1m", 60) is None
+    put(1, "a", 1)
+    assert views("jd", "1m", 60) is table[bucket_key("jd", "1m", 60, 1)]  # one shard: itself
+    put(2, "b", 2)
+    view = views("jd", "1m", 60)
+    assert view is not None and totals(view) == {"a": [1], "b": [2]}
+    assert views("jd", "1m", 60) is view  # unchanged: the same object (the snapshot tells by identity)
+    put(2, "b", 5)
+    changed = views("jd", "1m", 60)
+    assert changed is not view and changed is not None and totals(changed) == {"a": [1], "b": [5]}
+    # A bucket kept whole by a version before shards is read as it is, shards or not.
+    whole = merge(None, "clicks/0", 0, 9, {"a": [7]})
+    assert whole is not None
+    table[bucket_key("jd", "1m", 60)] = whole
+    assert views("jd", "1m", 60) is whole
+
+
+def test_views_keep_a_bounded_number_of_rows() -> None:
+    table: dict[str, BucketValue] = {}
+    for start in range(10):
+        for shard in range(2):
+            value = merge(None, "clicks/0", 0, 9, {f"c{shard}-{i}": [1] for i in range(10)})
+            assert value is not None
+            table[bucket_key("jd", "1m", start * 60, shard)] = value
+    views = BucketViews(table.get, shards=2, max_rows=50)
+    first = views("jd", "1m", 0)
+    for start in range(1, 10):
+        assert views("jd", "1m", start * 60) is not None
+    assert views._rows == 40  # noqa: SLF001 - the bound is what this tests
+    assert views("jd", "1m", 0) is not first  # evicted: joined again (equal, a new object)

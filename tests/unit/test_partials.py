@@ -16,12 +16,16 @@ from agents.partials import (
     CEILING,
     BucketValue,
     campaigns_of,
+    combined,
     compact,
     empty,
     encoded_over,
     merge,
     overflowing,
+    own_campaigns,
     retire,
+    shard_of,
+    split,
     totals,
 )
 from agents.snapshot import counts_of
@@ -293,6 +297,28 @@ def test_any_interleaving_of_replayed_sources_sums_the_final_blocks(
     got = totals(value) if value is not None else {}
     assert {c: v for c, v in got.items() if any(v)} == {c: v for c, v in expected.items() if any(v)}
 
+    # The same partials merged into shards as the bucket agent does (each gets the rows of its campaigns,
+    # and folds an older pending block when a newer one starts) sum to the same, read through ``combined``.
+    shards: dict[int, BucketValue] = {}
+    positions = [0] * len(queues)
+    while any(pos < len(queue) for pos, queue in zip(positions, queues, strict=True)):
+        ready = [i for i, queue in enumerate(queues) if positions[i] < len(queue)]
+        i = rnd.choice(ready)  # type: ignore[attr-defined]
+        block, upto, rows = queues[i][positions[i]]
+        positions[i] += 1
+        by_shard: dict[int, dict[str, list[int]]] = {}
+        for campaign, counts in rows.items():
+            by_shard.setdefault(shard_of(campaign, 2), {})[campaign] = counts
+        for shard, part in shards.items():  # a shard without rows folds an older pending block too
+            if shard not in by_shard and part["p"].get(f"clicks/{i}", [block])[0] < block:
+                by_shard[shard] = {}
+        for shard, shard_rows in by_shard.items():
+            new = merge(shards.get(shard), f"clicks/{i}", block, upto, shard_rows)
+            if new is not None:
+                shards[shard] = new
+    got = totals(combined(list(shards.values()))) if shards else {}
+    assert {c: v for c, v in got.items() if any(v)} == {c: v for c, v in expected.items() if any(v)}
+
 
 def test_retiring_campaigns_keeps_the_channel_total_and_frees_their_rows() -> None:
     value = merged(
@@ -353,3 +379,34 @@ def test_a_value_read_back_from_the_changelog_is_compacted_and_merges_on_as_befo
     for partial in (("clicks/0", 1, 19, {"b": vec(400, 3)}), ("clicks/0", 2, 29, {"a": vec(5)})):
         assert merge(recovered, *partial) == merge(value, *partial)
     assert compact({"not": "a bucket"}) == {"not": "a bucket"}  # left for the merge to quarantine
+
+
+def test_shards_are_a_stable_hash_of_the_campaign_not_pythons() -> None:
+    # CRC-32: the same in every process and version (Python's str hash is salted per process).
+    assert [shard_of(c, 8) for c in ("-", OVERFLOW_CAMPAIGN, "c1", "双十一")] == [0, 2, 1, 2]
+    assert {shard_of(f"c{i}", 8) for i in range(100)} == set(range(8))
+
+
+def test_a_bucket_kept_whole_cut_into_shards_reads_the_same_and_recognises_replays_in_every_shard() -> None:
+    value = merged(
+        ("clicks/0", 0, 9, {"-": vec(1), "a": vec(2), "b": vec(3), "c": vec(4)}),
+        ("clicks/0", 1, 19, {"a": vec(5), "d": vec(6)}),
+        ("spend/0", 3, 30, {"c": vec(0, 0, 0, 0, 0, 0, 7)}),
+    )
+    assert value is not None
+    parts = split(value, 4)
+    assert len(parts) == 4 and totals(combined(parts)) == totals(value)
+    assert all(part["f"] == value["f"] and set(part["p"]) == set(value["p"]) for part in parts)
+    # A replay of a folded block, or of the pending one, changes no shard, whichever campaigns it carries.
+    for campaign in ("a", "b", "zz"):
+        shard = shard_of(campaign, 4)
+        assert merge(parts[shard], "clicks/0", 0, 9, {campaign: vec(2)}) is None
+        assert merge(parts[shard], "clicks/0", 1, 18, {campaign: vec(5)}) is None
+
+
+def test_combined_adds_up_the_other_row_each_shard_may_hold() -> None:
+    left = merged(("clicks/0", 0, 9, {"a": vec(1), OVERFLOW_CAMPAIGN: vec(2)}))
+    right = merged(("clicks/1", 0, 9, {"b": vec(3), OVERFLOW_CAMPAIGN: vec(4)}), ("clicks/1", 1, 10, {}))
+    assert left is not None and right is not None
+    assert totals(combined([left, right])) == {"a": vec(1), "b": vec(3), OVERFLOW_CAMPAIGN: vec(6)}
+    assert own_campaigns(right) == 1 and own_campaigns(None) == 0
