@@ -179,9 +179,31 @@ def _faust_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(ssl_context)
 
 
+#: Campaigns one bucket shard holds within Faust's 1 MB changelog record for keyed trackers (three source
+#: partitions writing a channel, names of up to ~60 bytes: docs/operations.md, "Campaigns per channel").
+CAMPAIGNS_PER_SHARD = 2000
+
+
+def shard_advice(max_campaigns: int, shards: int) -> str | None:
+    """What to tell an operator whose campaign cap outgrows the bucket shards (None: it fits)."""
+    if max_campaigns <= shards * CAMPAIGNS_PER_SHARD:
+        return None
+    needed = -(-max_campaigns // CAMPAIGNS_PER_SHARD)
+    return (
+        f"ADPULSE_MAX_CAMPAIGNS_PER_CHANNEL={max_campaigns} with ADPULSE_BUCKET_SHARDS={shards}: a "
+        f"bucket shard may hold up to {-(-max_campaigns // shards)} campaigns and outgrow the 1 MB "
+        "changelog record (it then stops updating, counted in "
+        f'adpulse_quarantined_total{{where="size"}}); set ADPULSE_BUCKET_SHARDS to {needed} or more '
+        "(twice that for unkeyed trackers), on every worker at once"
+    )
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM."""
     settings.home.mkdir(parents=True, exist_ok=True)
+    advice = shard_advice(settings.max_campaigns_per_channel, settings.bucket_shards)
+    if advice is not None:
+        log.warning("%s", advice)
     app = build_worker_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()
