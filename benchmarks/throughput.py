@@ -64,8 +64,9 @@ SOURCES = ("clicks", "orders", "spend")
 WORKER_CODE = (
     "from adpulse.settings import Settings; from adpulse.worker import run_worker; run_worker(Settings())"
 )
-TARGET_EVENTS_PER_S = 60_000
-TARGET_RATIO = 0.20
+#: Issue 13's targets for one worker.
+TARGET_EVENTS_PER_S = 100_000
+TARGET_RATIO = 0.40
 
 
 def markers(broker: str) -> tuple[str, str]:
