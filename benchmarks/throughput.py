@@ -64,7 +64,7 @@ SOURCES = ("clicks", "orders", "spend")
 WORKER_CODE = (
     "from adpulse.settings import Settings; from adpulse.worker import run_worker; run_worker(Settings())"
 )
-#: Issue 13's targets for one worker.
+#: What one worker must reach on this benchmark (scale targets of the project).
 TARGET_EVENTS_PER_S = 100_000
 TARGET_RATIO = 0.40
 
