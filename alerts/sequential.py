@@ -63,7 +63,6 @@ from __future__ import annotations
 import math
 import struct
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
@@ -87,6 +86,8 @@ PRIOR_BLOCKS: Final = 12.0
 #: A run whose evidence reached this share of its threshold is a likely drop: its blocks are kept out of
 #: the over-dispersion and, if it is at least ``min_drop`` deep, its hours out of the hourly baselines.
 LIKELY: Final = 0.75
+#: The last drops found or likely a track remembers (their blocks never count towards φ).
+DROPS: Final = 8
 #: The hour-to-hour wobble is estimated from this many hours at least (fewer: ``tau_floor``).
 MIN_WOBBLE_HOURS: Final = 6
 #: Beyond this many standard deviations an hour counts towards the wobble as if it were this many.
@@ -355,11 +356,12 @@ class _Track:
     # found or likely (start, end; None while on: their blocks never settle, also when a likely one
     # fizzles out: a drop nobody caught must not pass for noise), and φ itself (None: fewer than 3
     # blocks yet). The settled blocks and the block being filled are flat arrays of doubles, three a
-    # block: a tuple of three floats per block cost ~140 bytes, its doubles 24.
+    # block: a tuple of three floats per block cost ~140 bytes, its doubles 24. The few waiting blocks and
+    # drops are lists (a deque costs ~700 bytes however short).
     blocks: array[float] = field(default_factory=lambda: array("d"))
-    waiting: deque[tuple[int, tuple[float, float, float]]] = field(default_factory=deque)
+    waiting: list[tuple[int, tuple[float, float, float]]] = field(default_factory=list)
     block: array[float] = field(default_factory=lambda: array("d", (0.0, 0.0, 0.0)))
-    drops: deque[tuple[int, int | None]] = field(default_factory=lambda: deque(maxlen=8))
+    drops: list[tuple[int, int | None]] = field(default_factory=list)
     phi: float | None = None
     per_minute: float = 0.0  # the denominator per minute over the same blocks
     fresh: int = 0  # blocks settled since φ was measured
@@ -666,6 +668,7 @@ class SequentialJudge:
             track.drops[-1] = (min(track.drops[-1][0], since), None)
         else:
             track.drops.append((since, None))
+            del track.drops[:-DROPS]
 
     def _track(self, subject: _Subject, kpi: Kpi) -> _Track:
         track = subject.tracks.get(kpi.name)
@@ -715,7 +718,7 @@ class SequentialJudge:
             track.waiting.append((start_s + MINUTE_S - BLOCK_S, (block[0], block[1], block[2])))
         block[0] = block[1] = block[2] = 0.0
         while track.waiting and track.waiting[0][0] <= start_s - self.config.settle_minutes * MINUTE_S:
-            began, counted = track.waiting.popleft()
+            began, counted = track.waiting.pop(0)
             if not any(a < began + BLOCK_S and (b is None or began < b) for a, b in track.drops):
                 track.blocks.extend(counted)
                 del track.blocks[: max(0, len(track.blocks) - 3 * BLOCKS)]
