@@ -255,12 +255,8 @@ class PartitionFold:
         # The first run's receive times for the offsets it judged by them (from the rebuild point on).
         self._steps = sorted(steps, key=lambda step: step.first)
         self._replay_steps = deque(step for step in self._steps if step.last >= checkpoint.offset)
-        # channel -> (campaign, minute) -> counts, for the current block only.
-        self._acc: dict[str, dict[tuple[str, int], list[int]]] = {}
-        # channel -> minutes changed since the last flush (only their roll-ups are re-sent).
-        self._dirty: dict[str, set[int]] = {}
-        # channel -> the campaigns with rows of their own in the current block (at most the cap).
-        self._campaigns: dict[str, set[str]] = {}
+        # channel -> what the current block folded of it.
+        self._channels: dict[str, _Channel] = {}
         # Dedup: event_id -> minute; per minute, the ids and the smallest offset that added one.
         self._seen: dict[str, int] = {}
         self._seen_by_minute: defaultdict[int, list[str]] = defaultdict(list)
@@ -271,7 +267,8 @@ class PartitionFold:
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._fast = fast_check(topic, config.currency)
         self.late_within_grace = 0
-        # Accepted records per channel since the last ``drain_accepted`` (data-health ratios need them).
+        # Accepted records per channel of closed blocks since the last ``drain_accepted`` (the open block's
+        # are in ``_Channel.accepted``).
         self._accepted_by_channel: dict[str, int] = {}
 
     # -- restart -------------------------------------------------------------------------------
@@ -357,8 +354,7 @@ class PartitionFold:
         seen = self._seen
         seen_by_minute = self._seen_by_minute
         first_offset = self._first_offset_by_minute
-        acc = self._acc
-        dirty = self._dirty
+        channels = self._channels
         outcomes = self.outcomes
         topic = self.topic
         fast = self._fast
@@ -366,7 +362,6 @@ class PartitionFold:
         start = position = self.position
         watermark = self.watermark_ms
         ahead = False
-        by_channel = self._accepted_by_channel
         accepted = within_grace = 0
         # The dedup list of the last record's minute: records come roughly in event-time order.
         last_minute = -1
@@ -379,7 +374,7 @@ class PartitionFold:
                 self.position, self.watermark_ms = position, watermark
                 self._close_block(out, offset // block_records, record)
                 block_end = (self.block + 1) * block_records
-                acc = self._acc
+                channels = self._channels
                 last_minute = -1  # the block's eviction may have dropped that minute's list
             position = offset + 1
             try:
@@ -436,19 +431,16 @@ class PartitionFold:
                     within_grace += 1
                 elif capped > watermark:
                     watermark = capped
-                cells = acc.get(channel)
-                if cells is None:
-                    cells = acc[channel] = {}
-                cell = cells.get((campaign, minute))
+                folded = channels.get(channel)
+                if folded is None:
+                    folded = channels[channel] = _Channel()
+                cell = folded.cells.get((campaign, minute))
                 if cell is None:
-                    cell = self._new_cell(cells, channel, campaign, minute, out)
+                    cell = self._new_cell(folded, channel, campaign, minute, out)
                 for slot, amount in contribution:
                     cell[slot] += amount
-                minutes = dirty.get(channel)
-                if minutes is None:
-                    minutes = dirty[channel] = set()
-                minutes.add(minute)
-                by_channel[channel] = by_channel.get(channel, 0) + 1
+                folded.dirty.add(minute)
+                folded.accepted += 1
                 accepted += 1
             except Exception as exc:  # noqa: BLE001 - one record never stops the stage: it goes to the DLQ
                 outcomes["invalid"] += 1
@@ -463,31 +455,32 @@ class PartitionFold:
     def flush(self) -> list[Partial]:
         """Partials of every channel changed since the last flush: the absolute block totals of the
         buckets (1m, 1h, 1d, total) those changes touched; untouched buckets keep their last value."""
-        partials = [self._partial(channel, minutes) for channel, minutes in sorted(self._dirty.items())]
-        self._dirty.clear()
+        partials = []
+        for channel, folded in sorted(self._channels.items()):
+            if folded.dirty:
+                partials.append(self._partial(channel, folded))
+                folded.dirty = set()
         return partials
 
     def drain_accepted(self) -> dict[str, int]:
         """Accepted records per channel since the last call (replays count again: these feed data-health
         ratios, not KPIs)."""
         drained, self._accepted_by_channel = self._accepted_by_channel, {}
+        for channel, folded in self._channels.items():
+            if folded.accepted:
+                drained[channel] = drained.get(channel, 0) + folded.accepted
+                folded.accepted = 0
         return drained
 
     # -- internals -----------------------------------------------------------------------------
 
     def _new_cell(
-        self,
-        cells: dict[tuple[str, int], list[int]],
-        channel: str,
-        campaign: str,
-        minute: int,
-        out: FoldOutput,
+        self, folded: _Channel, channel: str, campaign: str, minute: int, out: FoldOutput
     ) -> list[int]:
         """The counters of a (campaign, minute) the block has none for yet, the campaign cap applied."""
+        cells = folded.cells
         if campaign != NO_CAMPAIGN:
-            own = self._campaigns.get(channel)
-            if own is None:
-                own = self._campaigns[channel] = set()
+            own = folded.campaigns
             if campaign not in own:
                 if len(own) >= self.config.max_campaigns_per_channel:
                     out.overflow[channel] = out.overflow.get(channel, 0) + 1
@@ -504,23 +497,26 @@ class PartitionFold:
         out.partials.extend(self.flush())
         self._evict()
         self.block = next_block
-        self._acc = {}
-        self._campaigns = {}
+        carried = self._accepted_by_channel
+        for channel, folded in self._channels.items():
+            if folded.accepted:
+                carried[channel] = carried.get(channel, 0) + folded.accepted
+        self._channels = {}
         offset = next_block * self.config.block_records
         rebuild_from, ahead = self._rebuild_point(offset)
         out.checkpoints.append(
             Checkpoint(offset, self.watermark_ms, rebuild_from, self.base, ahead, Anchor.of(record))
         )
 
-    def _partial(self, channel: str, dirty_minutes: set[int]) -> Partial:
+    def _partial(self, channel: str, folded: _Channel) -> Partial:
         rows: dict[tuple[str, int, str], list[int]] = {}
         calendar = self.calendar
         touched = {(TOTAL, 0)}
-        for minute in dirty_minutes:
+        for minute in folded.dirty:
             touched.update(
                 (("1m", minute), ("1h", calendar.hour_start(minute)), ("1d", calendar.day_start(minute)))
             )
-        for (campaign, minute), counts in self._acc.get(channel, {}).items():
+        for (campaign, minute), counts in folded.cells.items():
             for window, start in (
                 ("1m", minute),
                 ("1h", calendar.hour_start(minute)),
@@ -597,6 +593,22 @@ class PartitionFold:
     def dedup_size(self) -> int:
         """How many event ids the dedup set holds now."""
         return len(self._seen)
+
+
+class _Channel:
+    """What the current block folded of one channel."""
+
+    __slots__ = ("accepted", "campaigns", "cells", "dirty")
+
+    def __init__(self) -> None:
+        #: (campaign, minute) -> counts.
+        self.cells: dict[tuple[str, int], list[int]] = {}
+        #: The campaigns with rows of their own (at most the cap).
+        self.campaigns: set[str] = set()
+        #: Minutes changed since the last flush (only their roll-ups are re-sent).
+        self.dirty: set[int] = set()
+        #: Accepted records since the last ``drain_accepted``.
+        self.accepted = 0
 
 
 class _StepCursor:

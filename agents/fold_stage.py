@@ -524,13 +524,16 @@ class FoldStage:
         """Queue a fold output in order: rejects and the partials of each closed block, its checkpoint."""
         fold = part.fold
         messages: list[_Message] = []
+        dlq_topic = self.config.topic("dlq")
+        reasons: dict[str, int] = {}
         for record, rejection in out.rejects:
             self.health.reject(record.key, record.value, rejection)
             value = dlq_value(record, rejection, self._message_limit)
-            messages.append(
-                _Message(self.config.topic("dlq"), value, dlq_key(record), None, dlq_headers(rejection))
-            )
-            self.metrics.dlq.labels(fold.topic, rejection.reason).inc()
+            messages.append(_Message(dlq_topic, value, dlq_key(record), None, dlq_headers(rejection)))
+            reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
+        # Once per reason and fetch: each labelled increment takes a lock and a label lookup (~1 µs).
+        for reason, count in reasons.items():
+            self.metrics.dlq.labels(fold.topic, reason).inc(count)
         self._note_overflow(fold, out.overflow)
         partials = out.partials
         for checkpoint in out.checkpoints:

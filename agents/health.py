@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from agents.evaluate import vector_counts
@@ -50,6 +51,7 @@ from streams.windows import MINUTE_S, TOTAL, Calendar
 
 log = logging.getLogger(__name__)
 Lookup = Callable[[str, str, int], BucketValue | None]
+_TIMESTAMP = attrgetter("timestamp")
 #: Where channels beyond the tally's bound are counted (a stream of junk keys must not grow Redis).
 OTHER = "(other)"
 
@@ -100,11 +102,14 @@ class HealthTally:
         if rejection.reason == "invalid" and rejection.field:
             self.add(channel, f"{FIELD_PREFIX}{rejection.field}:{rejection.problem or 'invalid'}")
 
-    def stamps(self, records: Iterable[SourceRecord], received_ms: int) -> None:
+    def stamps(self, records: Sequence[SourceRecord], received_ms: int) -> None:
         """Records fetched at ``received_ms``: note those whose Kafka timestamp is ahead of it. A CreateTime
         later than the fetch is a producer clock running fast; one earlier says nothing (the record may have
         waited in a backlog)."""
         limit = received_ms + self.ahead_ms
+        # One pass in C over the common fetch, where no record is ahead.
+        if max(map(_TIMESTAMP, records), default=limit) <= limit:
+            return
         for record in records:
             if record.timestamp > limit:
                 channel = record_channel(record.key, record.value)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from streams.codec import (
+    _KNOWN_NAMES_MAX,
     CARTS,
     CLICKS,
     GMV,
@@ -25,6 +26,8 @@ from streams.codec import (
     Rejection,
     _fast,
     _from_model,
+    _good_campaigns,
+    _good_channels,
     decode,
     to_micros,
 )
@@ -638,3 +641,13 @@ def test_decode_never_raises(topic: str, name: str, value: object) -> None:
     doc[name] = value
     result = decode(topic, orjson.dumps(doc), CUR, MAX)
     assert isinstance(result, (Accepted, Rejection))
+
+
+def test_the_names_the_hand_check_remembers_are_bounded() -> None:
+    for i in range(_KNOWN_NAMES_MAX + 10):
+        assert isinstance(dec("clicks", click(channel=f"ch{i}", campaign=f"c{i}")), Accepted)
+    assert 0 < len(_good_channels) <= _KNOWN_NAMES_MAX
+    assert 0 < len(_good_campaigns) <= _KNOWN_NAMES_MAX
+    # A remembered name is still judged whole: the campaign rule holds for a known channel name.
+    assert dec("clicks", click(channel="ch1", campaign="a|b")) == dec("clicks", click(campaign="a|b"))
+    assert isinstance(dec("clicks", click(channel="ch1", campaign="a|b")), Rejection)

@@ -1181,3 +1181,29 @@ def test_decision_mix_of_the_generator_is_varied() -> None:
     collect()
     for what in ("accepted", "duplicate", "late", "invalid", "lwg", "future", "checkpoint", "step"):
         assert mix[what] > 0, mix
+
+
+def test_a_late_id_of_a_minute_evicted_in_the_same_fetch_is_forgotten_later() -> None:
+    # The fold keeps the last record's minute list at hand; a block boundary may evict that very minute.
+    f = fold(config(block=2, grace_s=0))
+    out = f.process(
+        [
+            click(0, "a", T0 + 180_000),
+            click(1, "b", T0),  # late, remembered under the minute T0
+            click(2, "c", T0 + 1),  # block 1: the minute T0 was evicted just before this record
+            click(3, "d", T0 + 180_001),
+            click(4, "e", T0 + 180_002),  # block 2: the minute T0 is evicted again, "c" with it
+        ],
+        NOW,
+    )
+    assert [len(out.checkpoints), f.outcomes["late"], f.outcomes["accepted"]] == [2, 2, 3]
+    assert f.dedup_size == 3  # a, d and e
+
+
+def test_accepted_records_per_channel_cover_the_blocks_closed_in_between() -> None:
+    f = fold(config(block=4))
+    f.process([click(i, f"e{i}", T0 + i, channel="jd" if i % 3 else "taobao") for i in range(10)], NOW)
+    assert f.drain_accepted() == {"jd": 6, "taobao": 4}
+    f.process([click(10, "e10", T0 + 10)], NOW)
+    assert f.drain_accepted() == {"douyin": 1}
+    assert f.drain_accepted() == {}
