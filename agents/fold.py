@@ -224,6 +224,9 @@ class FoldOutput:
     steps: list[ClockStep] = field(default_factory=list)
     #: channel -> events counted under ``OVERFLOW_CAMPAIGN`` (the channel had its fill of campaigns).
     overflow: dict[str, int] = field(default_factory=dict)
+    #: The largest Kafka timestamp of the records processed (0 if none): data health looks for records
+    #: stamped ahead of the worker's clock only when this is.
+    newest_stamp: int = 0
 
 
 OUTCOMES = ("accepted", "invalid", "late", "duplicate")
@@ -363,11 +366,17 @@ class PartitionFold:
         watermark = self.watermark_ms
         ahead = False
         accepted = within_grace = 0
-        # The dedup list of the last record's minute: records come roughly in event-time order.
-        last_minute = -1
+        newest = out.newest_stamp
+        # The last record's minute, as [minute_ms, minute_end_ms), its start in seconds, when its window
+        # closes (minute_end_ms + grace) and its dedup list: records come roughly in event-time order, and
+        # this spares the big-integer arithmetic and the lookups of a new minute.
+        minute_ms = minute_end_ms = closes_ms = minute = 0
         minute_ids: list[str] = []
         for record in records:
             offset = record.offset
+            sent = record.timestamp
+            if sent > newest:
+                newest = sent
             if offset < position:
                 continue  # already folded (a re-delivered fetch)
             if offset >= block_end:
@@ -375,7 +384,7 @@ class PartitionFold:
                 self._close_block(out, offset // block_records, record)
                 block_end = (self.block + 1) * block_records
                 channels = self._channels
-                last_minute = -1  # the block's eviction may have dropped that minute's list
+                minute_ms = minute_end_ms = 0  # the block's eviction may have dropped that minute's list
             position = offset + 1
             try:
                 value = record.value
@@ -395,7 +404,6 @@ class PartitionFold:
                         out.rejects.append((record, decoded))
                         continue
                 event_id, ts, channel, campaign, contribution = decoded  # type: ignore[misc]
-                sent = record.timestamp
                 # The tracker's CreateTime can only lower its own bound, never raise it past the clock.
                 bound = sent if 0 < sent < clock else clock
                 if ts > bound:
@@ -412,18 +420,19 @@ class PartitionFold:
                     outcomes["duplicate"] += 1
                     out.rejects.append((record, _duplicate(event_id)))
                     continue
-                minute_ms = ts - ts % 60_000
-                minute = minute_ms // 1000
-                # _remember_minute, inlined on the hot path.
-                if minute != last_minute:
-                    if minute not in first_offset:
-                        self._place(minute)
-                        first_offset[minute] = offset
-                    minute_ids = seen_by_minute[minute]
-                    last_minute = minute
+                if not minute_ms <= ts < minute_end_ms:
+                    # _remember_minute, inlined on the hot path; the cache changes once _place passed.
+                    new_ms = ts - ts % 60_000
+                    new_minute = new_ms // 1000
+                    if new_minute not in first_offset:
+                        self._place(new_minute)
+                        first_offset[new_minute] = offset
+                    minute_ids = seen_by_minute[new_minute]
+                    minute, minute_ms, minute_end_ms = new_minute, new_ms, new_ms + 60_000
+                    closes_ms = minute_end_ms + grace_ms
                 seen[event_id] = minute
                 minute_ids.append(event_id)
-                if minute_ms + 60_000 + grace_ms <= watermark:
+                if closes_ms <= watermark:
                     outcomes["late"] += 1
                     out.rejects.append((record, _late(ts, watermark, grace_ms)))
                     continue
@@ -446,6 +455,7 @@ class PartitionFold:
                 outcomes["invalid"] += 1
                 out.rejects.append((record, _error(exc)))
         self.position, self.watermark_ms = position, watermark
+        out.newest_stamp = newest
         self.late_within_grace += within_grace
         outcomes["accepted"] += accepted
         if ahead and record_steps:

@@ -238,8 +238,9 @@ class FoldStage:
             if part is None or not part.ready or not records:
                 continue  # not ours, or paused for its rebuild: it is fetched again from its checkpoint
             self._last_seen[tp] = time.time()
-            outputs.append((tp, part, part.fold.process(records, received_ms)))
-            self.health.stamps(records, received_ms)
+            out = part.fold.process(records, received_ms)
+            outputs.append((tp, part, out))
+            self.health.stamps(records, received_ms, out.newest_stamp)
             self.health.accepted(part.fold.drain_accepted())
         steps = [(part, out.steps) for _, part, out in outputs if out.steps]
         if steps:

@@ -102,14 +102,15 @@ class HealthTally:
         if rejection.reason == "invalid" and rejection.field:
             self.add(channel, f"{FIELD_PREFIX}{rejection.field}:{rejection.problem or 'invalid'}")
 
-    def stamps(self, records: Sequence[SourceRecord], received_ms: int) -> None:
+    def stamps(self, records: Sequence[SourceRecord], received_ms: int, newest: int | None = None) -> None:
         """Records fetched at ``received_ms``: note those whose Kafka timestamp is ahead of it. A CreateTime
         later than the fetch is a producer clock running fast; one earlier says nothing (the record may have
-        waited in a backlog)."""
+        waited in a backlog). ``newest`` is their largest timestamp, if the caller knows it."""
         limit = received_ms + self.ahead_ms
-        # One pass in C over the common fetch, where no record is ahead.
-        if max(map(_TIMESTAMP, records), default=limit) <= limit:
-            return
+        if newest is None:
+            newest = max(map(_TIMESTAMP, records), default=limit)  # one pass in C
+        if newest <= limit:
+            return  # the common fetch: no record ahead
         for record in records:
             if record.timestamp > limit:
                 channel = record_channel(record.key, record.value)

@@ -1207,3 +1207,15 @@ def test_accepted_records_per_channel_cover_the_blocks_closed_in_between() -> No
     f.process([click(10, "e10", T0 + 10)], NOW)
     assert f.drain_accepted() == {"douyin": 1}
     assert f.drain_accepted() == {}
+
+
+def test_the_output_names_the_newest_timestamp_of_every_record_fetched() -> None:
+    f = fold()
+    records = [
+        click(0, "a", T0, sent=T0 + 5),
+        Rec(1, T0 + 9, b"{not json"),
+        click(2, "b", T0 + 1, sent=T0 + 7),
+    ]
+    assert f.process(records, NOW).newest_stamp == T0 + 9  # the reject's too
+    assert f.process(records[:2], NOW).newest_stamp == T0 + 9  # a re-delivered fetch's too
+    assert f.process([], NOW).newest_stamp == 0
