@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -198,6 +199,22 @@ def shard_advice(max_campaigns: int, shards: int) -> str | None:
     )
 
 
+#: Net new container objects between two young collections of the garbage collector (CPython's default is
+#: 700). The fold stage holds a fetch of up to 5,000 records while it folds them: at the default, young
+#: collections run every few hundred records and promote the fetch's records to the older generations, to be
+#: walked again there before they are freed.
+GC_YOUNG_OBJECTS = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what startup built (modules, the app: it lives as long as the process, and no collection need
+    walk it again) and collect the young generation less often (``GC_YOUNG_OBJECTS``)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_OBJECTS, older, oldest)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM."""
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -205,5 +222,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if advice is not None:
         log.warning("%s", advice)
     app = build_worker_app(settings)
+    tune_gc()
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()
