@@ -388,7 +388,7 @@ class PartitionFold:
             position = offset + 1
             try:
                 value = record.value
-                decoded = None
+                decoded: Accepted | Rejection | None = None
                 if value is not None and len(value) <= max_bytes:
                     try:
                         doc = loads(value)

@@ -157,11 +157,11 @@ def _fast_click(doc: dict[str, object]) -> Accepted | None:
     ):
         return None
     if count == 1 and type(count) is int:
-        contribution = _ONE_CLICK.get(kind)  # type: ignore[arg-type]
+        contribution = _ONE_CLICK.get(kind)
         if contribution is None:
             return None
     else:
-        slot = _CLICK_SLOT.get(kind)  # type: ignore[arg-type]
+        slot = _CLICK_SLOT.get(kind)
         if slot is None or type(count) is not int or not 1 <= count <= _MAX_COUNT:
             return None
         contribution = ((slot, count),)
