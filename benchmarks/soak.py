@@ -277,6 +277,7 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
         live_from: float | None = None
         prev: tuple[float, float, float] | None = None
         end_at: float | None = None
+        caught_up = False
         while end_at is None or time.monotonic() < end_at:
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with {worker.returncode}; see {out / 'worker.log'}")
@@ -292,21 +293,22 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
             cpu = cpu_seconds(worker.pid) or 0.0
             events = metric_sum(text, "adpulse_events_total")
             lag_s = metric_sum(text, "adpulse_event_time_lag_seconds")
-            # Counted is not caught up: the fold stage counts a record before the Faust agent has merged
-            # its partial, and event time (and the commits) move only once that is done.
-            caught_up = folded(events, out / "history.log") and lag_s <= CAUGHT_UP_LAG_S
-            if live_from is None and (traffic is None or caught_up):
+            if live_from is None and (traffic is None or folded(events, out / "history.log")):
                 live_from = now - t0
                 end_at = now + live_s
                 scenarios = [arg for spec, _s, _e in spans for arg in ("--scenario", spec)]
                 traffic = spawn("simulate", [*base, "--seed", str(args.seed), *scenarios])
                 print(f"history folded after {live_from:.0f} s; live for {args.minutes:g} min")
+            # Counted is not caught up: the fold stage counts a record before the Faust agent has merged
+            # its partial, and event time moves only once that is done. Until it is near the present, the
+            # samples are the history's backlog, not the live traffic's figures.
+            caught_up = caught_up or (live_from is not None and lag_s <= CAUGHT_UP_LAG_S)
             rate = per_second(prev[1], events, now - prev[0]) if prev else 0.0
             cores = per_second(prev[2], cpu, now - prev[0]) if prev else 0.0
             prev = (now, events, cpu)
             row = Row(
                 t_s=round(now - t0, 1),
-                phase="history" if live_from is None else "live",
+                phase="history" if live_from is None else "live" if caught_up else "catch-up",
                 rss_mb=round((status_kb(worker.pid, "VmRSS") or 0) / 1024, 1),
                 cpu_cores=round(cores, 3),
                 events_total=events,
@@ -346,6 +348,7 @@ def markdown(
 ) -> str:
     """The generated section: what ran, and the figures of the live part."""
     live = [r for r in rows if r.phase == "live"]
+    catch_up = [r for r in rows if r.phase == "catch-up"]
     t = [r.t_s for r in live]
     rss = [r.rss_mb for r in live]
     rates = [r.events_per_s for r in live[1:]] or [0.0]
@@ -358,8 +361,9 @@ def markdown(
         f"A fresh embedded stack ({args.broker}), ONE `python -m adpulse worker`, and `python -m adpulse "
         f"simulate --rate {args.rate:g} --flat` (6 channels × 3 campaigns) with scenarios: "
         f"{args.history:g} minutes of history backfilled at full speed first (folded in "
-        f"{facts.live_from_s:.0f} s), then {args.minutes:g} minutes live. Scenarios (minutes into the live "
-        "part): "
+        f"{facts.live_from_s:.0f} s), then {args.minutes:g} minutes live; the figures below leave out the "
+        f"{len(catch_up) * args.interval:g} s of samples before the worker had caught up with the history "
+        f"(event-time lag back under {CAUGHT_UP_LAG_S:g} s). Scenarios (minutes into the live part): "
         + "; ".join(
             f"`{spec.split(',at=')[0]}` {at * args.minutes:.1f}–{(at + length) * args.minutes:.1f}"
             for spec, at, length in SCENARIOS
