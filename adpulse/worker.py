@@ -18,6 +18,7 @@ from agents.budget_feed import BudgetFeed
 from agents.evaluate import Evaluator
 from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig
+from agents.gc_refreeze import Refreezer
 from agents.health import HealthMonitor
 from agents.metrics import PipelineMetrics, SnapshotCollector, watch_gc, watch_loop_lag
 from agents.redis_retry import RedisRetry
@@ -152,6 +153,18 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
             await watch_loop_lag(metrics)
         finally:
             stop_gc_watch()
+
+    if settings.gc_refreeze:
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def gc_refreeze() -> None:
+            refreezer = Refreezer(metrics, settings.gc_sweep_s)
+            stop = refreezer.install()
+            try:
+                await refreezer.run()
+                await asyncio.Event().wait()  # sweeps off: keep freezing until the worker stops
+            finally:
+                stop()
 
     @app.task  # type: ignore[untyped-decorator]
     async def budget_feed() -> None:

@@ -129,6 +129,17 @@ class PipelineMetrics:
             registry=registry,
             buckets=LAG_BUCKETS,
         )
+        self.gc_frozen = Gauge(
+            "adpulse_gc_frozen_objects",
+            "Objects frozen out of garbage collections: what the last full collection found alive "
+            "(ADPULSE_GC_REFREEZE)",
+            registry=registry,
+        )
+        self.gc_sweep_unreachable = Counter(
+            "adpulse_gc_sweep_unreachable",
+            "Unreachable objects the periodic unfrozen sweep found: what freezing alone would have kept",
+            registry=registry,
+        )
         self.judge_seconds = Histogram(
             "adpulse_judge_seconds",
             "Time to judge one tick's closed windows and budgets (off the event loop where it is heavy)",
