@@ -336,11 +336,24 @@ class Weights:
     terms: tuple[tuple[float, float, float], ...]
 
 
+#: Hours none of a KPI's alarms fell in: one shared empty set for the many tracks without any.
+NO_HOURS: Final[frozenset[int]] = frozenset()
+
+
 @dataclass(slots=True)
 class _Track:
-    """The CUSUMs of one subject and KPI."""
+    """The CUSUMs of one subject and KPI.
 
-    cusums: list[_Cusum]
+    Most of the tracks a judge keeps are quiet (a campaign with data in a few minutes of its hours): their
+    state is the defaults, and costs no objects of its own. CUSUMs at 0 with no run are exactly fresh
+    ones, so they are kept only while one of them is not (``cusums`` None: all quiet); the hours, blocks
+    and drops are shared empty values until there is one; the block being filled is None while empty.
+    A campaign with data in one minute of 333 cost 8.2 KiB and 59 objects for the garbage collector when
+    each track had its own (two CUSUMs, a set, two lists, two arrays); now 4.0 KiB and 18: 0.4 GB less at
+    100,000 such campaigns. With data every minute, 46 → 42 KiB and 84 → 46 objects.
+    """
+
+    cusums: list[_Cusum] | None = None
     weights: Weights | None = None
     alarmed: bool = False
     marked: bool = False
@@ -349,7 +362,7 @@ class _Track:
     recovery: list[float] | None = None
     # Hours of this KPI's alarms: left out of its hourly baselines, so a drop does not become the normal
     # (nor pass for the usual wobble); and its hourly baseline with what it was computed for.
-    flagged: set[int] = field(default_factory=set)
+    flagged: set[int] | frozenset[int] = NO_HOURS
     hourly: tuple[tuple[int, int, int | None], Baseline | None] | None = None
     # The measured over-dispersion φ: the last ``BLOCKS`` settled 10-minute blocks (numerator,
     # denominator, orders) outside drops, those still settling, the block being filled, the last drops
@@ -358,10 +371,10 @@ class _Track:
     # blocks yet). The settled blocks and the block being filled are flat arrays of doubles, three a
     # block: a tuple of three floats per block cost ~140 bytes, its doubles 24. The few waiting blocks and
     # drops are lists (a deque costs ~700 bytes however short).
-    blocks: array[float] = field(default_factory=lambda: array("d"))
-    waiting: list[tuple[int, tuple[float, float, float]]] = field(default_factory=list)
-    block: array[float] = field(default_factory=lambda: array("d", (0.0, 0.0, 0.0)))
-    drops: list[tuple[int, int | None]] = field(default_factory=list)
+    blocks: array[float] | None = None
+    waiting: tuple[tuple[int, tuple[float, float, float]], ...] = ()
+    block: array[float] | None = None
+    drops: tuple[tuple[int, int | None], ...] = ()
     phi: float | None = None
     per_minute: float = 0.0  # the denominator per minute over the same blocks
     fresh: int = 0  # blocks settled since φ was measured
@@ -371,6 +384,8 @@ class _Track:
     @property
     def run_start(self) -> int | None:
         """The start of the earliest current run (None: all quiet)."""
+        if self.cusums is None:
+            return None
         starts = [c.run_start for c in self.cusums if c.run_start is not None]
         return min(starts) if starts else None
 
@@ -567,6 +582,8 @@ class SequentialJudge:
         x = counts.get(kpi.numerator, 0.0) / baseline.unit
         e = 0.0
         weights = track.weights
+        # Quiet CUSUMs are fresh ones: made again for the minute, kept only if one of them moves.
+        cusums = track.cusums or [_Cusum(ratio, self.config.threshold) for ratio in self.config.ratios]
         if n > 0 or x > 0:
             # The quasi-likelihood ratio is linear in the counts, so a minute's clicks reported before its
             # impressions (trackers batch them) count the same as if they came together.
@@ -579,7 +596,7 @@ class SequentialJudge:
             ):
                 weights = track.weights = weigh(self.config, baseline, track.phi, track.per_minute, peers)
             e = weights.p0 * n
-            for cusum, (slope, offset, h) in zip(track.cusums, weights.terms, strict=True):
+            for cusum, (slope, offset, h) in zip(cusums, weights.terms, strict=True):
                 cusum.h = h
                 cusum.s = max(0.0, cusum.s + x * slope + n * offset)
                 if cusum.s > 0.0:
@@ -587,7 +604,7 @@ class SequentialJudge:
                 if track.alarmed:
                     cusum.s = min(cusum.s, h)
         quiet, likely, peak = True, None, False
-        for cusum in track.cusums:
+        for cusum in cusums:
             if cusum.s <= 0.0:
                 if cusum.run_start is not None:
                     cusum.reset()
@@ -597,14 +614,16 @@ class SequentialJudge:
                 likely = cusum.run_start if likely is None else min(likely, cusum.run_start)
                 peak = peak or cusum.s >= cusum.h
                 if cusum.x <= (1.0 - self.config.min_drop) * cusum.e:
-                    track.flagged.update(
-                        range(cusum.run_start - cusum.run_start % HOUR_S, start_s + 1, HOUR_S)
-                    )
+                    track.flagged = {
+                        *track.flagged,
+                        *range(cusum.run_start - cusum.run_start % HOUR_S, start_s + 1, HOUR_S),
+                    }
+        track.cusums = None if quiet else cusums
         track.likely = likely
         if likely is not None:
             self._suspect(track, likely)
         elif not track.alarmed and track.drops and track.drops[-1][1] is None:
-            track.drops[-1] = (track.drops[-1][0], start_s + MINUTE_S)
+            track.drops = (*track.drops[:-1], (track.drops[-1][0], start_s + MINUTE_S))
         if quiet:
             track.marked = False
             if track.alarmed and track.recovery is None:
@@ -615,7 +634,7 @@ class SequentialJudge:
         if quiet:
             return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
         if peak:
-            for cusum in track.cusums:
+            for cusum in cusums:
                 z = self._gated(cusum, baseline, track.phi)
                 if z is not None:
                     return self._alarm(subject, kpi, track, cusum, baseline, z, start_s)
@@ -653,7 +672,7 @@ class SequentialJudge:
         self._suspect(track, begun)
         # A drop: its hours leave this KPI's hourly baselines, its minutes the own-minutes one (from the
         # earliest run: the main CUSUM's may have begun before the deep one's).
-        track.flagged.update(range(begun - begun % HOUR_S, start_s + 1, HOUR_S))
+        track.flagged = {*track.flagged, *range(begun - begun % HOUR_S, start_s + 1, HOUR_S)}
         if not track.marked:
             track.marked = True
             for offset in range(0, len(subject.pending), _PENDING.size):
@@ -665,16 +684,14 @@ class SequentialJudge:
     def _suspect(track: _Track, since: int) -> None:
         """A drop found or likely since ``since``: its blocks do not settle until it is over."""
         if track.drops and track.drops[-1][1] is None:
-            track.drops[-1] = (min(track.drops[-1][0], since), None)
+            track.drops = (*track.drops[:-1], (min(track.drops[-1][0], since), None))
         else:
-            track.drops.append((since, None))
-            del track.drops[:-DROPS]
+            track.drops = (*track.drops, (since, None))[-DROPS:]
 
     def _track(self, subject: _Subject, kpi: Kpi) -> _Track:
         track = subject.tracks.get(kpi.name)
         if track is None:
-            cusums = [_Cusum(ratio, self.config.threshold) for ratio in self.config.ratios]
-            track = subject.tracks[kpi.name] = _Track(cusums)
+            track = subject.tracks[kpi.name] = _Track()
         return track
 
     def _recovering(
@@ -697,7 +714,7 @@ class SequentialJudge:
         if seen / expected < 1.0 - max(0.1, 2.0 * math.sqrt(phi / expected)):
             return None
         track.alarmed, track.recovery = False, None
-        track.drops[-1] = (track.drops[-1][0], start_s + MINUTE_S)
+        track.drops = (*track.drops[:-1], (track.drops[-1][0], start_s + MINUTE_S))
         n = counts.get(kpi.denominator, 0.0)
         return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
 
@@ -708,24 +725,32 @@ class SequentialJudge:
         The delay keeps a drop from passing for noise: its blocks are still waiting when it is found,
         and a found drop's blocks never count (see ``_judge``).
         """
+        numerator = counts.get(kpi.numerator, 0.0)
+        denominator = counts.get(kpi.denominator, 0.0)
+        orders = counts.get("orders", 0.0)
         block = track.block
-        block[0] += counts.get(kpi.numerator, 0.0)
-        block[1] += counts.get(kpi.denominator, 0.0)
-        block[2] += counts.get("orders", 0.0)
+        if block is None and (numerator or denominator or orders):
+            block = track.block = array("d", (0.0, 0.0, 0.0))
+        if block is not None:
+            block[0] += numerator
+            block[1] += denominator
+            block[2] += orders
         if (start_s + MINUTE_S) % BLOCK_S:
             return
-        if block[1] > 0:
-            track.waiting.append((start_s + MINUTE_S - BLOCK_S, (block[0], block[1], block[2])))
-        block[0] = block[1] = block[2] = 0.0
+        if block is not None and block[1] > 0:
+            track.waiting = (*track.waiting, (start_s + MINUTE_S - BLOCK_S, (block[0], block[1], block[2])))
+        track.block = None
         while track.waiting and track.waiting[0][0] <= start_s - self.config.settle_minutes * MINUTE_S:
-            began, counted = track.waiting.pop(0)
+            (began, counted), track.waiting = track.waiting[0], track.waiting[1:]
             if not any(a < began + BLOCK_S and (b is None or began < b) for a, b in track.drops):
+                if track.blocks is None:
+                    track.blocks = array("d")
                 track.blocks.extend(counted)
                 del track.blocks[: max(0, len(track.blocks) - 3 * BLOCKS)]
                 track.fresh += 1
         if track.fresh >= REMEASURE or track.phi is None:
             track.fresh = 0
-            blocks = track.blocks
+            blocks = track.blocks if track.blocks is not None else array("d")
             rows = list(zip(blocks[0::3], blocks[1::3], blocks[2::3], strict=True))
             if track.phi is None:
                 rows += [b for _, b in track.waiting]
