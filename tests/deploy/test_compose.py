@@ -257,6 +257,10 @@ def test_the_services_the_issue_asks_for(compose: dict[str, Any]) -> None:
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
     assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["worker"]["command"] == ["worker"] and services["worker"]["deploy"]["replicas"] == 2
+    # Real Kafka: the changelog in batches (one record per batch is the embedded broker's setting); no
+    # static member name shared by the replicas (two live members of one name fence each other).
+    assert int(services["worker"]["environment"]["ADPULSE_CHANGELOG_BATCH_BYTES"]) >= 65536
+    assert "ADPULSE_INSTANCE_ID" not in services["worker"]["environment"]
     assert services["router"]["command"] == ["router", "--config", "/etc/adpulse/routes.yml"]
     assert "./deploy/routes.example.yml:/etc/adpulse/routes.yml:ro" in services["router"]["volumes"]
     assert services["simulator"]["profiles"] == ["demo"] and services["simulator"]["command"][0] == "simulate"
