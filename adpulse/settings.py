@@ -114,20 +114,21 @@ class Settings(BaseSettings):
         le=256,
         description="table keys a window bucket's campaigns are spread over (a changelog record each)",
     )
-    gc_refreeze: bool = Field(
-        True,
+    gc_freeze_after_s: float = Field(
+        0.05,
+        ge=0,
         description=(
-            "freeze what each full garbage collection finds alive out of the next ones, so that they walk "
-            "only what changed (at 100,000 campaigns a full collection otherwise stalls the worker ~2.4 s)"
+            "a full garbage collection that held the worker this long freezes what it found alive out of "
+            "the next ones, so that they walk only what changed (at 100,000 campaigns a full collection "
+            "otherwise stalls the worker for seconds); 0: never freeze"
         ),
     )
     gc_sweep_s: float = Field(
         6 * 3600.0,
-        ge=0,
+        ge=60,
         description=(
-            "seconds between full collections of everything, frozen objects included (0: never): they free "
-            "what freezing would keep (frozen objects that became unreachable cycles) and stall as long as "
-            "a plain full collection"
+            "seconds (±10 %) between collections of everything, frozen objects included: they free frozen "
+            "objects that became unreachable cycles, and stall as long as a plain full collection"
         ),
     )
 

@@ -154,15 +154,14 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         finally:
             stop_gc_watch()
 
-    if settings.gc_refreeze:
+    if settings.gc_freeze_after_s > 0:
 
         @app.task  # type: ignore[untyped-decorator]
         async def gc_refreeze() -> None:
-            refreezer = Refreezer(metrics, settings.gc_sweep_s)
+            refreezer = Refreezer(metrics, settings.gc_freeze_after_s, settings.gc_sweep_s)
             stop = refreezer.install()
             try:
                 await refreezer.run()
-                await asyncio.Event().wait()  # sweeps off: keep freezing until the worker stops
             finally:
                 stop()
 

@@ -129,15 +129,15 @@ class PipelineMetrics:
             registry=registry,
             buckets=LAG_BUCKETS,
         )
-        self.gc_frozen = Gauge(
-            "adpulse_gc_frozen_objects",
-            "Objects frozen out of garbage collections: what the last full collection found alive "
-            "(ADPULSE_GC_REFREEZE)",
+        self.gc_freezes = Counter(
+            "adpulse_gc_freezes",
+            "Slow full garbage collections whose survivors were frozen out of the next ones "
+            "(ADPULSE_GC_FREEZE_AFTER_S)",
             registry=registry,
         )
         self.gc_sweep_unreachable = Counter(
             "adpulse_gc_sweep_unreachable",
-            "Unreachable objects the periodic unfrozen sweep found: what freezing alone would have kept",
+            "Unreachable objects the periodic sweep (ADPULSE_GC_SWEEP_S) found among the frozen ones",
             registry=registry,
         )
         self.judge_seconds = Histogram(

@@ -370,7 +370,7 @@ class _Track:
     # fizzles out: a drop nobody caught must not pass for noise), and φ itself (None: fewer than 3
     # blocks yet). The settled blocks and the block being filled are flat arrays of doubles, three a
     # block: a tuple of three floats per block cost ~140 bytes, its doubles 24. The few waiting blocks and
-    # drops are lists (a deque costs ~700 bytes however short).
+    # drops are tuples, rebound when they change (a deque costs ~700 bytes however short, a list 56 empty).
     blocks: array[float] | None = None
     waiting: tuple[tuple[int, tuple[float, float, float]], ...] = ()
     block: array[float] | None = None
@@ -582,9 +582,11 @@ class SequentialJudge:
         x = counts.get(kpi.numerator, 0.0) / baseline.unit
         e = 0.0
         weights = track.weights
-        # Quiet CUSUMs are fresh ones: made again for the minute, kept only if one of them moves.
-        cusums = track.cusums or [_Cusum(ratio, self.config.threshold) for ratio in self.config.ratios]
+        # Quiet CUSUMs are fresh ones (None): made again for a minute with data, kept only if one moves.
+        cusums = track.cusums
         if n > 0 or x > 0:
+            if cusums is None:
+                cusums = [_Cusum(ratio, self.config.threshold) for ratio in self.config.ratios]
             # The quasi-likelihood ratio is linear in the counts, so a minute's clicks reported before its
             # impressions (trackers batch them) count the same as if they came together.
             if (
@@ -604,7 +606,7 @@ class SequentialJudge:
                 if track.alarmed:
                     cusum.s = min(cusum.s, h)
         quiet, likely, peak = True, None, False
-        for cusum in cusums:
+        for cusum in cusums or ():
             if cusum.s <= 0.0:
                 if cusum.run_start is not None:
                     cusum.reset()
@@ -614,10 +616,9 @@ class SequentialJudge:
                 likely = cusum.run_start if likely is None else min(likely, cusum.run_start)
                 peak = peak or cusum.s >= cusum.h
                 if cusum.x <= (1.0 - self.config.min_drop) * cusum.e:
-                    track.flagged = {
-                        *track.flagged,
-                        *range(cusum.run_start - cusum.run_start % HOUR_S, start_s + 1, HOUR_S),
-                    }
+                    hours = range(cusum.run_start - cusum.run_start % HOUR_S, start_s + 1, HOUR_S)
+                    if not track.flagged.issuperset(hours):
+                        track.flagged = {*track.flagged, *hours}
         track.cusums = None if quiet else cusums
         track.likely = likely
         if likely is not None:
@@ -634,7 +635,7 @@ class SequentialJudge:
         if quiet:
             return _Recovered(counts.get(kpi.numerator, 0.0) / n if n > 0 else None)
         if peak:
-            for cusum in cusums:
+            for cusum in cusums or ():
                 z = self._gated(cusum, baseline, track.phi)
                 if z is not None:
                     return self._alarm(subject, kpi, track, cusum, baseline, z, start_s)
@@ -786,7 +787,7 @@ class SequentialJudge:
             running = likely - likely % HOUR_S if likely is not None else None
             if track.hourly is not None and track.hourly[0][0] != hour and track.flagged:
                 oldest = hour - self.config.seasonal_days * DAY_S
-                track.flagged = {flagged for flagged in track.flagged if flagged >= oldest}
+                track.flagged = {flagged for flagged in track.flagged if flagged >= oldest} or NO_HOURS
             key = (hour, len(track.flagged), running)
             if track.hourly is None or track.hourly[0] != key:
                 if history is None:

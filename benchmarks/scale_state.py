@@ -71,7 +71,7 @@ class Day:
     judge_mean_ms: float
     stalls: float
     gc_pauses: float
-    gc_frozen: float
+    gc_freezes: float
     max_lag_s: float
     redis_mb: float
     kpi_rows: int
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> list[Day]:
                 ADPULSE_ALERT_LOOKBACK_S=str((args.days + 2) * DAY_S),
                 ADPULSE_IDLE_PARTITION_S="3600",
                 ADPULSE_FLUSH_INTERVAL_S=str(args.flush_interval),
-                ADPULSE_GC_REFREEZE=str(args.gc_refreeze).lower(),
+                ADPULSE_GC_FREEZE_AFTER_S=str(args.gc_freeze_after_s),
                 ADPULSE_GC_SWEEP_S=str(args.gc_sweep_s),
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             )
@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> list[Day]:
                     judge_mean_ms=1000 * (judge_sum - p_judge_sum) / max(1.0, judge_count - p_judge_count),
                     stalls=stalled - p_stalls,
                     gc_pauses=collections - p_collections,
-                    gc_frozen=metric_sum(text, "adpulse_gc_frozen_objects"),
+                    gc_freezes=metric_sum(text, "adpulse_gc_freezes_total"),
                     max_lag_s=metric_sum(text, "adpulse_event_loop_lag_max_seconds"),
                     redis_mb=memory,
                     kpi_rows=rows,
@@ -278,7 +278,7 @@ def run(args: argparse.Namespace) -> list[Day]:
                     f"day {sample.day:>2}: {sample.wall_s:7.0f} s, RSS {sample.rss_mb:6.0f} MiB, "
                     f"{sample.bucket_keys:6.0f} buckets, snapshot {sample.snapshot_mean_ms:6.1f} ms, "
                     f"judge {sample.judge_mean_ms:6.1f} ms, stalls>{STALL_S}s {sample.stalls:3.0f} "
-                    f"(gc {sample.gc_pauses:.0f}, {sample.gc_frozen:,.0f} objects frozen), max lag "
+                    f"(gc {sample.gc_pauses:.0f}, {sample.gc_freezes:.0f} freezes so far), max lag "
                     f"{sample.max_lag_s:5.3f} s, Redis {sample.redis_mb:6.0f} MiB, {sample.kpi_rows} rows, "
                     f"{sample.judged_marks} judged, {sample.campaigns_seen} campaigns seen",
                     flush=True,
@@ -337,21 +337,22 @@ def markdown(days: list[Day], args: argparse.Namespace, info: dict[str, str], co
         f"per simulated minute, {args.days} simulated days on {args.broker}, {args.partitions} partitions, "
         f"flush every {args.flush_interval} s, {args.bucket_shards} bucket shards, default retentions, "
         + (
-            f"garbage-collection refreeze on (sweep every {args.gc_sweep_s:.0f} s). "
-            if args.gc_refreeze
-            else "garbage-collection refreeze off. "
+            f"survivors of full collections over {args.gc_freeze_after_s} s frozen (sweep every "
+            f"{args.gc_sweep_s:.0f} s). "
+            if args.gc_freeze_after_s > 0
+            else "nothing frozen by full collections. "
         )
         + f"Wall time {days[-1].wall_s / 60:.0f} min.",
         "",
         "| day | wall s | worker RSS MiB | buckets | snapshot ms (mean) | judging ms (mean per tick) "
-        "| stalls > 0.1 s | GC pauses > 0.1 s | objects frozen | max stall s | Redis MiB | snapshot rows "
+        "| stalls > 0.1 s | GC pauses > 0.1 s | GC freezes so far | max stall s | Redis MiB | snapshot rows "
         "| judged marks |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in days:
         lines.append(
             f"| {d.day} | {d.wall_s:.0f} | {d.rss_mb:.0f} | {d.bucket_keys:.0f} | {d.snapshot_mean_ms:.1f} | "
-            f"{d.judge_mean_ms:.1f} | {d.stalls:.0f} | {d.gc_pauses:.0f} | {d.gc_frozen:,.0f} | "
+            f"{d.judge_mean_ms:.1f} | {d.stalls:.0f} | {d.gc_pauses:.0f} | {d.gc_freezes:.0f} | "
             f"{d.max_lag_s:.3f} | "
             f"{d.redis_mb:.0f} | "
             f"{d.kpi_rows:,} | {d.judged_marks:,} |"
@@ -382,13 +383,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flush-interval", type=float, default=1.0, help="ADPULSE_FLUSH_INTERVAL_S (1.0)")
     parser.add_argument("--bucket-shards", type=int, default=1, help="ADPULSE_BUCKET_SHARDS (1)")
     parser.add_argument(
-        "--no-gc-refreeze",
-        dest="gc_refreeze",
-        action="store_false",
-        help="ADPULSE_GC_REFREEZE=false: plain full garbage collections (the worker's default freezes)",
+        "--gc-freeze-after-s",
+        type=float,
+        default=0.05,
+        help="ADPULSE_GC_FREEZE_AFTER_S (0.05; 0: plain garbage collections, nothing frozen)",
     )
     parser.add_argument(
-        "--gc-sweep-s", type=float, default=6 * 3600.0, help="ADPULSE_GC_SWEEP_S (21600; 0: never)"
+        "--gc-sweep-s", type=float, default=6 * 3600.0, help="ADPULSE_GC_SWEEP_S (21600; at least 60)"
     )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
