@@ -14,7 +14,7 @@ refers to itself), and whatever it refers to. Freezing only after slow collectio
 cycles alive at that moment. A sweep every ``sweep_s`` (6 hours by default, ±10 % so that workers started
 together do not sweep together) unfreezes everything and collects it all: that one stall, as long as a
 plain full collection, is the price of the bound; ``adpulse_gc_sweep_unreachable_total`` counts what the
-sweeps freed among the frozen objects.
+sweeps freed among the frozen (and the old) objects.
 
 Threads: the judge runs in a worker thread, and a collection it triggers calls back in that thread. Between
 the end of that collection and the callback, another thread may allocate; those objects are frozen unseen
@@ -86,11 +86,13 @@ class Refreezer:
 
     def sweep(self) -> int | None:
         """Collect everything, the frozen objects too (a stall as long as a plain full collection), and
-        freeze what is left if that was slow. Returns the unreachable objects found among the frozen ones,
-        or None when another thread's collection kept the sweep from running (try again later)."""
+        freeze what is left if that was slow. Returns the unreachable objects found among the frozen and
+        the old ones, or None when another thread's collection kept the sweep from running (try later)."""
         self._sweeper = threading.get_ident()
         try:
-            gc.collect()  # what a collection frees anyway, so that the count below is the frozen ones'
+            # The young generations' garbage first (cheap), so that the count below is mostly what the
+            # frozen and the old objects held (a full collection here would double the sweep's stall).
+            gc.collect(1)
             self._swept = False
             started = self.clock()
             gc.unfreeze()
@@ -107,7 +109,7 @@ class Refreezer:
             self._sweeper = None
         self.metrics.gc_sweep_unreachable.inc(unreachable)
         log.info(
-            "garbage collector sweep: %.2f s, %d unreachable objects found among the frozen ones",
+            "garbage collector sweep: %.2f s, %d unreachable objects found among the frozen and old ones",
             took,
             unreachable,
         )

@@ -137,7 +137,7 @@ class PipelineMetrics:
         )
         self.gc_sweep_unreachable = Counter(
             "adpulse_gc_sweep_unreachable",
-            "Unreachable objects the periodic sweep (ADPULSE_GC_SWEEP_S) found among the frozen ones",
+            "Unreachable objects the periodic sweep (ADPULSE_GC_SWEEP_S) found among the frozen and old ones",
             registry=registry,
         )
         self.judge_seconds = Histogram(
