@@ -1,8 +1,9 @@
 """Keep Python's full garbage collections short when the worker holds a lot of state.
 
 A full collection walks every object the collector tracks and holds every thread meanwhile. At 100,000
-campaigns the judge's state was some 8–10 million such objects, and each full collection stalled the worker
-for ~2.4 s (``BENCHMARKS.md``, "10 channels × 10,000 campaigns"), a hundred and more times a simulated day.
+campaigns that took 2.4–3.3 s (``BENCHMARKS.md``, "10 channels × 10,000 campaigns"): a hundred and more
+times a simulated day with CPython's default thresholds; with young collections every 50,000 objects
+(``adpulse.worker.tune_gc``) rarely, but each one as long.
 Those objects are long-lived: a full collection that has just walked them found them alive, and will find
 them alive again. So a full collection that took ``freeze_after_s`` or longer freezes what it found alive
 (``gc.freeze()``) out of the next ones: they walk only what became long-lived since, and cost what changed,
