@@ -8,12 +8,19 @@ applies the records in batches, with the table's own key and value codecs and Fa
 value of a key wins, a ``None`` value deletes it). It then reports the offset it reached as persisted, so
 Faust's recovery reads only what was appended after, and starts the streams as usual.
 
+The records read back become long-lived table values: while a batch is applied the garbage collector is
+paused (its collections would walk the growing table again and again: a third of the read's time), and
+after it the batch is frozen (``gc.freeze()``) as the worker's startup state is, so that no later
+collection walks it. Table values are acyclic, and reference counting frees them whether frozen or not;
+the sweep of ``agents.gc_refreeze`` collects whatever cycle was frozen with them.
+
 A partition kept across a rebalance is not read again: Faust goes on from where it was (as with its own
 in-memory store). Nothing is kept on disk: a new process always reads the whole changelog.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -122,20 +129,48 @@ class BulkRecoveryStore(memory.Store[Any, Any]):
         """Apply changelog records in offset order, decoded as Faust's changelog events are."""
         # Faust's types leave out the topic's codecs and the table's decoding steps.
         table: Any = self.table
-        topic: Any = table.changelog_topic
-        loads_key = self.app.serializers.loads_key
-        key_type, key_serializer = topic.key_type, topic.key_serializer
         to_key, to_value = table._to_key, table._to_value  # noqa: SLF001 - Faust's own last step
-        loads_value = self._value_decoder()
+        loads_key, loads_value = self._key_decoder(), self._value_decoder()
         data, key_partition = self.data, self._key_partition
-        for record in records:
-            key = to_key(loads_key(key_type, record.key, serializer=key_serializer))
-            if record.value is None:
-                data.pop(key, None)
-                key_partition.pop(key, None)
-                continue
-            data[key] = to_value(loads_value(record.value))
-            key_partition[key] = partition
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for record in records:
+                key = to_key(loads_key(record.key))
+                if record.value is None:
+                    data.pop(key, None)
+                    key_partition.pop(key, None)
+                    continue
+                data[key] = to_value(loads_value(record.value))
+                key_partition[key] = partition
+        finally:
+            gc.freeze()
+            if collecting:
+                gc.enable()
+
+    def _key_decoder(self) -> Callable[[bytes | None], Any]:
+        """``raw -> key`` as Faust's ``loads_key`` decodes the changelog's keys: for JSON string keys (the
+        bucket table's) orjson alone, Faust's own steps for anything orjson does not read."""
+        topic: Any = self.table.changelog_topic
+        registry: Any = self.app.serializers
+        key_type, serializer = topic.key_type, topic.key_serializer
+
+        def faust_loads(raw: bytes | None) -> Any:
+            return registry.loads_key(key_type, raw, serializer=serializer)
+
+        if key_type is not str or (serializer or registry.key_serializer) != "json":
+            return faust_loads
+
+        def decode(raw: bytes | None) -> Any:
+            if raw is None:
+                return faust_loads(raw)
+            try:
+                # Faust: json.loads, then a str as it is; orjson returns no bytes for want_str to decode.
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return faust_loads(raw)
+
+        return decode
 
     def _value_decoder(self) -> Callable[[bytes], Any]:
         """``raw -> value`` as Faust's ``loads_value`` decodes the changelog's values.
