@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,6 +19,8 @@ from agents.buckets import (
     split_key,
 )
 from agents.partials import BucketValue, merge, totals
+
+_T = TypeVar("_T")
 
 
 def test_index_follows_writes_and_deletes() -> None:
@@ -50,6 +54,38 @@ def test_index_rebuilds_only_when_the_table_size_differs() -> None:
     keys.append(f"baidu{SEP}1m{SEP}60")
     index.sync(len(keys), listing)
     assert len(calls) == 2 and index.starts("baidu", "1m") == {60}
+
+
+def test_an_index_rebuilt_off_the_loop_keeps_the_writes_and_deletes_made_meanwhile() -> None:
+    """The snapshot timer rebuilds after a recovery in a worker thread (a million keys took 2.5 s on the
+    loop); the agent goes on writing and deleting keys meanwhile, and none of that may be lost."""
+    keys = [bucket_key("wechat", "1m", 120), bucket_key("wechat", "1m", 180, 2), "junk"]
+    bad: list[str] = []
+    index = BucketIndex()
+
+    async def offload(fn: Callable[..., _T], *args: Any) -> _T:
+        # What the agent does on the loop while the thread builds from the keys listed before.
+        index.add("jd", "1h", 3600, 1)
+        keys.append(bucket_key("jd", "1h", 3600, 1))
+        index.discard("wechat", "1m", 120)
+        keys.remove(bucket_key("wechat", "1m", 120))
+        index.add("jd", "1h", 3600, 1)  # written twice: one key
+        return fn(*args)
+
+    asyncio.run(index.resync(len(keys), lambda: keys, offload, lambda key, exc: bad.append(key)))
+    assert bad == ["junk"]
+    assert index.channels() == {"wechat", "jd"}
+    assert index.starts("wechat", "1m") == {180} and index.starts("jd", "1h") == {3600}
+    assert index.buckets() == 2
+    # In step with the table now: the next tick does not rebuild, on or off the loop.
+    index.sync(len(keys), lambda: pytest.fail("rebuilt again"))
+
+    async def no_offload(fn: Callable[..., _T], *args: Any) -> _T:
+        raise AssertionError("rebuilt again")
+
+    asyncio.run(index.resync(len(keys), lambda: keys, no_offload))
+    index.add("jd", "1d", 0)  # no journal left behind: the rebuild is over
+    assert index._journal is None  # noqa: SLF001
 
 
 def test_expiry_keeps_recent_buckets_and_the_total() -> None:
