@@ -396,6 +396,27 @@ class BucketTable(faust.Table[str, BucketValue]):
         return compact(v)
 
 
+class TickLaps:
+    """Where a snapshot tick's time went, logged when the tick took ``slow_s`` or more (a restart with a
+    million buckets, a backfill): what the operator reads to see what the pipeline waits on."""
+
+    def __init__(self, slow_s: float = 1.0) -> None:
+        self.slow_s = slow_s
+        self.started = self._last = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((name, now - self._last))
+        self._last = now
+
+    def log_if_slow(self, closed: int) -> None:
+        total = time.perf_counter() - self.started
+        if total >= self.slow_s:
+            laps = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.laps)
+            log.info("snapshot tick took %.1f s (%d closed window rows): %s", total, closed, laps)
+
+
 class OwnedChannels:
     """The channels whose partials land on the partitions this worker owns (a container for ``in``)."""
 
@@ -627,6 +648,7 @@ def install(
     @app.timer(interval=config.tick_s, name="kpi-snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
         started = time.perf_counter()
+        laps = TickLaps()
         client = redis()
         owned = OwnedChannels(assigned(), config.partitions)
         now = time.time()
@@ -640,6 +662,7 @@ def install(
         await index.resync(
             len(table), table.keys, offload, lambda key, exc: quarantine.add(key, "index", exc)
         )
+        laps.lap("index")
         by_partition: dict[int, set[str]] = {}
         for channel in index.channels():
             p = partition_of(channel, config.partitions)
@@ -649,9 +672,11 @@ def install(
         watermark = min(watermarks.values())
         metrics.bucket_keys.set(index.buckets())
         due = list(closer.due(watermark_of, index.starts))
+        laps.lap("due")
         # The rows are built off the event loop (thousands of campaigns take longer than a heartbeat
         # may wait); only this timer touches the snapshot's state, and table values never change in place.
         built = await offload(_build, snapshot_rows, watermark_of, due, lookup, calendar)
+        laps.lap("build")
         for channel, where, exc in built.failed:
             quarantine.add(channel, where, exc)
         for channel, window in built.recorded:
@@ -664,6 +689,7 @@ def install(
         except Exception:
             snapshot_rows.forget()  # rewrite every row next tick: Redis may hold some of them, or none
             raise
+        laps.lap("write")
         expired = expired_days(calendar, config.retention_s, watermark, pruned_days)
         if built.closed_fields or expired:
             await retry.call(
@@ -672,6 +698,7 @@ def install(
                     client, config.redis_prefix, built.closed_fields, config.retention_s, expired
                 ),
             )
+            laps.lap("record closed")
         if evaluator is not None:
             judge_started = time.perf_counter()
             try:
@@ -699,10 +726,12 @@ def install(
                 closer.forget()
                 evaluator().invalidate()
             metrics.judge_seconds.observe(time.perf_counter() - judge_started)
+            laps.lap("judge")
         holder.rows = built.channel_rows
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))
         metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        laps.log_if_slow(len(built.closed))
 
     return table
 

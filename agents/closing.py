@@ -128,12 +128,14 @@ class WindowCloser:
         for channel, watermark in watermark_of.items():
             for window in WINDOWS:
                 done = self._emitted.get((channel, window))
+                if done is None and backlog <= 0:
+                    # Not even listed: a channel-minute history of days is thousands of starts, and after a
+                    # restart with a million buckets listing them all took most of every tick's time.
+                    continue  # not recorded, so still due next tick
                 last = last_complete_start(self.calendar, window, watermark, self.grace_s)
                 todo = set(newly_closed(self.calendar, window, starts(channel, window), done, last))
-                if done is None and todo:
-                    if backlog <= 0:
-                        continue  # not recorded, so still due next tick (its revisions are in ``todo`` too)
-                    backlog -= len(todo)
+                if done is None:
+                    backlog -= len(todo)  # its revisions are in ``todo`` too
                 if done is not None:
                     todo.update(s for s in revised.get((channel, window), ()) if s <= done)
                 self._pending[(channel, window)] = max(last, done if done is not None else last)

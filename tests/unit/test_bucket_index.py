@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from agents.buckets import (
     WHOLE,
     BucketIndex,
     BucketViews,
+    TickLaps,
     _expired,
     bucket_key,
     parse_partial,
@@ -266,3 +268,22 @@ def test_views_keep_a_bounded_number_of_rows() -> None:
         assert views("jd", "1m", start * 60) is not None
     assert views._rows == 40  # noqa: SLF001 - the bound is what this tests
     assert views("jd", "1m", 0) is not first  # evicted: joined again (equal, a new object)
+
+
+def test_a_slow_snapshot_tick_logs_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = iter([100.0, 100.2, 103.2, 103.5, 200.0, 200.1, 200.2])
+    monkeypatch.setattr("agents.buckets.time.perf_counter", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="agents.buckets")
+    slow = TickLaps()
+    slow.lap("index")
+    slow.lap("build")
+    slow.log_if_slow(closed=26_000)
+    assert caplog.messages == [
+        "snapshot tick took 3.5 s (26000 closed window rows): index 0.20 s, build 3.00 s"
+    ]
+    quick = TickLaps()
+    quick.lap("index")
+    quick.log_if_slow(closed=0)
+    assert len(caplog.messages) == 1

@@ -184,3 +184,19 @@ def test_closed_history_not_recorded_yet_is_handed_out_a_bounded_number_of_bucke
     second = minutes_due(wc, watermark_of, data)
     assert second == {"a": [T0 - 60], "b": [], "c": sorted(data["c"]), "d": sorted(data["d"])}
     assert minutes_due(wc, watermark_of, data) == {"a": [], "b": [], "c": [], "d": []}
+
+
+def test_closed_history_past_the_bound_is_not_even_listed_that_tick() -> None:
+    """Listing every never-recorded history each tick to leave most of it out took most of a tick's time
+    after a restart with a million buckets: once the tick's share is handed out, the rest is not read."""
+    wc = WindowCloser(Calendar(UTC), GRACE_S, IDLE_S, STALE_S, clock=Clock(T0), backlog_per_tick=5)
+    data = {ch: {T0 - 60 * k for k in range(1, 7)} for ch in ("a", "b", "c")}
+    listed: list[str] = []
+
+    def starts(channel: str, window: str) -> Iterable[int]:
+        listed.append(channel)
+        return data[channel] if window == "1m" else ()
+
+    due = {(ch, w): todo for ch, w, todo in wc.due({ch: T0 + 10.0 for ch in data}, starts)}
+    assert due == {("a", "1m"): sorted(data["a"])}  # 6 buckets: the share of 5 is spent
+    assert set(listed) == {"a"}
