@@ -128,11 +128,13 @@ class WindowCloser:
         for channel, watermark in watermark_of.items():
             for window in WINDOWS:
                 done = self._emitted.get((channel, window))
-                if done is None and backlog <= 0:
-                    # Not even listed: a channel-minute history of days is thousands of starts, and after a
-                    # restart with a million buckets listing them all took most of every tick's time.
-                    continue  # not recorded, so still due next tick
                 last = last_complete_start(self.calendar, window, watermark, self.grace_s)
+                if done is None and backlog <= 0 and any(s <= last for s in starts(channel, window)):
+                    # Not listed whole: a channel-minute history of days is thousands of starts, and after a
+                    # restart with a million buckets listing them all took most of every tick's time. One
+                    # with nothing closed yet is recorded at once, as before (empty), so that the windows
+                    # closing silent from now on are recorded too.
+                    continue  # not recorded, so still due next tick
                 todo = set(newly_closed(self.calendar, window, starts(channel, window), done, last))
                 if done is None:
                     backlog -= len(todo)  # its revisions are in ``todo`` too

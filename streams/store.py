@@ -12,7 +12,8 @@ The records read back become long-lived table values: while a batch is applied t
 paused (its collections would walk the growing table again and again: a third of the read's time), and
 after it the batch is frozen (``gc.freeze()``) as the worker's startup state is, so that no later
 collection walks it. Table values are acyclic, and reference counting frees them whether frozen or not;
-the sweep of ``agents.gc_refreeze`` collects whatever cycle was frozen with them.
+the sweep of ``agents.gc_refreeze`` collects whatever cycle was frozen with them (a read that fails
+collects at once: its half-read fetches were frozen).
 
 A partition kept across a rebalance is not read again: Faust goes on from where it was (as with its own
 in-memory store). Nothing is kept on disk: a new process always reads the whole changelog.
@@ -76,6 +77,12 @@ class BulkRecoveryStore(memory.Store[Any, Any]):
         except Exception:
             # What was applied is a prefix of the changelog: Faust's own recovery reads it all again.
             log.exception("table %s: bulk read of the changelog failed; Faust recovers it", self.table_name)
+            # The batches were frozen while fetches were half read (aiokafka's are cycles until read to
+            # their end): collect what the failed read left now, as the sweep of agents.gc_refreeze would
+            # hours later, then freeze what is alive again.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     async def read_back(self, tps: list[TP]) -> dict[TP, int]:
         """Read changelog partitions ``tps`` from their beginning to their end into this store; returns the

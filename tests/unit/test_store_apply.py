@@ -4,7 +4,9 @@ values it applies are left out of the garbage collector's work. The read itself,
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,6 +15,7 @@ import faust
 import orjson
 import pytest
 from faust.exceptions import KeyDecodeError
+from faust.types import TP
 
 from agents.buckets import BucketTable, bucket_key
 from agents.partials import BucketValue
@@ -95,3 +98,33 @@ def test_applied_values_are_frozen_out_of_collections_and_the_collector_is_left_
         assert not gc.isenabled()  # a collector paused by someone else stays paused
     finally:
         gc.enable()
+
+
+class _Cycle:
+    """A stand-in for a fetch aiokafka holds half read while a batch is applied (a reference cycle)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_a_failed_bulk_read_leaves_nothing_it_froze_for_the_sweep(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(app)
+    topic: Any = store.table.changelog_topic
+    changelog = TP(topic.get_topic_name(), 0)
+    held: list[weakref.ref[_Cycle]] = []
+
+    async def failing_read(tps: list[TP]) -> dict[TP, int]:
+        fetch = _Cycle()
+        held.append(weakref.ref(fetch))
+        store._apply(0, [Record(orjson.dumps("k"), orjson.dumps({"n": 1}), 0)])  # noqa: SLF001 - freezes it
+        del fetch  # dropped half read when the read fails
+        raise ConnectionError("broker gone")
+
+    monkeypatch.setattr(store, "read_back", failing_read)
+    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: {changelog})
+    asyncio.run(store.on_rebalance({changelog}, set(), {changelog}))
+    assert store.persisted_offset(changelog) is None  # Faust's own recovery reads it
+    assert held and held[0]() is None  # collected now, not hours later by the sweep

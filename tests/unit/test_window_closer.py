@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -186,17 +186,28 @@ def test_closed_history_not_recorded_yet_is_handed_out_a_bounded_number_of_bucke
     assert minutes_due(wc, watermark_of, data) == {"a": [], "b": [], "c": [], "d": []}
 
 
-def test_closed_history_past_the_bound_is_not_even_listed_that_tick() -> None:
+def test_closed_history_past_the_bound_is_not_listed_that_tick_but_a_window_without_any_is_recorded() -> None:
     """Listing every never-recorded history each tick to leave most of it out took most of a tick's time
-    after a restart with a million buckets: once the tick's share is handed out, the rest is not read."""
+    after a restart with a million buckets: once the tick's share is handed out, the rest is read only as far
+    as its first closed start; a window with none closed is recorded at once, as before."""
     wc = WindowCloser(Calendar(UTC), GRACE_S, IDLE_S, STALE_S, clock=Clock(T0), backlog_per_tick=5)
-    data = {ch: {T0 - 60 * k for k in range(1, 7)} for ch in ("a", "b", "c")}
-    listed: list[str] = []
+    data = {ch: {T0 - 60 * k for k in range(1, 1001)} for ch in ("a", "b", "c")}
+    data["fresh"] = {T0}  # its only minute is still open: nothing to hold back
+    read: dict[str, int] = {}
 
-    def starts(channel: str, window: str) -> Iterable[int]:
-        listed.append(channel)
-        return data[channel] if window == "1m" else ()
+    def starts(channel: str, window: str) -> Iterator[int]:
+        for start in sorted(data[channel]) if window == "1m" else ():
+            read[channel] = read.get(channel, 0) + 1
+            yield start
 
-    due = {(ch, w): todo for ch, w, todo in wc.due({ch: T0 + 10.0 for ch in data}, starts)}
-    assert due == {("a", "1m"): sorted(data["a"])}  # 6 buckets: the share of 5 is spent
-    assert set(listed) == {"a"}
+    watermark_of = {ch: T0 + 10.0 for ch in data}
+    due = {(ch, w): todo for ch, w, todo in wc.due(watermark_of, starts) if w == "1m"}
+    for channel, window in due:
+        wc.recorded(channel, window)
+    # "a" (1,000 buckets) spends the share of 5; "b" and "c" wait, read no further than their first start.
+    assert due == {("a", "1m"): sorted(data["a"]), ("fresh", "1m"): []}
+    assert read == {"a": 1000, "b": 1, "c": 1, "fresh": 2}
+    # "fresh" was recorded at once: the minute it is in, closing silent, is recorded when it closes.
+    watermark_of["fresh"] = T0 + 70.0
+    later = {ch: todo for ch, w, todo in wc.due(watermark_of, starts) if w == "1m" and ch == "fresh"}
+    assert later == {"fresh": [T0]}
