@@ -214,11 +214,11 @@ class BucketIndex:
         self._buckets = 0
         self._unreadable = 0
         # While ``resync`` rebuilds off the loop: the adds and discards made meanwhile, in order.
-        self._journal: list[tuple[bool, str, str, int, int | None]] | None = None
+        self._journal: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
 
     def add(self, channel: str, window: str, start: int, shard: int = WHOLE) -> None:
         if self._journal is not None:
-            self._journal.append((True, channel, window, start, shard))
+            self._journal.append((self.add, (channel, window, start, shard)))
         starts = self._starts.setdefault(channel, {}).setdefault(window, {})
         shards = starts.get(start)
         if shards is None:
@@ -231,7 +231,7 @@ class BucketIndex:
     def discard(self, channel: str, window: str, start: int, shard: int | None = None) -> None:
         """Forget one shard of a bucket, or (``None``) all of them."""
         if self._journal is not None:
-            self._journal.append((False, channel, window, start, shard))
+            self._journal.append((self.discard, (channel, window, start, shard)))
         starts = self._starts.get(channel, {}).get(window)
         shards = None if starts is None else starts.get(start)
         if starts is None or shards is None:
@@ -255,7 +255,7 @@ class BucketIndex:
     ) -> None:
         """Rebuild from the table's keys if the table holds a different number of keys; a key that is
         not one (``split_key``) is left out and handed to ``unreadable``."""
-        if size == self._size + self._unreadable:
+        if self._in_step(size):
             return
         fresh, failed = BucketIndex.built(keys())
         self._adopt(fresh, failed, unreadable)
@@ -269,7 +269,7 @@ class BucketIndex:
     ) -> None:
         """``sync``, rebuilding in ``offload``'s thread from the keys listed now; the writes and deletes
         made on the loop meanwhile are replayed on the rebuilt index before it replaces this one."""
-        if size == self._size + self._unreadable:
+        if self._in_step(size):
             return
         listed = list(keys())
         self._journal = []
@@ -279,11 +279,12 @@ class BucketIndex:
         finally:
             self._journal = None
         self._adopt(fresh, failed, unreadable)
-        for added, channel, window, start, shard in journal:
-            if added:
-                self.add(channel, window, start, WHOLE if shard is None else shard)
-            else:
-                self.discard(channel, window, start, shard)
+        for change, args in journal:
+            change(*args)
+
+    def _in_step(self, size: int) -> bool:
+        """Whether the index holds as many keys as the table's ``size`` (else it is rebuilt)."""
+        return size == self._size + self._unreadable
 
     @staticmethod
     def built(keys: Iterable[str]) -> tuple[BucketIndex, list[tuple[str, Exception]]]:
@@ -647,7 +648,6 @@ def install(
 
     @app.timer(interval=config.tick_s, name="kpi-snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
-        started = time.perf_counter()
         laps = TickLaps()
         client = redis()
         owned = OwnedChannels(assigned(), config.partitions)
@@ -730,7 +730,7 @@ def install(
         holder.rows = built.channel_rows
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))
-        metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        metrics.snapshot_seconds.observe(time.perf_counter() - laps.started)
         laps.log_if_slow(len(built.closed))
 
     return table

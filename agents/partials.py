@@ -77,21 +77,20 @@ def compact_rows(rows: Mapping[str, Counts]) -> dict[str, Row]:
     if isinstance(rows, dict) and all(type(counts) is tuple for counts in rows.values()):
         # Names of tuple rows were interned where the tuples were made (here, ``compact``, the agent).
         return cast(dict[str, Row], rows)
+    return _tuple_rows(rows)
+
+
+def _tuple_rows(rows: Mapping[str, Counts]) -> dict[str, Row]:
     return {sys.intern(campaign): tuple(counts) for campaign, counts in rows.items()}
 
 
 def compact(value: Any) -> Any:
     """A bucket value decoded from the changelog's JSON, with tuple rows and interned names; anything that
     is not shaped like a bucket value is returned as it is (the merge that reads it quarantines its key)."""
-    intern = sys.intern
     try:
         # compact_rows without its check for rows already tuples: JSON has none (the bulk read's hot path).
-        pending = {
-            src: [block, upto, {intern(c): tuple(counts) for c, counts in rows.items()}]
-            for src, (block, upto, rows) in value["p"].items()
-        }
-        base = {intern(c): tuple(counts) for c, counts in value["b"].items()}
-        return {"b": base, "p": pending, "f": value["f"]}
+        pending = {src: [block, upto, _tuple_rows(rows)] for src, (block, upto, rows) in value["p"].items()}
+        return {"b": _tuple_rows(value["b"]), "p": pending, "f": value["f"]}
     except Exception:  # noqa: BLE001 - never stop a recovery over one record
         return value
 
