@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -287,3 +288,44 @@ def test_a_slow_snapshot_tick_logs_where_its_time_went(
     quick.lap("index")
     quick.log_if_slow(closed=0)
     assert len(caplog.messages) == 1
+
+
+def _keys_of(index: BucketIndex) -> set[tuple[str, str, int, int]]:
+    """The (channel, window, start, shard) keys ``index`` holds, read from its shards' bits."""
+    return {
+        (channel, window, start, shard)
+        for channel, windows in index._starts.items()  # noqa: SLF001 - the representation under test
+        for window, starts in windows.items()
+        for start, bits in starts.items()
+        for shard in range(WHOLE, bits.bit_length() - 1)
+        if bits >> (shard + 1) & 1
+    }
+
+
+def test_the_index_agrees_with_a_set_of_keys_through_adds_discards_and_rebuilds() -> None:
+    """The index keeps a bucket's shards as the bits of an int: checked against plain sets of keys, through
+    random writes and deletes (high shards and the whole key among them), and a rebuild from the keys."""
+    rng = random.Random(7)
+    index = BucketIndex()
+    model: set[tuple[str, str, int, int]] = set()
+    for _ in range(5_000):
+        channel, window, start = rng.choice("ab"), rng.choice(["1m", "1h"]), rng.randrange(4) * 60
+        shard = rng.choice([WHOLE, 0, 1, 63, 64, 200])
+        if rng.random() < 0.6:
+            index.add(channel, window, start, shard)
+            model.add((channel, window, start, shard))
+        elif rng.random() < 0.5:
+            index.discard(channel, window, start, shard)
+            model.discard((channel, window, start, shard))
+        else:
+            index.discard(channel, window, start)
+            model -= {key for key in model if key[:3] == (channel, window, start)}
+        assert _keys_of(index) == model and index.buckets() == len({key[:3] for key in model})
+        for c in "ab":
+            for w in ("1m", "1h"):
+                assert set(index.starts(c, w)) == {s for (bc, bw, s, _) in model if (bc, bw) == (c, w)}
+    index.sync(len(model), lambda: pytest.fail("listed: the index counts a different number of keys"))
+    rebuilt = BucketIndex()
+    rebuilt.sync(len(model), lambda: [bucket_key(*key) for key in model])
+    assert _keys_of(rebuilt) == model and rebuilt.buckets() == index.buckets()
+    rebuilt.sync(len(model), lambda: pytest.fail("listed again"))
