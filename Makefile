@@ -43,7 +43,7 @@ lint: $(STAMP)  ## ruff's rules, ruff's format check and mypy (config in pyproje
 	$(BIN)/mypy
 
 kafka: $(STAMP) tools  ## every test on real Apache Kafka: the Kafka half of `make test` and the 3-node cluster tests
-	$(BIN)/python -m pytest tests -q -m "kafka or cluster" -k "not tansu"
+	$(BIN)/python -m pytest tests -q -m "kafka or kafka_only or cluster" -k "not tansu"
 
 bench: $(STAMP)  ## throughput of one worker against the raw aiokafka ceiling (writes BENCHMARKS.md)
 	$(BIN)/python benchmarks/throughput.py

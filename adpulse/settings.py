@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         max_length=200,
         description=(
             "this worker's static member name in the Faust consumer group (group.instance.id): stable "
-            "across restarts and unique per worker; a restarted worker then rejoins at once"
+            "across restarts and unique per worker; a restarted worker then rejoins at once. Apache Kafka "
+            "only: on the embedded broker (Tansu) a returning static member can rejoin forever"
         ),
     )
 

@@ -46,13 +46,16 @@ def _stack_settings(home: Path, broker: str = TANSU, **overrides: object) -> Set
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test on the shared stack gets its broker as a parameter: Tansu, and Kafka when marked ``kafka``.
+    """Every test on the shared stack gets its broker as a parameter: Tansu, and Kafka when marked ``kafka``
+    (only Kafka when marked ``kafka_only``: a feature the embedded broker does not support).
 
     All of them are parametrized (not only the marked ones), so that pytest sees exactly two instances of
     the session's stack and runs the tests of each together, starting each broker once.
     """
     if "stack_settings" in metafunc.fixturenames:
         brokers = [TANSU, KAFKA] if metafunc.definition.get_closest_marker("kafka") else [TANSU]
+        if metafunc.definition.get_closest_marker("kafka_only"):
+            brokers = [KAFKA]
         metafunc.parametrize("stack_settings", brokers, indirect=True, scope="session")
 
 

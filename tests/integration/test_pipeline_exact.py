@@ -204,12 +204,24 @@ def test_one_worker_counts_every_window_exactly(make_settings, dataset: Dataset,
         worker.stop()
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(
-    make_settings, dataset: Dataset, tmp_path: Path, static: bool
+    make_settings, dataset: Dataset, tmp_path: Path
 ) -> None:
-    """``static``: the workers are static members of their Faust group (``ADPULSE_INSTANCE_ID``), and the
-    killed one comes back under its name, taking its place without a rebalance."""
+    _kill_9_and_restart(make_settings, dataset, tmp_path, static=False)
+
+
+@pytest.mark.kafka_only
+def test_kill_9_and_restart_of_a_static_member_loses_nothing_and_counts_nothing_twice(
+    make_settings, dataset: Dataset, tmp_path: Path
+) -> None:
+    """The workers are static members of their Faust group (``ADPULSE_INSTANCE_ID``), and the killed one
+    comes back under its name, taking its place without a rebalance. On Apache Kafka only: the embedded
+    broker's group coordinator can leave a static member that comes back rejoining forever
+    (docs/operations.md, ``ADPULSE_INSTANCE_ID``)."""
+    _kill_9_and_restart(make_settings, dataset, tmp_path, static=True)
+
+
+def _kill_9_and_restart(make_settings, dataset: Dataset, tmp_path: Path, static: bool) -> None:
     settings = _settings(make_settings)
     names = [{"instance_id": f"{settings.app_id}-w{i}"} if static else {} for i in (1, 2)]
     first = WorkerProcess(
