@@ -80,6 +80,9 @@ FAUST_MAX_REQUEST_BYTES = 1_000_000
 WHOLE = -1
 #: ``BucketConfig.shards`` by default (``ADPULSE_BUCKET_SHARDS``).
 DEFAULT_SHARDS = 1
+#: The most shards a bucket has (``ADPULSE_BUCKET_SHARDS``' bound): a key naming a higher shard is not a
+#: bucket key (and would cost ``BucketIndex`` an int of that many bits).
+MAX_SHARDS = 256
 
 
 def bucket_key(channel: str, window: str, start: int, shard: int = WHOLE) -> str:
@@ -101,7 +104,7 @@ def split_key(key: str) -> tuple[str, str, int, int]:
         raise ValueError(f"not a bucket key: {key!r}")
     if window not in _WINDOW_NAMES:
         raise ValueError(f"unknown window {window!r} in table key {key!r}")
-    if shard < WHOLE or (shard == WHOLE and len(parts) == 4):
+    if shard < WHOLE or (shard == WHOLE and len(parts) == 4) or shard >= MAX_SHARDS:
         raise ValueError(f"not a bucket key: {key!r}")
     return channel, window, start, shard
 

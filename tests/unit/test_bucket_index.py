@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from adpulse.settings import Settings
 from agents.buckets import (
+    MAX_SHARDS,
     SEP,
     WHOLE,
     BucketIndex,
@@ -198,9 +200,14 @@ def test_judged_marks_expire_with_their_windows_retention() -> None:
 def test_keys_name_a_shard_and_a_key_without_one_is_a_bucket_kept_whole() -> None:
     assert split_key(bucket_key("wechat", "1h", 3600, 5)) == ("wechat", "1h", 3600, 5)
     assert bucket_key("wechat", "1h", 3600) == f"wechat{SEP}1h{SEP}3600"  # what versions before shards wrote
+    assert split_key(bucket_key("wechat", "1h", 3600, MAX_SHARDS - 1))[3] == MAX_SHARDS - 1
+    bounds = Settings.model_fields["bucket_shards"].metadata
+    assert [b.le for b in bounds if hasattr(b, "le")] == [MAX_SHARDS]  # the setting's bound
     for junk in (
         f"wechat{SEP}1h{SEP}3600{SEP}x",
         f"wechat{SEP}1h{SEP}0{SEP}-1",
+        f"wechat{SEP}1h{SEP}0{SEP}{MAX_SHARDS}",
+        f"wechat{SEP}1h{SEP}0{SEP}{10**9}",  # an int of a billion bits in the index, had it been taken
         f"a{SEP}1h{SEP}0{SEP}1{SEP}2",
     ):
         with pytest.raises(ValueError):
