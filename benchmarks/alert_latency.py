@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import (
+    KAFKA_CHANGELOG_BATCH_BYTES,
     REPO,
     Started,
     command_and_machine,
@@ -528,6 +529,8 @@ def one_run(
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
+    if args.broker == "kafka":
+        extra["changelog_batch_bytes"] = KAFKA_CHANGELOG_BATCH_BYTES  # as docs/operations.md says to
     if args.window_minutes:
         extra["rules_file"] = rules_file(run_dir / "rules.yaml", window_channels(args))
     settings = Settings(
@@ -555,6 +558,7 @@ def one_run(
             "ADPULSE_PARTITIONS",
             "ADPULSE_BLOCK_RECORDS",
             "ADPULSE_IDLE_PARTITION_S",
+            "ADPULSE_CHANGELOG_BATCH_BYTES",
         )
     }
     embedded = EmbeddedStack(settings, broker=args.broker)

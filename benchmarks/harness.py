@@ -22,6 +22,9 @@ from procstat import load_average, machine, machine_markdown
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+#: ``ADPULSE_CHANGELOG_BATCH_BYTES`` of a worker on Apache Kafka, as docs/operations.md and the compose file
+#: set it (the default, 1, is what the embedded broker needs; on Kafka a round trip per changelog record).
+KAFKA_CHANGELOG_BATCH_BYTES = 65536
 
 
 @dataclass

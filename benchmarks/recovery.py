@@ -42,6 +42,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import (
+    KAFKA_CHANGELOG_BATCH_BYTES,
     Started,
     add_report_args,
     command_and_machine,
@@ -483,8 +484,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--changelog-batch-bytes",
         type=int,
-        default=65536,
-        help="ADPULSE_CHANGELOG_BATCH_BYTES of the worker on Kafka (default 65536; Tansu keeps 1)",
+        default=KAFKA_CHANGELOG_BATCH_BYTES,
+        help=f"ADPULSE_CHANGELOG_BATCH_BYTES of the worker on Kafka (default {KAFKA_CHANGELOG_BATCH_BYTES}; "
+        "Tansu keeps 1)",
     )
     parser.add_argument(
         "--dynamic-member",

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyspy_report
 from harness import (
     HERE,
+    KAFKA_CHANGELOG_BATCH_BYTES,
     REPO,
     Started,
     command_and_machine,
@@ -438,6 +439,8 @@ def worker_env(
         ADPULSE_ENV_FILE=str(workdir / "no.env"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
+    if args.broker == "kafka":
+        env["ADPULSE_CHANGELOG_BATCH_BYTES"] = str(KAFKA_CHANGELOG_BATCH_BYTES)
     return env
 
 
