@@ -106,6 +106,9 @@ def split_key(key: str) -> tuple[str, str, int, int]:
         raise ValueError(f"unknown window {window!r} in table key {key!r}")
     if shard < WHOLE or (shard == WHOLE and len(parts) == 4) or shard >= MAX_SHARDS:
         raise ValueError(f"not a bucket key: {key!r}")
+    if str(start) != parts[2] or (len(parts) == 4 and str(shard) != parts[3]):
+        # " 5", "+5", "05", "٥": int() reads them, but the agent reads and deletes the keys it writes.
+        raise ValueError(f"not a bucket key as the agent writes them: {key!r}")
     return channel, window, start, shard
 
 
@@ -206,6 +209,10 @@ class BucketConfig:
     max_value_bytes: int = value_limit(FAUST_MAX_REQUEST_BYTES)
     #: Keys a bucket's campaigns are spread over (``agents.partials.shard_of``).
     shards: int = DEFAULT_SHARDS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be 1..{MAX_SHARDS}, got {self.shards}")
 
 
 @dataclass(slots=True)

@@ -56,6 +56,7 @@ from harness import (
     KAFKA_CHANGELOG_BATCH_BYTES,
     REPO,
     Started,
+    broker_env,
     command_and_machine,
     free_ports,
     percentile,
@@ -74,7 +75,11 @@ TARGET_P95_S = 1.0
 
 
 #: How the report names each broker.
-BROKER_NAMES = {"tansu": "Tansu", "kafka": f"Apache Kafka {KAFKA_VERSION}, one KRaft node"}
+BROKER_NAMES = {
+    "tansu": "Tansu",
+    "kafka": f"Apache Kafka {KAFKA_VERSION}, one KRaft node, the worker's changelog batched "
+    f"(`ADPULSE_CHANGELOG_BATCH_BYTES={KAFKA_CHANGELOG_BATCH_BYTES}`)",
+}
 
 
 def markers(broker: str) -> tuple[str, str]:
@@ -529,8 +534,6 @@ def one_run(
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
-    if args.broker == "kafka":
-        extra["changelog_batch_bytes"] = KAFKA_CHANGELOG_BATCH_BYTES  # as docs/operations.md says to
     if args.window_minutes:
         extra["rules_file"] = rules_file(run_dir / "rules.yaml", window_channels(args))
     settings = Settings(
@@ -546,6 +549,7 @@ def one_run(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADPULSE_")}
     env.update(settings.to_env())
+    env.update(broker_env(args.broker))
     env["ADPULSE_ENV_FILE"] = str(run_dir / "no.env")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     shown = {

@@ -27,6 +27,11 @@ REPO = HERE.parent
 KAFKA_CHANGELOG_BATCH_BYTES = 65536
 
 
+def broker_env(broker: str) -> dict[str, str]:
+    """What a worker on ``broker`` is configured with beyond the defaults, as docs/operations.md says."""
+    return {"ADPULSE_CHANGELOG_BATCH_BYTES": str(KAFKA_CHANGELOG_BATCH_BYTES)} if broker == "kafka" else {}
+
+
 @dataclass
 class Started:
     """Processes this run started, stopped (by pid) at exit whatever happens."""
@@ -73,7 +78,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def code_version() -> str:
-    """The commit under test, and whether the worker's packages had uncommitted changes."""
+    """The commit under test, and whether the worker's packages or the benchmarks had uncommitted changes."""
 
     def git(*argv: str) -> str:
         done = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True, check=False)
@@ -82,7 +87,9 @@ def code_version() -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
     dirty = [
         line
-        for line in git("status", "--porcelain", "--", "adpulse", "agents", "streams", "alerts").splitlines()
+        for line in git(
+            "status", "--porcelain", "--", "adpulse", "agents", "streams", "alerts", "benchmarks"
+        ).splitlines()
         if line
     ]
     return f"{commit}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else "")

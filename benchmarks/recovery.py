@@ -491,12 +491,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dynamic-member",
         action="store_true",
-        help="run the worker without ADPULSE_INSTANCE_ID (a new member of its group after each restart)",
+        help="run the worker without ADPULSE_INSTANCE_ID (a new member of its group after each restart); "
+        "always on Tansu, where static membership is not supported (docs/operations.md)",
     )
     add_report_args(parser)
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a step after this")
     parser.add_argument("--keep-workdir", action="store_true", help="keep worker logs in the temp dir")
     args = parser.parse_args(argv)
+    args.dynamic_member = args.dynamic_member or args.broker == "tansu"
     if args.rows < 100 or args.channels < 1 or args.kills < 1:
         parser.error("--rows ≥ 100, --channels ≥ 1, --kills ≥ 1")
     # What throughput.stack and worker_env read.

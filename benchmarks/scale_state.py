@@ -37,6 +37,7 @@ from harness import (
     REPO,
     Started,
     add_report_args,
+    broker_env,
     command_and_machine,
     free_port,
     publish,
@@ -217,6 +218,7 @@ def run(args: argparse.Namespace) -> list[Day]:
                 ADPULSE_GC_SWEEP_S=str(args.gc_sweep_s),
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             )
+            env.update(broker_env(args.broker))
             log_path = workdir / "worker.log"
             with log_path.open("wb") as log_file:
                 proc = started.add(

@@ -39,6 +39,7 @@ from harness import (
     REPO,
     Started,
     add_report_args,
+    broker_env,
     command_and_machine,
     free_ports,
     publish,
@@ -235,6 +236,7 @@ def run(args: argparse.Namespace, workdir: Path, started: Started, out: Path) ->
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADPULSE_")}
     env.update(settings.to_env())
+    env.update(broker_env(args.broker))
     env["ADPULSE_ENV_FILE"] = str(workdir / "no.env")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     live_s = args.minutes * 60.0

@@ -43,6 +43,7 @@ from harness import (
     KAFKA_CHANGELOG_BATCH_BYTES,
     REPO,
     Started,
+    broker_env,
     command_and_machine,
     free_ports,
     section_head,
@@ -81,7 +82,10 @@ def broker_name(broker: str) -> str:
         return "the embedded Tansu broker"
     from adpulse.kafka_server import KAFKA_VERSION
 
-    return f"Apache Kafka {KAFKA_VERSION} (one KRaft node on loopback, `adpulse.kafka_server`)"
+    return (
+        f"Apache Kafka {KAFKA_VERSION} (one KRaft node on loopback, `adpulse.kafka_server`; workers write "
+        f"their changelog batched, `ADPULSE_CHANGELOG_BATCH_BYTES={KAFKA_CHANGELOG_BATCH_BYTES}`)"
+    )
 
 
 #: Functions whose inclusive share the profile summary reports (substrings of "function (file)").
@@ -439,8 +443,7 @@ def worker_env(
         ADPULSE_ENV_FILE=str(workdir / "no.env"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
-    if args.broker == "kafka":
-        env["ADPULSE_CHANGELOG_BATCH_BYTES"] = str(KAFKA_CHANGELOG_BATCH_BYTES)
+    env.update(broker_env(args.broker))
     return env
 
 

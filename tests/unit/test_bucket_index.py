@@ -15,6 +15,7 @@ from agents.buckets import (
     MAX_SHARDS,
     SEP,
     WHOLE,
+    BucketConfig,
     BucketIndex,
     BucketViews,
     TickLaps,
@@ -203,10 +204,21 @@ def test_keys_name_a_shard_and_a_key_without_one_is_a_bucket_kept_whole() -> Non
     assert split_key(bucket_key("wechat", "1h", 3600, MAX_SHARDS - 1))[3] == MAX_SHARDS - 1
     bounds = Settings.model_fields["bucket_shards"].metadata
     assert [b.le for b in bounds if hasattr(b, "le")] == [MAX_SHARDS]  # the setting's bound
+
+    def config(shards: int) -> BucketConfig:
+        return BucketConfig("p", 1, "a", 1.0, 1.0, 1.0, {}, shards=shards)
+
+    assert config(MAX_SHARDS).shards == MAX_SHARDS
+    with pytest.raises(ValueError, match="shards"):
+        config(MAX_SHARDS + 1)
     for junk in (
         f"wechat{SEP}1h{SEP}3600{SEP}x",
         f"wechat{SEP}1h{SEP}0{SEP}-1",
         f"wechat{SEP}1h{SEP}0{SEP}{MAX_SHARDS}",
+        # int() reads these, but they are not the keys the agent writes (it could never delete them).
+        *(f"wechat{SEP}1h{SEP}{start}{SEP}0" for start in (" 60", "+60", "060", "6_0", "\u0666\u0660", "-0")),
+        *(f"wechat{SEP}1h{SEP}60{SEP}{shard}" for shard in ("01", " 1", "+1", "-0")),
+        f"wechat{SEP}1h{SEP}060",
         f"wechat{SEP}1h{SEP}0{SEP}{10**9}",  # an int of a billion bits in the index, had it been taken
         f"a{SEP}1h{SEP}0{SEP}1{SEP}2",
     ):
