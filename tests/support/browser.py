@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -76,41 +77,73 @@ class _Session:
 @contextlib.asynccontextmanager
 async def _browser(binary: str) -> AsyncIterator[str]:
     """Start chromium headless on a free DevTools port; yields the browser's websocket URL."""
-    with tempfile.TemporaryDirectory(prefix="adpulse-chromium-") as profile:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    profile = tempfile.mkdtemp(prefix="adpulse-chromium-")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromium did not start (exit code {proc.poll()})")
+            await asyncio.sleep(0.1)
+        port, path = port_file.read_text().split()[:2]
+        yield f"ws://127.0.0.1:{port}{path}"
+    finally:
+        _stop(proc)
+        _remove(profile)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop chromium and every process it started (its own session, so its process group): the renderer,
+    GPU and crashpad helpers outlive the main process by a moment and keep writing into the profile."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait_s)
+        deadline = time.monotonic() + wait_s
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _group_alive(proc.pid):
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _remove(profile: str) -> None:
+    """Remove the profile; a helper that was still closing can leave a file behind for a moment."""
+    for _ in range(20):
         try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 60
-            while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"chromium did not start (exit code {proc.poll()})")
-                await asyncio.sleep(0.1)
-            port, path = port_file.read_text().split()[:2]
-            yield f"ws://127.0.0.1:{port}{path}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.25)
+    shutil.rmtree(profile)
 
 
 async def load(
