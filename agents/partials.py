@@ -35,6 +35,7 @@ order blocks of different source partitions arrive in); and every count in the b
 
 from __future__ import annotations
 
+import operator
 import sys
 import zlib
 from collections.abc import Mapping, Sequence
@@ -142,6 +143,17 @@ def totals(value: BucketValue) -> dict[str, list[int]]:
     result: dict[str, list[int]] = {campaign: list(counts) for campaign, counts in value["b"].items()}
     for _block, _upto, rows in value["p"].values():
         result = _added(result, rows, in_place=True)
+    return result
+
+
+def row_totals(value: BucketValue) -> dict[str, Row]:
+    """``totals`` as rows: a campaign no pending block adds to keeps the base's own row (shared, not
+    copied), so a bucket's totals cost a dict entry per campaign, not a list of counts."""
+    result: dict[str, Row] = dict(value["b"])
+    for _block, _upto, rows in value["p"].values():
+        for campaign, counts in rows.items():
+            before = result.get(campaign)
+            result[campaign] = tuple(counts) if before is None else tuple(map(operator.add, before, counts))
     return result
 
 

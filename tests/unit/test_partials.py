@@ -24,11 +24,12 @@ from agents.partials import (
     overflowing,
     own_campaigns,
     retire,
+    row_totals,
     shard_of,
     split,
     totals,
 )
-from agents.snapshot import counts_of
+from agents.snapshot import NamedCounts, counts_of
 from streams.codec import N_SLOTS
 from streams.events import OVERFLOW_CAMPAIGN
 
@@ -296,6 +297,8 @@ def test_any_interleaving_of_replayed_sources_sums_the_final_blocks(
 
     got = totals(value) if value is not None else {}
     assert {c: v for c, v in got.items() if any(v)} == {c: v for c, v in expected.items() if any(v)}
+    if value is not None:
+        assert {c: list(row) for c, row in row_totals(value).items()} == got
 
     # The same partials merged into shards as the bucket agent does (each gets the rows of its campaigns,
     # and folds an older pending block when a newer one starts) sum to the same, read through ``combined``.
@@ -318,6 +321,8 @@ def test_any_interleaving_of_replayed_sources_sums_the_final_blocks(
                 shards[shard] = new
     got = totals(combined(list(shards.values()))) if shards else {}
     assert {c: v for c, v in got.items() if any(v)} == {c: v for c, v in expected.items() if any(v)}
+    if shards:
+        assert {c: list(row) for c, row in row_totals(combined(list(shards.values()))).items()} == got
 
 
 def test_retiring_campaigns_keeps_the_channel_total_and_frees_their_rows() -> None:
@@ -410,3 +415,18 @@ def test_combined_adds_up_the_other_row_each_shard_may_hold() -> None:
     assert left is not None and right is not None
     assert totals(combined([left, right])) == {"a": vec(1), "b": vec(3), OVERFLOW_CAMPAIGN: vec(6)}
     assert own_campaigns(right) == 1 and own_campaigns(None) == 0
+
+
+def test_named_counts_read_a_bucket_like_totals_and_share_its_rows() -> None:
+    value = merged(("clicks/0", 1, 5, {"c1": vec(3, 1), "c2": vec(7)}), ("clicks/0", 2, 3, {"c1": vec(2)}))
+    assert value is not None
+    assert value["b"] and value["p"]  # c1 in the base and pending, c2 in the base only
+    rows = row_totals(value)
+    assert rows["c2"] is value["b"]["c2"]  # a row no pending block adds to is the base's own
+    assert rows["c1"] == (5, 1, *[0] * (N_SLOTS - 2))
+    named = NamedCounts(value)
+    assert dict(named) == {c: counts_of(v) for c, v in totals(value).items()}
+    assert named.get("c1") == counts_of(totals(value)["c1"])
+    assert named.get("nobody") is None and named.get("nobody", {}) == {}
+    assert "c2" in named and "nobody" not in named and len(named) == 2 and sorted(named) == ["c1", "c2"]
+    assert not NamedCounts(empty())
