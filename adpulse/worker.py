@@ -20,6 +20,7 @@ from agents.fold import FoldConfig
 from agents.fold_stage import FoldStage, FoldStageConfig
 from agents.gc_refreeze import Refreezer
 from agents.health import HealthMonitor
+from agents.malloc_trim import MallocTrim, libc_malloc_trim
 from agents.metrics import PipelineMetrics, SnapshotCollector, watch_gc, watch_loop_lag
 from agents.redis_retry import RedisRetry
 from alerts.budgets import BudgetBook
@@ -164,6 +165,12 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
                 await refreezer.run()
             finally:
                 stop()
+
+    if settings.malloc_trim_s > 0:
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def malloc_trim() -> None:
+            await MallocTrim(metrics, settings.malloc_trim_s, libc_malloc_trim()).run()
 
     @app.task  # type: ignore[untyped-decorator]
     async def budget_feed() -> None:

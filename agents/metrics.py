@@ -140,6 +140,18 @@ class PipelineMetrics:
             "Unreachable objects the periodic sweep (ADPULSE_GC_SWEEP_S) found among the frozen and old ones",
             registry=registry,
         )
+        self.malloc_trim_seconds = Histogram(
+            "adpulse_malloc_trim_seconds",
+            "Time to hand memory the worker freed back to the system (glibc malloc_trim, "
+            "ADPULSE_MALLOC_TRIM_S; off the event loop)",
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
+        self.malloc_trimmed_bytes = Counter(
+            "adpulse_malloc_trimmed_bytes",
+            "Resident memory malloc_trim handed back to the system",
+            registry=registry,
+        )
         self.judge_seconds = Histogram(
             "adpulse_judge_seconds",
             "Time to judge one tick's closed windows and budgets (off the event loop where it is heavy)",
