@@ -7,6 +7,7 @@ adpulse is float seconds and the names say so (``grace_s``); milliseconds appear
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -138,7 +139,7 @@ class Settings(BaseSettings):
         description=(
             "seconds between handing memory the worker freed back to the system (glibc malloc_trim; at "
             "100,000 campaigns the C heap otherwise keeps every tick's high-water mark, 0.7 GB measured); "
-            "0: never"
+            "0: never, else at least 1"
         ),
     )
 
@@ -234,6 +235,13 @@ class Settings(BaseSettings):
     @classmethod
     def _known_tz(cls, value: str) -> str:
         return known_time_zone(value)
+
+    @field_validator("malloc_trim_s")
+    @classmethod
+    def _trim_period(cls, value: float) -> float:
+        if 0 < value < 1 or not math.isfinite(value):
+            raise ValueError("0 (never) or at least 1 second: each trim holds the C heap's lock a moment")
+        return value
 
     @field_validator("currency")
     @classmethod

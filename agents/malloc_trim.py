@@ -8,9 +8,11 @@ heap holds the high-water mark of every tick's garbage: measured at 10 channels 
 Apache Kafka, a worker at 1,428 MiB resident went to 735 MiB when ``malloc_trim(0)`` ran once (the heap
 held 1.2 GB free). ``malloc_trim`` hands the free pages back (``MADV_DONTNEED``) wherever they are.
 
-It runs in a thread of its own and without the GIL (a ctypes call): the event loop and the judge go on,
-except for a C allocation that waits for the heap's lock meanwhile. Elsewhere than glibc (musl, macOS)
-there is no ``malloc_trim`` and this does nothing.
+It runs in a thread of its own and lets go of the GIL (a ctypes call), but it holds each heap's lock while
+it goes through it: a C allocation of another thread waits meanwhile, and a thread that waits so with the
+GIL in hand holds up the others too. Measured at 100,000 campaigns: 18 ms a trim on average, none over
+100 ms (``adpulse_malloc_trim_seconds``). Elsewhere than glibc (musl, macOS) there is no ``malloc_trim`` and
+this does nothing. A failed trim is logged and tried again next period: it never stops the worker.
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ class MallocTrim:
         if self.trim is None:
             log.info("the C library has no malloc_trim: freed memory is returned as it allocates it")
             return
+        failed = False
         while True:
             await asyncio.sleep(self.every_s)
-            await asyncio.to_thread(self.once)
+            try:
+                await asyncio.to_thread(self.once)
+            except Exception:
+                # A clean-up that fails (no thread left to start) is no reason to stop. Logged once with its
+                # traceback, then at debug level, so that a lasting cause does not flood the log.
+                log.log(logging.DEBUG if failed else logging.WARNING, "malloc_trim failed", exc_info=True)
+                failed = True

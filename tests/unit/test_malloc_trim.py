@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
+from adpulse.settings import Settings
 from agents.malloc_trim import MallocTrim, libc_malloc_trim, resident_bytes
 from agents.metrics import PipelineMetrics
 
@@ -106,3 +108,36 @@ def test_glibc_gives_back_a_fragmented_heap() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True, timeout=120
     )
     assert int(out.stdout) > 100 * 2**20, out
+
+
+def test_a_failing_trim_is_logged_once_and_the_task_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    m, _ = metrics()
+    calls: list[int] = []
+
+    def broken() -> int:
+        calls.append(0)
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> None:
+        task = asyncio.create_task(MallocTrim(m, 0.01, broken).run())
+        while len(calls) < 3:
+            await asyncio.sleep(0.01)
+        assert not task.done()  # still trimming: a failure never ends the task (nor the worker)
+        task.cancel()
+
+    with caplog.at_level("DEBUG", logger="agents.malloc_trim"):
+        asyncio.run(asyncio.wait_for(main(), 30))
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "malloc_trim failed" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("period", [0.001, 0.5, float("inf"), float("nan"), -1.0])
+def test_the_period_is_never_or_at_least_a_second(period: float) -> None:
+    with pytest.raises(ValidationError):
+        Settings(malloc_trim_s=period)
+
+
+def test_the_period_accepts_never_and_whole_seconds() -> None:
+    assert Settings(malloc_trim_s=0).malloc_trim_s == 0
+    assert Settings(malloc_trim_s=1).malloc_trim_s == 1
+    assert Settings().malloc_trim_s == 10
