@@ -134,10 +134,10 @@ def test_a_failing_trim_is_logged_once_and_the_task_goes_on(caplog: pytest.LogCa
 @pytest.mark.parametrize("period", [0.001, 0.5, float("inf"), float("nan"), -1.0])
 def test_the_period_is_never_or_at_least_a_second(period: float) -> None:
     with pytest.raises(ValidationError):
-        Settings(malloc_trim_s=period)
+        Settings(_env_file=None, malloc_trim_s=period)
 
 
 def test_the_period_accepts_never_and_whole_seconds() -> None:
-    assert Settings(malloc_trim_s=0).malloc_trim_s == 0
-    assert Settings(malloc_trim_s=1).malloc_trim_s == 1
-    assert Settings().malloc_trim_s == 10
+    assert Settings(_env_file=None, malloc_trim_s=0).malloc_trim_s == 0
+    assert Settings(_env_file=None, malloc_trim_s=1).malloc_trim_s == 1
+    assert Settings(_env_file=None).malloc_trim_s == 10
