@@ -85,7 +85,7 @@ class MallocTrim:
     async def run(self) -> None:
         """Trim every ``every_s`` until cancelled (nothing where the C library cannot)."""
         if self.trim is None:
-            log.info("the C library has no malloc_trim: freed memory is returned as it allocates it")
+            log.info("the C library has no malloc_trim: ADPULSE_MALLOC_TRIM_S does nothing here")
             return
         failed = False
         while True:
