@@ -140,8 +140,40 @@ def _wait_exact(settings: Settings, data: Dataset, workers: list[WorkerProcess],
         wait_for(exact, timeout_s, "every 1m and 1h window to equal the ground truth", interval_s=2.0)
     except AssertionError:
         detail = "\n".join(last[:15])
-        logs = "\n---\n".join(w.log_tail(30) for w in workers)
-        raise AssertionError(f"{len(last)} windows differ, e.g.:\n{detail}\nworker logs:\n{logs}") from None
+        logs = "\n---\n".join(
+            f"{w.log_path.name}:\n{w.log_story()}\n(tail)\n{w.log_tail(15)}\n(events)\n{_event_counts(w)}"
+            for w in workers
+        )
+        raise AssertionError(
+            f"{len(last)} windows differ, e.g.:\n{detail}\nby channel:\n{_channel_totals(settings, data)}\n"
+            f"worker logs:\n{logs}"
+        ) from None
+
+
+def _event_counts(worker: WorkerProcess) -> str:
+    """The worker's ``adpulse_events_total`` lines: how its fold decided the records it read."""
+    page = worker.metrics() or ""
+    lines = [line for line in page.splitlines() if line.startswith("adpulse_events_total")]
+    return "\n".join(lines) or "(none)"
+
+
+def _channel_totals(settings: Settings, data: Dataset) -> str:
+    """Each channel's counts over its 1h windows, got and expected: which channels (and so which source and
+    partials partitions) lost or doubled what, at a glance."""
+    got = _closed_windows(settings, ("1h",))
+    lines = []
+    for channel in sorted({key[0] for key in data.truth}):
+        expected = [0] * len(SLOTS)
+        found = [0] * len(SLOTS)
+        for key, vector in data.truth.items():
+            if key[0] == channel and key[1] == "-" and key[2] == "1h":
+                expected = [a + b for a, b in zip(expected, vector, strict=True)]
+                row = got.get(key)
+                if row is not None:
+                    found = [a + b for a, b in zip(found, _as_vector(row), strict=True)]
+        if found != expected:
+            lines.append(f"{channel}: got {found}, expected {expected}")
+    return "\n".join(lines) or "(every channel's 1h totals are right)"
 
 
 async def _dlq(settings: Settings, expected: int) -> list[dict]:

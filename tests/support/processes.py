@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,6 +72,29 @@ class WorkerProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_story(self, lines: int = 120) -> str:
+        """The log lines that tell what happened (group changes, the fold's resumptions and replays,
+        recoveries, warnings and errors), without the repeated noise of an outage or of alerts: what a
+        failed test needs when a tail shows only the last seconds."""
+        told = [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if _STORY.search(line) and not _NOISE.search(line)
+        ]
+        skipped = len(told) - lines
+        head = [f"[{skipped} earlier lines of the story left out]"] if skipped > 0 else []
+        return "\n".join(head + told[-lines:])
+
+
+_STORY = re.compile(
+    r"WARNING|ERROR|CRITICAL|Traceback|fold:|table \w+:|[Jj]oined group|assigned partitions|Revoking|"
+    r"Signal received|crashed"
+)
+_NOISE = re.compile(
+    r"Unable connect to node|Failed fetch messages|producer buffer full|Timer \S+ is overlapping|"
+    r"NodeNotReadyError|Heartbeat failed|Marking the coordinator dead"
+)
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.5) -> object:
