@@ -173,6 +173,17 @@ class Settings(BaseSettings):
             "longest a fetch waits for new records (both consumers): bounds how stale an idle worker gets"
         ),
     )
+    group_session_timeout_s: float = Field(
+        10.0,
+        ge=1.0,
+        le=300.0,
+        description=(
+            "session of the worker's two consumer-group memberships (Faust's and the fold stage's): a dead "
+            "worker's partitions move this long after it died, and a worker whose consumers cannot heartbeat "
+            "this long is taken out of its groups. Apache Kafka accepts 6-1800 s by default "
+            "(group.min/max.session.timeout.ms); the embedded broker (Tansu) holds every join for half of it"
+        ),
+    )
     changelog_batch_bytes: int = Field(
         1,
         ge=1,

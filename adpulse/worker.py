@@ -53,6 +53,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         replication_factor=settings.topic_replication_factor,
         instance_id=settings.instance_id,
         changelog_batch_bytes=settings.changelog_batch_bytes,
+        session_timeout_s=settings.group_session_timeout_s,
     )
     clients: dict[str, Any] = {}
     budgets = BudgetBook()
@@ -115,26 +116,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         health_monitor,
         retry,
     )
-    stage_config = FoldStageConfig(
-        kafka=settings.kafka_client_options(),
-        group_id=f"{settings.app_id}-fold",
-        topic_prefix=settings.topic_prefix,
-        partials_partitions=settings.partitions,
-        redis_prefix=settings.redis_prefix,
-        fold=FoldConfig(
-            block_records=settings.block_records,
-            grace_s=settings.grace_s,
-            max_future_skew_s=settings.max_future_skew_s,
-            max_record_bytes=settings.max_record_bytes,
-            currency=settings.currency,
-            max_campaigns_per_channel=settings.max_campaigns_per_channel,
-        ),
-        flush_interval_s=settings.flush_interval_s,
-        fetch_max_records=settings.fetch_max_records,
-        fetch_wait_ms=settings.fetch_wait_ms,
-        max_message_bytes=settings.max_message_bytes,
-        health=health,
-    )
+    stage_config = fold_stage_config(settings)
 
     @app.task  # type: ignore[untyped-decorator]
     async def fold_stage() -> None:
@@ -182,6 +164,31 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return app
+
+
+def fold_stage_config(settings: Settings) -> FoldStageConfig:
+    """What the worker's fold stage is told, from the settings."""
+    return FoldStageConfig(
+        kafka=settings.kafka_client_options(),
+        group_id=f"{settings.app_id}-fold",
+        topic_prefix=settings.topic_prefix,
+        partials_partitions=settings.partitions,
+        redis_prefix=settings.redis_prefix,
+        fold=FoldConfig(
+            block_records=settings.block_records,
+            grace_s=settings.grace_s,
+            max_future_skew_s=settings.max_future_skew_s,
+            max_record_bytes=settings.max_record_bytes,
+            currency=settings.currency,
+            max_campaigns_per_channel=settings.max_campaigns_per_channel,
+        ),
+        flush_interval_s=settings.flush_interval_s,
+        fetch_max_records=settings.fetch_max_records,
+        fetch_wait_ms=settings.fetch_wait_ms,
+        max_message_bytes=settings.max_message_bytes,
+        session_timeout_ms=round(settings.group_session_timeout_s * 1000),
+        health=health_config(settings),
+    )
 
 
 def _faust_credentials(settings: Settings) -> Any:

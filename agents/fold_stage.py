@@ -90,6 +90,8 @@ class FoldStageConfig:
     producer_timeout_ms: int = 40_000
     #: The broker's limit on one message: no DLQ record or partial piece is larger.
     max_message_bytes: int = 1024 * 1024
+    #: The consumer-group session (``ADPULSE_GROUP_SESSION_TIMEOUT_S``).
+    session_timeout_ms: int = 10_000
     health: HealthConfig = field(default_factory=HealthConfig)
 
     def topic(self, short: str) -> str:
@@ -179,7 +181,7 @@ class FoldStage:
             group_id=cfg.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=10_000,
+            session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=500,
             rebalance_timeout_ms=6_000,
             max_poll_interval_ms=60_000,

@@ -131,11 +131,12 @@ def make_app(
     replication_factor: int = 1,
     instance_id: str | None = None,
     changelog_batch_bytes: int = 1,
+    session_timeout_s: float = 10.0,
 ) -> faust.App:
     """A Faust app whose agents own adpulse's changelog-backed tables.
 
-    - group timings: the embedded broker (Tansu) joins groups slowly unless sessions are short; on Kafka
-      they make a dead worker's partitions move sooner;
+    - group timings: the session is ``session_timeout_s`` (10 s by default): the embedded broker (Tansu)
+      holds every join for half a session, and on Kafka a dead worker's partitions move after one;
     - ``changelog_batch_bytes`` (Faust's ``producer_max_batch_size``) is 1 by default: every changelog
       record in its own record batch, for Tansu: it reports a partition's end offset as "last batch start
       + 1", and table recovery reads up to that end, so multi-record batches would make recovery stop short
@@ -160,7 +161,7 @@ def make_app(
         topic_replication_factor=replication_factor,
         topic_allow_declare=True,
         table_standby_replicas=0,
-        broker_session_timeout=10.0,
+        broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=0.5,
         broker_rebalance_timeout=10.0,
         broker_commit_interval=1.0,

@@ -42,6 +42,10 @@ def _stack_settings(home: Path, broker: str = TANSU, **overrides: object) -> Set
         "home": home,
         "web_port": 0,
     }
+    if broker == TANSU:
+        # Tansu holds every group join for half a session: 3 s instead of 5 at each of the suite's many
+        # worker and fold-stage starts (6 s is also the shortest session Kafka accepts by default).
+        fields["group_session_timeout_s"] = 6.0
     return Settings(**{**fields, **overrides})
 
 

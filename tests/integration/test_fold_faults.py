@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from adpulse.settings import Settings
 from adpulse.stack import BROKERS, KAFKA, EmbeddedStack, ensure_topics
-from agents.fold import FoldConfig
+from adpulse.worker import fold_stage_config
 from agents.fold_stage import FoldStage, FoldStageConfig, read_range
 from agents.metrics import PipelineMetrics
 from agents.partials import BucketValue, merge, totals
@@ -58,25 +59,8 @@ def click(event_id: str, ts: int, channel: str = "douyin") -> bytes:
 
 
 def stage_config(settings: Settings, **overrides: Any) -> FoldStageConfig:
-    """What the worker builds from the settings (adpulse.worker)."""
-    fields: dict[str, Any] = {
-        "kafka": settings.kafka_client_options(),
-        "group_id": f"{settings.app_id}-fold",
-        "topic_prefix": settings.topic_prefix,
-        "partials_partitions": settings.partitions,
-        "redis_prefix": settings.redis_prefix,
-        "fold": FoldConfig(
-            block_records=settings.block_records,
-            grace_s=settings.grace_s,
-            max_future_skew_s=settings.max_future_skew_s,
-            max_record_bytes=settings.max_record_bytes,
-            currency=settings.currency,
-        ),
-        "flush_interval_s": settings.flush_interval_s,
-        "fetch_max_records": settings.fetch_max_records,
-        "fetch_wait_ms": settings.fetch_wait_ms,
-    }
-    return FoldStageConfig(**{**fields, **overrides})
+    """What the worker builds from the settings, with ``overrides``."""
+    return dataclasses.replace(fold_stage_config(settings), **overrides)
 
 
 def new_stage(
