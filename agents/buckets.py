@@ -709,6 +709,21 @@ def install(
         # may wait); only this timer touches the snapshot's state, and table values never change in place.
         built = await offload(_build, snapshot_rows, watermark_of, due, lookup, calendar)
         laps.lap("build")
+
+        def still_owned() -> bool:
+            return assigned() == owned.partitions and not app.rebalancing
+
+        if not still_owned():
+            # The partitions moved while the rows were built (off the loop): the table they were read from
+            # may be half revoked, and the channels' new owner may have recorded them already. Written now,
+            # these older rows would replace the new owner's, for good unless later data revises them. So
+            # nothing of this tick is written (nor a channel quarantined for what it read); the next one
+            # starts over: every row and every closed window of what this worker then owns again.
+            snapshot_rows.forget()
+            closer.forget()
+            metrics.abandoned_ticks.inc()
+            log.info("tick: the partitions moved while it ran; it wrote nothing, the next one redoes it")
+            return
         for channel, where, exc in built.failed:
             quarantine.add(channel, where, exc)
         for channel, window in built.recorded:
@@ -744,7 +759,7 @@ def install(
                     now,
                     health,
                     offload,
-                    lambda: assigned() == owned.partitions and not app.rebalancing,
+                    still_owned,
                     config.retention_s,
                 )
             except Exception:

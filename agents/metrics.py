@@ -158,6 +158,11 @@ class PipelineMetrics:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+        self.abandoned_ticks = Counter(
+            "adpulse_abandoned_ticks",
+            "Snapshot ticks that wrote nothing because the worker's partitions moved while they ran",
+            registry=registry,
+        )
 
 
 def watch_gc(metrics: PipelineMetrics, clock: Callable[[], float] = time.perf_counter) -> Callable[[], None]:
