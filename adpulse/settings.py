@@ -175,13 +175,14 @@ class Settings(BaseSettings):
     )
     group_session_timeout_s: float = Field(
         10.0,
-        ge=1.0,
-        le=300.0,
+        ge=6.0,
+        le=60.0,
         description=(
             "session of the worker's two consumer-group memberships (Faust's and the fold stage's): a dead "
             "worker's partitions move this long after it died, and a worker whose consumers cannot heartbeat "
-            "this long is taken out of its groups. Apache Kafka accepts 6-1800 s by default "
-            "(group.min/max.session.timeout.ms); the embedded broker (Tansu) holds every join for half of it"
+            "this long is taken out of its groups. 6 s is the least Apache Kafka accepts by default "
+            "(group.min.session.timeout.ms); the embedded broker (Tansu) holds every join for half of it, "
+            "which the consumers' request timeouts (40 s for the fold stage's) must outlast"
         ),
     )
     changelog_batch_bytes: int = Field(

@@ -681,9 +681,26 @@ def install(
     @app.timer(interval=config.tick_s, name="kpi-snapshot")  # type: ignore[untyped-decorator]
     async def snapshot() -> None:
         laps = TickLaps()
+        still_owned = ownership(app, assigned)
+        if still_owned is None:
+            # The table is being handed over or read back from its changelog: rows read now would be half
+            # of it. The judge and the KPIs wait for the rebalance to end (Faust ends it after recovery).
+            return
         client = redis()
         owned = OwnedChannels(assigned(), config.partitions)
         now = time.time()
+
+        def abandon() -> None:
+            # The partitions moved while the tick ran: the table its rows were read from may be half
+            # revoked, and the channels' new owner may have recorded them already. Written now, these older
+            # rows would replace the new owner's, for good unless later data revises them. So nothing more
+            # of this tick is written (nor a channel quarantined for what it read); the next ticks redo
+            # every row and every closed window of what this worker then owns.
+            snapshot_rows.forget()
+            closer.forget()
+            metrics.abandoned_ticks.inc()
+            log.info("tick: the partitions moved while it ran; it wrote no more, the next ones redo it")
+
         closer.keep_only(owned.__contains__)
         watermarks = closer.watermarks(owned.partitions)
         if not watermarks:
@@ -709,42 +726,47 @@ def install(
         # may wait); only this timer touches the snapshot's state, and table values never change in place.
         built = await offload(_build, snapshot_rows, watermark_of, due, lookup, calendar)
         laps.lap("build")
-
-        def still_owned() -> bool:
-            return assigned() == owned.partitions and not app.rebalancing
-
         if not still_owned():
-            # The partitions moved while the rows were built (off the loop): the table they were read from
-            # may be half revoked, and the channels' new owner may have recorded them already. Written now,
-            # these older rows would replace the new owner's, for good unless later data revises them. So
-            # nothing of this tick is written (nor a channel quarantined for what it read); the next one
-            # starts over: every row and every closed window of what this worker then owns again.
-            snapshot_rows.forget()
-            closer.forget()
-            metrics.abandoned_ticks.inc()
-            log.info("tick: the partitions moved while it ran; it wrote nothing, the next one redoes it")
+            abandon()
             return
         for channel, where, exc in built.failed:
             quarantine.add(channel, where, exc)
         for channel, window in built.recorded:
             closer.recorded(channel, window)
         try:
+            # Each attempt asks first: a write that waited out a Redis outage must not land after a
+            # rebalance that happened meanwhile.
             await retry.call(
                 "writing the KPI snapshot",
-                lambda: _write_snapshot(client, config.redis_prefix, built.mapping, built.deleted, watermark),
+                lambda: _if_owned(
+                    still_owned,
+                    lambda: _write_snapshot(
+                        client, config.redis_prefix, built.mapping, built.deleted, watermark
+                    ),
+                ),
             )
+        except PartitionsMovedError:
+            abandon()
+            return
         except Exception:
             snapshot_rows.forget()  # rewrite every row next tick: Redis may hold some of them, or none
             raise
         laps.lap("write")
         expired = expired_days(calendar, config.retention_s, watermark, pruned_days)
         if built.closed_fields or expired:
-            await retry.call(
-                "recording closed windows",
-                lambda: _write_closed(
-                    client, config.redis_prefix, built.closed_fields, config.retention_s, expired
-                ),
-            )
+            try:
+                await retry.call(
+                    "recording closed windows",
+                    lambda: _if_owned(
+                        still_owned,
+                        lambda: _write_closed(
+                            client, config.redis_prefix, built.closed_fields, config.retention_s, expired
+                        ),
+                    ),
+                )
+            except PartitionsMovedError:
+                abandon()
+                return
             laps.lap("record closed")
         if evaluator is not None:
             judge_started = time.perf_counter()
@@ -897,6 +919,31 @@ def _expired(
         for start in index.starts(channel, window)
         if start + retention_s[window] < now
     ]
+
+
+def ownership(app: Any, assigned: Callable[[], frozenset[int]]) -> Callable[[], bool] | None:
+    """For a tick starting now: ``None`` while ``app`` (Faust) rebalances, else a check that no rebalance
+    began since and the partitions are the same (one that came and went leaves Faust's count moved)."""
+    if app.rebalancing:
+        return None
+    generation = app.rebalancing_count
+    partitions = assigned()
+
+    def still_owned() -> bool:
+        return not app.rebalancing and app.rebalancing_count == generation and assigned() == partitions
+
+    return still_owned
+
+
+class PartitionsMovedError(Exception):
+    """A tick's write was not made: the worker's partitions moved since the tick began."""
+
+
+async def _if_owned(still_owned: Callable[[], bool], write: Callable[[], Awaitable[None]]) -> None:
+    """``await write()`` if the tick's partitions are still this worker's; else PartitionsMovedError."""
+    if not still_owned():
+        raise PartitionsMovedError("the partitions moved while the tick ran")
+    await write()
 
 
 async def _write_snapshot(

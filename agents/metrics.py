@@ -182,7 +182,7 @@ def watch_gc(metrics: PipelineMetrics, clock: Callable[[], float] = time.perf_co
     return lambda: gc.callbacks.remove(callback)
 
 
-#: Event-loop lag buckets: a tick of the snapshot timer is 0.5 s, a consumer's session 10 s.
+#: Event-loop lag buckets: a tick of the snapshot timer is 0.5 s, a consumer's session 10 s by default.
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

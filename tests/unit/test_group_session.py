@@ -28,7 +28,7 @@ def test_a_shorter_session_reaches_faust_and_the_fold_stage(tmp_path: Path) -> N
     assert build_worker_app(settings).conf.broker_session_timeout == 6.0
 
 
-@pytest.mark.parametrize("seconds", [0.0, 0.5, 301.0, float("nan")])
+@pytest.mark.parametrize("seconds", [0.0, 5.9, 60.1, float("inf"), float("nan")])
 def test_a_session_out_of_bounds_is_refused(tmp_path: Path, seconds: float) -> None:
     with pytest.raises(ValidationError, match="group_session_timeout_s"):
         _settings(tmp_path, group_session_timeout_s=seconds)
