@@ -701,6 +701,17 @@ def install(
             metrics.abandoned_ticks.inc()
             log.info("tick: the partitions moved while it ran; it wrote no more, the next ones redo it")
 
+        async def write(what: str, op: Callable[[], Awaitable[None]]) -> bool:
+            """``op`` until Redis answers, each attempt only while the partitions are still the tick's (a
+            write that waited out a Redis outage must not land after a rebalance meanwhile); False, the
+            tick abandoned, once they moved."""
+            try:
+                await retry.call(what, lambda: _if_owned(still_owned, op))
+            except PartitionsMovedError:
+                abandon()
+                return False
+            return True
+
         closer.keep_only(owned.__contains__)
         watermarks = closer.watermarks(owned.partitions)
         if not watermarks:
@@ -733,39 +744,25 @@ def install(
             quarantine.add(channel, where, exc)
         for channel, window in built.recorded:
             closer.recorded(channel, window)
+
         try:
-            # Each attempt asks first: a write that waited out a Redis outage must not land after a
-            # rebalance that happened meanwhile.
-            await retry.call(
+            if not await write(
                 "writing the KPI snapshot",
-                lambda: _if_owned(
-                    still_owned,
-                    lambda: _write_snapshot(
-                        client, config.redis_prefix, built.mapping, built.deleted, watermark
-                    ),
-                ),
-            )
-        except PartitionsMovedError:
-            abandon()
-            return
+                lambda: _write_snapshot(client, config.redis_prefix, built.mapping, built.deleted, watermark),
+            ):
+                return
         except Exception:
             snapshot_rows.forget()  # rewrite every row next tick: Redis may hold some of them, or none
             raise
         laps.lap("write")
         expired = expired_days(calendar, config.retention_s, watermark, pruned_days)
         if built.closed_fields or expired:
-            try:
-                await retry.call(
-                    "recording closed windows",
-                    lambda: _if_owned(
-                        still_owned,
-                        lambda: _write_closed(
-                            client, config.redis_prefix, built.closed_fields, config.retention_s, expired
-                        ),
-                    ),
-                )
-            except PartitionsMovedError:
-                abandon()
+            if not await write(
+                "recording closed windows",
+                lambda: _write_closed(
+                    client, config.redis_prefix, built.closed_fields, config.retention_s, expired
+                ),
+            ):
                 return
             laps.lap("record closed")
         if evaluator is not None:
