@@ -668,6 +668,8 @@ def install(
 
     snapshot_rows = SnapshotRows(calendar, config.grace_s)
     pruned_days: dict[str, date] = {}
+    # The event time of the last tick that had one: while ticks wait for a rebalance, the lag still grows.
+    last_watermark: list[float] = []
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adpulse-snapshot")
 
     def assigned() -> frozenset[int]:
@@ -684,7 +686,10 @@ def install(
         still_owned = ownership(app, assigned)
         if still_owned is None:
             # The table is being handed over or read back from its changelog: rows read now would be half
-            # of it. The judge and the KPIs wait for the rebalance to end (Faust ends it after recovery).
+            # of it. The judge and the KPIs wait for the rebalance to end (Faust ends it after recovery);
+            # the event-time lag keeps growing meanwhile, so that a worker stuck there is alerted on.
+            if last_watermark:
+                metrics.event_time_lag.set(max(0.0, time.time() - last_watermark[0]))
             return
         client = redis()
         owned = OwnedChannels(assigned(), config.partitions)
@@ -796,6 +801,7 @@ def install(
         holder.rows = built.channel_rows
         metrics.watermark.set(watermark)
         metrics.event_time_lag.set(max(0.0, time.time() - watermark))
+        last_watermark[:] = [watermark]
         metrics.snapshot_seconds.observe(time.perf_counter() - laps.started)
         laps.log_if_slow(len(built.closed))
 
