@@ -699,8 +699,8 @@ def install(
             # The partitions moved while the tick ran: the table its rows were read from may be half
             # revoked, and the channels' new owner may have recorded them already. Written now, these older
             # rows would replace the new owner's, for good unless later data revises them. So nothing more
-            # of this tick is written (nor a channel quarantined for what it read); the next ticks redo
-            # every row and every closed window of what this worker then owns.
+            # of this tick is written (and, found before its writes, no channel is quarantined for what it
+            # read); the next ticks redo every row and every closed window of what this worker then owns.
             snapshot_rows.forget()
             closer.forget()
             metrics.abandoned_ticks.inc()
