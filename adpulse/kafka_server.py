@@ -466,8 +466,13 @@ class KafkaCluster:
                 raise KafkaServerError(f"the Kafka cluster in {self.root} was not ready in time ({failure})")
             time.sleep(0.25)
 
-    async def _brokers(self, timeout_s: float) -> list[int]:
-        live = [n for n in self.nodes if self.pid(n.node_id) is not None and _listening(n.port)]
+    async def _brokers(self, timeout_s: float, only: int | None = None) -> list[int]:
+        """The brokers the cluster's metadata lists, asked of the nodes listening (or of node ``only``)."""
+        live = [
+            n
+            for n in self.nodes
+            if (only is None or n.node_id == only) and self.pid(n.node_id) is not None and _listening(n.port)
+        ]
         if not live:
             raise ConnectionError("no node listens yet")
         client = AIOKafkaClient(
@@ -475,8 +480,8 @@ class KafkaCluster:
             request_timeout_ms=int(timeout_s * 1000),
         )
         try:
-            await client.bootstrap()
-            metadata = await client.fetch_all_metadata()
+            await client.bootstrap()  # a metadata request to a bootstrap node: node ``only``'s own answer
+            metadata = client.cluster if only is not None else await client.fetch_all_metadata()
         finally:
             await client.close()
         return sorted(broker.nodeId for broker in metadata.brokers())
@@ -515,10 +520,32 @@ class KafkaCluster:
         return [n.node_id for n in self.nodes if self.pid(n.node_id) is not None]
 
     def start_node(self, node_id: int, timeout_s: float = 90.0) -> None:
-        """Start one stopped (or killed) node again and wait until the whole cluster is back."""
+        """Start one stopped (or killed) node again and wait until the whole cluster is back: the node itself
+        answers and lists itself. (The others keep listing a killed node for its broker session, some 9 s: a
+        node down for less seemed back at once.)"""
         if self.pid(node_id) is None:
             self._start(kafka_jars(self.version), self.node(node_id))
-        self.wait_ready(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        failure = "not listening yet"
+        while True:
+            if not self._alive(node_id):
+                raise KafkaServerError(
+                    f"Kafka node {node_id} exited during startup; last lines of "
+                    f"{self.log_path(node_id)}:\n{self._tail(node_id)}"
+                )
+            if _listening(self.node(node_id).port):
+                try:
+                    brokers = _run(self._brokers(timeout_s=3.0, only=node_id))
+                except Exception as exc:  # noqa: BLE001 - anything short of an answer means "not yet"
+                    failure = f"{type(exc).__name__}: {exc}"
+                else:
+                    if node_id in brokers:
+                        break
+                    failure = f"it lists brokers {brokers}, not itself"
+            if time.monotonic() >= deadline:
+                raise KafkaServerError(f"Kafka node {node_id} was not back in time ({failure})")
+            time.sleep(0.25)
+        self.wait_ready(max(1.0, deadline - time.monotonic()))
 
     def kill9(self, node_id: int) -> int:
         """``kill -9`` node ``node_id`` (no controlled shutdown) and return the pid it had."""

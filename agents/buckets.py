@@ -428,6 +428,21 @@ class BucketTable(faust.Table[str, BucketValue]):
     def _to_value(self, v: Any) -> Any:
         return compact(v)
 
+    def _verify_source_topic_partitions(self, source_topic: str) -> None:
+        """Faust's check that the partials topic and the changelog have as many partitions, made on complete
+        metadata only. Faust reads both counts from the consumer's metadata, where a topic a metadata
+        response left out (a broker killed or restarting answers for some topics only) counts 0 partitions:
+        its check then raised ``PartitionsMismatch`` on every table write until the next metadata refresh
+        (five minutes), and each key written meanwhile was quarantined, its counts lost. An unknown count is
+        not a mismatch: the check waits for the next write, and a real mismatch still raises."""
+        if source_topic not in self._verified_source_topics_for_partitions:
+            consumer = self.app.consumer
+            if not consumer.topic_partitions(source_topic) or not consumer.topic_partitions(
+                self.changelog_topic_name
+            ):
+                return
+        super()._verify_source_topic_partitions(source_topic)
+
 
 class TickLaps:
     """Where a snapshot tick's time went, logged when the tick took ``slow_s`` or more (a restart with a

@@ -58,6 +58,7 @@ from agents.redis_retry import RedisRetry, RedisUnavailableError
 from streams.dlq import dlq_headers, dlq_key, dlq_value
 from streams.events import OVERFLOW_CAMPAIGN
 from streams.keys import Keys
+from streams.metadata import GROUP_METADATA_MAX_AGE_MS
 from streams.partitioning import partition_of
 from streams.redis_client import AsyncRedis
 from streams.topics import SOURCE_TOPICS, value_limit
@@ -185,6 +186,7 @@ class FoldStage:
             heartbeat_interval_ms=500,
             rebalance_timeout_ms=6_000,
             max_poll_interval_ms=60_000,
+            metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
             # The broker holds an empty fetch this long: it bounds how late fresh spend reaches the fold.

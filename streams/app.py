@@ -13,6 +13,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, TransportT
 
+from streams.metadata import GROUP_METADATA_MAX_AGE_MS
 from streams.store import SCHEME as STORE_SCHEME
 
 
@@ -167,6 +168,7 @@ def make_app(
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=instance_id,
+        consumer_metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
         producer_max_batch_size=changelog_batch_bytes,
         producer_linger=0.0,
         stream_wait_empty=False,

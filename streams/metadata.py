@@ -7,6 +7,13 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 
+#: How old the metadata of adpulse's group consumers (Faust's and the fold stage's) may get before they ask
+#: again; the clients' default is five minutes. The group leader assigns partitions from its metadata, and
+#: only a change seen in a later refresh makes the group rebalance again: an assignment made from metadata
+#: that lacked a topic (a broker restarting, a topic just created) left that topic's partitions idle until
+#: then. A metadata request every 30 s per consumer costs nothing next to the traffic.
+GROUP_METADATA_MAX_AGE_MS = 30_000
+
 
 async def topic_partitions(kafka: dict[str, Any], topic: str) -> list[TopicPartition]:
     """Every partition of ``topic`` as the cluster reports it now (none when the topic does not exist).

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from adpulse.settings import Settings
 from adpulse.worker import build_worker_app, fold_stage_config
+from streams.metadata import GROUP_METADATA_MAX_AGE_MS
 
 
 def _settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -32,3 +33,11 @@ def test_a_shorter_session_reaches_faust_and_the_fold_stage(tmp_path: Path) -> N
 def test_a_session_out_of_bounds_is_refused(tmp_path: Path, seconds: float) -> None:
     with pytest.raises(ValidationError, match="group_session_timeout_s"):
         _settings(tmp_path, group_session_timeout_s=seconds)
+
+
+def test_the_worker_refreshes_its_group_metadata_every_30_s_not_every_5_minutes(tmp_path: Path) -> None:
+    # An assignment made from metadata that lacked a topic heals at the next refresh (streams/metadata.py).
+    assert GROUP_METADATA_MAX_AGE_MS == 30_000
+    assert (
+        build_worker_app(_settings(tmp_path)).conf.consumer_metadata_max_age_ms == GROUP_METADATA_MAX_AGE_MS
+    )
