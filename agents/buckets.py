@@ -30,6 +30,8 @@ from typing import Any, Protocol, TypeVar, cast
 
 import faust
 import orjson
+from faust.exceptions import PartitionsMismatch
+from faust.tables.base import E_SOURCE_PARTITIONS_MISMATCH
 from faust.types import TableT
 
 from agents.closing import WindowCloser
@@ -430,18 +432,29 @@ class BucketTable(faust.Table[str, BucketValue]):
 
     def _verify_source_topic_partitions(self, source_topic: str) -> None:
         """Faust's check that the partials topic and the changelog have as many partitions, made on complete
-        metadata only. Faust reads both counts from the consumer's metadata, where a topic a metadata
-        response left out (a broker killed or restarting answers for some topics only) counts 0 partitions:
-        its check then raised ``PartitionsMismatch`` on every table write until the next metadata refresh
-        (five minutes), and each key written meanwhile was quarantined, its counts lost. An unknown count is
-        not a mismatch: the check waits for the next write, and a real mismatch still raises."""
-        if source_topic not in self._verified_source_topics_for_partitions:
-            consumer = self.app.consumer
-            if not consumer.topic_partitions(source_topic) or not consumer.topic_partitions(
-                self.changelog_topic_name
-            ):
-                return
-        super()._verify_source_topic_partitions(source_topic)
+        metadata only. Faust reads both counts from the consumer's group metadata, where a topic a metadata
+        answer left out (one just created that a broker has not applied yet) counts 0: its check then raised
+        ``PartitionsMismatch`` at every table write of the worker, and each key was quarantined, its counts
+        lost. An unknown count is no mismatch: the check is made again at the next write. Each count is read
+        once (the consumer thread may replace the metadata between two reads)."""
+        if source_topic in self._verified_source_topics_for_partitions:
+            return
+        change_topic = self.changelog_topic_name
+        source_n = self.app.consumer.topic_partitions(source_topic)
+        change_n = self.app.consumer.topic_partitions(change_topic)
+        if not source_n or not change_n:
+            return
+        if source_n != change_n:
+            raise PartitionsMismatch(
+                E_SOURCE_PARTITIONS_MISMATCH.format(
+                    source_topic=source_topic,
+                    table_name=self.name,
+                    source_n=source_n,
+                    change_topic=change_topic,
+                    change_n=change_n,
+                )
+            )
+        self._verified_source_topics_for_partitions.add(source_topic)
 
 
 class TickLaps:

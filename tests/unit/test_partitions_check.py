@@ -83,3 +83,14 @@ def test_faust_own_check_would_have_raised_on_the_gap(
     _metadata(table, monkeypatch, {SOURCE: 4, table.changelog_topic_name: 0})
     with pytest.raises(PartitionsMismatch):
         faust.Table._verify_source_topic_partitions(table, SOURCE)  # noqa: SLF001
+
+
+def test_each_count_is_read_once(table: BucketTable, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The consumer thread may replace its metadata between two reads: a second read that finds the topic
+    # gone (0) must not turn the first read's agreement into a mismatch.
+    answers = {SOURCE: iter([4, 4]), table.changelog_topic_name: iter([4, 0])}
+    monkeypatch.setattr(
+        table.app.consumer, "topic_partitions", lambda topic: next(answers[topic]), raising=False
+    )
+    table._verify_source_topic_partitions(SOURCE)  # noqa: SLF001
+    assert SOURCE in table._verified_source_topics_for_partitions  # noqa: SLF001
