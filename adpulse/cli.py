@@ -53,9 +53,12 @@ def worker(settings: Settings) -> None:
     Start several (with different ADPULSE_WEB_PORT) to share the partitions. Stops cleanly on
     Ctrl-C / SIGTERM; after a crash, a restart resumes exactly (nothing lost, nothing counted twice).
     """
-    from adpulse.worker import run_worker
+    from adpulse.worker import PartitionCountError, run_worker
 
-    run_worker(settings, loglevel=settings.log_level.lower())
+    try:
+        run_worker(settings, loglevel=settings.log_level.lower())
+    except PartitionCountError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _parse_since(value: str | None) -> datetime | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -26,6 +27,7 @@ from agents.redis_retry import RedisRetry
 from alerts.budgets import BudgetBook
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
+from streams.metadata import topic_partitions
 from streams.topics import value_limit
 from streams.windows import Calendar
 
@@ -241,13 +243,59 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_OBJECTS, older, oldest)
 
 
+class PartitionCountError(RuntimeError):
+    """The partials topic or the bucket table's changelog has another partition count than the settings."""
+
+
+def partition_count_problems(expected: int, counts: Mapping[str, int]) -> list[str]:
+    """What is wrong with ``counts`` (topic → partitions; 0: the topic does not exist yet, which is fine)."""
+    return [
+        f"topic {topic} has {n} partitions, ADPULSE_PARTITIONS is {expected}"
+        for topic, n in counts.items()
+        if n and n != expected
+    ]
+
+
+def check_partition_counts(settings: Settings, changelog: str, timeout_s: float = 10.0) -> None:
+    """Refuse to start on topics partitioned unlike ``ADPULSE_PARTITIONS``: the fold stage sends a channel's
+    partials to the partition the setting gives it, and the bucket table needs its changelog partitioned
+    like the partials topic (else every write of the table fails). A broker that does not answer is left to
+    the worker's own retries: the check is skipped with a warning."""
+    topics = [settings.topic("partials"), changelog]
+
+    async def counts() -> dict[str, int]:
+        kafka = settings.kafka_client_options()
+        return {topic: len(await topic_partitions(kafka, topic)) for topic in topics}
+
+    async def bounded() -> dict[str, int]:
+        return await asyncio.wait_for(counts(), timeout_s)
+
+    loop = asyncio.new_event_loop()  # its own, closed after: the thread's loop is left to Faust's worker
+    try:
+        found = loop.run_until_complete(bounded())
+    except Exception as exc:  # noqa: BLE001 - the broker's trouble is the worker's to wait out
+        log.warning("could not check the partition counts of %s (%s); starting anyway", topics, exc)
+        return
+    finally:
+        loop.close()
+    problems = partition_count_problems(settings.partitions, found)
+    if problems:
+        raise PartitionCountError(
+            "; ".join(problems) + ". Every worker must run with ADPULSE_PARTITIONS equal to the partition "
+            "count of the partials topic and of the bucket table's changelog: set it to theirs, or create "
+            "both topics again with the new count (docs/operations.md, Partitions and workers)."
+        )
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run one worker until SIGINT/SIGTERM."""
+    """Run one worker until SIGINT/SIGTERM; :class:`PartitionCountError` before it starts if its topics are
+    partitioned unlike the settings."""
     settings.home.mkdir(parents=True, exist_ok=True)
     advice = shard_advice(settings.max_campaigns_per_channel, settings.bucket_shards)
     if advice is not None:
         log.warning("%s", advice)
     app = build_worker_app(settings)
+    check_partition_counts(settings, app.tables["buckets"].changelog_topic.get_topic_name())
     tune_gc()
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()
