@@ -120,7 +120,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
     )
     stage_config = fold_stage_config(settings)
 
-    @app.task  # type: ignore[untyped-decorator]
+    @app.early_task
     async def fold_stage() -> None:
         stage = FoldStage(stage_config, redis(), calendar, metrics, retry=retry)
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aiokafka
@@ -115,8 +115,27 @@ class App(faust.App):
 
     adpulse_fetch_wait_ms: int = 1500
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._early_tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
+
+    def early_task(
+        self, fun: Callable[[], Coroutine[Any, Any, None]]
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Like ``app.task``, but started with the app instead of once Faust's consumer has joined its group
+        and its tables are read back: for work that needs neither. The fold stage's own group join then
+        overlaps Faust's instead of following it (the embedded broker holds each join for half a session,
+        3–5 s). An exception stops the worker as a task's does (both are the app's futures)."""
+        self._early_tasks.append(fun)
+        return fun
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        for fun in self._early_tasks:
+            self.add_future(fun())
 
 
 def make_app(
@@ -133,7 +152,7 @@ def make_app(
     instance_id: str | None = None,
     changelog_batch_bytes: int = 1,
     session_timeout_s: float = 10.0,
-) -> faust.App:
+) -> App:
     """A Faust app whose agents own adpulse's changelog-backed tables.
 
     - group timings: the session is ``session_timeout_s`` (10 s by default): the embedded broker (Tansu)
