@@ -89,7 +89,7 @@ class WorkerProcess:
 
 _STORY = re.compile(
     r"WARNING|ERROR|CRITICAL|Traceback|fold:|table \w+:|[Jj]oined group|assigned partitions|Revoking|"
-    r"Signal received|crashed|tick:|Recovery complete|\]: Ready"
+    r"Signal received|crashed|tick:|Recovery complete|\]: Ready|Metadata for topic has changed"
 )
 _NOISE = re.compile(
     r"Unable connect to node|Failed fetch messages|producer buffer full|Timer \S+ is overlapping|"
