@@ -445,11 +445,12 @@ def markdown(
         "(the fold stage runs again). *Faust group synced*, *table recovered* and *fold group synced* are "
         "the first lines of the new process's log saying so (`Successfully synced group <app id>`, Faust's "
         "`Recovery complete`, `Successfully synced group <app id>-fold`): the fold stage joins its group "
-        "once Faust is ready. *First partial* and *first changelog record* are the CreateTime of the "
-        "first record on `adpulse.partials` and on the `buckets` table's changelog stamped after the new "
-        "process started (Faust has read the changelog back and the agent merges). *Probe row in Redis*: the "
-        "probe channel's all-time row appears in `<redis_prefix>:kpis`. *Exact after*: every preloaded "
-        "channel's all-time row still equals its expected totals.",
+        "as the worker starts, beside Faust's (before 8832b2e: once Faust was ready). *First partial* and "
+        "*first changelog record* are the CreateTime of the first record on `adpulse.partials` and on the "
+        "`buckets` table's changelog stamped after the new process started (Faust has read the changelog "
+        "back and the agent merges). *Probe row in Redis*: the probe channel's all-time row appears in "
+        "`<redis_prefix>:kpis`. *Exact after*: every preloaded channel's all-time row still equals its "
+        "expected totals.",
         *(f"\nProblems in kill {k.index}: " + "; ".join(k.problems) + "." for k in kills if k.problems),
         markers(args.broker)[1],
     ]
