@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -244,47 +243,69 @@ def tune_gc() -> None:
 
 
 class PartitionCountError(RuntimeError):
-    """The partials topic or the bucket table's changelog has another partition count than the settings."""
+    """The worker's topics do not fit ``ADPULSE_PARTITIONS``: the partials topic is missing, or it or the
+    bucket table's changelog has another partition count."""
 
 
-def partition_count_problems(expected: int, counts: Mapping[str, int]) -> list[str]:
-    """What is wrong with ``counts`` (topic → partitions; 0: the topic does not exist yet, which is fine)."""
-    return [
-        f"topic {topic} has {n} partitions, ADPULSE_PARTITIONS is {expected}"
-        for topic, n in counts.items()
-        if n and n != expected
-    ]
+def partition_count_problem(
+    expected: int, partials: tuple[str, int], changelog: tuple[str, int]
+) -> str | None:
+    """What keeps a worker from starting on these topics (name, partition count; 0: missing), or None.
+
+    The changelog may be missing (Faust creates it); the partials topic may not: nothing but ``adpulse
+    stack up`` or ``deploy/kafka/create-topics.sh`` creates it."""
+    (partials_topic, partials_n), (changelog_topic, changelog_n) = partials, changelog
+    if not partials_n:
+        return (
+            f"topic {partials_topic} does not exist: create the topics first (`adpulse stack up` on the "
+            "embedded stack, `deploy/kafka/create-topics.sh` on your own Kafka)"
+        )
+    if changelog_n and changelog_n != partials_n:
+        return (
+            f"topic {partials_topic} has {partials_n} partitions but the bucket table's changelog "
+            f"{changelog_topic} has {changelog_n}: no setting of ADPULSE_PARTITIONS fits both; a partition "
+            "count cannot be changed in place (docs/operations.md, Partitions and workers)"
+        )
+    if partials_n != expected:
+        return (
+            f"topic {partials_topic} has {partials_n} partitions, ADPULSE_PARTITIONS is {expected}: set "
+            f"ADPULSE_PARTITIONS={partials_n}, as the deployment's other workers have it; to change the "
+            "count, start a new deployment beside this one (new ADPULSE_TOPIC_PREFIX and ADPULSE_APP_ID; "
+            "docs/operations.md, Partitions and workers)"
+        )
+    return None
 
 
 def check_partition_counts(settings: Settings, changelog: str, timeout_s: float = 10.0) -> None:
-    """Refuse to start on topics partitioned unlike ``ADPULSE_PARTITIONS``: the fold stage sends a channel's
+    """Refuse to start on topics that do not fit ``ADPULSE_PARTITIONS``: the fold stage sends a channel's
     partials to the partition the setting gives it, and the bucket table needs its changelog partitioned
-    like the partials topic (else every write of the table fails). A broker that does not answer is left to
-    the worker's own retries: the check is skipped with a warning."""
-    topics = [settings.topic("partials"), changelog]
+    like the partials topic (else every write of the table fails). When the broker does not answer in
+    ``timeout_s`` the check is skipped with a warning, and the worker starts as it would without it."""
+    partials = settings.topic("partials")
 
-    async def counts() -> dict[str, int]:
+    async def counts() -> tuple[int, int]:
         kafka = settings.kafka_client_options()
-        return {topic: len(await topic_partitions(kafka, topic)) for topic in topics}
+        return len(await topic_partitions(kafka, partials)), len(await topic_partitions(kafka, changelog))
 
-    async def bounded() -> dict[str, int]:
+    async def bounded() -> tuple[int, int]:
         return await asyncio.wait_for(counts(), timeout_s)
 
     loop = asyncio.new_event_loop()  # its own, closed after: the thread's loop is left to Faust's worker
     try:
-        found = loop.run_until_complete(bounded())
-    except Exception as exc:  # noqa: BLE001 - the broker's trouble is the worker's to wait out
-        log.warning("could not check the partition counts of %s (%s); starting anyway", topics, exc)
+        partials_n, changelog_n = loop.run_until_complete(bounded())
+    except Exception as exc:  # noqa: BLE001 - whatever the broker's trouble, the worker meets it next
+        log.warning(
+            "could not check the partition counts of %s and %s (%r); starting anyway",
+            partials,
+            changelog,
+            exc,
+        )
         return
     finally:
         loop.close()
-    problems = partition_count_problems(settings.partitions, found)
-    if problems:
-        raise PartitionCountError(
-            "; ".join(problems) + ". Every worker must run with ADPULSE_PARTITIONS equal to the partition "
-            "count of the partials topic and of the bucket table's changelog: set it to theirs, or create "
-            "both topics again with the new count (docs/operations.md, Partitions and workers)."
-        )
+    problem = partition_count_problem(settings.partitions, (partials, partials_n), (changelog, changelog_n))
+    if problem is not None:
+        raise PartitionCountError(problem)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -1,4 +1,4 @@
-"""A worker refuses to start on topics partitioned unlike ``ADPULSE_PARTITIONS`` (``check_partition_counts``):
+"""A worker refuses to start on topics that do not fit ``ADPULSE_PARTITIONS`` (``check_partition_counts``):
 run anyway, the fold stage would send partials to partitions the table does not have, and every write of the
 bucket table would fail Faust's partition check, each key quarantined."""
 
@@ -59,5 +59,19 @@ def test_a_changelog_with_another_count_stops_the_worker_before_it_starts(
     asyncio.run(_create(settings, changelog, 2))
     done = _worker(settings)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert f"topic {changelog} has 2 partitions, ADPULSE_PARTITIONS is 4" in done.stderr
-    assert f"topic {settings.topic('partials')} has" not in done.stderr  # the partials topic is fine
+    assert (
+        f"topic {settings.topic('partials')} has 4 partitions but the bucket table's changelog {changelog} "
+        "has 2" in " ".join(done.stderr.split())
+    ), done.stderr[-2000:]
+
+
+def test_a_missing_partials_topic_stops_the_worker_before_it_starts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    made = make_settings()
+    settings = made.model_copy(
+        update={"topic_prefix": "nothing-here-" + made.topic_prefix, "web_port": free_port()}
+    )
+    done = _worker(settings)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"topic {settings.topic('partials')} does not exist" in done.stderr
