@@ -442,8 +442,11 @@ class KafkaCluster:
         partial.replace(self._pid_path(node))
         log.info("started Kafka node %d on 127.0.0.1:%d (pid %d)", node.node_id, node.port, process.pid)
 
-    def wait_ready(self, timeout_s: float = 90.0, nodes: int | None = None) -> None:
-        """Wait until the cluster's metadata lists ``nodes`` brokers (default: all of them, all running)."""
+    def wait_ready(
+        self, timeout_s: float = 90.0, nodes: int | None = None, answering: int | None = None
+    ) -> None:
+        """Wait until the cluster's metadata lists ``nodes`` brokers (default: all of them, all running); with
+        ``answering``, until that node itself answers and lists itself."""
         want = self.size if nodes is None else nodes
         deadline = time.monotonic() + timeout_s
         failure = "no answer yet"
@@ -455,11 +458,11 @@ class KafkaCluster:
                         f"{self.log_path(node.node_id)}:\n{self._tail(node.node_id)}"
                     )
             try:
-                brokers = _run(self._brokers(timeout_s=3.0))
+                brokers = _run(self._brokers(timeout_s=3.0, only=answering))
             except Exception as exc:  # noqa: BLE001 - anything short of an answer means "not yet"
                 failure = f"{type(exc).__name__}: {exc}"
             else:
-                if len(brokers) >= want:
+                if (answering in brokers) if answering is not None else len(brokers) >= want:
                     return
                 failure = f"{len(brokers)} of {want} brokers registered"
             if time.monotonic() >= deadline:
@@ -526,25 +529,7 @@ class KafkaCluster:
         if self.pid(node_id) is None:
             self._start(kafka_jars(self.version), self.node(node_id))
         deadline = time.monotonic() + timeout_s
-        failure = "not listening yet"
-        while True:
-            if not self._alive(node_id):
-                raise KafkaServerError(
-                    f"Kafka node {node_id} exited during startup; last lines of "
-                    f"{self.log_path(node_id)}:\n{self._tail(node_id)}"
-                )
-            if _listening(self.node(node_id).port):
-                try:
-                    brokers = _run(self._brokers(timeout_s=3.0, only=node_id))
-                except Exception as exc:  # noqa: BLE001 - anything short of an answer means "not yet"
-                    failure = f"{type(exc).__name__}: {exc}"
-                else:
-                    if node_id in brokers:
-                        break
-                    failure = f"it lists brokers {brokers}, not itself"
-            if time.monotonic() >= deadline:
-                raise KafkaServerError(f"Kafka node {node_id} was not back in time ({failure})")
-            time.sleep(0.25)
+        self.wait_ready(timeout_s, answering=node_id)
         self.wait_ready(max(1.0, deadline - time.monotonic()))
 
     def kill9(self, node_id: int) -> int:

@@ -48,7 +48,6 @@ from urllib.parse import urlsplit
 
 import redis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from adpulse.kafka_server import KafkaCluster, KafkaServerError, KafkaUnavailableError, formatted_size
@@ -56,6 +55,7 @@ from adpulse.processes import spawn_detached
 from adpulse.processes import start_ticks as start_ticks_of
 from adpulse.settings import Settings
 from streams.keys import Keys
+from streams.metadata import partition_counts
 from streams.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -677,13 +677,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 async def _topic_partitions(settings: Settings, timeout_s: float) -> dict[str, int]:
     """Topic name → partition count from a metadata request (this is also the broker's health check)."""
-    client = AIOKafkaClient(**settings.kafka_client_options(), request_timeout_ms=int(timeout_s * 1000))
-    try:
-        await client.bootstrap()
-        metadata = await client.fetch_all_metadata()
-    finally:
-        await client.close()
-    return {topic: len(metadata.partitions_for_topic(topic) or ()) for topic in metadata.topics()}
+    return await partition_counts(
+        {**settings.kafka_client_options(), "request_timeout_ms": int(timeout_s * 1000)}
+    )
 
 
 async def _ensure_topics(settings: Settings, timeout_s: float) -> list[str]:

@@ -26,7 +26,7 @@ from agents.redis_retry import RedisRetry
 from alerts.budgets import BudgetBook
 from alerts.sinks.redis_sink import RedisAlertSink
 from streams.app import make_app
-from streams.metadata import topic_partitions
+from streams.metadata import partition_counts
 from streams.topics import value_limit
 from streams.windows import Calendar
 
@@ -282,17 +282,11 @@ def check_partition_counts(settings: Settings, changelog: str, timeout_s: float 
     like the partials topic (else every write of the table fails). When the broker does not answer in
     ``timeout_s`` the check is skipped with a warning, and the worker starts as it would without it."""
     partials = settings.topic("partials")
-
-    async def counts() -> tuple[int, int]:
-        kafka = settings.kafka_client_options()
-        return len(await topic_partitions(kafka, partials)), len(await topic_partitions(kafka, changelog))
-
-    async def bounded() -> tuple[int, int]:
-        return await asyncio.wait_for(counts(), timeout_s)
-
     loop = asyncio.new_event_loop()  # its own, closed after: the thread's loop is left to Faust's worker
     try:
-        partials_n, changelog_n = loop.run_until_complete(bounded())
+        counts = loop.run_until_complete(
+            asyncio.wait_for(partition_counts(settings.kafka_client_options()), timeout_s)
+        )
     except Exception as exc:  # noqa: BLE001 - whatever the broker's trouble, the worker meets it next
         log.warning(
             "could not check the partition counts of %s and %s (%r); starting anyway",
@@ -303,7 +297,9 @@ def check_partition_counts(settings: Settings, changelog: str, timeout_s: float 
         return
     finally:
         loop.close()
-    problem = partition_count_problem(settings.partitions, (partials, partials_n), (changelog, changelog_n))
+    problem = partition_count_problem(
+        settings.partitions, (partials, counts.get(partials, 0)), (changelog, counts.get(changelog, 0))
+    )
     if problem is not None:
         raise PartitionCountError(problem)
 

@@ -23,10 +23,16 @@ async def topic_partitions(kafka: dict[str, Any], topic: str) -> list[TopicParti
     Tansu answers every metadata request with all topics, which hid this: on Kafka the worker judged no
     budget at all and ``adpulse dlq`` said the DLQ did not exist.
     """
+    # A topic's partitions are numbered 0 to its count - 1.
+    return [TopicPartition(topic, p) for p in range((await partition_counts(kafka)).get(topic, 0))]
+
+
+async def partition_counts(kafka: dict[str, Any]) -> dict[str, int]:
+    """Topic name → partition count of every topic the cluster reports now, from one metadata request."""
     client = AIOKafkaClient(**kafka)
     try:
         await client.bootstrap()
         metadata = await client.fetch_all_metadata()
     finally:
         await client.close()
-    return [TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())]
+    return {topic: len(metadata.partitions_for_topic(topic) or ()) for topic in metadata.topics()}
